@@ -1,0 +1,86 @@
+"""Declared method parameters: one place for defaults, ranges, help text and validation.
+
+Each method's ``config.py`` is a dataclass deriving from :class:`MethodConfig` whose fields
+are made with :func:`param`. ``from_dict`` validates a Variant section against the
+declaration (unknown keys, types, ranges, choices) and ``describe`` lists the parameters so
+the UI and sweeps can build controls without knowing the method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+
+def param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
+          choices: tuple | None = None, ui: bool = True) -> Any:
+    """A dataclass field with its declaration (help text, bounds, choices; ui=False hides it from forms)."""
+    meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices, "ui": ui}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Base class of method configs; ``section`` is the Variant key the config lives under."""
+
+    section: ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "MethodConfig":
+        """Validate a Variant section; ValueError names the bad key or value and what is allowed."""
+        if data is not None and not isinstance(data, dict):
+            raise ValueError(f"{cls.section}: expected an object, got {data!r}")
+        data = dict(data or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{cls.section}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(names))}")
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                data[f.name] = _check(cls.section, f, data[f.name])
+        obj = cls(**data)
+        obj.validate()
+        return obj
+
+    def validate(self) -> None:
+        """Cross-field checks; override in a method config."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def describe(cls) -> list[dict]:
+        """The declared parameters: name, type, default, help, minimum, maximum, choices."""
+        out = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out.append({"name": f.name, "type": type(default).__name__, "default": default,
+                        **{k: v for k, v in f.metadata.items()}})
+        return out
+
+
+def _check(section: str, f: dataclasses.Field, value: Any) -> Any:
+    meta = f.metadata
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    where = f"{section}.{f.name}"
+    if meta.get("choices") is not None:
+        if value not in meta["choices"]:
+            allowed = ", ".join(map(str, meta["choices"]))
+            raise ValueError(f"{where}: {value!r} is not allowed; allowed: {allowed}")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)) and default is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        if isinstance(default, int) and not isinstance(default, bool) and value != int(value):
+            raise ValueError(f"{where}: expected a whole number, got {value!r}")
+        value = type(default)(value)
+        lo, hi = meta.get("minimum"), meta.get("maximum")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ValueError(f"{where}: {value} is out of range; allowed: {lo} to {hi}")
+    return value

@@ -1,0 +1,134 @@
+"""Load a text-to-image pipeline: the embedded shapes-sd, a local diffusers folder, a Hub id, or a random-weight architecture."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
+from transformers import CLIPTextConfig, CLIPTextModel
+from transformers.utils import logging as transformers_logging
+
+diffusers_logging.set_verbosity_error()
+transformers_logging.set_verbosity_error()
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SHAPES_DIR = ASSETS / "shapes-sd"
+RANDOM_ARCHS = ("sd15-arch", "tiny-arch")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelError(ValueError):
+    """A model source that cannot be loaded; the message names it and what is allowed."""
+
+
+def model_defaults(pipe: DiffusionPipeline) -> dict:
+    """Default steps / guidance / size a model ships (speedlab.json in its folder), else SD's."""
+    return getattr(pipe, "speedlab_defaults", {"steps": 50, "guidance": 7.5})
+
+
+def is_random_weights(pipe: DiffusionPipeline) -> bool:
+    """True for the random-weight architectures (speed only: quality metrics refuse them)."""
+    return getattr(pipe, "speedlab_source", "") in RANDOM_ARCHS
+
+
+def load_pipeline(source: str = "shapes", device: str = "cpu", dtype: str = "float32") -> DiffusionPipeline:
+    """A fresh pipeline object for ``source``; weights are loaded once per process and shared.
+
+    source: "shapes" (the embedded model), a local diffusers folder, a Hub id (from the local
+    cache when offline), or "sd15-arch" / "tiny-arch" (random weights built from config).
+    """
+    if dtype not in DTYPES:
+        raise ModelError(f"dtype {dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' asked for but no CUDA device is available; allowed here: cpu")
+    base = _load_cached(source, device, dtype)
+    pipe = type(base)(**base.components)
+    pipe.scheduler = type(base.scheduler).from_config(base.scheduler.config)
+    pipe.speedlab_source, pipe.speedlab_defaults = base.speedlab_source, base.speedlab_defaults
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@lru_cache(maxsize=4)
+def _load_cached(source: str, device: str, dtype: str) -> DiffusionPipeline:
+    torch_dtype = DTYPES[dtype]
+    if source in RANDOM_ARCHS:
+        pipe = build_random_pipeline(source)
+        defaults = {"steps": 20, "guidance": 7.5, "height": 256 if source == "sd15-arch" else 32,
+                    "width": 256 if source == "sd15-arch" else 32}
+    else:
+        path = SHAPES_DIR if source == "shapes" else Path(source)
+        if source == "shapes" and not (path / "model_index.json").exists():
+            raise ModelError(f"the embedded model is missing at {path}; train it with python -m backend.world.train")
+        pipe = _from_pretrained(source, path, torch_dtype)
+        extra = path / "speedlab.json"
+        defaults = json.loads(extra.read_text()) if extra.exists() else {"steps": 50, "guidance": 7.5}
+    if not hasattr(pipe, "unet"):
+        raise ModelError(f"model {source!r} has no U-Net ({type(pipe).__name__}); Speedlab supports U-Net pipelines")
+    pipe.to(device=device, dtype=torch_dtype)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval().requires_grad_(False)
+    pipe.speedlab_source, pipe.speedlab_defaults = source, defaults
+    return pipe
+
+
+def _from_pretrained(source: str, path: Path, torch_dtype: torch.dtype) -> DiffusionPipeline:
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise ModelError(f"folder {str(path)!r} is not a diffusers pipeline (no model_index.json)")
+        try:
+            return DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True,
+                                                     safety_checker=None, requires_safety_checker=False)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ModelError(f"folder {str(path)!r} could not be loaded as a diffusers pipeline: {exc}") from exc
+    if "/" not in source or source.startswith((".", "/")) or source.count("/") > 1:
+        raise ModelError(f"unknown model {source!r}; allowed: shapes, sd15-arch, tiny-arch, a local diffusers "
+                         "folder, or a Hub id such as runwayml/stable-diffusion-v1-5")
+    try:
+        return DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, safety_checker=None,
+                                                 requires_safety_checker=False,
+                                                 local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+    except Exception as exc:  # the Hub client raises many types (network, auth, missing files)
+        raise ModelError(f"Hub model {source!r} could not be loaded (not in the local cache and the Hub is not "
+                         f"reachable, or not a diffusers pipeline): {type(exc).__name__}") from exc
+
+
+def build_random_pipeline(arch: str) -> StableDiffusionPipeline:
+    """SD 1.5's architecture ("sd15-arch") or a tiny one with the same layout ("tiny-arch"), random weights."""
+    from backend.world.architecture import build_tokenizer
+
+    torch.manual_seed(0)
+    if arch == "sd15-arch":
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2, sample_size=512,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        )
+        text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                            num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                            pad_token_id=0, bos_token_id=1, eos_token_id=2))
+        max_tokens = 77
+    elif arch == "tiny-arch":
+        unet = UNet2DConditionModel(
+            sample_size=8, block_out_channels=(8, 16, 16, 16), layers_per_block=2, cross_attention_dim=16,
+            attention_head_dim=2, norm_num_groups=4,
+        )
+        vae = AutoencoderKL(block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4, sample_size=32,
+                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+        text = CLIPTextModel(CLIPTextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                            num_attention_heads=2, max_position_embeddings=16,
+                                            pad_token_id=0, bos_token_id=1, eos_token_id=2))
+        max_tokens = 16
+    else:
+        raise ModelError(f"unknown architecture {arch!r}; allowed: {', '.join(RANDOM_ARCHS)}")
+    tokenizer = build_tokenizer(max_tokens)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -1,0 +1,276 @@
+"""Train the embedded shapes-sd model and its two evaluators on the Shapes world.
+
+    python -m backend.world.train [--stage all|vae|latents|judge|reward|unet|export] [--work DIR]
+
+Stages run in order and each is time-boxed (``--*-minutes``). Every stage saves its state to
+``--work`` every two minutes and resumes from it when run again; a finished stage is skipped.
+Loss curves are written as CSV next to the state; ``export`` writes the diffusers pipeline to
+``assets/shapes-sd`` and the evaluators to ``assets/evaluators``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from backend.world import architecture as arch
+from backend.world.evaluators import Judge, RewardNet, cell_loss, exact_match
+from backend.world.shapes import sample_batch, to_tensor_range
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+SAVE_EVERY_S = 120
+N_LATENTS = 48_000
+
+
+def _labels(scenes) -> dict[str, torch.Tensor]:
+    per = [s.cell_labels() for s in scenes]
+    return {k: torch.from_numpy(np.stack([p[k] for p in per])) for k in ("shape", "color", "size")}
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Noise and blur, so the evaluators stay right on imperfect generated images."""
+    n = x.shape[0]
+    sigma = torch.rand(n, 1, 1, 1, generator=gen) * 0.15
+    x = x + sigma * torch.randn(x.shape, generator=gen)
+    blur = torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+    mix = (torch.rand(n, 1, 1, 1, generator=gen) < 0.3).float() * torch.rand(n, 1, 1, 1, generator=gen)
+    return (x * (1 - mix) + blur * mix).clamp(-1, 1)
+
+
+def timeboxed_train(
+    name: str, work: Path, modules: dict[str, torch.nn.Module], params: list, lr: float, minutes: float,
+    step_fn: Callable[[int, torch.Generator], torch.Tensor], ema: dict[str, torch.nn.Module] | None = None,
+    ema_decay: float = 0.999, warmup: int = 100,
+) -> None:
+    """AdamW with warm-up and a cosine decay over the wall-clock budget; resumable; logs loss.csv."""
+    stage_dir = work / name
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    state_path, log_path = stage_dir / "state.pt", stage_dir / "loss.csv"
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    step, elapsed = 0, 0.0
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        for key, mod in modules.items():
+            mod.load_state_dict(state["modules"][key])
+        for key, mod in (ema or {}).items():
+            mod.load_state_dict(state["ema"][key])
+        opt.load_state_dict(state["opt"])
+        step, elapsed = state["step"], state["elapsed"]
+        print(f"[{name}] resuming at step {step}, {elapsed / 60:.1f} of {minutes:.1f} minutes done")
+    budget = minutes * 60
+    gen = torch.Generator().manual_seed(zlib.crc32(name.encode()) + step)
+
+    def save() -> None:
+        state = {
+            "modules": {k: m.state_dict() for k, m in modules.items()},
+            "ema": {k: m.state_dict() for k, m in (ema or {}).items()},
+            "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+        }
+        torch.save(state, stage_dir / "state.tmp")
+        (stage_dir / "state.tmp").replace(state_path)
+
+    bar = tqdm(total=int(budget), initial=int(elapsed), unit="s", desc=name)
+    start, last_save, losses = time.time() - elapsed, time.time(), []
+    with log_path.open("a") as log:
+        while elapsed < budget:
+            frac = elapsed / budget
+            for group in opt.param_groups:
+                group["lr"] = lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+            loss = step_fn(step, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            for key, target in (ema or {}).items():
+                decay = min(ema_decay, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    for pe, p in zip(target.parameters(), modules[key].parameters()):
+                        pe.lerp_(p, 1 - decay)
+            step += 1
+            losses.append(loss.item())
+            if step % 50 == 0:
+                log.write(f"{step},{elapsed:.1f},{np.mean(losses):.5f}\n")
+                log.flush()
+                bar.set_postfix(step=step, loss=f"{np.mean(losses):.4f}")
+                losses = []
+            now = time.time()
+            bar.update(int(now - start) - bar.n)
+            elapsed = now - start
+            if now - last_save > SAVE_EVERY_S:
+                save()
+                last_save = now
+    bar.close()
+    save()
+
+
+def train_vae(work: Path, minutes: float) -> None:
+    done = work / "vae" / "vae.safetensors"
+    if done.exists():
+        return
+    vae = arch.build_vae()
+
+    def step_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        images, _ = sample_batch(32, seed=1_000_000 + step)
+        x = to_tensor_range(images)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=gen)).sample
+        return (rec - x).abs().mean() + ((rec - x) ** 2).mean() + 1e-6 * post.kl().mean()
+
+    timeboxed_train("vae", work, {"vae": vae}, list(vae.parameters()), 1e-3, minutes, step_fn, warmup=50)
+    save_file(vae.state_dict(), done)
+
+
+def _load_vae(work: Path):
+    vae = arch.build_vae()
+    vae.load_state_dict(load_file(work / "vae" / "vae.safetensors"))
+    return vae.eval()
+
+
+@torch.no_grad()
+def vae_psnr(vae, n: int = 512) -> float:
+    images, _ = sample_batch(n, seed=777_777, split="any")
+    x = to_tensor_range(images)
+    rec = torch.cat([vae.decode(vae.encode(b).latent_dist.mode()).sample for b in x.split(128)]).clamp(-1, 1)
+    mse = ((rec - x) / 2).pow(2).flatten(1).mean(1)
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+@torch.no_grad()
+def encode_latents(work: Path, n: int = N_LATENTS) -> None:
+    out = work / "latents.safetensors"
+    if out.exists():
+        return
+    vae = _load_vae(work)
+    latents, captions = [], []
+    for i in tqdm(range(n // 256), desc="latents"):
+        images, scenes = sample_batch(256, seed=2_000_000 + i)
+        latents.append(vae.encode(to_tensor_range(images)).latent_dist.mode())
+        captions += [s.caption for s in scenes]
+    lat = torch.cat(latents).contiguous()
+    tok = arch.build_tokenizer()
+    ids = tok(captions, padding="max_length", max_length=arch.MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+    save_file({"latents": lat, "ids": ids, "std": lat.std().reshape(1)}, out)
+
+
+def train_evaluator(work: Path, name: str, minutes: float) -> None:
+    done = work / name / f"{name}.safetensors"
+    if done.exists():
+        return
+    torch.manual_seed(1 if name == "judge" else 2)
+    net = Judge() if name == "judge" else RewardNet()
+    offset = 3_000_000 if name == "judge" else 4_000_000
+
+    def step_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        images, scenes = sample_batch(128, seed=offset + step, split="any")
+        return cell_loss(net(_augment(to_tensor_range(images), gen)), _labels(scenes))
+
+    timeboxed_train(name, work, {"net": net}, list(net.parameters()), 2e-3, minutes, step_fn, warmup=50)
+    save_file(net.state_dict(), done)
+
+
+@torch.no_grad()
+def evaluator_accuracy(net: torch.nn.Module, n: int = 2000) -> float:
+    images, scenes = sample_batch(n, seed=888_888, split="any")
+    x, labels = to_tensor_range(images), _labels(scenes)
+    hits = torch.cat([exact_match(net(xb), {k: v[i:i + 250] for k, v in labels.items()})
+                      for i, xb in zip(range(0, n, 250), x.split(250))])
+    return float(hits.float().mean())
+
+
+def train_unet(work: Path, minutes: float) -> None:
+    done = work / "unet" / "unet.safetensors"
+    if done.exists():
+        return
+    data = load_file(work / "latents.safetensors")
+    scale = float(1.0 / data["std"])
+    latents, ids = data["latents"] * scale, data["ids"]
+    empty = arch.build_tokenizer()([""], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
+    torch.manual_seed(0)
+    unet, text = arch.build_unet(), arch.build_text_encoder()
+    ema = {"unet": copy.deepcopy(unet), "text": copy.deepcopy(text)}
+    sched = arch.build_scheduler()
+
+    def step_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(0, len(latents), (64,), generator=gen)
+        x0, tok = latents[idx], ids[idx].clone()
+        drop = torch.rand(64, generator=gen) < 0.1
+        tok[drop] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (64,), generator=gen)
+        pred = unet(sched.add_noise(x0, noise, t), t, text(tok)[0]).sample
+        return torch.nn.functional.mse_loss(pred, noise)
+
+    params = list(unet.parameters()) + list(text.parameters())
+    timeboxed_train("unet", work, {"unet": unet, "text": text}, params, 1e-3, minutes, step_fn, ema=ema, warmup=200)
+    save_file(ema["text"].state_dict(), work / "unet" / "text.safetensors")
+    save_file(ema["unet"].state_dict(), done)
+
+
+def export(work: Path, out: Path) -> dict:
+    """Write assets/shapes-sd (stock StableDiffusionPipeline layout) and assets/evaluators."""
+    from diffusers import StableDiffusionPipeline
+
+    data = load_file(work / "latents.safetensors")
+    vae = _load_vae(work)
+    vae.register_to_config(scaling_factor=float(1.0 / data["std"]))
+    unet, text = arch.build_unet(), arch.build_text_encoder()
+    unet.load_state_dict(load_file(work / "unet" / "unet.safetensors"))
+    text.load_state_dict(load_file(work / "unet" / "text.safetensors"))
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text, tokenizer=arch.build_tokenizer(), unet=unet, scheduler=arch.build_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out / "shapes-sd", safe_serialization=True)
+    (out / "evaluators").mkdir(parents=True, exist_ok=True)
+    report = {"vae_psnr_db": vae_psnr(vae)}
+    for name, cls in (("judge", Judge), ("reward", RewardNet)):
+        net = cls()
+        net.load_state_dict(load_file(work / name / f"{name}.safetensors"))
+        save_file(net.state_dict(), out / "evaluators" / f"{name}.safetensors")
+        report[f"{name}_exact_match"] = evaluator_accuracy(net.eval())
+    for stage in ("vae", "judge", "reward", "unet"):
+        state = torch.load(work / stage / "state.pt", weights_only=True)
+        report[f"{stage}_steps"], report[f"{stage}_minutes"] = state["step"], round(state["elapsed"] / 60, 1)
+    (out / "shapes-sd" / "training.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", default="all", choices=["all", "vae", "latents", "judge", "reward", "unet", "export"])
+    p.add_argument("--work", type=Path, default=Path(".cache/shapes-train"))
+    p.add_argument("--out", type=Path, default=ASSETS)
+    p.add_argument("--vae-minutes", type=float, default=9.0)
+    p.add_argument("--eval-minutes", type=float, default=3.0, help="for each of the judge and the reward model")
+    p.add_argument("--unet-minutes", type=float, default=60.0)
+    p.add_argument("--n-latents", type=int, default=N_LATENTS, help="training images encoded for the U-Net")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    stages = {
+        "vae": lambda: train_vae(args.work, args.vae_minutes),
+        "latents": lambda: encode_latents(args.work, args.n_latents),
+        "judge": lambda: train_evaluator(args.work, "judge", args.eval_minutes),
+        "reward": lambda: train_evaluator(args.work, "reward", args.eval_minutes),
+        "unet": lambda: train_unet(args.work, args.unet_minutes),
+        "export": lambda: print(json.dumps(export(args.work, args.out), indent=2)),
+    }
+    for name, run in stages.items():
+        if args.stage in ("all", name):
+            run()
+
+
+if __name__ == "__main__":
+    main()
