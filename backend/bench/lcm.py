@@ -1,0 +1,115 @@
+"""RG-LCD: the 50-step teacher with CFG vs LCM, RG-LCM (direct reward) and RG-LCM (proxy) at 1, 2, 4, 8 steps.
+
+Same prompts and seeds for every row: prompt_accuracy (the judge, which training never sees), reward,
+fd_shapes, hf_energy (share of image spectral power above half the Nyquist frequency: reward hacking
+shows up as high-frequency patterns), unet_evals, latency_s and speedup vs the teacher, and each student's
+training minutes. Students are trained first when they are not in --cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+STUDENTS = {  # name -> distillation settings on top of the defaults
+    "lcm": {"reward": "none", "beta": 0.0},
+    "rg-lcm": {"reward": "shapes"},
+    "rg-lcm-proxy": {"reward": "shapes", "proxy": True},
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="shapes", help="teacher model (default: the embedded shapes-sd)")
+    parser.add_argument("--minutes", type=float, default=8.0, help="training minutes per student (default 8)")
+    parser.add_argument("--beta", type=float, default=1.0, help="reward weight β of the RG-LCM students")
+    parser.add_argument("--n", type=int, default=100, help="number of prompts (default 100)")
+    parser.add_argument("--set", default="single", choices=["single", "two", "compositional"], help="prompt set")
+    parser.add_argument("--steps", default="1,2,4,8", help="student step counts (default 1,2,4,8)")
+    parser.add_argument("--teacher-steps", type=int, default=50, help="teacher DDIM steps (default 50)")
+    parser.add_argument("--cache", default=".cache/lcm-students", help="folder of trained students (re-used)")
+    parser.add_argument("--students", default=",".join(STUDENTS), help=f"subset of {', '.join(STUDENTS)}")
+    parser.add_argument("--repeats", type=int, default=5, help="timed one-image repeats per row")
+    parser.add_argument("--seed", type=int, default=0, help="first seed; prompt i uses seed+i")
+
+
+def hf_energy(images: np.ndarray, cutoff: float = 0.25) -> float:
+    """Mean share of spectral power (grey level, mean removed) above ``cutoff`` cycles/pixel (Nyquist = 0.5)."""
+    grey = np.asarray(images, dtype=np.float64).mean(-1)
+    grey = grey - grey.mean(axis=(1, 2), keepdims=True)
+    power = np.abs(np.fft.fft2(grey)) ** 2
+    fy = np.fft.fftfreq(grey.shape[1])[:, None]
+    fx = np.fft.fftfreq(grey.shape[2])[None, :]
+    high = np.sqrt(fx**2 + fy**2) > cutoff
+    total = power.sum(axis=(1, 2)) + 1e-12
+    return float((power[:, high].sum(-1) / total).mean())
+
+
+def train_student(name: str, args, folder: Path) -> dict:
+    """Train one student into ``folder`` unless it is there; its metadata (with train_minutes)."""
+    from tqdm import tqdm
+
+    from backend.methods.consistency import DistillConfig, read_meta
+    from backend.methods.consistency.distill import distill
+    from backend.models import load_pipeline
+    from backend.runs.jobs import JobControl
+
+    if not (folder / "speedlab_consistency.json").is_file():
+        settings = {"minutes": args.minutes, "beta": args.beta, **STUDENTS[name]}
+        cfg = DistillConfig.from_dict(settings)
+        bar = tqdm(total=int(args.minutes * 60), unit="s", desc=f"train {name}", file=sys.stderr)
+
+        def progress(fields: dict) -> None:
+            bar.n = min(bar.total, int(fields.get("minutes", 0) * 60))
+            bar.set_postfix({k: fields[k] for k in ("step", "loss", "reward") if k in fields}, refresh=False)
+            bar.refresh()
+
+        summary = distill(load_pipeline(args.model), cfg, folder, JobControl(on_progress=progress))
+        bar.close()
+        if summary["status"] != "done":
+            raise ValueError(f"training of {name} did not finish: {summary}")
+    return read_meta(folder)
+
+
+def run(args) -> list[dict]:
+    from backend.runs.runner import add_quality, eval_prompts, run_variant
+    from backend.runs.variant import Variant
+
+    steps = [int(s) for s in str(args.steps).split(",") if s.strip()]
+    names = [s.strip() for s in str(args.students).split(",") if s.strip()]
+    unknown = [s for s in names if s not in STUDENTS]
+    if unknown:
+        raise ValueError(f"--students: {unknown[0]!r} is unknown; allowed: {', '.join(STUDENTS)}")
+    if args.beta < 0:
+        raise ValueError(f"--beta {args.beta} is not allowed; the reward weight must be ≥ 0")
+    prompts = eval_prompts(args.set, args.n)
+    seeds = [args.seed + i for i in range(args.n)]
+    cache = Path(args.cache)
+    metas = {name: train_student(name, args, cache / name) for name in names}
+
+    def measure(label: str, variant: Variant, extra: dict) -> dict:
+        result = run_variant(variant, prompts, seeds, repeats=args.repeats, measure_macs=False)
+        add_quality(result)
+        m = result.metrics
+        row = {"variant": label, "steps": variant.steps, **extra}
+        for key in ("prompt_accuracy", "reward", "fd_shapes"):
+            row[key] = m.get(key)
+        row["hf_energy"] = hf_energy(result.images)
+        for key in ("unet_evals", "latency_s"):
+            row[key] = m.get(key)
+        return row
+
+    teacher = Variant.from_dict({"model": args.model, "name": "teacher", "scheduler": "ddim",
+                                 "steps": args.teacher_steps})
+    rows = [measure(f"teacher DDIM {args.teacher_steps} + CFG", teacher, {"train_minutes": None})]
+    for name in names:
+        for n_steps in steps:
+            v = Variant.from_dict({"model": args.model, "name": f"{name}-{n_steps}", "scheduler": "lcm",
+                                   "steps": n_steps, "consistency": {"checkpoint": str(cache / name)}})
+            rows.append(measure(name, v, {"train_minutes": metas[name].get("train_minutes")}))
+    base = rows[0]["latency_s"]
+    for row in rows:
+        row["speedup"] = base / row["latency_s"] if base and row.get("latency_s") else None
+    return rows

@@ -1,0 +1,139 @@
+"""PTQ calibration on the full-precision model's own sampling trajectory (data-free), and its helpers.
+
+Weights: per-channel min/max (set when a layer is wrapped). Activations: the FP model samples a few
+prompts with DDIM; its U-Net inputs (x_t, t, text) along the way are kept, ``calib_samples`` of them
+are replayed through the U-Net with quantization off while every activation quantizer records its
+inputs, and each range is then chosen by the MSE-style search of :meth:`ActQuantizer.calibrate`.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from diffusers import DDIMScheduler
+
+from backend.methods.quant.config import QuantConfig
+from backend.methods.quant.model import QuantState
+
+GENERIC_PROMPTS = (
+    "a photograph of an astronaut riding a horse", "a red sports car parked on a city street at night",
+    "a bowl of fruit on a wooden table", "a mountain lake at sunrise, highly detailed",
+    "a cat sleeping on a windowsill", "an oil painting of a lighthouse in a storm",
+    "a bustling market in a small town", "a close-up portrait of an old man with a beard",
+    "a futuristic city skyline with flying cars", "a plate of sushi, studio lighting",
+    "a watercolor of a fox in the snow", "a cozy living room with a fireplace",
+    "a golden retriever playing in a park", "a medieval castle on a hill",
+    "an underwater scene with coral and fish", "a steaming cup of coffee on a desk",
+)
+
+
+def uses_shapes_prompts(pipe) -> bool:
+    """True for models that speak the Shapes world's vocabulary (shapes-sd and the tiny test architecture)."""
+    if getattr(pipe, "speedlab_source", "") in ("shapes", "tiny-arch"):
+        return True
+    try:
+        from backend.world.architecture import vocabulary
+
+        return set(pipe.tokenizer.get_vocab()) == set(vocabulary())
+    except Exception:  # any tokenizer without get_vocab or a different vocabulary
+        return False
+
+
+def default_prompts(pipe, n: int, seed: int = 0) -> list[str]:
+    """n prompts the model knows: Shapes-world captions (train split) or generic text-to-image prompts."""
+    rng = random.Random(seed)
+    if uses_shapes_prompts(pipe):
+        from backend.world.shapes import random_scene
+
+        return [random_scene(rng, None, "train").caption for _ in range(n)]
+    return [rng.choice(GENERIC_PROMPTS) for _ in range(n)]
+
+
+def guidance_of(pipe, guidance: float | None = None) -> float:
+    from backend.models import model_defaults
+
+    if guidance is not None and guidance >= 0:
+        return float(guidance)
+    return float(model_defaults(pipe).get("guidance", 7.5))
+
+
+@torch.no_grad()
+def encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(conditional, unconditional) text embeddings of the prompts."""
+    cond, uncond = pipe.encode_prompt(prompts, pipe.unet.device, 1, True)
+    return cond, uncond
+
+
+def latent_shape(pipe, n: int) -> tuple[int, ...]:
+    size = pipe.unet.config.sample_size
+    return (n, pipe.unet.config.in_channels, size, size)
+
+
+def ddim_scheduler(pipe, steps: int) -> DDIMScheduler:
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps)
+    return sched
+
+
+def cfg_eps(unet, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free-guided noise prediction; cond and uncond in one batched U-Net call (one timestep)."""
+    out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+    e_u, e_c = out.chunk(2)
+    return e_u + guidance * (e_c - e_u)
+
+
+@torch.no_grad()
+def collect_unet_inputs(pipe, prompts: list[str], steps: int, guidance: float, seed: int = 0, unet=None):
+    """The model's DDIM trajectory (eta 0): a list of (x_t, t, cond, uncond), one entry per step."""
+    unet = unet if unet is not None else pipe.unet
+    cond, uncond = encode(pipe, prompts)
+    sched = ddim_scheduler(pipe, steps)
+    gen = torch.Generator("cpu").manual_seed(seed)
+    x = torch.randn(latent_shape(pipe, len(prompts)), generator=gen).to(pipe.unet.device, pipe.unet.dtype)
+    x = x * sched.init_noise_sigma
+    out = []
+    for t in sched.timesteps:
+        out.append((x.clone(), int(t), cond, uncond))
+        eps = cfg_eps(unet, sched.scale_model_input(x, t), t, cond, uncond, guidance)
+        x = sched.step(eps, t, x).prev_sample
+    return out
+
+
+@torch.no_grad()
+def calibrate(pipe, state: QuantState, config: QuantConfig | None = None, unet=None,
+              prompts: list[str] | None = None) -> None:
+    """Set every activation range of the quantized U-Net (``unet`` or ``pipe.unet``) from the FP trajectory.
+
+    The trajectory is sampled by the same U-Net with quantization switched off, i.e. the FP model.
+    """
+    config = config or state.config
+    unet = unet if unet is not None else pipe.unet
+    prompts = prompts or default_prompts(pipe, config.calib_prompts, config.seed)
+    guidance = guidance_of(pipe)
+    was_training = unet.training
+    unet.eval()
+    state.set_quantize(False)
+    try:
+        traj = collect_unet_inputs(pipe, prompts, config.calib_steps, guidance, config.seed, unet=unet)
+        # (step, row) pairs; the U-Net is replayed per step so that each call has one timestep
+        rng = random.Random(config.seed + 1)
+        pairs = [(i, r) for i in range(len(traj)) for r in range(len(prompts))]
+        chosen = sorted(rng.sample(pairs, min(config.calib_samples, len(pairs))))
+        quantizers = state.act_quantizers()
+        for q in quantizers.values():
+            q.observe(True)
+        by_step: dict[int, list[int]] = {}
+        for i, r in chosen:
+            by_step.setdefault(i, []).append(r)
+        for i, rows in by_step.items():
+            x, t, cond, uncond = traj[i]
+            idx = torch.tensor(rows)
+            unet(torch.cat([x[idx], x[idx]]), t, encoder_hidden_states=torch.cat([uncond[idx], cond[idx]]))
+        for q in quantizers.values():
+            q.calibrate_observed()
+    finally:
+        for q in state.act_quantizers().values():
+            q.observed = None
+        state.set_quantize(True)
+        unet.train(was_training)

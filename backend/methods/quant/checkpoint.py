@@ -1,0 +1,295 @@
+"""Quantized checkpoints: packed integer weights + scales + per-step activation scales, in safetensors.
+
+A checkpoint is a directory:
+
+- ``quant_config.json`` — format/version, the QuantConfig, the base model (source and a fingerprint of
+  its U-Net), the timesteps of the per-step activation tables, per-layer bits, the sha256 of the
+  tensor file, and (for fine-tunes) the training progress;
+- ``quant_model.safetensors`` — per quantized layer ``<name>.qweight`` (uint8, 2-bit codes four per
+  byte, 3–4-bit codes two per byte, 5–8-bit one per byte), ``.w_scale`` (fp32 per output channel),
+  ``.w_zero`` (uint8 per output channel), ``.bias``, ``.a_scale`` / ``.a_zero`` (fp32, one per
+  denoising step); ``fp.<key>`` for every other U-Net tensor (norms, layers left FP). Its size is the
+  U-Net's real low-bit size;
+- ``train_state.safetensors`` (fine-tunes only) — what resuming needs: float LoRA / latent weights,
+  step sizes and the optimizer moments.
+
+Directories are written to a temporary name and renamed into place, so a reader never sees half a
+checkpoint. Loading verifies the base model and the file hash and reproduces the saved model bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from backend.methods.quant.config import QuantConfig
+from backend.methods.quant.layers import QuantLayer
+from backend.methods.quant.model import QuantState, fingerprint, get_state, quantize_unet
+
+FORMAT, VERSION = "speedlab-quant", 1
+CONFIG_FILE, MODEL_FILE, TRAIN_FILE = "quant_config.json", "quant_model.safetensors", "train_state.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the path and what is wrong."""
+
+
+def _per_byte(bits: int) -> int:
+    return 4 if bits <= 2 else 2 if bits <= 4 else 1
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes in [0, 2^bits) → uint8 bytes (several codes per byte for bits ≤ 4)."""
+    flat = codes.reshape(-1).to(torch.int32)
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 2 ** bits):
+        raise ValueError(f"codes out of range for {bits}-bit packing")
+    per = _per_byte(bits)
+    width = 8 // per
+    pad = (-flat.numel()) % per
+    flat = torch.cat([flat, flat.new_zeros(pad)]).view(-1, per)
+    out = torch.zeros(flat.shape[0], dtype=torch.int32)
+    for i in range(per):
+        out |= flat[:, i] << (i * width)
+    return out.to(torch.uint8)
+
+
+def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
+    """Inverse of :func:`pack`: uint8 codes (numel of them)."""
+    per = _per_byte(bits)
+    width = 8 // per
+    b = packed.reshape(-1).to(torch.int32)
+    parts = [(b >> (i * width)) & ((1 << width) - 1) for i in range(per)]
+    flat = torch.stack(parts, dim=1).reshape(-1)
+    if flat.numel() < numel:
+        raise CheckpointError(f"packed weights hold {flat.numel()} codes, expected {numel}")
+    return flat[:numel].to(torch.uint8)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _quant_prefixes(state: QuantState) -> list[str]:
+    return [f"{n}." for n in state.layers] + [f"{n}.processor." for n in state.attn]
+
+
+def model_tensors(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of ``quant_model.safetensors`` for a quantized U-Net."""
+    state = get_state(unet)
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, layer in state.layers.items():
+            codes = layer.int_weight().round()
+            out[f"{name}.qweight"] = pack(codes, layer.w_quant.bits)
+            out[f"{name}.w_scale"] = layer.w_quant.scale.detach().float().clone()
+            out[f"{name}.w_zero"] = layer.w_quant.zero_point.detach().round().to(torch.uint8)
+            out[f"{name}.a_scale"] = layer.a_quant.scale.detach().float().clone()
+            out[f"{name}.a_zero"] = layer.a_quant.zero_point.detach().float().clone()
+            if layer.base.bias is not None:
+                out[f"{name}.bias"] = layer.base.bias.detach().clone()
+        for name, proc in state.attn.items():
+            for k, q in proc.quantizers().items():
+                out[f"{name}.processor.{k}.a_scale"] = q.scale.detach().float().clone()
+                out[f"{name}.processor.{k}.a_zero"] = q.zero_point.detach().float().clone()
+        prefixes = tuple(_quant_prefixes(state))
+        for key, value in unet.state_dict().items():
+            if not key.startswith(prefixes):
+                out[f"fp.{key}"] = value.detach().clone()
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def describe(unet: torch.nn.Module) -> dict:
+    state = get_state(unet)
+    return {
+        "format": FORMAT, "version": VERSION, "config": dataclasses.asdict(state.config),
+        "base_model": state.base_model, "base_fingerprint": state.fingerprint,
+        "timesteps": list(state.index.timesteps),
+        "layers": {n: {"role": m.role, "w_bits": m.w_quant.bits, "a_bits": m.a_quant.bits,
+                       "temporal": m.a_quant.temporal, "shape": list(m.base.weight.shape)}
+                   for n, m in state.layers.items()},
+        "fp_layers": list(state.fp_layers), "attn": list(state.attn),
+    }
+
+
+def write_dir(out: Path, write) -> Path:
+    """Run ``write(tmpdir)`` then rename tmpdir to ``out`` (replacing an older checkpoint there)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG_FILE).exists())):
+        raise CheckpointError(f"--out {str(out)!r} exists and is not a quant checkpoint directory; allowed: a new "
+                              "path or an earlier checkpoint of this command")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def save_checkpoint(unet: torch.nn.Module, out: str | Path, training: dict | None = None,
+                    train_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a checkpoint directory for a quantized U-Net (atomically)."""
+    if get_state(unet) is None:
+        raise ValueError("this U-Net is not quantized; nothing to save")
+    tensors = model_tensors(unet)
+    meta = describe(unet)
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, tmp / MODEL_FILE, metadata={"format": FORMAT})
+        meta["files"] = {MODEL_FILE: _sha256(tmp / MODEL_FILE)}
+        if train_tensors is not None:
+            save_file({k: v.detach().contiguous() for k, v in train_tensors.items()}, tmp / TRAIN_FILE)
+            meta["files"][TRAIN_FILE] = _sha256(tmp / TRAIN_FILE)
+        if training is not None:
+            meta["training"] = training
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+
+    return write_dir(Path(out), write)
+
+
+def read_meta(path: str | Path) -> dict:
+    """quant_config.json of a checkpoint directory, checked; CheckpointError otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"quant checkpoint {str(path)!r} is not a directory; allowed: a directory written by "
+                              "`python -m backend finetune efficientdm --out DIR`")
+    try:
+        meta = json.loads((path / CONFIG_FILE).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"quant checkpoint {str(path)!r} has no {CONFIG_FILE}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"quant checkpoint {str(path)!r}: {CONFIG_FILE} is corrupted ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"quant checkpoint {str(path)!r}: {CONFIG_FILE} is not a {FORMAT} file")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"quant checkpoint {str(path)!r}: format version {meta.get('version')!r} is not "
+                              f"supported; allowed: {VERSION}")
+    return meta
+
+
+def _load_tensors(path: Path, meta: dict, name: str) -> dict[str, torch.Tensor]:
+    file = path / name
+    if not file.is_file():
+        raise CheckpointError(f"quant checkpoint {str(path)!r} has no {name}")
+    expected = meta.get("files", {}).get(name)
+    if expected and _sha256(file) != expected:
+        raise CheckpointError(f"quant checkpoint {str(path)!r}: {name} is corrupted or truncated (its sha256 does "
+                              "not match quant_config.json)")
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"quant checkpoint {str(path)!r}: {name} is corrupted or truncated ({exc})") from None
+
+
+def config_from_meta(meta: dict, path: str | Path) -> QuantConfig:
+    raw = dict(meta.get("config", {}))
+    method = raw.pop("method", "ptq")
+    raw.pop("checkpoint", None)
+    try:
+        cfg = QuantConfig.from_dict(raw)
+    except ValueError as exc:
+        raise CheckpointError(f"quant checkpoint {str(path)!r}: bad config ({exc})") from None
+    return dataclasses.replace(cfg, method=method, checkpoint=str(path))
+
+
+def load_checkpoint(unet: torch.nn.Module, path: str | Path, base_model: str = "") -> QuantState:
+    """Quantize the FP ``unet`` in place from a checkpoint; CheckpointError on another model's or a bad one."""
+    path = Path(path)
+    meta = read_meta(path)
+    fp = fingerprint(unet)
+    if meta.get("base_fingerprint") != fp:
+        raise CheckpointError(
+            f"quant checkpoint {str(path)!r} was made for model {meta.get('base_model') or '?'!r} "
+            f"(U-Net fingerprint {meta.get('base_fingerprint')}), not for this model {base_model or '?'!r} "
+            f"(fingerprint {fp}); allowed: a checkpoint fine-tuned from the same base model")
+    tensors = _load_tensors(path, meta, MODEL_FILE)
+    config = config_from_meta(meta, path)
+    state = quantize_unet(unet, config, meta.get("timesteps"), base_model=meta.get("base_model", base_model))
+    try:
+        _fill(unet, state, meta, tensors)
+    except CheckpointError:
+        raise
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"quant checkpoint {str(path)!r} does not match this model's layers ({exc})") from None
+    return state
+
+
+@torch.no_grad()
+def _fill(unet, state: QuantState, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    layers_meta = meta.get("layers", {})
+    if set(layers_meta) != set(state.layers):
+        missing = sorted(set(layers_meta) ^ set(state.layers))
+        raise CheckpointError(f"checkpoint layers differ from this model's, e.g. {missing[0]!r}")
+    for name, layer in state.layers.items():
+        info = layers_meta[name]
+        if info["w_bits"] != layer.w_quant.bits or info["a_bits"] != layer.a_quant.bits:
+            raise CheckpointError(f"layer {name!r}: checkpoint bits W{info['w_bits']}A{info['a_bits']} differ from "
+                                  f"the policy's W{layer.w_quant.bits}A{layer.a_quant.bits}")
+        _set_layer(layer, name, tensors)
+    for name, proc in state.attn.items():
+        for k, q in proc.quantizers().items():
+            _set_act(q, tensors[f"{name}.processor.{k}.a_scale"], tensors[f"{name}.processor.{k}.a_zero"])
+    fp = {k[3:]: v for k, v in tensors.items() if k.startswith("fp.")}
+    own = unet.state_dict()
+    for key, value in fp.items():
+        if key not in own or own[key].shape != value.shape:
+            raise CheckpointError(f"tensor {key!r} does not fit this model")
+        own[key].copy_(value)
+    state.invalidate()
+
+
+def _set_act(q, scale: torch.Tensor, zero: torch.Tensor) -> None:
+    if q.scale.numel() != scale.numel():
+        raise CheckpointError(f"activation table has {scale.numel()} steps, the model {q.scale.numel()}")
+    q.scale.data.copy_(scale)
+    q.zero_point.data.copy_(zero)
+
+
+def _set_layer(layer: QuantLayer, name: str, tensors: dict[str, torch.Tensor]) -> None:
+    shape = layer.base.weight.shape
+    codes = unpack(tensors[f"{name}.qweight"], layer.w_quant.bits, shape.numel()).view(shape)
+    if int(codes.max()) > layer.w_quant.qmax:
+        raise CheckpointError(f"layer {name!r}: weight codes exceed {layer.w_quant.bits} bits")
+    layer.w_quant.scale.data.copy_(tensors[f"{name}.w_scale"])
+    layer.w_quant.zero_point.copy_(tensors[f"{name}.w_zero"].float())
+    layer.w_int = codes.to(layer.base.weight.device)
+    layer.w0, layer.lora_A, layer.lora_B = None, None, None
+    _set_act(layer.a_quant, tensors[f"{name}.a_scale"], tensors[f"{name}.a_zero"])
+    if layer.base.bias is not None:
+        layer.base.bias.data.copy_(tensors[f"{name}.bias"])
+
+
+def load_train_state(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(training progress, tensors) of a fine-tune checkpoint, for resuming."""
+    path = Path(path)
+    meta = read_meta(path)
+    if "training" not in meta:
+        raise CheckpointError(f"quant checkpoint {str(path)!r} has no training state to resume from")
+    return meta, _load_tensors(path, meta, TRAIN_FILE)
+
+
+def checkpoint_size_mb(path: str | Path) -> float:
+    """Size on disk of the model part of a checkpoint (quant_model.safetensors), in MB (10^6 bytes)."""
+    return (Path(path) / MODEL_FILE).stat().st_size / 1e6

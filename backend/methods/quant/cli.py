@@ -1,0 +1,144 @@
+"""``python -m backend finetune efficientdm``: fine-tune a low-bit U-Net with EfficientDM (or full QAT).
+
+    python -m backend finetune efficientdm --variant V --w-bits 4 --a-bits 4 --minutes M --out DIR
+
+DIR becomes a quantized checkpoint (packed integer weights, per-step activation scales); use it with
+``"quant": {"checkpoint": DIR}`` in any Variant of the same model. Checkpoints are written every
+--checkpoint-every seconds and on Ctrl-C; running the same command again resumes from DIR
+(--restart starts over). --method qat runs the full-QAT baseline (LSQ on all weights, no LoRA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from backend.methods.quant.config import FinetuneConfig
+
+_FIELDS = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+
+
+def _help(name: str) -> str:
+    f = _FIELDS[name]
+    default = f.default
+    return f"{f.metadata['help']} (default {default})"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--variant", required=True, help="the FP teacher: a Variant (JSON or file) without a quant "
+                        "section; model, device and dtype are used")
+    parser.add_argument("--out", required=True, help="checkpoint directory (resumed from when it holds one)")
+    parser.add_argument("--method", choices=("efficientdm", "qat"), default="efficientdm", help=_help("method"))
+    parser.add_argument("--w-bits", type=int, default=4, help=_help("weight_bits"))
+    parser.add_argument("--a-bits", type=int, default=4, help=_help("act_bits"))
+    parser.add_argument("--minutes", type=float, default=15.0, help=_help("minutes"))
+    parser.add_argument("--max-iters", type=int, default=None, help=_help("max_iters"))
+    parser.add_argument("--train-steps", type=int, default=None, help=_help("train_steps"))
+    parser.add_argument("--batch-size", type=int, default=None, help=_help("batch_size"))
+    parser.add_argument("--lora-rank", type=int, default=None, help=_help("lora_rank"))
+    parser.add_argument("--lora-lr-scale", type=float, default=None, help=_help("lora_lr_scale"))
+    parser.add_argument("--act-lr", type=float, default=None, help=_help("act_lr"))
+    parser.add_argument("--qat-lr", type=float, default=None, help=_help("qat_lr"))
+    parser.add_argument("--guidance", type=float, default=None, help=_help("guidance"))
+    parser.add_argument("--checkpoint-every", type=float, default=None, help=_help("checkpoint_every_s"))
+    parser.add_argument("--seed", type=int, default=None, help=_help("seed"))
+    parser.add_argument("--prompts", default=None, help="a text file of prompts, one a line (default: the model's "
+                        "prompt set for shapes-sd, a built-in list otherwise)")
+    parser.add_argument("--restart", action="store_true", help="ignore a checkpoint already in --out")
+    parser.add_argument("--summary", action="store_true", help="print the per-layer precision table at the end")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
+    raw = {"method": args.method, "weight_bits": args.w_bits, "act_bits": args.a_bits, "minutes": args.minutes}
+    pairs = {"max_iters": "max_iters", "train_steps": "train_steps", "batch_size": "batch_size",
+             "lora_rank": "lora_rank", "lora_lr_scale": "lora_lr_scale", "act_lr": "act_lr", "qat_lr": "qat_lr",
+             "guidance": "guidance", "checkpoint_every": "checkpoint_every_s", "seed": "seed"}
+    for arg, key in pairs.items():
+        if getattr(args, arg) is not None:
+            raw[key] = getattr(args, arg)
+    for key in ("weight_bits", "act_bits"):
+        value = raw[key]
+        if not 2 <= value <= 8:
+            flag = "--w-bits" if key == "weight_bits" else "--a-bits"
+            raise ValueError(f"{flag} {value} is not allowed; allowed: 2 to 8")
+    return FinetuneConfig.from_dict(raw)
+
+
+def read_prompts(path: str | None) -> list[str] | None:
+    if path is None:
+        return None
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--prompts {path!r} is not a file; allowed: a text file with one prompt a line")
+    prompts = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"--prompts {path!r} holds no prompts; allowed: a text file with one prompt a line")
+    return prompts
+
+
+def main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from backend.methods.quant.model import summary
+    from backend.methods.quant.train import finetune
+    from backend.models import load_pipeline
+    from backend.runs.jobs import JobControl
+    from backend.runs.variant import Variant
+
+    ft = config_from_args(args)
+    variant = Variant.parse(args.variant)
+    if variant.quant is not None:
+        raise ValueError("--variant already has a quant section; give the FP teacher (drop \"quant\")")
+    prompts = read_prompts(args.prompts)
+    out = Path(args.out)
+    if args.restart and out.exists():
+        if not (out / "quant_config.json").exists():
+            raise ValueError(f"--out {args.out!r} exists and is not a quant checkpoint; will not delete it")
+        shutil.rmtree(out)
+    pipe = load_pipeline(variant.model, variant.device, variant.dtype)
+    cancel = threading.Event()
+    total = ft.max_iters or None
+    bar = tqdm(total=total or int(ft.minutes * 60), unit="it" if total else "s", desc=f"{ft.method} "
+               f"W{ft.weight_bits}A{ft.act_bits}", file=sys.stderr, disable=args.json)
+
+    def on_progress(fields: dict) -> None:
+        bar.n = fields["step"] if total else min(bar.total, int(fields.get("train_s", 0)))
+        bar.set_postfix({"step": fields["step"], "loss": fields["loss"]}, refresh=False)
+        bar.refresh()
+
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame) -> None:  # first Ctrl-C: checkpoint and stop; second: default
+        cancel.set()
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = finetune(pipe, ft, out, job=JobControl(on_progress=on_progress, cancel=cancel), prompts=prompts)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        bar.close()
+    student = result.pop("student")
+    from backend.methods.quant.checkpoint import checkpoint_size_mb
+
+    result["model_size_mb"] = round(checkpoint_size_mb(out), 4)
+    result["use_with"] = {"model": variant.model, "quant": {"checkpoint": str(out)}}
+    if args.summary:
+        print(summary(student), file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['status']}: {result['iters']} iterations in {result['minutes']:.1f} min, loss "
+              f"{result['loss']}; checkpoint {out} ({result['model_size_mb']} MB). Use it with "
+              f"'{json.dumps(result['use_with'])}'" + ("; run the same command to resume" if
+                                                       result["status"] == "cancelled" else ""))
+    return 130 if result["status"] == "cancelled" else 0

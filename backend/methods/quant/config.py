@@ -1,0 +1,102 @@
+"""Knobs of low-bit quantization (the Variant's "quant" section) and of EfficientDM / QAT fine-tuning.
+
+Layer policy (what gets quantized, following EfficientDM's choices unless stated):
+- every ``nn.Conv2d`` / ``nn.Linear`` of the U-Net is wrapped: ResNet convs and time projections,
+  transformer proj_in/proj_out, attention to_q/to_k/to_v/to_out, feed-forward linears, upsample convs;
+  weights per output channel (asymmetric min/max), input activations per tensor (asymmetric,
+  MSE-searched range), outputs stay FP;
+- the first conv, the last conv and the time-embedding MLP run at W8A8, with no LoRA and frozen;
+- skip (``conv_shortcut``) and downsample convs: the paper keeps them FP; we default to W8A8, which
+  costs nothing measurable in quality and lets the packed 4-bit checkpoint reach 1/6 of fp32 size;
+- the attention matmuls (QKᵀ and softmax·V) stay FP unless ``quantize_attn_matmul``;
+- GroupNorm / LayerNorm, SiLU, softmax, the text encoder and the VAE stay FP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from backend.methods.params import MethodConfig, param
+
+METHODS = ("ptq", "efficientdm", "qat")
+SIDE_POLICIES = ("fp", "w8a8", "same")
+
+
+@dataclass
+class QuantConfig(MethodConfig):
+    """Fake-quantized U-Net: PTQ directly, or a checkpoint made by EfficientDM / full-QAT fine-tuning."""
+
+    section: ClassVar[str] = "quant"
+
+    method: str = param("ptq", "ptq: calibrate and run (no training); efficientdm / qat: a fine-tuned checkpoint, "
+                        "made by `python -m backend finetune efficientdm` (give it as checkpoint)", choices=METHODS)
+    weight_bits: int = param(8, "weight bit-width (per output channel, asymmetric)", minimum=2, maximum=8)
+    act_bits: int = param(8, "input-activation bit-width (per tensor, asymmetric)", minimum=2, maximum=8)
+    checkpoint: str = param("", "a quantized checkpoint directory (quant_config.json + quant_model.safetensors); "
+                            "when given, it is loaded and its own method / bits / policy are used")
+    quantize_skip: str = param("w8a8", "ResNet 1x1 skip convs: fp (paper), w8a8, or same (the target bits)",
+                               choices=SIDE_POLICIES)
+    quantize_downsample: str = param("w8a8", "downsample convs: fp (paper), w8a8, or same (the target bits)",
+                                     choices=SIDE_POLICIES)
+    first_last_8bit: bool = param(True, "keep the first conv, last conv and time-embedding MLP at W8A8, "
+                                  "without LoRA (paper); false quantizes them at the target bits")
+    quantize_attn_matmul: bool = param(False, "also fake-quantize the inputs of QKᵀ and softmax·V at act_bits "
+                                       "(paper: off)")
+    calib_prompts: int = param(8, "PTQ: prompts sampled by the FP model to collect calibration inputs",
+                               minimum=1, maximum=256, ui=False)
+    calib_steps: int = param(20, "PTQ: DDIM steps of the FP calibration trajectories", minimum=1, maximum=1000,
+                             ui=False)
+    calib_samples: int = param(32, "PTQ: U-Net inputs (x_t, t, text) drawn from the trajectories for the "
+                               "activation-range search (paper: 32)", minimum=1, maximum=4096, ui=False)
+    seed: int = param(0, "seed of the calibration prompts and noise", minimum=0, ui=False)
+
+    def validate(self) -> None:
+        if not isinstance(self.checkpoint, str):
+            raise ValueError(f"quant.checkpoint: expected a directory path (string), got {self.checkpoint!r}")
+        if self.method != "ptq" and not self.checkpoint:
+            raise ValueError(f"quant.method: {self.method!r} needs a checkpoint (make one with `python -m backend "
+                             f"finetune efficientdm --out DIR`, then give quant.checkpoint: DIR); allowed without "
+                             "one: ptq")
+
+
+@dataclass
+class FinetuneConfig(MethodConfig):
+    """EfficientDM (QALoRA + TALSQ + data-free distillation) and full-QAT fine-tuning hyper-parameters.
+
+    Defaults are sized for a 2-core CPU and the embedded shapes-sd: short DDIM trajectories (train_steps
+    per-step activation scales, resampled by timestep when sampling with more steps), small batches,
+    and a LoRA learning-rate scale larger than the paper's 1/2500 because we run ~10× fewer iterations.
+    """
+
+    section: ClassVar[str] = "quant_finetune"
+
+    method: str = param("efficientdm", "efficientdm: QALoRA + TALSQ (LoRA merged into W before fake quantization); "
+                        "qat: LSQ on all weights, no LoRA (the baseline)", choices=("efficientdm", "qat"))
+    weight_bits: int = param(4, "weight bit-width", minimum=2, maximum=8)
+    act_bits: int = param(4, "activation bit-width", minimum=2, maximum=8)
+    minutes: float = param(15.0, "wall-clock training budget", minimum=0.0)
+    max_iters: int = param(0, "stop after this many updates (0: budget only)", minimum=0)
+    train_steps: int = param(10, "DDIM steps of each teacher trajectory = per-step activation scales (TALSQ T; "
+                             "paper: 100). Sampling with another step count maps each timestep to the nearest",
+                             minimum=1, maximum=1000)
+    batch_size: int = param(4, "prompts per trajectory (the U-Net sees 2× with classifier-free guidance; paper: 2)",
+                            minimum=1, maximum=256)
+    lora_rank: int = param(32, "QALoRA rank r in every quantized layer (paper: 32; capped at the layer's size)",
+                           minimum=1, maximum=1024)
+    lora_lr_scale: float = param(0.02, "scale-aware LoRA lr: each layer's Adam lr = this × mean weight step size "
+                                 "(paper code: 1/2500 over 16k iterations)", minimum=0.0)
+    weight_scale_lr: float = param(1e-6, "lr of the LSQ weight step sizes (paper: 1e-6)", minimum=0.0)
+    act_lr: float = param(5e-4, "lr of the per-step activation step sizes and zero points (paper: 5e-4)",
+                          minimum=0.0)
+    qat_lr: float = param(1e-4, "qat only: Adam lr of the latent full-precision weights", minimum=0.0)
+    guidance: float = param(-1.0, "CFG scale of the teacher trajectory (<0: the model's default)")
+    eta: float = param(1.0, "DDIM eta of the teacher trajectory (paper: 1.0)", minimum=0.0, maximum=1.0)
+    grad_clip: float = param(1.0, "gradient-norm clip (0: off)", minimum=0.0)
+    checkpoint_every_s: float = param(120.0, "seconds of training between checkpoints", minimum=1.0)
+    seed: int = param(0, "seed of prompts and trajectories", minimum=0)
+
+    def quant_config(self, **overrides) -> QuantConfig:
+        """The QuantConfig of the student (layer policy at its defaults unless overridden)."""
+        data = {"method": "ptq", "weight_bits": self.weight_bits, "act_bits": self.act_bits, **overrides}
+        return QuantConfig.from_dict(data)

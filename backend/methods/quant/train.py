@@ -1,0 +1,243 @@
+"""EfficientDM fine-tuning (QALoRA + TALSQ + data-free distillation) and the full-QAT baseline, as a job.
+
+The FP teacher samples DDIM trajectories (``train_steps`` steps, eta 1, CFG) for prompts of the model's
+prompt set; at every step teacher and student see the same x_t, the loss is the MSE between their
+guided noise predictions, one optimizer step follows, and x_{t-1} comes from the *teacher's* prediction.
+
+- efficientdm: every target-bit layer gets a rank-r LoRA merged into W0 (its dequantized PTQ weight)
+  before fake quantization; one Adam group per layer with lr = lora_lr_scale × mean weight step size
+  (scale-aware); LSQ weight step sizes and the per-step activation step sizes / zero points learn too.
+- qat: the latent FP weights of the same layers learn directly (LSQ on all weights, no LoRA).
+
+Runs on accelerate's ``Accelerator`` (``accelerate launch -m backend finetune efficientdm ...`` uses
+several GPUs); progress, cancel and the time budget go through :class:`backend.runs.jobs.JobControl`;
+checkpoints are written every ``checkpoint_every_s`` and on cancel, and a run resumes from its ``out``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from backend.methods.quant.calibrate import calibrate, cfg_eps, ddim_scheduler, default_prompts, encode, \
+    guidance_of, latent_shape
+from backend.methods.quant.checkpoint import CONFIG_FILE, TRAIN_FILE, CheckpointError, load_train_state, \
+    save_checkpoint
+from backend.methods.quant.config import FinetuneConfig
+from backend.methods.quant.model import QuantState, quantize_unet
+from backend.runs.jobs import JobCancelled, JobControl
+
+RESUME_KEYS = ("method", "weight_bits", "act_bits", "train_steps", "batch_size", "lora_rank", "seed")
+
+
+def build_student(pipe, ft: FinetuneConfig, prompts: list[str] | None = None, calibrate_acts: bool = True):
+    """A quantized copy of ``pipe.unet`` ready for fine-tuning (PTQ-initialised); (student, state)."""
+    student = copy.deepcopy(pipe.unet)
+    qcfg = dataclasses.replace(ft.quant_config(), method=ft.method)
+    state = quantize_unet(student, qcfg, base_model=getattr(pipe, "speedlab_source", ""))
+    if calibrate_acts:
+        calibrate(pipe, state, qcfg, unet=student, prompts=(prompts or [])[: qcfg.calib_prompts] or None)
+    state.set_timesteps([int(t) for t in ddim_scheduler(pipe, ft.train_steps).timesteps])
+    student.requires_grad_(False)
+    for layer in state.trainable_layers().values():
+        if ft.method == "efficientdm":
+            layer.add_lora(ft.lora_rank)
+        else:
+            layer.base.weight.requires_grad_(True)
+        layer.w_quant.scale.requires_grad_(True)
+    for q in state.act_quantizers(temporal_only=True).values():
+        q.scale.requires_grad_(True)
+        q.zero_point.requires_grad_(True)
+    return student, state
+
+
+def param_groups(state: QuantState, ft: FinetuneConfig) -> list[dict]:
+    """Adam groups: scale-aware LoRA lr per layer (or the QAT weight lr), weight scales, activation tables."""
+    groups = []
+    layers = state.trainable_layers()
+    for name, layer in layers.items():
+        if ft.method == "efficientdm":
+            lr = ft.lora_lr_scale * float(layer.w_quant.scale.detach().mean())
+            groups.append({"params": [layer.lora_A, layer.lora_B], "lr": lr, "name": f"lora:{name}"})
+    if ft.method == "qat":
+        groups.append({"params": [m.base.weight for m in layers.values()], "lr": ft.qat_lr, "name": "weights"})
+    groups.append({"params": [m.w_quant.scale for m in layers.values()], "lr": ft.weight_scale_lr,
+                   "name": "weight_scales"})
+    acts = state.act_quantizers(temporal_only=True).values()
+    groups.append({"params": [p for q in acts for p in (q.scale, q.zero_point)], "lr": ft.act_lr,
+                   "name": "act_scales"})
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    return [g for g in groups if g["params"]]
+
+
+def _train_tensors(state: QuantState, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, layer in state.layers.items():
+        for key, value in layer.state_dict().items():
+            if not key.startswith("base.") or (key == "base.weight" and layer.base.weight.requires_grad):
+                out[f"layer.{name}.{key}"] = value.detach().clone()
+    for name, proc in state.attn.items():
+        for key, value in proc.state_dict().items():
+            out[f"attn.{name}.{key}"] = value.detach().clone()
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        st = opt.state.get(p, {})
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                out[f"opt.{i}.{key}"] = value.detach().clone()
+    return out
+
+
+def _restore(state: QuantState, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups_meta) -> None:
+    with torch.no_grad():
+        for name, layer in state.layers.items():
+            own = layer.state_dict()
+            for key in own:
+                full = f"layer.{name}.{key}"
+                if full in tensors:
+                    own[key].copy_(tensors[full])
+        for name, proc in state.attn.items():
+            for key, value in proc.state_dict().items():
+                value.copy_(tensors[f"attn.{name}.{key}"])
+    params = [p for g in opt.param_groups for p in g["params"]]
+    per: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, i, k = key.split(".", 2)
+            per.setdefault(int(i), {})[k] = value
+    if len(groups_meta) != len(opt.param_groups):
+        raise CheckpointError("the saved optimizer does not match this fine-tune (different layers)")
+    for g, saved in zip(opt.param_groups, groups_meta):
+        g["lr"], g["initial_lr"] = saved["lr"], saved["initial_lr"]
+    for i, st in per.items():
+        if i >= len(params):
+            raise CheckpointError("the saved optimizer does not match this fine-tune (different parameters)")
+        opt.state[params[i]] = dict(st)
+    state.invalidate()
+
+
+def finetune(
+    pipe, ft: FinetuneConfig, out: str | Path, job: JobControl | None = None, prompts: list[str] | None = None,
+    resume: bool = True, on_eval: Callable[[torch.nn.Module, float, int], bool] | None = None,
+    eval_every_s: float | None = None,
+) -> dict:
+    """Fine-tune a quantized student of ``pipe`` (FP teacher) into the checkpoint directory ``out``.
+
+    Returns a summary (status done/cancelled/stopped, iters, elapsed_s, loss, out). ``on_eval(student,
+    train_seconds, iters)`` is called every ``eval_every_s`` seconds of training (its own time is not
+    counted) and may return True to stop early.
+    """
+    from accelerate import Accelerator
+
+    job = job or JobControl()
+    out = Path(out)
+    accelerator = Accelerator(cpu=pipe.unet.device.type == "cpu")
+    teacher = pipe.unet
+    teacher.eval().requires_grad_(False)
+    pool = list(prompts) if prompts else default_prompts(pipe, 256, ft.seed)
+    if not pool or any(not isinstance(p, str) or not p.strip() for p in pool):
+        raise ValueError("prompts: give one or more non-empty text prompts")
+    resuming = resume and (out / CONFIG_FILE).exists() and (out / TRAIN_FILE).exists()
+    meta = None
+    if resuming:
+        meta, tensors = load_train_state(out)
+        saved = meta["training"]["finetune"]
+        for key in RESUME_KEYS:
+            if saved.get(key) != getattr(ft, key):
+                raise CheckpointError(f"{out}: cannot resume, {key} was {saved.get(key)!r} and is now "
+                                      f"{getattr(ft, key)!r}; allowed: the same settings, or a new --out")
+    student, state = build_student(pipe, ft, pool, calibrate_acts=not resuming)
+    opt = torch.optim.AdamW(param_groups(state, ft), weight_decay=0.0)
+    it, traj, elapsed, loss_avg = 0, 0, 0.0, None
+    if resuming:
+        _restore(state, opt, tensors, meta["training"]["param_groups"])
+        tr = meta["training"]
+        it, traj, elapsed, loss_avg = tr["iters"], tr["trajectories"], tr["elapsed_s"], tr.get("loss")
+    student.train()
+    student, opt = accelerator.prepare(student, opt)
+    device = accelerator.device
+    teacher.to(device)
+    guidance = guidance_of(pipe, ft.guidance)
+    sched = ddim_scheduler(pipe, ft.train_steps)
+    budget = ft.minutes * 60.0
+    params = [p for g in opt.param_groups for p in g["params"]]
+    with torch.no_grad():
+        uncond = encode(pipe, [""])[1]
+    last_ckpt, last_eval, status = elapsed, elapsed, "done"
+
+    def save(done: bool) -> None:
+        if not accelerator.is_main_process:
+            return
+        unwrapped = accelerator.unwrap_model(student)
+        was = unwrapped.training
+        unwrapped.eval()
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        training = {"finetune": ft.to_dict(), "iters": it, "trajectories": traj, "elapsed_s": round(elapsed, 3),
+                    "loss": loss_avg, "done": done, "param_groups": groups}
+        save_checkpoint(unwrapped, out, training=training, train_tensors=_train_tensors(state, opt))
+        unwrapped.train(was)
+
+    def finished() -> bool:
+        return (elapsed >= budget or (ft.max_iters and it >= ft.max_iters) or job.out_of_time())
+
+    try:
+        while not finished():
+            gen = torch.Generator("cpu").manual_seed(ft.seed * 1_000_003 + traj * 1009 + accelerator.process_index)
+            idx = torch.randint(0, len(pool), (ft.batch_size,), generator=gen).tolist()
+            with torch.no_grad():
+                cond = encode(pipe, [pool[i] for i in idx])[0].to(device)
+            unc = uncond.expand(len(idx), -1, -1).to(device)
+            x = (torch.randn(latent_shape(pipe, len(idx)), generator=gen) * sched.init_noise_sigma).to(device)
+            for t in sched.timesteps:
+                job.check()
+                start = time.monotonic()
+                frac = max(elapsed / budget if budget > 0 else 1.0, it / ft.max_iters if ft.max_iters else 0.0)
+                for g in opt.param_groups:
+                    g["lr"] = g["initial_lr"] * max(0.0, 1.0 - frac)
+                with torch.no_grad():
+                    e_t = cfg_eps(teacher, x, t, cond, unc, guidance)
+                e_s = cfg_eps(student, x, t, cond, unc, guidance)
+                loss = F.mse_loss(e_s, e_t)
+                opt.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                if ft.grad_clip > 0:
+                    accelerator.clip_grad_norm_(params, ft.grad_clip)
+                opt.step()
+                x = sched.step(e_t, t, x, eta=ft.eta, generator=gen).prev_sample
+                it += 1
+                value = float(loss.detach())
+                loss_avg = value if loss_avg is None else 0.95 * loss_avg + 0.05 * value
+                elapsed += time.monotonic() - start
+                job.report(step=it, total=ft.max_iters or None, loss=round(loss_avg, 6), train_s=round(elapsed, 1),
+                           eta_s=round(max(0.0, budget - elapsed), 1) if not ft.max_iters else None)
+                if finished():
+                    break
+            traj += 1
+            if elapsed - last_ckpt >= ft.checkpoint_every_s and not finished():
+                save(done=False)
+                last_ckpt = elapsed
+            if on_eval is not None and eval_every_s and elapsed - last_eval >= eval_every_s:
+                last_eval = elapsed
+                unwrapped = accelerator.unwrap_model(student)
+                unwrapped.eval()
+                stop = on_eval(unwrapped, elapsed, it)
+                unwrapped.train()
+                if stop:
+                    status = "stopped"
+                    break
+    except JobCancelled:
+        status = "cancelled"
+    save(done=status != "cancelled")
+    accelerator.unwrap_model(student).eval()
+    return {"status": status, "iters": it, "trajectories": traj, "elapsed_s": round(elapsed, 2),
+            "loss": None if loss_avg is None else round(loss_avg, 6), "out": str(out),
+            "minutes": round(elapsed / 60, 3), "final_loss_is_finite": loss_avg is None or math.isfinite(loss_avg),
+            "student": accelerator.unwrap_model(student)}

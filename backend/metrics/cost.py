@@ -1,0 +1,100 @@
+"""Cost metrics: MACs, latency, peak memory, model size, U-Net evaluations."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_macs(fn: Callable[[], Any]) -> int:
+    """Multiply-accumulates executed by fn() (torch's FlopCounterMode; 1 MAC = 2 FLOPs)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() // 2
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure_latency(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: str = "cpu") -> dict:
+    """Median and p90 wall-clock seconds of fn() after warm-up, device-synchronised."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    p90 = times[min(len(times) - 1, round(0.9 * (len(times) - 1)))]
+    return {"latency_s": statistics.median(times), "latency_p90_s": p90}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: str = "cpu") -> float:
+    """Peak memory while fn() runs: CUDA peak allocated on GPU, process RSS (sampled every 2 ms) on CPU."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    peak, done = [_rss_mb()], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        watcher.join()
+    return max(peak[0], _rss_mb())
+
+
+def model_size_mb(module: torch.nn.Module) -> float:
+    """Bytes of parameters and buffers, in MiB (a method may report its packed size instead)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+class UnetCallCounter:
+    """Counts U-Net evaluations per image: rows passed through the U-Net / images generated.
+
+    With classifier-free guidance batched in one call, one denoising step is two evaluations.
+    """
+
+    def __init__(self, unet: torch.nn.Module):
+        self.unet, self.rows, self.calls = unet, 0, 0
+        self._handle = None
+
+    def __enter__(self) -> "UnetCallCounter":
+        def hook(module, args, kwargs):
+            sample = args[0] if args else kwargs["sample"]
+            self.rows += sample.shape[0]
+            self.calls += 1
+
+        self._handle = self.unet.register_forward_pre_hook(hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def per_image(self, n_images: int) -> float:
+        return self.rows / max(1, n_images)

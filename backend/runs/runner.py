@@ -1,0 +1,115 @@
+"""Run a variant on prompts × seeds and measure it: images, cost and quality (the design.md metric names)."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from backend.metrics import cost, quality
+from backend.models import RANDOM_ARCHS, is_random_weights
+from backend.runs.build import build_pipeline, generate
+from backend.runs.variant import Variant
+from backend.world.prompts import prompt_set
+
+ProgressFn = Callable[[int, int], None]
+
+
+def eval_prompts(name: str = "single", n: int = 200) -> list[str]:
+    """n prompts spread evenly over a Shapes prompt set (deterministic)."""
+    scenes = prompt_set(name)
+    if not 1 <= n <= len(scenes):
+        raise ValueError(f"--n {n} is out of range; allowed: 1 to {len(scenes)} for prompt set {name!r}")
+    return [scenes[i * len(scenes) // n].caption for i in range(n)]
+
+
+@dataclass
+class VariantResult:
+    variant: Variant
+    images: np.ndarray
+    prompts: list[str]
+    seeds: list[int]
+    metrics: dict = field(default_factory=dict)
+
+
+def run_variant(
+    variant: Variant, prompts: list[str], seeds: list[int], batch_size: int = 25, repeats: int = 3,
+    measure_macs: bool = True, on_progress: ProgressFn | None = None,
+) -> VariantResult:
+    """Generate every prompt/seed pair and measure cost: latency (one image, median and p90 of
+    ``repeats`` after a warm-up), unet_evals, macs_per_image, peak_mem_mb, model_size_mb."""
+    pipe = build_pipeline(variant)
+    total = len(prompts)
+    chunks = []
+    with cost.UnetCallCounter(pipe.unet) as counter:
+        for start in range(0, total, batch_size):
+            end = min(total, start + batch_size)
+            chunks.append(generate(pipe, variant, prompts[start:end], seeds[start:end]))
+            if on_progress:
+                on_progress(end, total)
+    metrics: dict = {"unet_evals": counter.per_image(total)}
+
+    def one_image() -> None:
+        generate(pipe, variant, prompts[:1], seeds[:1])
+
+    device = str(pipe.unet.device)
+    if repeats > 0:
+        metrics.update(cost.measure_latency(one_image, repeats=repeats, warmup=1, device=device))
+        metrics["peak_mem_mb"] = cost.peak_memory_mb(one_image, device)
+    if measure_macs:
+        metrics["macs_per_image"] = cost.count_macs(one_image)
+    metrics["model_size_mb"] = getattr(pipe, "speedlab_model_size_mb", None) or cost.model_size_mb(pipe.unet)
+    return VariantResult(variant, np.concatenate(chunks), list(prompts), list(seeds), metrics)
+
+
+def add_quality(result: VariantResult, baseline: VariantResult | None = None) -> None:
+    """Quality metrics of a result (against the same-seed baseline when given) and speedup."""
+    if not is_random_weights(base_pipeline(result.variant)):
+        result.metrics.update(quality.quality_metrics(result.images, result.prompts,
+                                                      None if baseline is None else baseline.images))
+    if baseline is not None and "latency_s" in result.metrics and "latency_s" in baseline.metrics:
+        result.metrics["speedup"] = baseline.metrics["latency_s"] / result.metrics["latency_s"]
+
+
+def base_pipeline(variant: Variant):
+    """The variant's base model (cached), to ask what it is without applying methods."""
+    from backend.models import load_pipeline
+
+    return load_pipeline(variant.model, variant.device, variant.dtype)
+
+
+def evaluate_variant(
+    variant: Variant, baseline: Variant | None = None, n: int = 200, prompt_set_name: str = "single",
+    seed: int = 0, repeats: int = 3, batch_size: int = 25, on_progress: ProgressFn | None = None,
+) -> dict:
+    """All metrics of one variant on n prompts of a Shapes prompt set, seeds seed..seed+n-1."""
+    if variant.model in RANDOM_ARCHS:
+        raise quality.QualityUnavailable(f"model {variant.model!r} has random weights: it is for speed measurements "
+                                         "only, quality metrics are refused")
+    prompts = eval_prompts(prompt_set_name, n)
+    seeds = [seed + i for i in range(n)]
+    base = None
+    if baseline is not None:
+        base = run_variant(baseline, prompts, seeds, batch_size, repeats, measure_macs=False)
+    result = run_variant(variant, prompts, seeds, batch_size, repeats, on_progress=on_progress)
+    add_quality(result, base)
+    return {"variant": variant.to_dict(), "prompt_set": prompt_set_name, "n": n, "seed": seed, **result.metrics}
+
+
+def environment() -> dict:
+    """Where a measurement was made: CPU/GPU, library versions, git commit."""
+    import diffusers
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip()
+    return {
+        "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
+        "git_commit": commit or None,
+    }
