@@ -1,3 +1,63 @@
-"""The Speedlab workbench (python -m app). The Gradio UI lands with the workbench issue."""
+"""python -m app [--model shapes] [--host 127.0.0.1] [--port 7860] [--store PATH]: the Speedlab workbench."""
 
-print("Speedlab workbench: coming soon. Meanwhile: python -m backend --help")
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    parser.add_argument("--model", default="shapes", help="model shown first: shapes (default), tiny-arch, "
+                        "sd15-arch, a local diffusers folder or a cached Hub id")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 only "
+                        "when you mean to expose it)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--store", default="runs/workbench", help="results store folder: fine-tune jobs, "
+                        "checkpoints, reports (default runs/workbench)")
+    return parser.parse_args(argv)
+
+
+def create(model: str = "shapes", store: str = "runs/workbench"):
+    """The Gradio Blocks of the workbench (not launched) and its callbacks."""
+    from app.callbacks import Callbacks
+    from app.ui import CSS, build_demo
+
+    cb = Callbacks(model=model, store=store)
+    demo = build_demo(cb)
+    demo.speedlab_css = CSS
+    return demo, cb
+
+
+def launch(demo, host: str = "127.0.0.1", port: int | None = 7860, **kwargs):
+    return demo.launch(server_name=host, server_port=port, ssr_mode=False, css=getattr(demo, "speedlab_css", None),
+                       footer_links=["api"], quiet=kwargs.pop("quiet", False), **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2)))
+    demo, cb = create(args.model, args.store)
+
+    def warm() -> None:  # load the model while the browser opens the page
+        try:
+            from backend.models import load_pipeline
+
+            load_pipeline(args.model)
+        except Exception as exc:
+            print(f"warning: model {args.model!r} cannot be loaded yet: {exc}", file=sys.stderr)
+
+    threading.Thread(target=warm, daemon=True).start()
+    launch(demo, args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

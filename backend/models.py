@@ -1,4 +1,5 @@
-"""Load a text-to-image pipeline: the embedded shapes-sd, a local diffusers folder, a Hub id, or a random-weight architecture."""
+"""Load a text-to-image pipeline: the embedded shapes-sd, a local diffusers folder, a Hub id, or a random
+weight architecture."""
 
 from __future__ import annotations
 

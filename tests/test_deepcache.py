@@ -222,7 +222,8 @@ def _cfg_loop(pipe, two_calls: bool, shared_context: bool = False, steps: int = 
                 eps_u = unet(lat, t, encoder_hidden_states=uncond).sample
                 eps_c = unet(lat, t, encoder_hidden_states=cond).sample
             else:
-                eps_u, eps_c = unet(torch.cat([lat, lat]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+                both = unet(torch.cat([lat, lat]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+                eps_u, eps_c = both.chunk(2)
             lat = sched.step(eps_u + 5.0 * (eps_c - eps_u), t, lat).prev_sample
     return lat, hook.stats()
 

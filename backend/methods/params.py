@@ -28,7 +28,7 @@ class MethodConfig:
     section: ClassVar[str] = ""
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "MethodConfig":
+    def from_dict(cls, data: dict | None) -> MethodConfig:
         """Validate a Variant section; ValueError names the bad key or value and what is allowed."""
         if data is not None and not isinstance(data, dict):
             raise ValueError(f"{cls.section}: expected an object, got {data!r}")

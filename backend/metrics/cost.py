@@ -5,7 +5,8 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -84,7 +85,7 @@ class UnetCallCounter:
         self.unet, self.rows, self.calls = unet, 0, 0
         self._handle = None
 
-    def __enter__(self) -> "UnetCallCounter":
+    def __enter__(self) -> UnetCallCounter:
         def hook(module, args, kwargs):
             sample = args[0] if args else kwargs["sample"]
             self.rows += sample.shape[0]

@@ -33,7 +33,8 @@ class QualityUnavailable(ValueError):
 def _load(name: str) -> torch.nn.Module:
     path = EVALUATORS / f"{name}.safetensors"
     if not path.exists():
-        raise QualityUnavailable(f"the {name} weights are missing at {path}; train them with python -m backend.world.train")
+        raise QualityUnavailable(f"the {name} weights are missing at {path}; "
+                                 "train them with python -m backend.world.train")
     net = Judge() if name == "judge" else RewardNet()
     net.load_state_dict(load_file(path))
     return net.eval().requires_grad_(False)

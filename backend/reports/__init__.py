@@ -1,0 +1,1 @@
+"""Plots (plotly) and report export (HTML / CSV / JSON / zip) of runs in the results store."""

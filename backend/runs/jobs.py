@@ -10,8 +10,9 @@ a threading or multiprocessing Event).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 
 class JobCancelled(Exception):

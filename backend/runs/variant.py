@@ -49,7 +49,7 @@ class Variant:
     consistency: dict | None = None
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Variant":
+    def from_dict(cls, data: Any) -> Variant:
         """Validate plain data; raises VariantError naming the first bad key or value."""
         if not isinstance(data, dict):
             raise VariantError(f"a variant must be a JSON object, got {type(data).__name__}")
@@ -62,7 +62,7 @@ class Variant:
         return v
 
     @classmethod
-    def parse(cls, text_or_path: str) -> "Variant":
+    def parse(cls, text_or_path: str) -> Variant:
         """A JSON string or the path of a JSON file."""
         text = text_or_path
         if not text.lstrip().startswith("{"):
@@ -96,6 +96,9 @@ class Variant:
             raise VariantError(f"dtype: {self.dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
         for section in METHOD_SECTIONS:
             self.method(section)
+        if self.consistency is not None and self.scheduler not in (None, "lcm"):
+            raise VariantError(f"consistency and scheduler {self.scheduler!r} are incompatible: a consistency "
+                               "student samples with the lcm scheduler (omit scheduler or use \"lcm\")")
 
     def method(self, section: str) -> MethodConfig | None:
         """The validated config of a method section, or None when the section is off."""

@@ -60,7 +60,8 @@ class RewardNet(nn.Module):
         super().__init__()
         layers, cin = [], 3
         for cout in (24, 48, 96):
-            layers += [nn.Conv2d(cin, cout, 3, 1, 1), nn.SiLU(), nn.Conv2d(cout, cout, 3, 1, 1), nn.SiLU(), nn.AvgPool2d(2)]
+            layers += [nn.Conv2d(cin, cout, 3, 1, 1), nn.SiLU(), nn.Conv2d(cout, cout, 3, 1, 1), nn.SiLU(),
+                       nn.AvgPool2d(2)]
             cin = cout
         self.convs = nn.Sequential(*layers, nn.Conv2d(96, 96, 3, 1, 1), nn.SiLU())
         self.pool = nn.AdaptiveAvgPool2d(3)

@@ -5,9 +5,19 @@ from __future__ import annotations
 import itertools
 import random
 import re
-from functools import lru_cache
+from functools import cache
 
-from backend.world.shapes import COLORS, HELD_OUT_PAIRS, POSITIONS, RELATIONS, SHAPES, SIZES, Scene, ShapeObject, random_scene
+from backend.world.shapes import (
+    COLORS,
+    HELD_OUT_PAIRS,
+    POSITIONS,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    ShapeObject,
+    random_scene,
+)
 
 PROMPT_SETS = ("single", "two", "compositional")
 SET_SIZE = 250
@@ -16,7 +26,7 @@ _SINGLE_RE = re.compile(rf"^{_OBJ} ({'|'.join(POSITIONS)})$")
 _TWO_RE = re.compile(rf"^{_OBJ} ({'|'.join(RELATIONS)}) {_OBJ}$")
 
 
-@lru_cache(maxsize=None)
+@cache
 def prompt_set(name: str) -> tuple[Scene, ...]:
     """The named evaluation set (250 scenes): "single", "two" or "compositional"."""
     if name == "single":

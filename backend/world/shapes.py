@@ -144,7 +144,9 @@ def render(scene: Scene, rng: random.Random, supersample: int = 4) -> np.ndarray
     return np.asarray(img, dtype=np.uint8)
 
 
-def sample_batch(n: int, seed: int, split: str = "train", n_objects: int | None = None) -> tuple[np.ndarray, list[Scene]]:
+def sample_batch(
+    n: int, seed: int, split: str = "train", n_objects: int | None = None
+) -> tuple[np.ndarray, list[Scene]]:
     """n rendered scenes (uint8, N×64×64×3) and their Scene objects, fully determined by seed."""
     rng = random.Random(seed)
     scenes = [random_scene(rng, n_objects, split) for _ in range(n)]

@@ -16,8 +16,8 @@ import json
 import math
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -159,7 +159,8 @@ def encode_latents(work: Path, n: int = N_LATENTS) -> None:
         captions += [s.caption for s in scenes]
     lat = torch.cat(latents).contiguous()
     tok = arch.build_tokenizer()
-    ids = tok(captions, padding="max_length", max_length=arch.MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+    ids = tok(captions, padding="max_length", max_length=arch.MAX_TOKENS, truncation=True,
+              return_tensors="pt").input_ids
     save_file({"latents": lat, "ids": ids, "std": lat.std().reshape(1)}, out)
 
 
@@ -195,7 +196,8 @@ def train_unet(work: Path, minutes: float) -> None:
     data = load_file(work / "latents.safetensors")
     scale = float(1.0 / data["std"])
     latents, ids = data["latents"] * scale, data["ids"]
-    empty = arch.build_tokenizer()([""], padding="max_length", max_length=arch.MAX_TOKENS, return_tensors="pt").input_ids
+    empty = arch.build_tokenizer()([""], padding="max_length", max_length=arch.MAX_TOKENS,
+                                   return_tensors="pt").input_ids
     torch.manual_seed(0)
     unet, text = arch.build_unet(), arch.build_text_encoder()
     ema = {"unet": copy.deepcopy(unet), "text": copy.deepcopy(text)}
@@ -217,7 +219,7 @@ def train_unet(work: Path, minutes: float) -> None:
     save_file(ema["unet"].state_dict(), done)
 
 
-def export(work: Path, out: Path) -> dict:
+def export(work: Path, out: Path, guidance: float = 5.0) -> dict:
     """Write assets/shapes-sd (stock StableDiffusionPipeline layout) and assets/evaluators."""
     from diffusers import StableDiffusionPipeline
 
@@ -225,13 +227,20 @@ def export(work: Path, out: Path) -> dict:
     vae = _load_vae(work)
     vae.register_to_config(scaling_factor=float(1.0 / data["std"]))
     unet, text = arch.build_unet(), arch.build_text_encoder()
-    unet.load_state_dict(load_file(work / "unet" / "unet.safetensors"))
-    text.load_state_dict(load_file(work / "unet" / "text.safetensors"))
+    if (work / "unet" / "unet.safetensors").exists():
+        unet.load_state_dict(load_file(work / "unet" / "unet.safetensors"))
+        text.load_state_dict(load_file(work / "unet" / "text.safetensors"))
+    else:  # an interim export from the running stage's last saved EMA weights
+        ema = torch.load(work / "unet" / "state.pt", weights_only=True)["ema"]
+        unet.load_state_dict(ema["unet"])
+        text.load_state_dict(ema["text"])
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text, tokenizer=arch.build_tokenizer(), unet=unet, scheduler=arch.build_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(out / "shapes-sd", safe_serialization=True)
+    defaults = {"steps": 50, "guidance": guidance, "height": 64, "width": 64}
+    (out / "shapes-sd" / "speedlab.json").write_text(json.dumps(defaults, indent=2) + "\n")
     (out / "evaluators").mkdir(parents=True, exist_ok=True)
     report = {"vae_psnr_db": vae_psnr(vae)}
     for name, cls in (("judge", Judge), ("reward", RewardNet)):
@@ -255,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-minutes", type=float, default=3.0, help="for each of the judge and the reward model")
     p.add_argument("--unet-minutes", type=float, default=60.0)
     p.add_argument("--n-latents", type=int, default=N_LATENTS, help="training images encoded for the U-Net")
+    p.add_argument("--guidance", type=float, default=5.0, help="default guidance written to speedlab.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.threads:
@@ -265,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         "judge": lambda: train_evaluator(args.work, "judge", args.eval_minutes),
         "reward": lambda: train_evaluator(args.work, "reward", args.eval_minutes),
         "unet": lambda: train_unet(args.work, args.unet_minutes),
-        "export": lambda: print(json.dumps(export(args.work, args.out), indent=2)),
+        "export": lambda: print(json.dumps(export(args.work, args.out, args.guidance), indent=2)),
     }
     for name, run in stages.items():
         if args.stage in ("all", name):

@@ -71,9 +71,13 @@ def main(args: argparse.Namespace) -> int:
         return 2
     cancel = threading.Event()
     total = cfg.max_steps or None
-    bar = tqdm(total=total or int(cfg.minutes * 60), unit="step" if total else "s", desc="lcd", file=sys.stderr)
+    bars: list = []  # made on the first report, so a bad setting fails before any bar is drawn
 
     def on_progress(fields: dict) -> None:
+        if not bars:
+            bars.append(tqdm(total=total or int(cfg.minutes * 60), unit="step" if total else "s", desc="lcd",
+                             file=sys.stderr))
+        bar = bars[0]
         bar.n = fields["step"] if total else min(bar.total, int(fields.get("minutes", 0) * 60))
         bar.set_postfix({k: fields[k] for k in ("step", "loss", "reward", "proxy_agree") if k in fields},
                         refresh=False)
@@ -84,12 +88,12 @@ def main(args: argparse.Namespace) -> int:
         summary = distill(pipe, cfg, args.out, JobControl(on_progress=on_progress, cancel=cancel),
                           guidance=variant.guidance)
     except ValueError as exc:
-        bar.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGINT, previous)
-    bar.close()
+        for bar in bars:
+            bar.close()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -71,24 +71,24 @@ def _down_outputs(block: torch.nn.Module) -> int:
 
 
 def _plan_or_none(unet: torch.nn.Module, branch: int) -> BranchPlan | None:
-    b, l = branch // 3, branch % 3
+    b, layer = branch // 3, branch % 3
     n = len(unet.down_blocks)
     if b >= n or len(unet.up_blocks) != n:
         return None
     down, u = unet.down_blocks[b], n - 1 - b
     up = unet.up_blocks[u]
-    if l > len(down.resnets) or l >= len(up.resnets):
+    if layer > len(down.resnets) or layer >= len(up.resnets):
         return None
-    if l > 0 and type(down).__name__ not in _DOWN_LAYERED:
+    if layer > 0 and type(down).__name__ not in _DOWN_LAYERED:
         return None
     if type(up).__name__ not in _UP_LAYERED:
         return None
-    j0 = len(up.resnets) - 1 - l
-    n_skips = 1 + sum(_down_outputs(d) for d in unet.down_blocks[:b]) + l
-    consumed = (l + 1) + sum(len(x.resnets) for x in unet.up_blocks[u + 1:])
+    j0 = len(up.resnets) - 1 - layer
+    n_skips = 1 + sum(_down_outputs(d) for d in unet.down_blocks[:b]) + layer
+    consumed = (layer + 1) + sum(len(x.resnets) for x in unet.up_blocks[u + 1:])
     if n_skips != consumed:
         return None
-    return BranchPlan(branch, b, l, u, j0, n_skips)
+    return BranchPlan(branch, b, layer, u, j0, n_skips)
 
 
 def valid_branches(unet: torch.nn.Module) -> list[int]:
@@ -251,7 +251,7 @@ def _partial_condition(unet: UNet2DConditionModel, plan: BranchPlan, a: dict, ca
 
     down_residuals, mid_residual = a.get("down_block_additional_residuals"), a.get("mid_block_additional_residual")
     if mid_residual is not None and down_residuals is not None:  # ControlNet: residuals of the computed skips
-        skips = [s + r for s, r in zip(skips, down_residuals)]
+        skips = [s + r for s, r in zip(skips, down_residuals, strict=False)]
 
     hidden, upsample_size = cache, None
     n_up = len(unet.up_blocks)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 
 from backend.methods.quant.config import FinetuneConfig, QuantConfig
-from backend.methods.quant.model import get_state, quantize_unet, remove as _remove_unet, summary
+from backend.methods.quant.model import get_state, quantize_unet, summary
+from backend.methods.quant.model import remove as _remove_unet
 
 __all__ = ["QuantConfig", "FinetuneConfig", "apply", "remove", "summary", "ptq", "packed_size_mb"]
 
@@ -30,7 +31,13 @@ def apply(pipe, config: QuantConfig) -> None:
     if not isinstance(config, QuantConfig):
         config = QuantConfig.from_dict(config)
     if config.checkpoint:
-        from backend.methods.quant.checkpoint import CheckpointError, config_from_meta, load_checkpoint, read_meta
+        from backend.methods.quant.checkpoint import (
+            CheckpointError,
+            checkpoint_size_mb,
+            config_from_meta,
+            load_checkpoint,
+            read_meta,
+        )
 
         saved = config_from_meta(read_meta(config.checkpoint), config.checkpoint)
         default = QuantConfig()
@@ -42,17 +49,19 @@ def apply(pipe, config: QuantConfig) -> None:
                 raise CheckpointError(f"quant.{f.name}: {given!r} conflicts with the checkpoint's "
                                       f"{getattr(saved, f.name)!r}; allowed: leave it out or give the same value")
         load_checkpoint(pipe.unet, config.checkpoint, base_model=getattr(pipe, "speedlab_source", ""))
+        pipe.unet.eval()
+        pipe.speedlab_model_size_mb = checkpoint_size_mb(config.checkpoint)
     else:
         ptq(pipe, config)
-    pipe.unet.eval()
-    pipe.speedlab_model_size_mb = packed_size_mb(pipe.unet)
+        pipe.unet.eval()
+        pipe.speedlab_model_size_mb = packed_size_mb(pipe.unet)
 
 
 def packed_size_mb(unet) -> float:
-    """The quantized U-Net's real low-bit size: the bytes of its packed checkpoint tensors, in MB (10^6 B)."""
+    """The quantized U-Net's real low-bit size: the bytes of its packed checkpoint tensors, in MiB."""
     from backend.methods.quant.checkpoint import model_tensors
 
-    return sum(t.numel() * t.element_size() for t in model_tensors(unet).values()) / 1e6
+    return sum(t.numel() * t.element_size() for t in model_tensors(unet).values()) / 2**20
 
 
 def remove(pipe) -> None:

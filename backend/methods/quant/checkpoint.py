@@ -5,11 +5,11 @@ A checkpoint is a directory:
 - ``quant_config.json`` — format/version, the QuantConfig, the base model (source and a fingerprint of
   its U-Net), the timesteps of the per-step activation tables, per-layer bits, the sha256 of the
   tensor file, and (for fine-tunes) the training progress;
-- ``quant_model.safetensors`` — per quantized layer ``<name>.qweight`` (uint8, 2-bit codes four per
-  byte, 3–4-bit codes two per byte, 5–8-bit one per byte), ``.w_scale`` (fp32 per output channel),
-  ``.w_zero`` (uint8 per output channel), ``.bias``, ``.a_scale`` / ``.a_zero`` (fp32, one per
-  denoising step); ``fp.<key>`` for every other U-Net tensor (norms, layers left FP). Its size is the
-  U-Net's real low-bit size;
+- ``quant_model.safetensors`` — the layers' packed integer weights (uint8; 2-bit codes four per byte,
+  3–4-bit codes two per byte, 5–8-bit one per byte), per-output-channel fp32 step sizes and uint8 zero
+  points, biases, the per-step activation step sizes / zero points, and every other U-Net tensor
+  (norms, layers left FP) in fp32 — concatenated in the layer order of quant_config.json so the file
+  is a handful of tensors and its size is the U-Net's real low-bit size;
 - ``train_state.safetensors`` (fine-tunes only) — what resuming needs: float LoRA / latent weights,
   step sizes and the optimizer moments.
 
@@ -32,7 +32,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from backend.methods.quant.config import QuantConfig
-from backend.methods.quant.layers import QuantLayer
 from backend.methods.quant.model import QuantState, fingerprint, get_state, quantize_unet
 
 FORMAT, VERSION = "speedlab-quant", 1
@@ -86,28 +85,53 @@ def _quant_prefixes(state: QuantState) -> list[str]:
     return [f"{n}." for n in state.layers] + [f"{n}.processor." for n in state.attn]
 
 
+def _act_quantizers(state: QuantState) -> list:
+    """Every activation quantizer in checkpoint order (layers, then attention matmul inputs)."""
+    out = [m.a_quant for m in state.layers.values()]
+    for proc in state.attn.values():
+        out += list(proc.quantizers().values())
+    return out
+
+
+def _fp_items(unet, state: QuantState) -> list[tuple[str, torch.Tensor]]:
+    prefixes = tuple(_quant_prefixes(state))
+    return [(k, v) for k, v in unet.state_dict().items() if not k.startswith(prefixes)]
+
+
 def model_tensors(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors of ``quant_model.safetensors`` for a quantized U-Net."""
+    """The tensors of ``quant_model.safetensors`` for a quantized U-Net.
+
+    Few, large tensors (so the file header stays small and the file size is the model's low-bit size):
+    ``qweight.<bits>`` (each layer's packed codes, concatenated in layer order), ``w_scale``, ``w_zero``,
+    ``bias``, ``a_scale``, ``a_zero`` (concatenated likewise) and ``fp.float32`` (every other U-Net
+    tensor, flattened in state-dict order); tensors of other dtypes are kept as ``fp.<key>``.
+    """
     state = get_state(unet)
-    out: dict[str, torch.Tensor] = {}
+    packed: dict[int, list[torch.Tensor]] = {}
+    w_scale, w_zero, bias = [], [], []
     with torch.no_grad():
-        for name, layer in state.layers.items():
-            codes = layer.int_weight().round()
-            out[f"{name}.qweight"] = pack(codes, layer.w_quant.bits)
-            out[f"{name}.w_scale"] = layer.w_quant.scale.detach().float().clone()
-            out[f"{name}.w_zero"] = layer.w_quant.zero_point.detach().round().to(torch.uint8)
-            out[f"{name}.a_scale"] = layer.a_quant.scale.detach().float().clone()
-            out[f"{name}.a_zero"] = layer.a_quant.zero_point.detach().float().clone()
+        for layer in state.layers.values():
+            bits = layer.w_quant.bits
+            packed.setdefault(bits, []).append(pack(layer.int_weight().round(), bits))
+            w_scale.append(layer.w_quant.scale.detach().float())
+            w_zero.append(layer.w_quant.zero_point.detach().round().to(torch.uint8))
             if layer.base.bias is not None:
-                out[f"{name}.bias"] = layer.base.bias.detach().clone()
-        for name, proc in state.attn.items():
-            for k, q in proc.quantizers().items():
-                out[f"{name}.processor.{k}.a_scale"] = q.scale.detach().float().clone()
-                out[f"{name}.processor.{k}.a_zero"] = q.zero_point.detach().float().clone()
-        prefixes = tuple(_quant_prefixes(state))
-        for key, value in unet.state_dict().items():
-            if not key.startswith(prefixes):
+                bias.append(layer.base.bias.detach().float())
+        acts = _act_quantizers(state)
+        out = {f"qweight.{b}": torch.cat(v) for b, v in packed.items()}
+        out.update({"w_scale": torch.cat(w_scale), "w_zero": torch.cat(w_zero),
+                    "a_scale": torch.cat([q.scale.detach().float() for q in acts]),
+                    "a_zero": torch.cat([q.zero_point.detach().float() for q in acts])})
+        if bias:
+            out["bias"] = torch.cat(bias)
+        floats = []
+        for key, value in _fp_items(unet, state):
+            if value.dtype == torch.float32:
+                floats.append(value.detach().reshape(-1))
+            else:
                 out[f"fp.{key}"] = value.detach().clone()
+        if floats:
+            out["fp.float32"] = torch.cat(floats)
     return {k: v.contiguous() for k, v in out.items()}
 
 
@@ -236,49 +260,77 @@ def load_checkpoint(unet: torch.nn.Module, path: str | Path, base_model: str = "
     return state
 
 
+class _Reader:
+    """Consecutive slices of a concatenated checkpoint tensor."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], key: str):
+        if key not in tensors:
+            raise CheckpointError(f"tensor {key!r} is missing")
+        self.data, self.key, self.pos = tensors[key].reshape(-1), key, 0
+
+    def take(self, n: int) -> torch.Tensor:
+        if self.pos + n > self.data.numel():
+            raise CheckpointError(f"tensor {self.key!r} is shorter than this model needs")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def done(self) -> None:
+        if self.pos != self.data.numel():
+            raise CheckpointError(f"tensor {self.key!r} is longer than this model needs")
+
+
 @torch.no_grad()
 def _fill(unet, state: QuantState, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
     layers_meta = meta.get("layers", {})
-    if set(layers_meta) != set(state.layers):
-        missing = sorted(set(layers_meta) ^ set(state.layers))
+    if list(layers_meta) != list(state.layers):
+        missing = sorted(set(layers_meta) ^ set(state.layers)) or ["(order)"]
         raise CheckpointError(f"checkpoint layers differ from this model's, e.g. {missing[0]!r}")
+    readers = {k: _Reader(tensors, k) for k in tensors if k.startswith("qweight.")}
+    w_scale, w_zero = _Reader(tensors, "w_scale"), _Reader(tensors, "w_zero")
+    bias = _Reader(tensors, "bias") if "bias" in tensors else None
     for name, layer in state.layers.items():
         info = layers_meta[name]
         if info["w_bits"] != layer.w_quant.bits or info["a_bits"] != layer.a_quant.bits:
             raise CheckpointError(f"layer {name!r}: checkpoint bits W{info['w_bits']}A{info['a_bits']} differ from "
                                   f"the policy's W{layer.w_quant.bits}A{layer.a_quant.bits}")
-        _set_layer(layer, name, tensors)
-    for name, proc in state.attn.items():
-        for k, q in proc.quantizers().items():
-            _set_act(q, tensors[f"{name}.processor.{k}.a_scale"], tensors[f"{name}.processor.{k}.a_zero"])
-    fp = {k[3:]: v for k, v in tensors.items() if k.startswith("fp.")}
-    own = unet.state_dict()
-    for key, value in fp.items():
-        if key not in own or own[key].shape != value.shape:
-            raise CheckpointError(f"tensor {key!r} does not fit this model")
-        own[key].copy_(value)
+        shape = layer.base.weight.shape
+        if list(shape) != list(info["shape"]):
+            raise CheckpointError(f"layer {name!r}: checkpoint shape {info['shape']} differs from {list(shape)}")
+        bits = layer.w_quant.bits
+        key = f"qweight.{bits}"
+        if key not in readers:
+            raise CheckpointError(f"tensor {key!r} is missing")
+        per = _per_byte(bits)
+        codes = unpack(readers[key].take(-(-shape.numel() // per)), bits, shape.numel()).view(shape)
+        if int(codes.max()) > layer.w_quant.qmax:
+            raise CheckpointError(f"layer {name!r}: weight codes exceed {bits} bits")
+        n = shape[0]
+        layer.w_quant.scale.data.copy_(w_scale.take(n))
+        layer.w_quant.zero_point.copy_(w_zero.take(n).float())
+        layer.w_int = codes.to(layer.base.weight.device)
+        layer.w0, layer.lora_A, layer.lora_B = None, None, None
+        if layer.base.bias is not None:
+            if bias is None:
+                raise CheckpointError("tensor 'bias' is missing")
+            layer.base.bias.data.copy_(bias.take(layer.base.bias.numel()))
+    a_scale, a_zero = _Reader(tensors, "a_scale"), _Reader(tensors, "a_zero")
+    for q in _act_quantizers(state):
+        q.scale.data.copy_(a_scale.take(q.scale.numel()))
+        q.zero_point.data.copy_(a_zero.take(q.zero_point.numel()))
+    floats = _Reader(tensors, "fp.float32") if "fp.float32" in tensors else None
+    for key, value in _fp_items(unet, state):
+        if value.dtype == torch.float32:
+            if floats is None:
+                raise CheckpointError("tensor 'fp.float32' is missing")
+            value.copy_(floats.take(value.numel()).view_as(value))
+        else:
+            if f"fp.{key}" not in tensors or tensors[f"fp.{key}"].shape != value.shape:
+                raise CheckpointError(f"tensor {key!r} does not fit this model")
+            value.copy_(tensors[f"fp.{key}"])
+    for reader in [*readers.values(), w_scale, w_zero, a_scale, a_zero, *(r for r in (bias, floats) if r)]:
+        reader.done()
     state.invalidate()
-
-
-def _set_act(q, scale: torch.Tensor, zero: torch.Tensor) -> None:
-    if q.scale.numel() != scale.numel():
-        raise CheckpointError(f"activation table has {scale.numel()} steps, the model {q.scale.numel()}")
-    q.scale.data.copy_(scale)
-    q.zero_point.data.copy_(zero)
-
-
-def _set_layer(layer: QuantLayer, name: str, tensors: dict[str, torch.Tensor]) -> None:
-    shape = layer.base.weight.shape
-    codes = unpack(tensors[f"{name}.qweight"], layer.w_quant.bits, shape.numel()).view(shape)
-    if int(codes.max()) > layer.w_quant.qmax:
-        raise CheckpointError(f"layer {name!r}: weight codes exceed {layer.w_quant.bits} bits")
-    layer.w_quant.scale.data.copy_(tensors[f"{name}.w_scale"])
-    layer.w_quant.zero_point.copy_(tensors[f"{name}.w_zero"].float())
-    layer.w_int = codes.to(layer.base.weight.device)
-    layer.w0, layer.lora_A, layer.lora_B = None, None, None
-    _set_act(layer.a_quant, tensors[f"{name}.a_scale"], tensors[f"{name}.a_zero"])
-    if layer.base.bias is not None:
-        layer.base.bias.data.copy_(tensors[f"{name}.bias"])
 
 
 def load_train_state(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -291,5 +343,5 @@ def load_train_state(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def checkpoint_size_mb(path: str | Path) -> float:
-    """Size on disk of the model part of a checkpoint (quant_model.safetensors), in MB (10^6 bytes)."""
-    return (Path(path) / MODEL_FILE).stat().st_size / 1e6
+    """Size on disk of the model part of a checkpoint (quant_model.safetensors), in MiB."""
+    return (Path(path) / MODEL_FILE).stat().st_size / 2**20

@@ -12,7 +12,6 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from backend.methods.quant.config import QuantConfig

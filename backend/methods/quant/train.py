@@ -20,27 +20,39 @@ import copy
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from backend.methods.quant.calibrate import calibrate, cfg_eps, ddim_scheduler, default_prompts, encode, \
-    guidance_of, latent_shape
-from backend.methods.quant.checkpoint import CONFIG_FILE, TRAIN_FILE, CheckpointError, load_train_state, \
-    save_checkpoint
-from backend.methods.quant.config import FinetuneConfig
+from backend.methods.quant.calibrate import (
+    calibrate,
+    cfg_eps,
+    ddim_scheduler,
+    default_prompts,
+    encode,
+    guidance_of,
+    latent_shape,
+)
+from backend.methods.quant.checkpoint import CONFIG_FILE, TRAIN_FILE, CheckpointError, load_train_state, save_checkpoint
+from backend.methods.quant.config import FinetuneConfig, QuantConfig
 from backend.methods.quant.model import QuantState, quantize_unet
 from backend.runs.jobs import JobCancelled, JobControl
 
 RESUME_KEYS = ("method", "weight_bits", "act_bits", "train_steps", "batch_size", "lora_rank", "seed")
 
 
-def build_student(pipe, ft: FinetuneConfig, prompts: list[str] | None = None, calibrate_acts: bool = True):
-    """A quantized copy of ``pipe.unet`` ready for fine-tuning (PTQ-initialised); (student, state)."""
+def build_student(pipe, ft: FinetuneConfig, prompts: list[str] | None = None, calibrate_acts: bool = True,
+                  quant: QuantConfig | None = None):
+    """A quantized copy of ``pipe.unet`` ready for fine-tuning (PTQ-initialised); (student, state).
+
+    ``quant`` overrides the layer policy / calibration settings (its bits are replaced by ft's).
+    """
     student = copy.deepcopy(pipe.unet)
-    qcfg = dataclasses.replace(ft.quant_config(), method=ft.method)
+    base = quant or ft.quant_config()
+    qcfg = dataclasses.replace(base, method=ft.method, weight_bits=ft.weight_bits, act_bits=ft.act_bits,
+                               checkpoint="")
     state = quantize_unet(student, qcfg, base_model=getattr(pipe, "speedlab_source", ""))
     if calibrate_acts:
         calibrate(pipe, state, qcfg, unet=student, prompts=(prompts or [])[: qcfg.calib_prompts] or None)
@@ -115,7 +127,7 @@ def _restore(state: QuantState, opt: torch.optim.Optimizer, tensors: dict[str, t
             per.setdefault(int(i), {})[k] = value
     if len(groups_meta) != len(opt.param_groups):
         raise CheckpointError("the saved optimizer does not match this fine-tune (different layers)")
-    for g, saved in zip(opt.param_groups, groups_meta):
+    for g, saved in zip(opt.param_groups, groups_meta, strict=True):
         g["lr"], g["initial_lr"] = saved["lr"], saved["initial_lr"]
     for i, st in per.items():
         if i >= len(params):
@@ -127,13 +139,14 @@ def _restore(state: QuantState, opt: torch.optim.Optimizer, tensors: dict[str, t
 def finetune(
     pipe, ft: FinetuneConfig, out: str | Path, job: JobControl | None = None, prompts: list[str] | None = None,
     resume: bool = True, on_eval: Callable[[torch.nn.Module, float, int], bool] | None = None,
-    eval_every_s: float | None = None,
+    eval_every_s: float | None = None, quant: QuantConfig | None = None,
 ) -> dict:
     """Fine-tune a quantized student of ``pipe`` (FP teacher) into the checkpoint directory ``out``.
 
     Returns a summary (status done/cancelled/stopped, iters, elapsed_s, loss, out). ``on_eval(student,
     train_seconds, iters)`` is called every ``eval_every_s`` seconds of training (its own time is not
-    counted) and may return True to stop early.
+    counted) and may return True to stop early. ``quant`` sets the student's layer policy and PTQ
+    calibration (default: QuantConfig defaults at ft's bits).
     """
     from accelerate import Accelerator
 
@@ -154,7 +167,11 @@ def finetune(
             if saved.get(key) != getattr(ft, key):
                 raise CheckpointError(f"{out}: cannot resume, {key} was {saved.get(key)!r} and is now "
                                       f"{getattr(ft, key)!r}; allowed: the same settings, or a new --out")
-    student, state = build_student(pipe, ft, pool, calibrate_acts=not resuming)
+    if resuming and quant is None:
+        from backend.methods.quant.checkpoint import config_from_meta
+
+        quant = config_from_meta(meta, out)
+    student, state = build_student(pipe, ft, pool, calibrate_acts=not resuming, quant=quant)
     opt = torch.optim.AdamW(param_groups(state, ft), weight_decay=0.0)
     it, traj, elapsed, loss_avg = 0, 0, 0.0, None
     if resuming:
@@ -216,8 +233,11 @@ def finetune(
                 value = float(loss.detach())
                 loss_avg = value if loss_avg is None else 0.95 * loss_avg + 0.05 * value
                 elapsed += time.monotonic() - start
-                job.report(step=it, total=ft.max_iters or None, loss=round(loss_avg, 6), train_s=round(elapsed, 1),
-                           eta_s=round(max(0.0, budget - elapsed), 1) if not ft.max_iters else None)
+                fields = {"step": it, "total": ft.max_iters or None, "loss": round(loss_avg, 6),
+                          "train_s": round(elapsed, 1), "minutes": round(elapsed / 60, 3)}
+                if not ft.max_iters:  # time-budgeted: the ETA is the training time left
+                    fields["eta_s"] = round(max(0.0, budget - elapsed), 1)
+                job.report(**fields)
                 if finished():
                     break
             traj += 1

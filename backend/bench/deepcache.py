@@ -1,0 +1,246 @@
+"""DeepCache: baseline vs uniform N ∈ {2, 3, 5} × branch ∈ {0, 1} and nonuniform N = 5, side by side.
+
+Two models: sd15-arch (SD 1.5 architecture, random weights) at 256×256 and 20 DDIM steps, speed only; and
+the embedded shapes-sd at 50 DDIM steps with quality against the same-seed baseline (prompt_accuracy,
+fd_shapes, psnr_vs_baseline, ssim_vs_baseline). Every row: latency per image end to end (median of
+--repeats after a warm-up; configurations interleaved round by round so background load hits all alike),
+`speedup`, the denoising loop's wall-clock speedup (`loop_speedup`: first U-Net evaluation to the last
+scheduler step) against the U-Net MACs-predicted one (`macs_speedup`, MACs counted on the model with
+torch's FlopCounterMode), their ratio `loop_vs_macs`, full/partial evaluations, peak memory and the bytes
+the cache holds (`cache_mb`; for sd15-arch also at 512×512 with CFG, `cache_mb_512_cfg`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+
+import torch
+
+MODELS = ("sd15-arch", "shapes")
+CONFIGS = {  # name -> deepcache section (None: the baseline); nonuniform's center is scaled to the step count
+    "baseline": None,
+    "uniform-n2-b0": {"interval": 2, "branch": 0},
+    "uniform-n3-b0": {"interval": 3, "branch": 0},
+    "uniform-n5-b0": {"interval": 5, "branch": 0},
+    "uniform-n2-b1": {"interval": 2, "branch": 1},
+    "uniform-n3-b1": {"interval": 3, "branch": 1},
+    "uniform-n5-b1": {"interval": 5, "branch": 1},
+    "nonuniform-n5-b1": {"interval": 5, "branch": 1, "schedule": "nonuniform", "power": 1.4},
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {', '.join(MODELS)} (default both)")
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        help=f"subset of {', '.join(CONFIGS)} (the baseline is always run)")
+    parser.add_argument("--n", type=int, default=200, help="shapes-sd prompts for quality (default 200)")
+    parser.add_argument("--set", default="single", choices=["single", "two", "compositional"], help="prompt set")
+    parser.add_argument("--seed", type=int, default=0, help="first seed; prompt i uses seed+i")
+    parser.add_argument("--repeats", type=int, default=3, help="timed one-image runs per row, after 1 warm-up")
+    parser.add_argument("--sd15-steps", type=int, default=20, help="sd15-arch DDIM steps (default 20)")
+    parser.add_argument("--sd15-size", type=int, default=256, help="sd15-arch height and width (default 256)")
+    parser.add_argument("--shapes-steps", type=int, default=50, help="shapes-sd DDIM steps (default 50)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+
+
+def _section(name: str, steps: int) -> dict | None:
+    section = CONFIGS[name]
+    if section is not None and section.get("schedule") == "nonuniform":
+        section = {**section, "center": round(15 * steps / 50)}  # the paper's c=15 at 50 steps
+    return section
+
+
+class _LoopTimer:
+    """Wall-clock of the denoising loop: the first U-Net evaluation of a call to its last scheduler step.
+    CUDA events on a GPU (no extra synchronisation), perf_counter on a CPU."""
+
+    def __init__(self, unet: torch.nn.Module, device: str):
+        self.cuda = device.startswith("cuda")
+        self.start = self.end = None
+        self.rows = self.evals = 0
+        self.handle = unet.register_forward_pre_hook(self._pre, with_kwargs=True)
+
+    def _mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def _pre(self, module, args, kwargs):
+        self.evals += 1
+        if self.start is None:
+            self.start = self._mark()
+            sample = args[0] if args else kwargs["sample"]
+            self.rows = sample.shape[0]
+
+    def on_step(self, i: int, n: int) -> None:
+        self.end = self._mark()
+
+    def reset(self) -> None:
+        self.start = self.end = None
+        self.evals = 0
+
+    def seconds(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return self.start.elapsed_time(self.end) / 1000
+        return self.end - self.start
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args) -> list[dict]:
+    """Latency, loop time, MACs, memory of every configuration on one private U-Net, interleaved."""
+    from backend.methods import deepcache
+    from backend.methods.deepcache.cost import unet_macs
+    from backend.metrics.cost import peak_memory_mb
+    from backend.runs.build import build_pipeline, generate
+    from backend.runs.runner import eval_prompts
+    from backend.runs.variant import Variant
+
+    base = {"model": model, "scheduler": "ddim", "steps": steps, "device": args.device, "dtype": args.dtype}
+    if size:
+        base.update(height=size, width=size)
+    variant = Variant.from_dict(base)
+    pipe = build_pipeline(variant)
+    pipe.unet = copy.deepcopy(pipe.unet)  # DeepCache is applied and removed in turn on this private copy
+    prompt = eval_prompts(args.set, 1)[0] if model == "shapes" else "a photograph of an astronaut riding a horse"
+    timer = _LoopTimer(pipe.unet, args.device)
+    latent = (variant.height or pipe.speedlab_defaults.get("height") or 512) // pipe.vae_scale_factor
+    seq_len = getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77)
+    macs_by_branch: dict[int, dict] = {}
+    stats: dict[str, dict] = {n: {"e2e": [], "loop": []} for n in names}
+
+    def one(name: str) -> None:
+        section = _section(name, steps)
+        if section is None:
+            deepcache.remove(pipe)
+        else:
+            deepcache.apply(pipe, deepcache.DeepCacheConfig.from_dict(section))
+        timer.reset()
+        _sync(args.device)
+        t0 = time.perf_counter()
+        generate(pipe, variant, [prompt], [args.seed], on_step=timer.on_step)
+        _sync(args.device)
+        st = stats[name]
+        st["last_e2e"], st["last_loop"] = time.perf_counter() - t0, timer.seconds()
+        st["counts"] = deepcache.get_hook(pipe).stats() if section is not None else None
+        st["evals"], st["rows"] = timer.evals, timer.rows
+
+    for name in names:  # MACs first: counted on fake tensors, no compute
+        branch = (_section(name, steps) or {}).get("branch", 0)
+        if branch not in macs_by_branch:
+            macs_by_branch[branch] = unet_macs(pipe.unet, branch, batch=1, latent_height=latent,
+                                               latent_width=latent, seq_len=seq_len)
+            if model == "sd15-arch":  # the memory goal: SD 1.5 at 512x512 with CFG (batch 2)
+                macs_by_branch[branch]["cache_512"] = unet_macs(
+                    pipe.unet, branch, batch=2, latent_height=64, latent_width=64)["cache_bytes"]
+    try:
+        for name in names:  # warm-up, peak memory, evaluation counts
+            stats[name]["peak_mem_mb"] = peak_memory_mb(lambda name=name: one(name), args.device)
+        for _ in range(max(1, args.repeats)):
+            for name in names:
+                one(name)
+                stats[name]["e2e"].append(stats[name]["last_e2e"])
+                stats[name]["loop"].append(stats[name]["last_loop"])
+        rows = []
+        for name in names:
+            section = _section(name, steps)
+            branch = (section or {}).get("branch", 0)
+            m, st = macs_by_branch[branch], stats[name]
+            counts = st["counts"] or {"full": st["evals"], "partial": 0, "cache_bytes": 0}
+            e2e = sorted(st["e2e"])
+            row = {"model": model, "config": name, "steps": steps, "size": latent * pipe.vae_scale_factor,
+                   "interval": (section or {}).get("interval", 1), "branch": (section or {}).get("branch"),
+                   "schedule": (section or {}).get("schedule", "uniform") if section else None,
+                   "full_evals": counts["full"], "partial_evals": counts["partial"],
+                   "latency_s": statistics.median(e2e),
+                   "latency_p90_s": e2e[min(len(e2e) - 1, round(0.9 * (len(e2e) - 1)))],
+                   "loop_s": statistics.median(st["loop"]),
+                   "unet_gmacs_per_image": (counts["full"] * m["full"] + counts["partial"] * m["partial"])
+                   * st["rows"] / 1e9,
+                   "peak_mem_mb": st["peak_mem_mb"], "cache_mb": counts["cache_bytes"] / 1e6}
+            if model == "sd15-arch" and section is not None:
+                row["cache_mb_512_cfg"] = m["cache_512"] / 1e6
+            rows.append(row)
+    finally:
+        deepcache.remove(pipe)
+        timer.handle.remove()
+    base = rows[0]
+    for row in rows:
+        row["speedup"] = base["latency_s"] / row["latency_s"]
+        row["loop_speedup"] = base["loop_s"] / row["loop_s"]
+        row["macs_speedup"] = base["unet_gmacs_per_image"] / row["unet_gmacs_per_image"]
+        row["loop_vs_macs"] = row["loop_speedup"] / row["macs_speedup"]
+    return rows
+
+
+def _quality(steps: int, names: list[str], args) -> dict[str, dict]:
+    """Quality metrics of every configuration on shapes-sd against the same-seed baseline."""
+    from backend.runs.runner import add_quality, eval_prompts, run_variant
+    from backend.runs.variant import Variant
+
+    prompts = eval_prompts(args.set, args.n)
+    seeds = [args.seed + i for i in range(args.n)]
+    out, base = {}, None
+    for name in names:
+        section = _section(name, steps)
+        data = {"model": "shapes", "name": name, "scheduler": "ddim", "steps": steps, "device": args.device,
+                "dtype": args.dtype}
+        if section is not None:
+            data["deepcache"] = section
+        print(f"deepcache bench: shapes-sd quality {name} ({args.n} prompts)", file=sys.stderr)
+        result = run_variant(Variant.from_dict(data), prompts, seeds, repeats=0, measure_macs=False)
+        add_quality(result, base)
+        if base is None:
+            base = result
+        out[name] = result.metrics
+    return out
+
+
+def run(args) -> list[dict]:
+    models = [m.strip() for m in str(args.models).split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise ValueError(f"--models: {unknown[0] if unknown else args.models!r} is not allowed; allowed: "
+                         f"{', '.join(MODELS)}")
+    names = [c.strip() for c in str(args.configs).split(",") if c.strip()]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown:
+        raise ValueError(f"--configs: {unknown[0]!r} is not allowed; allowed: {', '.join(CONFIGS)}")
+    names = ["baseline"] + [c for c in names if c != "baseline"]
+    for flag in ("n", "repeats", "sd15_steps", "sd15_size", "shapes_steps"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not allowed; allowed: ≥ 1")
+    if "shapes" in models:
+        from backend.models import SHAPES_DIR
+
+        if not (SHAPES_DIR / "model_index.json").exists():
+            raise FileNotFoundError(f"shapes-sd is not in {SHAPES_DIR} yet; run with --models sd15-arch or train it")
+    torch.manual_seed(0)
+    rows = []
+    if "sd15-arch" in models:
+        print(f"deepcache bench: sd15-arch speed, {len(names)} configurations", file=sys.stderr)
+        rows += _speed_rows("sd15-arch", args.sd15_steps, args.sd15_size, names, args)
+    if "shapes" in models:
+        print(f"deepcache bench: shapes-sd speed, {len(names)} configurations", file=sys.stderr)
+        speed = _speed_rows("shapes", args.shapes_steps, None, names, args)
+        quality = _quality(args.shapes_steps, names, args)
+        base_acc = quality["baseline"].get("prompt_accuracy")
+        for row in speed:
+            q = quality[row["config"]]
+            for key in ("prompt_accuracy", "fd_shapes", "psnr_vs_baseline", "ssim_vs_baseline"):
+                row[key] = q.get(key)
+            if base_acc is not None and q.get("prompt_accuracy") is not None:
+                row["accuracy_drop_points"] = 100 * (base_acc - q["prompt_accuracy"])
+        rows += speed
+    return rows

@@ -1,0 +1,206 @@
+"""EfficientDM vs PTQ vs FP at W8A8 / W4A8 / W4A4 on shapes-sd, and EfficientDM vs full QAT time-to-quality.
+
+    python -m backend bench quant --json                        # the full benchmark (about 2 h on 2 CPU cores)
+    python -m backend bench quant --n 20 --minutes 1 --bits W4A4 --qat-minutes 2   # a smoke run
+
+Rows: FP; for each bit-width a PTQ row and an EfficientDM row (fine-tuned for --minutes) with
+prompt_accuracy, fd_shapes, psnr_vs_baseline (vs FP, same seeds), model_size_mb (the packed checkpoint),
+finetune_minutes; then full QAT at the lowest bit-width with minutes_to_target next to EfficientDM's:
+both are evaluated every --eval-every minutes of training, and the target is FP accuracy minus
+--target-drop points (or EfficientDM's best, if it never got there). All quantization is simulated
+(fake-quant): sizes are real, speed is not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BITS = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4), "W2A8": (2, 8), "W8A4": (8, 4), "W6A6": (6, 6)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--model", default="shapes", help="model (default shapes; random-weight models give "
+                        "sizes and PSNR only)")
+    parser.add_argument("--n", type=int, default=100, help="evaluation prompts (default 100)")
+    parser.add_argument("--set", default="single", choices=["single", "two", "compositional"], help="prompt set")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps at evaluation (default 50)")
+    parser.add_argument("--bits", default="W8A8,W4A8,W4A4", help=f"comma list of {', '.join(BITS)}")
+    parser.add_argument("--minutes", type=float, default=15.0, help="EfficientDM fine-tune budget per bit-width")
+    parser.add_argument("--qat-minutes", type=float, default=45.0, help="full-QAT budget (stops at the target)")
+    parser.add_argument("--no-qat", action="store_true", help="skip the full-QAT comparison")
+    parser.add_argument("--eval-every", type=float, default=1.5, help="minutes of training between curve "
+                        "evaluations (time-to-quality)")
+    parser.add_argument("--curve-n", type=int, default=None, help="prompts per curve evaluation (default --n)")
+    parser.add_argument("--target-drop", type=float, default=5.0, help="target = FP prompt_accuracy minus this "
+                        "many points (default 5)")
+    parser.add_argument("--train-steps", type=int, default=None, help="fine-tune trajectory steps (default: "
+                        "FinetuneConfig's)")
+    parser.add_argument("--work", default=".cache/bench-quant", help="folder for the checkpoints")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _bits(text: str) -> list[tuple[str, int, int]]:
+    out = []
+    for item in [t.strip().upper() for t in text.split(",") if t.strip()]:
+        if item not in BITS:
+            raise ValueError(f"--bits {item!r} is not allowed; allowed: {', '.join(BITS)}")
+        out.append((item, *BITS[item]))
+    if not out:
+        raise ValueError("--bits is empty; allowed: a comma list such as W8A8,W4A4")
+    return out
+
+
+def _progress(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="s", file=sys.stderr, leave=False)
+
+    def on_progress(fields: dict) -> None:
+        bar.n = int(fields.get("train_s", 0))
+        bar.set_postfix({"step": fields["step"], "loss": fields["loss"]}, refresh=False)
+        bar.refresh()
+
+    return bar, on_progress
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    from backend.methods.quant import FinetuneConfig
+    from backend.methods.quant.checkpoint import checkpoint_size_mb
+    from backend.methods.quant.train import finetune
+    from backend.metrics import cost, quality
+    from backend.models import is_random_weights, load_pipeline
+    from backend.runs.build import build_pipeline, generate
+    from backend.runs.jobs import JobControl
+    from backend.runs.runner import add_quality, eval_prompts, run_variant
+    from backend.runs.variant import Variant
+
+    bits = _bits(args.bits)
+    for name in ("minutes", "qat_minutes", "eval_every"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} must be ≥ 0")
+    base_pipe = load_pipeline(args.model)
+    random_weights = is_random_weights(base_pipe)
+    if random_weights:
+        prompts = [p for p in eval_prompts(args.set, args.n)]
+    else:
+        quality.require_quality_model(base_pipe)
+        prompts = eval_prompts(args.set, args.n)
+    seeds = [args.seed + i for i in range(len(prompts))]
+    curve_n = min(args.curve_n or len(prompts), len(prompts))
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    fp_variant = Variant.from_dict({"model": args.model, "scheduler": "ddim", "steps": args.steps, "name": "fp"})
+
+    def evaluate(variant: Variant, baseline=None) -> tuple[dict, object]:
+        result = run_variant(variant, prompts, seeds, repeats=0, measure_macs=False)
+        add_quality(result, baseline)
+        if baseline is not None and "psnr_vs_baseline" not in result.metrics:
+            result.metrics["psnr_vs_baseline"], _ = quality.psnr_ssim(result.images, baseline.images)
+        return result.metrics, result
+
+    def pick(metrics: dict) -> dict:
+        keys = ("prompt_accuracy", "fd_shapes", "psnr_vs_baseline", "model_size_mb")
+        return {k: metrics.get(k) for k in keys}
+
+    fp_metrics, fp_result = evaluate(fp_variant)
+    fp_metrics["model_size_mb"] = cost.model_size_mb(base_pipe.unet)
+    rows = [{"method": "fp", "bits": "W32A32", **pick(fp_metrics), "finetune_minutes": 0.0}]
+    print(f"fp: {rows[-1]}", file=sys.stderr)
+    fp_curve_images = fp_result.images[:curve_n]
+
+    def curve_score(student) -> float:
+        pipe = copy.copy(base_pipe)
+        pipe.unet = student
+        images = generate(pipe, fp_variant, prompts[:curve_n], seeds[:curve_n])
+        if random_weights:
+            return quality.psnr_ssim(images, fp_curve_images)[0]
+        return quality.judge_metrics(images, prompts[:curve_n])["prompt_accuracy"]
+
+    fp_score = (float("inf") if random_weights else
+                quality.judge_metrics(fp_curve_images, prompts[:curve_n])["prompt_accuracy"])
+    target = fp_score - args.target_drop / 100.0 if not random_weights else None
+
+    def fine_tune(method: str, w: int, a: int, minutes: float, stop_at: float | None):
+        out = work / f"{method}-w{w}a{a}"
+        if out.exists():
+            shutil.rmtree(out)
+        raw = {"method": method, "weight_bits": w, "act_bits": a, "minutes": minutes, "seed": args.seed}
+        if args.train_steps:
+            raw["train_steps"] = args.train_steps
+        ft = FinetuneConfig.from_dict(raw)
+        curve: list[tuple[float, float]] = []
+
+        def on_eval(student, train_s: float, iters: int) -> bool:
+            score = curve_score(student)
+            curve.append((round(train_s / 60, 3), round(score, 4)))
+            print(f"  {method} W{w}A{a} @ {train_s / 60:.1f} min ({iters} it): {score:.4f}", file=sys.stderr)
+            return stop_at is not None and score >= stop_at
+
+        bar, on_progress = _progress(f"{method} W{w}A{a}")
+        start = time.perf_counter()
+        result = finetune(base_pipe, ft, out, job=JobControl(on_progress=on_progress),
+                          on_eval=on_eval if args.eval_every > 0 else None, eval_every_s=args.eval_every * 60)
+        bar.close()
+        student = result.pop("student")
+        if args.eval_every > 0 and (not curve or curve[-1][0] < result["minutes"]):
+            on_eval(student, result["elapsed_s"], result["iters"])
+        return out, result, curve, time.perf_counter() - start
+
+    def first_reaching(curve, goal):
+        return next((m for m, s in curve if s >= goal), None) if goal is not None else None
+
+    lowest = bits[-1]
+    effdm_curves = {}
+    for label, w, a in bits:
+        ptq_variant = Variant.from_dict({**fp_variant.to_dict(), "name": f"ptq-{label}",
+                                         "quant": {"method": "ptq", "weight_bits": w, "act_bits": a}})
+        start = time.perf_counter()
+        build_pipeline(ptq_variant)
+        calib_s = time.perf_counter() - start
+        metrics, _ = evaluate(ptq_variant, fp_result)
+        rows.append({"method": "ptq", "bits": label, **pick(metrics), "finetune_minutes": round(calib_s / 60, 3)})
+        print(f"ptq {label}: {rows[-1]}", file=sys.stderr)
+        out, result, curve, wall = fine_tune("efficientdm", w, a, args.minutes, None)
+        effdm_curves[label] = curve
+        variant = Variant.from_dict({**fp_variant.to_dict(), "name": f"efficientdm-{label}",
+                                     "quant": {"checkpoint": str(out)}})
+        metrics, _ = evaluate(variant, fp_result)
+        metrics["model_size_mb"] = checkpoint_size_mb(out)
+        rows.append({"method": "efficientdm", "bits": label, **pick(metrics), "finetune_minutes": result["minutes"],
+                     "finetune_iters": result["iters"], "finetune_loss": result["loss"], "curve": curve})
+        print(f"efficientdm {label}: {rows[-1]}", file=sys.stderr)
+
+    if not args.no_qat:
+        label, w, a = lowest
+        curve = effdm_curves[label]
+        best = max((s for _, s in curve), default=None)
+        goal = target if target is not None and best is not None and best >= target else best
+        effdm_minutes = first_reaching(curve, goal)
+        out, result, qat_curve, wall = fine_tune("qat", w, a, args.qat_minutes, goal)
+        qat_minutes = first_reaching(qat_curve, goal)
+        variant = Variant.from_dict({**fp_variant.to_dict(), "name": f"qat-{label}", "quant": {"checkpoint": str(out)}})
+        metrics, _ = evaluate(variant, fp_result)
+        metrics["model_size_mb"] = checkpoint_size_mb(out)
+        rows.append({"method": "qat", "bits": label, **pick(metrics), "finetune_minutes": result["minutes"],
+                     "finetune_iters": result["iters"], "finetune_loss": result["loss"], "curve": qat_curve})
+        speedup = (qat_minutes / effdm_minutes if qat_minutes and effdm_minutes else None)
+        rows.append({"method": "efficientdm_vs_qat", "bits": label, "target_score": goal,
+                     "target_metric": "psnr_vs_baseline" if random_weights else "prompt_accuracy",
+                     "efficientdm_minutes_to_target": effdm_minutes,
+                     "qat_minutes_to_target": qat_minutes if qat_minutes is not None else
+                     f">{result['minutes']:.1f} (not reached)", "time_to_quality_speedup": speedup})
+        print(f"time to quality: {rows[-1]}", file=sys.stderr)
+    for row in rows:
+        for k, v in list(row.items()):
+            if isinstance(v, (float, np.floating)):
+                row[k] = round(float(v), 4)
+    return rows

@@ -1,0 +1,223 @@
+"""Analysis and plotly figures of a run: the metrics table, Pareto fronts, per-method curves, bars.
+
+``results_frame(variants)`` turns the store's variants (``Store.variants(run_id)``) into a pandas table with
+one row per finished variant: its metrics, speedup and deltas vs the baseline, and the method family and
+knob used by the per-method curves (DeepCache N, bit-widths, LCM steps).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+# metric -> (label, higher is better)
+QUALITY_METRICS = {
+    "prompt_accuracy": ("prompt accuracy", True),
+    "fd_shapes": ("FD-Shapes", False),
+    "reward": ("reward", True),
+    "psnr_vs_baseline": ("PSNR vs baseline (dB)", True),
+    "ssim_vs_baseline": ("SSIM vs baseline", True),
+    "clip_score": ("CLIP score", True),
+}
+COST_METRICS = {
+    "latency_s": ("latency (s/image, median)", False),
+    "latency_p90_s": ("latency p90 (s/image)", False),
+    "speedup": ("speedup vs baseline (×)", True),
+    "unet_evals": ("U-Net evaluations / image", False),
+    "macs_per_image": ("MACs / image", False),
+    "peak_mem_mb": ("peak memory (MB)", False),
+    "model_size_mb": ("model size (MB)", False),
+}
+ATTR_KEYS = ("shape", "color", "size", "position", "count")
+TABLE_COLUMNS = ["latency_s", "latency_p90_s", "speedup", "prompt_accuracy", *[f"attr_accuracy.{k}" for k in ATTR_KEYS],
+                 "fd_shapes", "reward", "psnr_vs_baseline", "ssim_vs_baseline", "clip_score", "unet_evals",
+                 "macs_per_image", "peak_mem_mb", "model_size_mb"]
+FAMILY_KNOB = {"DeepCache": "DeepCache interval N", "quant": "weight bits", "LCM": "steps", "steps": "steps"}
+
+
+def _num(value) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if value in ("inf", "-inf", "nan"):
+        return float(value)
+    return math.nan
+
+
+def family(config: dict, baseline: dict | None = None) -> tuple[str, str, float]:
+    """(family, line label, knob value) for the per-method curves; family "stack" for combinations."""
+    on = [s for s in ("deepcache", "quant", "consistency") if config.get(s)]
+    if not on:
+        if baseline is not None and config.get("steps") != baseline.get("steps"):
+            sched = config.get("scheduler") or "default"
+            return "steps", f"steps ({sched})", float(config.get("steps", math.nan))
+        return "base", "base", math.nan
+    if len(on) > 1:
+        return "stack", "+".join(on), math.nan
+    section = on[0]
+    cfg = config[section]
+    if section == "deepcache":
+        label = f"DeepCache N (branch {cfg.get('branch', 0)}, {cfg.get('schedule', 'uniform')})" \
+            if isinstance(cfg.get("schedule", "uniform"), str) else "DeepCache N (explicit)"
+        return "DeepCache", label, float(cfg.get("interval", 3))
+    if section == "quant":
+        if cfg.get("checkpoint"):
+            return "quant", f"quant checkpoint ({cfg.get('method', 'ptq')})", float(cfg.get("weight_bits", 8))
+        return "quant", f"{cfg.get('method', 'ptq').upper()} bits (A{cfg.get('act_bits', 8)})", \
+            float(cfg.get("weight_bits", 8))
+    name = str(cfg.get("checkpoint", "")).rstrip("/").split("/")[-1] or "student"
+    return "LCM", f"LCM steps ({name})", float(config.get("steps", math.nan))
+
+
+def results_frame(variants: list[dict]) -> pd.DataFrame:
+    """One row per finished variant: name, config, metrics, speedup and deltas vs the baseline."""
+    done = [v for v in variants if v.get("status") == "done"]
+    base = next((v for v in done if v.get("is_baseline")), None)
+    rows = []
+    for v in done:
+        flat = {}
+        for key, value in v["metrics"].items():
+            if isinstance(value, dict):
+                for k2, v2 in value.items():
+                    flat[f"{key}.{k2}"] = _num(v2)
+            else:
+                flat[key] = _num(value)
+        fam, line, knob = family(v["config"], None if base is None else base["config"])
+        rows.append({"idx": v["idx"], "variant": v["name"], "is_baseline": bool(v.get("is_baseline")),
+                     "family": fam, "line": line, "knob": knob, **flat})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    for col in TABLE_COLUMNS:
+        if col not in df:
+            df[col] = math.nan
+    if base is not None:
+        b = df[df["is_baseline"]].iloc[0]
+        if not math.isnan(b["latency_s"]):
+            df["speedup"] = b["latency_s"] / df["latency_s"]
+        for col in ("prompt_accuracy", "fd_shapes", "reward", "clip_score", "latency_s"):
+            df[f"delta_{col}"] = df[col] - b[col]
+    return df.reset_index(drop=True)
+
+
+def available_quality(df: pd.DataFrame) -> list[str]:
+    """Quality metrics with a value for at least one non-baseline variant (psnr/ssim) or any variant."""
+    out = []
+    for m in QUALITY_METRICS:
+        if m not in df:
+            continue
+        values = df.loc[~df["is_baseline"], m] if m.endswith("_vs_baseline") else df[m]
+        if np.isfinite(values.astype(float)).any():
+            out.append(m)
+    return out
+
+
+def pareto_front(df: pd.DataFrame, metric: str, higher_is_better: bool | None = None) -> pd.DataFrame:
+    """Variants not dominated in (lower latency, better metric), sorted by latency."""
+    if higher_is_better is None:
+        higher_is_better = QUALITY_METRICS.get(metric, ("", True))[1]
+    d = df[np.isfinite(df["latency_s"].astype(float)) & np.isfinite(df[metric].astype(float))]
+    d = d.sort_values(["latency_s", metric], ascending=[True, not higher_is_better])
+    front, best = [], -math.inf
+    for i, row in d.iterrows():
+        q = row[metric] if higher_is_better else -row[metric]
+        if q > best:
+            front.append(i)
+            best = q
+    return d.loc[front]
+
+
+def _hover(df: pd.DataFrame) -> list[str]:
+    return [f"{r.variant}<br>latency {r.latency_s:.3g} s · speedup {r.speedup:.2f}×" for r in df.itertuples()]
+
+
+def fig_pareto(df: pd.DataFrame, metric: str) -> go.Figure:
+    """Latency vs one quality metric: every variant, the baseline marked, and the Pareto front as a line."""
+    label, higher = QUALITY_METRICS.get(metric, (metric, True))
+    d = df[np.isfinite(df[metric].astype(float))]
+    fig = go.Figure()
+    for is_base, name, symbol in ((False, "variants", "circle"), (True, "baseline", "star")):
+        part = d[d["is_baseline"] == is_base]
+        if part.empty:
+            continue
+        fig.add_trace(go.Scatter(x=part["latency_s"], y=part[metric], mode="markers+text", name=name,
+                                 text=part["variant"], textposition="top center", hovertext=_hover(part),
+                                 marker={"symbol": symbol, "size": 14 if is_base else 10}))
+    front = pareto_front(df, metric, higher)
+    if len(front):
+        fig.add_trace(go.Scatter(x=front["latency_s"], y=front[metric], mode="lines", name="Pareto front",
+                                 line={"dash": "dash"}, line_shape="hv" if higher else "hv"))
+    fig.update_layout(title=f"Latency vs {label} ({'higher' if higher else 'lower'} is better)",
+                      xaxis_title="latency (s / image, median)", yaxis_title=label, height=420,
+                      margin={"t": 50, "l": 60, "r": 20, "b": 50})
+    return fig
+
+
+def fig_pareto_all(df: pd.DataFrame) -> go.Figure:
+    """One panel per available quality metric: latency vs the metric with its Pareto front."""
+    metrics = available_quality(df) or ["speedup"]
+    cols = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[QUALITY_METRICS.get(m, (m,))[0] for m in metrics])
+    for k, m in enumerate(metrics):
+        r, c = k // cols + 1, k % cols + 1
+        sub = fig_pareto(df, m)
+        for trace in sub.data:
+            trace.showlegend = k == 0
+            trace.mode = trace.mode.replace("+text", "")
+            fig.add_trace(trace, row=r, col=c)
+        fig.update_xaxes(title_text="latency (s)", row=r, col=c)
+    fig.update_layout(title="Pareto fronts: latency vs each quality metric", height=340 * rows,
+                      margin={"t": 70, "l": 50, "r": 20, "b": 40})
+    return fig
+
+
+def fig_method_curves(df: pd.DataFrame, metric: str = "speedup") -> go.Figure | None:
+    """Per-method curves: one line per family (DeepCache N, bit-widths, LCM steps) of ``metric`` vs the knob."""
+    d = df[df["family"].isin(list(FAMILY_KNOB)) & np.isfinite(df["knob"].astype(float))]
+    d = d[np.isfinite(d[metric].astype(float))]
+    if d.empty:
+        return None
+    families = list(dict.fromkeys(d["family"]))
+    fig = make_subplots(rows=1, cols=len(families), subplot_titles=families)
+    for k, fam in enumerate(families):
+        for line, part in d[d["family"] == fam].groupby("line", sort=False):
+            part = part.sort_values("knob")
+            fig.add_trace(go.Scatter(x=part["knob"], y=part[metric], mode="lines+markers", name=line,
+                                     hovertext=list(part["variant"])), row=1, col=k + 1)
+        fig.update_xaxes(title_text=FAMILY_KNOB[fam], row=1, col=k + 1)
+    label = {**QUALITY_METRICS, **COST_METRICS}.get(metric, (metric,))[0]
+    fig.update_yaxes(title_text=label, row=1, col=1)
+    fig.update_layout(title=f"Per-method curves: {label}", height=380, margin={"t": 70, "l": 60, "r": 20, "b": 50})
+    return fig
+
+
+def fig_bars(df: pd.DataFrame, metric: str = "speedup") -> go.Figure:
+    """A bar per variant of ``metric`` (the baseline first)."""
+    label = {**QUALITY_METRICS, **COST_METRICS}.get(metric, (metric,))[0]
+    values = df[metric].astype(float).replace([np.inf, -np.inf], np.nan)
+    fig = go.Figure(go.Bar(x=df["variant"], y=values, text=[f"{v:.3g}" if np.isfinite(v) else "" for v in values],
+                           textposition="outside",
+                           marker_color=["#888" if b else "#3366cc" for b in df["is_baseline"]]))
+    fig.update_layout(title=label, yaxis_title=label, height=380, margin={"t": 50, "l": 60, "r": 20, "b": 120})
+    return fig
+
+
+def figures(df: pd.DataFrame) -> list[tuple[str, go.Figure]]:
+    """Every figure of a report, titled: Pareto fronts, scatter per metric, per-method curves, bars."""
+    out: list[tuple[str, go.Figure]] = [("Pareto fronts", fig_pareto_all(df))]
+    quality = available_quality(df)
+    if quality:
+        out.append((f"Latency vs {QUALITY_METRICS[quality[0]][0]}", fig_pareto(df, quality[0])))
+    for metric in ["speedup", *quality[:1]]:
+        fig = fig_method_curves(df, metric)
+        if fig is not None:
+            out.append((f"Per-method curves ({metric})", fig))
+    out.append(("Speedup", fig_bars(df, "speedup")))
+    out.append(("Latency", fig_bars(df, "latency_s")))
+    if quality:
+        out.append((QUALITY_METRICS[quality[0]][0], fig_bars(df, quality[0])))
+    return out

@@ -1,0 +1,80 @@
+"""The workbench launched in-process (prevent_thread_lock) and driven through gradio_client."""
+
+import json
+import socket
+import time
+
+import pytest
+
+PROMPT = "a small red circle in the center"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from app.__main__ import create, launch
+
+    demo, cb = create("tiny-arch", str(tmp_path_factory.mktemp("store")))
+    _, url, _ = launch(demo, "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True)
+    yield url, cb
+    demo.close()
+
+
+@pytest.fixture
+def client(server):
+    from gradio_client import Client
+
+    return Client(server[0], verbose=False)
+
+
+def test_generate_baseline_and_deepcache(client):
+    variants = [{"steps": 6}, {"name": "dc", "steps": 6, "deepcache": {"interval": 3}}]
+    out = client.predict(PROMPT, 1, "tiny-arch", json.dumps(variants), api_name="/generate")
+    images, results, status = out[:5], out[10], out[11]
+    assert all(isinstance(p, str) and p.endswith(".png") for p in images[:2]) and images[2:] == (None,) * 3
+    assert [r["name"] for r in results] == ["baseline", "dc"]
+    assert all(r["latency_s"] > 0 for r in results) and results[1]["psnr_vs_baseline"] is not None
+    assert out[5].startswith("**baseline**") and " s" in out[6]
+    assert status.startswith("Done: 2 images")
+
+
+def test_bad_input_is_a_visible_error(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="prompt"):
+        client.predict("   ", 0, "tiny-arch", json.dumps([{"steps": 2}]), api_name="/generate")
+    with pytest.raises(AppError, match="unknown model"):
+        client.predict(PROMPT, 0, "nonsense", json.dumps([{"steps": 2}]), api_name="/generate")
+    # and the app keeps working
+    out = client.predict(PROMPT, 0, "tiny-arch", json.dumps([{"steps": 2}]), api_name="/generate")
+    assert out[11].startswith("Done")
+
+
+def test_cancel_a_generation(client):
+    job = client.submit(PROMPT, 0, "tiny-arch", json.dumps([{"steps": 400}, {"steps": 400}]), api_name="/generate")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # wait until it runs (its cancel flag exists)
+        msg = client.predict(api_name="/cancel")
+        if msg.startswith("**Cancelling"):
+            break
+        time.sleep(0.2)
+    assert msg.startswith("**Cancelling")
+    out = job.result(timeout=30)
+    assert out[11].startswith("**Cancelled**")
+
+
+def test_start_and_cancel_a_finetune(client, server):
+    with pytest.raises(Exception, match="preset"):
+        client.predict("efficientdm", "nope", "tiny-arch", "{}", api_name="/finetune_preset")
+    job_id = client.predict("efficientdm", "1-minute demo", "tiny-arch", "{}", api_name="/finetune_preset")
+    state = client.predict(job_id, api_name="/job")
+    assert state["status"] in ("starting", "running") and state["kind"] == "efficientdm"
+    msg = client.predict(job_id, api_name="/cancel_finetune")
+    assert job_id in msg
+    state = server[1].jobs.wait(job_id, 40)
+    assert state["status"] == "cancelled"

@@ -1,0 +1,102 @@
+"""PTQ calibration, EfficientDM / QAT fine-tuning steps, cancel and resume (tiny-arch, a few iterations)."""
+
+import copy
+import threading
+
+import pytest
+import torch
+
+from backend.methods.quant import FinetuneConfig, QuantConfig, apply, ptq
+from backend.methods.quant.calibrate import cfg_eps, ddim_scheduler, encode, latent_shape
+from backend.methods.quant.model import get_state
+from backend.methods.quant.train import finetune
+from backend.runs.jobs import JobControl
+
+CALIB = {"calib_prompts": 2, "calib_steps": 3, "calib_samples": 4}
+PROMPTS = ["a small red circle in the center", "a large blue square at the top left"]
+
+
+def _quant(**kw) -> QuantConfig:
+    return QuantConfig.from_dict({**CALIB, **kw})
+
+
+def _ft(**kw) -> FinetuneConfig:
+    return FinetuneConfig.from_dict({"weight_bits": 4, "act_bits": 4, "train_steps": 2, "batch_size": 2,
+                                     "lora_rank": 4, "minutes": 10, **kw})
+
+
+@torch.no_grad()
+def _distill_loss(pipe, student, ft, seed=123) -> float:
+    """Mean teacher-vs-student MSE along one fixed teacher trajectory (the training objective)."""
+    sched = ddim_scheduler(pipe, ft.train_steps)
+    cond, uncond = encode(pipe, PROMPTS)
+    x = torch.randn(latent_shape(pipe, 2), generator=torch.Generator().manual_seed(seed))
+    student.eval()
+    losses = []
+    for t in sched.timesteps:
+        e_t = cfg_eps(pipe.unet, x, t, cond, uncond, 7.5)
+        losses.append(float(torch.mean((cfg_eps(student, x, t, cond, uncond, 7.5) - e_t) ** 2)))
+        x = sched.step(e_t, t, x).prev_sample
+    return sum(losses) / len(losses)
+
+
+def test_ptq_calibrates_on_tiny(tiny_pipe):
+    x, e = torch.randn(1, 4, 8, 8), torch.randn(1, 16, 16)
+    with torch.no_grad():
+        ref = tiny_pipe.unet(x, 500, encoder_hidden_states=e).sample
+    errs = {}
+    for bits in (8, 4):
+        pipe = copy.copy(tiny_pipe)
+        pipe.unet = copy.deepcopy(tiny_pipe.unet)
+        state = ptq(pipe, _quant(weight_bits=bits, act_bits=bits))
+        scales = torch.stack([q.scale.detach()[0] for q in state.act_quantizers().values()])
+        assert not torch.any(scales == 1.0)  # every range was calibrated
+        with torch.no_grad():
+            out = pipe.unet(x, 500, encoder_hidden_states=e).sample
+        errs[bits] = float((out - ref).norm() / ref.norm())
+    assert errs[8] < 0.15 and errs[8] < errs[4]
+
+
+def test_apply_with_attention_matmuls(tiny_pipe):
+    pipe = copy.copy(tiny_pipe)
+    pipe.unet = copy.deepcopy(tiny_pipe.unet)
+    apply(pipe, _quant(weight_bits=8, act_bits=8, quantize_attn_matmul=True))
+    assert get_state(pipe.unet).attn and pipe.speedlab_model_size_mb > 0
+    with torch.no_grad():
+        out = pipe.unet(torch.randn(1, 4, 8, 8), 10, encoder_hidden_states=torch.randn(1, 16, 16)).sample
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("method", ["efficientdm", "qat"])
+def test_few_steps_lower_the_loss(tiny_pipe, tmp_path, method):
+    ft = _ft(method=method, max_iters=6, lora_lr_scale=0.5, qat_lr=1e-3, act_lr=1e-3)
+    from backend.methods.quant.train import build_student
+
+    torch.manual_seed(0)
+    before, _ = build_student(tiny_pipe, ft, PROMPTS, quant=_quant())
+    loss0 = _distill_loss(tiny_pipe, before, ft)
+    result = finetune(tiny_pipe, ft, tmp_path / method, prompts=PROMPTS, quant=_quant())
+    assert result["status"] == "done" and result["iters"] == 6
+    assert _distill_loss(tiny_pipe, result["student"], ft) < loss0
+
+
+def test_cancel_then_resume(tiny_pipe, tmp_path):
+    out = tmp_path / "ckpt"
+    cancel = threading.Event()
+    seen = []
+
+    def on_progress(fields):
+        seen.append(fields)
+        if fields["step"] == 2:
+            cancel.set()
+
+    ft = _ft(max_iters=4)
+    r1 = finetune(tiny_pipe, ft, out, job=JobControl(on_progress=on_progress, cancel=cancel), prompts=PROMPTS,
+                  quant=_quant())
+    assert r1["status"] == "cancelled" and r1["iters"] == 2 and (out / "train_state.safetensors").exists()
+    assert {"step", "loss", "elapsed_s", "eta_s"} <= set(seen[0])
+    steps = []
+    r2 = finetune(tiny_pipe, ft, out, job=JobControl(on_progress=lambda f: steps.append(f["step"])), prompts=PROMPTS)
+    assert r2["status"] == "done" and steps == [3, 4]
+    with pytest.raises(ValueError, match="cannot resume"):
+        finetune(tiny_pipe, _ft(max_iters=6, lora_rank=2), out, prompts=PROMPTS)
