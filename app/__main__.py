@@ -35,8 +35,11 @@ def create(model: str = "shapes", store: str = "runs/workbench"):
 
 
 def launch(demo, host: str = "127.0.0.1", port: int | None = 7860, **kwargs):
+    # _frontend=False skips Gradio's start-up probe of its own URL (one HEAD request with a 3 s timeout), which
+    # fails spuriously on a saturated CPU and then demands a public share link; we never want one.
     return demo.launch(server_name=host, server_port=port, ssr_mode=False, css=getattr(demo, "speedlab_css", None),
-                       footer_links=["api"], quiet=kwargs.pop("quiet", False), **kwargs)
+                       footer_links=["api"], quiet=kwargs.pop("quiet", False), share=False, _frontend=False,
+                       **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

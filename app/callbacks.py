@@ -312,7 +312,8 @@ class Callbacks:
                                "psnr_vs_baseline": None if r["psnr_vs_baseline"] is None
                                else round(r["psnr_vs_baseline"], 2), "unet_evals": r["unet_evals"]} for r in rows])
         fig = wb.curves_figure(rows) if rows else None
-        return fig, table, rows, f"{len(rows)} points ({len(wb.pareto_front(rows))} on the Pareto front)."
+        curves = wb.method_curves_figure(rows) if rows else None
+        return fig, curves, table, rows, f"{len(rows)} points ({len(wb.pareto_front(rows))} on the Pareto front)."
 
     def point_selected(self, rows: list[dict] | None, evt: gr.SelectData):
         if not rows or evt is None:
@@ -330,8 +331,8 @@ class Callbacks:
         if not rows:
             raise gr.Error(f"nothing to export yet: run the {source.split()[0]} first")
         try:
-            html_path, zip_path = wb.export_report(rows, self.store / "reports", title=f"Speedlab — {source}",
-                                                   meta={"prompt": prompt, "seed": int(seed or 0)})
+            html_path, zip_path = wb.export_report(rows, self.store, prompt, int(seed or 0),
+                                                   "playground" if source.startswith("Playground") else "sweep")
         except Exception as exc:
             raise user_error(exc) from exc
         return (gr.update(value=str(zip_path), visible=True), gr.update(value=str(html_path), visible=True),

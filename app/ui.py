@@ -121,7 +121,9 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                 sweep_cancel = gr.Button("Cancel", variant="stop")
                 clear_btn = gr.Button("Clear curves")
             curves_status = gr.Markdown()
-            plot = gr.Plot(label="latency vs quality (PSNR vs the baseline), Pareto front dashed")
+            with gr.Row():
+                plot = gr.Plot(label="latency vs quality (PSNR vs the baseline), Pareto front dashed")
+                method_plot = gr.Plot(label="per-method curves")
             table = gr.Dataframe(label="points (select a row to see its image)", interactive=False)
             point_md = gr.Markdown()
             point_pair = gr.ImageSlider(label="baseline / selected point", type="numpy", height=320,
@@ -169,9 +171,9 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                   api_visibility="private")
         sw = sweep_btn.click(cb.collect_variants, controls, variants_box, queue=False, api_visibility="private")
         sw.then(cb.run_sweep, [prompt, seed, model, variants_box, section, param, start, stop, step, n_prompts,
-                               curves], [plot, table, curves, curves_status], api_name="sweep", **DEVICE)
+                               curves], [plot, method_plot, table, curves, curves_status], api_name="sweep", **DEVICE)
         sweep_cancel.click(cb.cancel, None, curves_status, queue=False, api_visibility="private")
-        clear_btn.click(lambda: cb.curves_outputs([]), None, [plot, table, curves, curves_status],
+        clear_btn.click(lambda: cb.curves_outputs([]), None, [plot, method_plot, table, curves, curves_status],
                         api_visibility="private")
         table.select(cb.point_selected, curves, [point_pair, point_md], api_visibility="private")
 

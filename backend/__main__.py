@@ -15,7 +15,7 @@ from tqdm import tqdm
 # Sub-commands implemented elsewhere: module with add_arguments(parser) and main(args) -> int.
 FINETUNE = {"efficientdm": "backend.methods.quant.cli", "lcd": "backend.methods.consistency.cli"}
 EXTERNAL = {"sweep": "backend.runs.sweep", "report": "backend.reports.cli"}
-BENCHES = ("deepcache", "quant", "lcm", "deploy")
+BENCHES = ("world", "deepcache", "quant", "lcm", "deploy")
 
 
 def jsonable(value):

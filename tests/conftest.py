@@ -13,10 +13,15 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def tiny_pipe():
-    """A fresh tiny random-weight SD-layout pipeline (4 resolution levels, cross-attention)."""
+    """A fresh tiny random-weight SD-layout pipeline (4 resolution levels, cross-attention) with a private
+    U-Net copy, so methods applied in one test never leak into another."""
+    import copy
+
     from backend.models import load_pipeline
 
-    return load_pipeline("tiny-arch")
+    pipe = load_pipeline("tiny-arch")
+    pipe.unet = copy.deepcopy(pipe.unet)
+    return pipe
 
 
 @pytest.fixture

@@ -42,15 +42,15 @@ def test_generate_in_the_browser(page_url):
             start = time.perf_counter()
             page.goto(page_url, wait_until="domcontentloaded")
             generate = page.locator("#generate")
-            expect(generate).to_be_visible(timeout=30_000)
+            expect(generate).to_be_visible(timeout=90_000)
             load_s = time.perf_counter() - start
             # fewer steps keep the test short: the baseline column's steps slider
             steps = page.get_by_label("steps").first
             steps.fill("4")
             steps.press("Enter")
             generate.click()
-            expect(page.locator("#image-0 img")).to_be_visible(timeout=45_000)
-            expect(page.locator("#image-1 img")).to_be_visible(timeout=45_000)
+            expect(page.locator("#image-0 img")).to_be_visible(timeout=90_000)
+            expect(page.locator("#image-1 img")).to_be_visible(timeout=90_000)
             expect(page.locator("#caption-0")).to_contain_text("baseline", timeout=10_000)
             expect(page.locator("#caption-1")).to_contain_text("DeepCache", timeout=10_000)
             expect(page.locator("#caption-1")).to_contain_text("cached steps")

@@ -69,8 +69,9 @@ def test_sweep_curves_and_report(tmp_path):
     assert front and all(r in rows for r in front)
     fig = wb.curves_figure(rows)
     assert any(t.name == "Pareto front" for t in fig.data)
-    html, bundle = wb.export_report(rows, tmp_path, meta={"prompt": PROMPT})
-    assert html.is_file() and "Speedlab" in html.read_text()
+    assert wb.method_curves_figure(rows) is not None
+    html, bundle = wb.export_report(rows, tmp_path, PROMPT, 0, "sweep")
+    assert html.is_file() and "deepcache.interval=3" in html.read_text()
     names = zipfile.ZipFile(bundle).namelist()
     assert {"report.html", "metrics.json", "metrics.csv", "config.json"} <= set(names)
     assert sum(n.startswith("images/") for n in names) == 3
@@ -119,6 +120,10 @@ def test_jobs_start_cancel_and_restart(tmp_path):
         state = jobs.wait(job_id, 50)
     assert state["status"] == "cancelled"
     assert jobs.checkpoints() == []
+    from backend.runs.store import Store
+
+    with Store(tmp_path) as store:  # the job's state is in the results store too
+        assert store.job(job_id)["status"] == "cancelled"
     # a finished job and a job whose worker died, as a restarted UI finds them
     for name, status in (("20260101-000000-done", "done"), ("20260101-000001-dead", "running")):
         d = tmp_path / "jobs" / name

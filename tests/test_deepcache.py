@@ -369,4 +369,5 @@ def test_shapes_sd(shapes_available):
     v3 = Variant.from_dict({"model": "shapes", "steps": 10, "deepcache": {"interval": 3, "branch": 0}})
     pipe = build_pipeline(v3)
     out = generate(pipe, v3, ["a red circle"], [0])
-    assert get_hook(pipe).stats()["partial"] == 6 and abs(out - base).mean() < 0.1
+    assert get_hook(pipe).stats()["patterns"] == ["FppFppFppF"]
+    assert out.shape == base.shape and abs(out - base).mean() < 0.25  # close to the baseline, not equal

@@ -184,8 +184,8 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
     return rows
 
 
-def _quality(steps: int, names: list[str], args) -> dict[str, dict]:
-    """Quality metrics of every configuration on shapes-sd against the same-seed baseline."""
+def _quality(model: str, steps: int, names: list[str], args) -> dict[str, dict]:
+    """Quality metrics of every configuration (images of --n prompts) against the same-seed baseline."""
     from backend.runs.runner import add_quality, eval_prompts, run_variant
     from backend.runs.variant import Variant
 
@@ -194,11 +194,11 @@ def _quality(steps: int, names: list[str], args) -> dict[str, dict]:
     out, base = {}, None
     for name in names:
         section = _section(name, steps)
-        data = {"model": "shapes", "name": name, "scheduler": "ddim", "steps": steps, "device": args.device,
+        data = {"model": model, "name": name, "scheduler": "ddim", "steps": steps, "device": args.device,
                 "dtype": args.dtype}
         if section is not None:
             data["deepcache"] = section
-        print(f"deepcache bench: shapes-sd quality {name} ({args.n} prompts)", file=sys.stderr)
+        print(f"deepcache bench: {model} quality {name} ({args.n} prompts)", file=sys.stderr)
         result = run_variant(Variant.from_dict(data), prompts, seeds, repeats=0, measure_macs=False)
         add_quality(result, base)
         if base is None:
@@ -234,7 +234,7 @@ def run(args) -> list[dict]:
     if "shapes" in models:
         print(f"deepcache bench: shapes-sd speed, {len(names)} configurations", file=sys.stderr)
         speed = _speed_rows("shapes", args.shapes_steps, None, names, args)
-        quality = _quality(args.shapes_steps, names, args)
+        quality = _quality("shapes", args.shapes_steps, names, args)
         base_acc = quality["baseline"].get("prompt_accuracy")
         for row in speed:
             q = quality[row["config"]]

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     from backend.methods.quant.train import finetune
     from backend.metrics import cost, quality
     from backend.models import is_random_weights, load_pipeline
-    from backend.runs.build import build_pipeline, generate
+    from backend.runs.build import generate
     from backend.runs.jobs import JobControl
     from backend.runs.runner import add_quality, eval_prompts, run_variant
     from backend.runs.variant import Variant
@@ -163,11 +163,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     for label, w, a in bits:
         ptq_variant = Variant.from_dict({**fp_variant.to_dict(), "name": f"ptq-{label}",
                                          "quant": {"method": "ptq", "weight_bits": w, "act_bits": a}})
-        start = time.perf_counter()
-        build_pipeline(ptq_variant)
-        calib_s = time.perf_counter() - start
         metrics, _ = evaluate(ptq_variant, fp_result)
-        rows.append({"method": "ptq", "bits": label, **pick(metrics), "finetune_minutes": round(calib_s / 60, 3)})
+        rows.append({"method": "ptq", "bits": label, **pick(metrics), "finetune_minutes": 0.0})
         print(f"ptq {label}: {rows[-1]}", file=sys.stderr)
         out, result, curve, wall = fine_tune("efficientdm", w, a, args.minutes, None)
         effdm_curves[label] = curve

@@ -12,9 +12,25 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    # FlopCounterMode has formulas for the CUDA attention kernels only; the CPU kernel does the same math
+    b, h, q_len, e = query_shape
+    s_len, ev = key_shape[-2], value_shape[-1]
+    return 2 * b * h * q_len * s_len * e + 2 * b * h * q_len * s_len * ev
+
+
+def mac_counter() -> FlopCounterMode:
+    """torch's FlopCounterMode, also counting CPU scaled-dot-product attention."""
+    mapping = {}
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_sdpa is not None:
+        mapping[cpu_sdpa] = _sdpa_cpu_flops
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
 def count_macs(fn: Callable[[], Any]) -> int:
-    """Multiply-accumulates executed by fn() (torch's FlopCounterMode; 1 MAC = 2 FLOPs)."""
-    with FlopCounterMode(display=False) as counter:
+    """Multiply-accumulates executed by fn() (1 MAC = 2 FLOPs; convolutions, matmuls, attention)."""
+    with mac_counter() as counter:
         fn()
     return counter.get_total_flops() // 2
 

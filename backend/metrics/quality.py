@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from scipy import linalg
 
-from backend.world.evaluators import Judge, RewardNet
+from backend.world.evaluators import Judge, RewardNet, scene_targets
 from backend.world.prompts import parse_caption
 from backend.world.shapes import IMAGE_SIZE, N_CELLS, SHAPES, Scene, render
 
@@ -73,18 +73,13 @@ def _to_judge_input(images) -> torch.Tensor:
     return x * 2 - 1
 
 
-def _targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
-    labels = [s.cell_labels() for s in scenes]
-    return {k: torch.from_numpy(np.stack([lab[k] for lab in labels])) for k in ("shape", "color", "size")}
-
-
 @torch.no_grad()
 def judge_metrics(images, prompts: list[str]) -> dict:
     """prompt_accuracy (every cell right, GenEval-style) and attr_accuracy per attribute."""
     scenes = _scenes(prompts)
     logits = [judge()(x) for x in _to_judge_input(images).split(100)]
     pred = {k: torch.cat([lg[k] for lg in logits]).argmax(-1) for k in ("shape", "color", "size")}
-    tgt = _targets(scenes)
+    tgt = scene_targets(scenes)
     has_obj = tgt["shape"] > 0
     n_obj = has_obj.sum().clamp(min=1)
     shape_ok = pred["shape"] == tgt["shape"]
@@ -132,7 +127,7 @@ def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
 
     images: N×3×H×W (or N×H×W×3) in [0, 1]; gradients flow back to them.
     """
-    tgt = _targets(_scenes(prompts))
+    tgt = scene_targets(_scenes(prompts))
     logits = reward_model()(_to_judge_input(images))
     score = 0
     for key in ("shape", "color", "size"):

@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 import uuid
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -301,114 +300,63 @@ def pareto_front(rows: list[dict], x: str = "latency_s", y: str = "psnr_vs_basel
     return front
 
 
+def _store_variants(rows: list[dict]) -> list[dict]:
+    """Rows in the shape of Store.variants() (what backend.reports works on)."""
+    keys = ("latency_s", "unet_evals", "speedup", "psnr_vs_baseline", "ssim_vs_baseline", "full_steps",
+            "cached_steps")
+    return [{"idx": i, "name": r.get("name") or r.get("label"), "status": "done", "is_baseline": i == 0,
+             "config": r["variant"], "metrics": {k: r[k] for k in keys if r.get(k) is not None}}
+            for i, r in enumerate(rows)]
+
+
 def curves_figure(rows: list[dict]):
-    """Latency vs PSNR (vs the baseline) of swept rows, one trace per method parameter, Pareto front dashed."""
-    try:  # the project's report plots, when they provide one
-        from backend.reports import plots  # type: ignore
+    """Latency vs PSNR (vs the baseline) with the Pareto front and per-method curves (backend.reports.plots)."""
+    from backend.reports import plots
 
-        if hasattr(plots, "pareto_figure"):
-            return plots.pareto_figure(rows, x="latency_s", y="psnr_vs_baseline")
-    except ImportError:
-        pass
-    import plotly.graph_objects as go
+    df = plots.results_frame(_store_variants(rows))
+    return plots.fig_pareto(df, "psnr_vs_baseline")
 
-    fig = go.Figure()
-    series: dict[str, list[dict]] = collections.defaultdict(list)
-    for r in rows:
-        if r.get("value") is not None:
-            series[f"{r['section']}.{r['param']}"].append(r)
-    for name, pts in series.items():
-        pts = sorted(pts, key=lambda r: r["value"])
-        fig.add_trace(go.Scatter(
-            x=[r["latency_s"] for r in pts], y=[r["psnr_vs_baseline"] for r in pts], mode="lines+markers+text",
-            text=[str(r["value"]) for r in pts], textposition="top center", name=name,
-            customdata=[r["label"] for r in pts]))
-    front = pareto_front([r for r in rows if r.get("value") is not None])
-    if front:
-        fig.add_trace(go.Scatter(x=[r["latency_s"] for r in front], y=[r["psnr_vs_baseline"] for r in front],
-                                 mode="lines", line={"dash": "dash", "color": "black"}, name="Pareto front"))
-    base = [r for r in rows if r.get("value") is None]
-    if base:
-        fig.add_vline(x=base[0]["latency_s"], line_dash="dot", annotation_text="baseline latency")
-    fig.update_layout(xaxis_title="latency per image (s)", yaxis_title="PSNR vs baseline (dB, capped at 100)",
-                      height=420, margin={"l": 40, "r": 20, "t": 30, "b": 40})
-    return fig
+
+def method_curves_figure(rows: list[dict]):
+    """PSNR vs each method's knob (DeepCache N, bits, LCM steps), or None."""
+    from backend.reports import plots
+
+    return plots.fig_method_curves(plots.results_frame(_store_variants(rows)), "psnr_vs_baseline")
 
 
 # ------------------------------------------------------------------------------------------ reports
 
-def export_report(rows: list[dict], out_dir: str | Path, title: str = "Speedlab comparison",
-                  meta: dict | None = None) -> tuple[Path, Path]:
-    """The comparison as one self-contained HTML report and a zip bundle (report, metrics.json/csv,
-    config.json, images). Uses backend.reports' exporter when it offers one."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        from backend.reports import export as report_export  # type: ignore
-
-        if hasattr(report_export, "export_comparison"):
-            return report_export.export_comparison(rows, out_dir, title=title, meta=meta or {})
-    except ImportError:
-        pass
-    return _export_report_fallback(rows, out_dir, title, meta or {})
-
-
-def _export_report_fallback(rows: list[dict], out_dir: Path, title: str, meta: dict) -> tuple[Path, Path]:
-    import base64
-    import html
-    import io
-
-    import pandas as pd
-    from PIL import Image
-
+def save_rows(store_root: str | Path, rows: list[dict], prompt: str, seed: int, source: str) -> str:
+    """Record a comparison (or a sweep) as a run of the results store; returns the run id."""
     from backend.runs.runner import environment
+    from backend.runs.store import Store
 
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = f"speedlab-report-{stamp}"
-    images: dict[str, bytes] = {}
-    cells = []
-    for i, row in enumerate(rows):
-        if row.get("image") is None:
-            continue
-        buf = io.BytesIO()
-        Image.fromarray(np.asarray(row["image"])).save(buf, format="PNG")
-        images[f"images/{i:02d}.png"] = buf.getvalue()
-        src = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-        cells.append(f"<figure><img src='{src}' width='192' style='image-rendering:pixelated'>"
-                     f"<figcaption>{html.escape(str(row.get('name') or row.get('label')))}<br>"
-                     f"{html.escape(metrics_line(row))}</figcaption></figure>")
-    table_rows = jsonable_rows(rows)
-    frame = pd.DataFrame([{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in r.items()}
-                          for r in table_rows])
-    env = environment()
-    info = {"title": title, "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), **meta,
-            "environment": env}
-    fig_html = ""
-    if any(r.get("value") is not None for r in rows):
-        fig_html = curves_figure(rows).to_html(full_html=False, include_plotlyjs=True)
-    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-           "<style>body{font-family:sans-serif;margin:2em} figure{display:inline-block;margin:8px;"
-           "text-align:center} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:4px}"
-           f"</style></head><body><h1>{html.escape(title)}</h1>"
-           f"<pre>{html.escape(json.dumps(info, indent=2, default=str))}</pre>"
-           f"<h2>Images (same seed)</h2>{''.join(cells)}{fig_html}<h2>Metrics</h2>"
-           f"{frame.to_html(index=False, float_format=lambda x: f'{x:.4g}')}</body></html>")
-    html_path = out_dir / f"{name}.html"
-    tmp = html_path.with_suffix(".html.tmp")
-    tmp.write_text(doc)
-    tmp.replace(html_path)
-    zip_path = out_dir / f"{name}.zip"
-    tmpz = zip_path.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmpz, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("report.html", doc)
-        zf.writestr("metrics.json", json.dumps(table_rows, indent=2, default=str))
-        zf.writestr("metrics.csv", frame.to_csv(index=False))
-        zf.writestr("config.json", json.dumps({**info, "variants": [r.get("variant") for r in table_rows]},
-                                              indent=2, default=str))
-        for path, data in images.items():
-            zf.writestr(path, data)
-    tmpz.replace(zip_path)
-    return html_path, zip_path
+    run_id = time.strftime("wb-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    store = Store(store_root)
+    try:
+        variants = _store_variants(rows)
+        store.create_run(run_id, [dict(v["config"], name=v["name"]) for v in variants], [prompt], [int(seed)],
+                         settings={"source": source, "latency": "one timed generation per variant, after a "
+                                   "one-step warm-up of each new pipeline"},
+                         environment=environment(), name=f"workbench {source}")
+        for v, row in zip(variants, rows, strict=True):
+            store.save_variant(run_id, v["idx"], np.asarray(row["image"])[None], [prompt], [int(seed)], v["metrics"])
+        store.set_run_status(run_id, "done")
+    finally:
+        store.close()
+    return run_id
+
+
+def export_report(rows: list[dict], store_root: str | Path, prompt: str, seed: int,
+                  source: str = "playground") -> tuple[Path, Path]:
+    """Store the comparison as a run, then export it with backend.reports: (HTML report, zip bundle)."""
+    from backend.reports.export import export_report as export_run
+
+    if not rows:
+        raise ValueError("nothing to export: run a comparison or a sweep first")
+    run_id = save_rows(store_root, rows, prompt, seed, source)
+    paths = export_run(store_root, Path(store_root) / "reports" / run_id / "report.html", run_id)
+    return paths.html, paths.zip
 
 
 # --------------------------------------------------------------------------------------- fine-tunes
@@ -475,6 +423,34 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+STORE_STATUS = {"starting": "queued", "running": "running", "done": "done", "cancelled": "cancelled",
+                "failed": "failed", "interrupted": "failed"}
+
+
+def _mirror(store_root: Path, job_id: str, create: dict | None = None, **fields) -> None:
+    """Keep the job's row in the results store (backend.runs.store) in step with job.json."""
+    try:
+        from backend.runs.store import Store
+
+        store = Store(store_root)
+    except Exception:  # the store is a mirror: a problem there must not stop a fine-tune
+        return
+    try:
+        if create is not None:
+            store.create_job(create["kind"], {"model": create["model"], **create["settings"]},
+                             out_dir=create["checkpoint"], job_id=job_id, status="queued")
+            return
+        status = fields.get("status")
+        progress = {k: fields[k] for k in ("step", "loss", "eta_s", "elapsed_s") if k in fields}
+        error = fields.get("error") or ("interrupted: the worker process ended" if status == "interrupted" else None)
+        store.update_job(job_id, status=STORE_STATUS.get(status) if status else None, progress=progress or None,
+                         error=error, pid=fields.get("pid"))
+    except Exception:
+        pass
+    finally:
+        store.close()
+
+
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -517,6 +493,7 @@ class JobManager:
                 "status": "starting", "created": time.time(), "updated": time.time(),
                 "checkpoint": str(job_dir / "checkpoint"), "section": JOB_KINDS[kind][1]}
         _write_json(job_dir / "job.json", spec)
+        _mirror(self.root.parent, job_id, create=spec)
         log = open(job_dir / "worker.log", "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen([sys.executable, "-m", "backend.runs.workbench", str(job_dir)],
@@ -539,6 +516,7 @@ class JobManager:
         data = json.loads(path.read_text())
         data.update(fields, updated=time.time())
         _write_json(path, data)
+        _mirror(self.root.parent, job_id, **fields)
         return data
 
     def get(self, job_id: str) -> dict:
@@ -657,10 +635,18 @@ def _worker(job_dir: Path) -> int:
         data = json.loads((job_dir / "job.json").read_text())
         data.update(fields, updated=time.time())
         _write_json(job_dir / "job.json", data)
+        _mirror(job_dir.parent.parent, spec["id"], **fields)
+
+    last_mirror = [0.0]
 
     def on_progress(fields: dict) -> None:
         log.write(json.dumps(fields, default=float) + "\n")
         log.flush()
+        if time.monotonic() - last_mirror[0] > 5:
+            last_mirror[0] = time.monotonic()
+            row = dict(fields)
+            row.setdefault("loss", row.get("distill"))
+            _mirror(job_dir.parent.parent, spec["id"], **row)
 
     try:
         from backend.models import load_pipeline

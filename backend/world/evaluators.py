@@ -7,6 +7,7 @@ trained to please the reward model does not thereby fool the judge.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -54,16 +55,15 @@ class Judge(nn.Module):
 
 
 class RewardNet(nn.Module):
-    """A different design: SiLU + average pooling, pooled to the 3×3 grid, shared heads per cell."""
+    """A different design: SiLU, average pooling, features pooled to the 3×3 grid, then mixed per cell."""
 
     def __init__(self):
         super().__init__()
         layers, cin = [], 3
         for cout in (24, 48, 96):
-            layers += [nn.Conv2d(cin, cout, 3, 1, 1), nn.SiLU(), nn.Conv2d(cout, cout, 3, 1, 1), nn.SiLU(),
-                       nn.AvgPool2d(2)]
+            layers += [nn.Conv2d(cin, cout, 3, 1, 1), nn.GroupNorm(4, cout), nn.SiLU(), nn.AvgPool2d(2)]
             cin = cout
-        self.convs = nn.Sequential(*layers, nn.Conv2d(96, 96, 3, 1, 1), nn.SiLU())
+        self.convs = nn.Sequential(*layers, nn.Conv2d(96, 96, 3, 1, 1), nn.GroupNorm(4, 96), nn.SiLU())
         self.pool = nn.AdaptiveAvgPool2d(3)
         self.mix = nn.Linear(96 * 9, N_CELLS * 96)
         self.heads = CellHeads(96)
@@ -72,6 +72,12 @@ class RewardNet(nn.Module):
         pooled = self.pool(self.convs(images)).flatten(1)
         cells = torch.nn.functional.silu(self.mix(pooled)).view(-1, N_CELLS, 96)
         return self.heads(cells)
+
+
+def scene_targets(scenes) -> dict[str, torch.Tensor]:
+    """Stacked per-cell labels (shape / color / size, as in Scene.cell_labels) of a list of scenes."""
+    per = [s.cell_labels() for s in scenes]
+    return {k: torch.from_numpy(np.stack([p[k] for p in per])) for k in ("shape", "color", "size")}
 
 
 def cell_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:

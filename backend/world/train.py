@@ -25,17 +25,12 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from backend.world import architecture as arch
-from backend.world.evaluators import Judge, RewardNet, cell_loss, exact_match
+from backend.world.evaluators import Judge, RewardNet, cell_loss, exact_match, scene_targets
 from backend.world.shapes import sample_batch, to_tensor_range
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 SAVE_EVERY_S = 120
 N_LATENTS = 48_000
-
-
-def _labels(scenes) -> dict[str, torch.Tensor]:
-    per = [s.cell_labels() for s in scenes]
-    return {k: torch.from_numpy(np.stack([p[k] for p in per])) for k in ("shape", "color", "size")}
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -174,7 +169,7 @@ def train_evaluator(work: Path, name: str, minutes: float) -> None:
 
     def step_fn(step: int, gen: torch.Generator) -> torch.Tensor:
         images, scenes = sample_batch(128, seed=offset + step, split="any")
-        return cell_loss(net(_augment(to_tensor_range(images), gen)), _labels(scenes))
+        return cell_loss(net(_augment(to_tensor_range(images), gen)), scene_targets(scenes))
 
     timeboxed_train(name, work, {"net": net}, list(net.parameters()), 2e-3, minutes, step_fn, warmup=50)
     save_file(net.state_dict(), done)
@@ -183,7 +178,7 @@ def train_evaluator(work: Path, name: str, minutes: float) -> None:
 @torch.no_grad()
 def evaluator_accuracy(net: torch.nn.Module, n: int = 2000) -> float:
     images, scenes = sample_batch(n, seed=888_888, split="any")
-    x, labels = to_tensor_range(images), _labels(scenes)
+    x, labels = to_tensor_range(images), scene_targets(scenes)
     hits = torch.cat([exact_match(net(xb), {k: v[i:i + 250] for k, v in labels.items()})
                       for i, xb in zip(range(0, n, 250), x.split(250))])
     return float(hits.float().mean())

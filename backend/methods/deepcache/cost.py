@@ -12,26 +12,11 @@ import contextlib
 import math
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from backend.methods.deepcache.config import DeepCacheConfig
 from backend.methods.deepcache.hook import BranchPlan, capture, get_hook, partial_forward, plan_branch
 from backend.methods.deepcache.schedule import full_steps_for
-
-
-def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    # torch's FlopCounterMode has formulas for the CUDA attention kernels only; CPU SDPA is the same math
-    b, h, q_len, e = query_shape
-    s_len, ev = key_shape[-2], value_shape[-1]
-    return 2 * b * h * q_len * s_len * e + 2 * b * h * q_len * s_len * ev
-
-
-def _counter() -> FlopCounterMode:
-    mapping = {}
-    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if cpu_sdpa is not None:
-        mapping[cpu_sdpa] = _sdpa_cpu_flops
-    return FlopCounterMode(display=False, custom_mapping=mapping)
+from backend.metrics.cost import mac_counter
 
 
 def _fake_mode(unet: torch.nn.Module):
@@ -89,11 +74,11 @@ def unet_macs(unet: torch.nn.Module, branch: int | BranchPlan, batch: int = 1, l
     with torch.inference_mode(), _fake_mode(unet):
         kwargs = example_inputs(unet, batch, latent_height, latent_width, seq_len)
         box: list = []
-        with _counter() as counter, capture(unet, plan, box):
+        with mac_counter() as counter, capture(unet, plan, box):
             forward(**kwargs)
         full = counter.get_total_flops() // 2
         cache = box[-1]
-        with _counter() as counter:
+        with mac_counter() as counter:
             partial_forward(unet, plan, _bound(unet, kwargs), cache)
         partial = counter.get_total_flops() // 2
         cache_bytes = cache.numel() * cache.element_size()

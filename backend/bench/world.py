@@ -1,0 +1,46 @@
+"""The embedded model's quality bar: VAE PSNR, evaluator accuracy, shapes-sd prompt accuracy and FD."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from backend.metrics import quality
+from backend.models import load_pipeline
+from backend.runs.build import build_pipeline, generate
+from backend.runs.runner import eval_prompts
+from backend.runs.variant import Variant
+from backend.world.train import evaluator_accuracy, vae_psnr
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n", type=int, default=200, help="prompts per set (default 200)")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance (default: the model's)")
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    rows = [
+        {"check": "vae_psnr_db (512 held-out renders)", "value": vae_psnr(load_pipeline("shapes").vae)},
+        {"check": "judge exact match (2000 held-out renders)", "value": evaluator_accuracy(quality.judge())},
+        {"check": "reward model exact match (2000 held-out renders)",
+         "value": evaluator_accuracy(quality.reward_model())},
+    ]
+    variant = Variant.from_dict({"model": "shapes", "steps": args.steps,
+                                 **({"guidance": args.guidance} if args.guidance is not None else {})})
+    pipe = build_pipeline(variant)
+    for set_name in ("single", "two", "compositional"):
+        prompts = eval_prompts(set_name, args.n)
+        images = np.concatenate([generate(pipe, variant, prompts[i:i + 50], list(range(i, min(i + 50, args.n))))
+                                 for i in range(0, args.n, 50)])
+        m = quality.judge_metrics(images, prompts)
+        real_a, real_b = quality.real_renders(prompts, seed=1), quality.real_renders(prompts, seed=2)
+        noise = np.random.default_rng(0).random(real_a.shape).astype(np.float32)
+        rows.append({"check": f"shapes-sd {set_name} set, {args.n} prompts, {args.steps} DDIM steps",
+                     "value": m["prompt_accuracy"], **{f"attr_{k}": v for k, v in m["attr_accuracy"].items()},
+                     "fd_shapes": quality.fd_shapes(images, prompts, seed=1),
+                     "fd_real_vs_real": quality.frechet_distance(quality.judge_features(real_a),
+                                                                 quality.judge_features(real_b)),
+                     "fd_noise_vs_real": quality.fd_shapes(noise, prompts, seed=1)})
+    return rows
