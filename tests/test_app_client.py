@@ -29,7 +29,8 @@ def server(tmp_path_factory):
 def client(server):
     from gradio_client import Client
 
-    return Client(server[0], verbose=False)
+    # a generous timeout: a saturated CI CPU answers slowly
+    return Client(server[0], verbose=False, analytics_enabled=False, httpx_kwargs={"timeout": 120})
 
 
 def test_generate_baseline_and_deepcache(client):

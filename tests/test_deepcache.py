@@ -314,9 +314,9 @@ def test_cost_accounting(pipe):
     unet = pipe.unet
     macs = unet_macs(unet, 0, batch=2)
     assert 0 < macs["partial"] < macs["full"]
-    from backend.methods.deepcache.cost import _counter
+    from backend.metrics.cost import mac_counter
 
-    with torch.inference_mode(), _counter() as real:  # counting on fake tensors == counting a real run
+    with torch.inference_mode(), mac_counter() as real:  # counting on fake tensors == counting a real run
         unet(**example_inputs(unet, batch=2))
     assert macs["full"] == real.get_total_flops() // 2
     cfg = DeepCacheConfig(interval=3)

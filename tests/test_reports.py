@@ -31,7 +31,7 @@ def make_run(rundir, failed_last=False):
         run_id = s.create_run("abc", [v for v, _, _ in VARIANTS], PROMPTS, [0, 1, 2],
                               {"repeats": 3, "warmup": 1, "batch_size": 16, "executor": "local"},
                               {"cpu": "x86_64", "torch": "2", "git_commit": "deadbee"}, spec={"name": "t"}, name="t")
-        for i, (v, latency, acc) in enumerate(VARIANTS):
+        for i, (_v, latency, acc) in enumerate(VARIANTS):
             if failed_last and i == len(VARIANTS) - 1:
                 s.mark_failed(run_id, i, "ValueError: boom")
                 continue

@@ -1,4 +1,4 @@
-"""Sweep specs (grid -> variants, bad input) and running a tiny sweep: baseline first, same seeds, resume after a crash."""
+"""Sweep specs (grid -> variants, bad input) and a tiny sweep: baseline first, same seeds, resume after a crash."""
 
 import json
 

@@ -393,6 +393,13 @@ class Store:
                       " pid=COALESCE(?, pid), updated=? WHERE id=?",
                       (status, _dumps(merged), error, pid, time.time(), job_id))
 
+    def job_reporter(self, job_id: str):
+        """An ``on_progress`` for ``JobControl``: each report is merged into the job's progress."""
+        def report(fields: dict) -> None:
+            self.update_job(job_id, progress=fields)
+
+        return report
+
     def job(self, job_id: str) -> dict:
         row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:

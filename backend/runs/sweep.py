@@ -27,7 +27,6 @@ import hashlib
 import itertools
 import json
 import sys
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -430,9 +429,7 @@ def run_sweep(sweep: Sweep, rundir: str | Path, executor: str | Any = "local", a
                     if job is not None:
                         job.check()
                     if exc is not None:
-                        message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-                        if not isinstance(exc, ValueError):
-                            message += " | " + "".join(traceback.format_exception(exc)).strip().splitlines()[-1]
+                        message = (f"{type(exc).__name__}: {exc}".strip().splitlines() or ["error"])[0]
                         store.mark_failed(run_id, idx, message)
                         outcome.failed[idx] = message
                         if idx == 0:

@@ -48,7 +48,7 @@ def _per_byte(bits: int) -> int:
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Integer codes in [0, 2^bits) → uint8 bytes (several codes per byte for bits ≤ 4)."""
-    flat = codes.reshape(-1).to(torch.int32)
+    flat = codes.detach().reshape(-1).to("cpu", torch.int32)
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= 2 ** bits):
         raise ValueError(f"codes out of range for {bits}-bit packing")
     per = _per_byte(bits)
@@ -132,7 +132,7 @@ def model_tensors(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
                 out[f"fp.{key}"] = value.detach().clone()
         if floats:
             out["fp.float32"] = torch.cat(floats)
-    return {k: v.contiguous() for k, v in out.items()}
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
 def describe(unet: torch.nn.Module) -> dict:
@@ -184,7 +184,7 @@ def save_checkpoint(unet: torch.nn.Module, out: str | Path, training: dict | Non
         save_file(tensors, tmp / MODEL_FILE, metadata={"format": FORMAT})
         meta["files"] = {MODEL_FILE: _sha256(tmp / MODEL_FILE)}
         if train_tensors is not None:
-            save_file({k: v.detach().contiguous() for k, v in train_tensors.items()}, tmp / TRAIN_FILE)
+            save_file({k: v.detach().cpu().contiguous() for k, v in train_tensors.items()}, tmp / TRAIN_FILE)
             meta["files"][TRAIN_FILE] = _sha256(tmp / TRAIN_FILE)
         if training is not None:
             meta["training"] = training

@@ -249,6 +249,8 @@ class QuantLayer(nn.Module):
         self.lora_B: nn.Parameter | None = None
         self.quantize = True
         self._cache: torch.Tensor | None = None
+        self.w_quant.to(base.weight.device)
+        self.a_quant.to(base.weight.device)
         self.w_quant.init_minmax(base.weight)
 
     @property

@@ -159,7 +159,8 @@ def quantize_unet(unet: nn.Module, config: QuantConfig, timesteps: list[int] | N
         for name, module in unet.named_modules():
             if isinstance(module, Attention):
                 state.original_procs[name] = module.processor
-                proc = QuantAttnProcessor(config.act_bits, index)
+                device = next(module.parameters()).device
+                proc = QuantAttnProcessor(config.act_bits, index).to(device)
                 module.set_processor(proc)
                 state.attn[name] = proc
 

@@ -132,7 +132,7 @@ def _restore(state: QuantState, opt: torch.optim.Optimizer, tensors: dict[str, t
     for i, st in per.items():
         if i >= len(params):
             raise CheckpointError("the saved optimizer does not match this fine-tune (different parameters)")
-        opt.state[params[i]] = dict(st)
+        opt.state[params[i]] = {k: v if k == "step" else v.to(params[i].device) for k, v in st.items()}
     state.invalidate()
 
 
