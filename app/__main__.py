@@ -18,6 +18,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 only "
                         "when you mean to expose it)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="torch CPU threads for generation (default: all cores but one, which fine-tune "
+                        "workers use; oversubscribed cores make torch very slow)")
     parser.add_argument("--store", default="runs/workbench", help="results store folder: fine-tune jobs, "
                         "checkpoints, reports (default runs/workbench)")
     return parser.parse_args(argv)
@@ -46,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 2)))
+    if args.threads < 1:
+        print(f"error: --threads {args.threads} must be ≥ 1", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
     demo, cb = create(args.model, args.store)
 
     def warm() -> None:  # load the model while the browser opens the page

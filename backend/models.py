@@ -15,6 +15,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from transformers.utils import logging as transformers_logging
 
 diffusers_logging.set_verbosity_error()
+diffusers_logging.disable_progress_bar()
 transformers_logging.set_verbosity_error()
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"

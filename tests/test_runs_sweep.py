@@ -131,7 +131,7 @@ def test_failing_variant_is_recorded_and_the_rest_go_on(tmp_path, monkeypatch):
         assert st.run()["status"] == "failed"
 
 
-def _fake_run(self, sweep, indices, on_images):
+def _fake_run(self, sweep, indices, on_images, on_start=lambda i: None):
     import numpy as np
 
     for idx in indices:

@@ -282,8 +282,10 @@ class LocalExecutor:
 
     name = "local"
 
-    def run(self, sweep: Sweep, indices: list[int], on_images: Callable[[int, int], None]):
+    def run(self, sweep: Sweep, indices: list[int], on_images: Callable[[int, int], None],
+            on_start: Callable[[int], None] = lambda idx: None):
         for idx in indices:
+            on_start(idx)
             done_before = [0]
 
             def progress(done: int, total: int, _d=done_before) -> None:
@@ -325,7 +327,8 @@ class RayExecutor:
         self.ray = ray
         self.address = address
 
-    def run(self, sweep: Sweep, indices: list[int], on_images: Callable[[int, int], None]):
+    def run(self, sweep: Sweep, indices: list[int], on_images: Callable[[int, int], None],
+            on_start: Callable[[int], None] = lambda idx: None):
         ray = self.ray
         root = str(Path(__file__).resolve().parents[2])
         if not ray.is_initialized():
@@ -336,6 +339,8 @@ class RayExecutor:
             except ConnectionError as exc:
                 raise ValueError(f"--address {self.address!r}: cannot connect to a Ray cluster ({exc})") from exc
         gpus = ray.cluster_resources().get("GPU", 0)
+        for i in indices:
+            on_start(i)
         task = ray.remote(num_gpus=1 if gpus > 0 else 0, num_cpus=1, max_retries=0)(_ray_measure)
         futures = {task.remote(sweep.variants[i].to_dict(), sweep.prompts, sweep.seeds, sweep.runner): i
                    for i in indices}
@@ -423,9 +428,8 @@ def run_sweep(sweep: Sweep, rundir: str | Path, executor: str | Any = "local", a
             for batch in batches:
                 if not batch:
                     continue
-                for i in batch:
-                    store.mark_running(run_id, i)
-                for idx, payload, exc in ex.run(sweep, batch, images_progress):
+                for idx, payload, exc in ex.run(sweep, batch, images_progress,
+                                                on_start=lambda i: store.mark_running(run_id, i)):
                     if job is not None:
                         job.check()
                     if exc is not None:

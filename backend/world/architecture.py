@@ -55,13 +55,16 @@ def build_vae() -> AutoencoderKL:
 
 
 def build_unet() -> UNet2DConditionModel:
-    """Three resolution levels, layers_per_block=2 and cross-attention in the upper levels, like SD 1.5."""
+    """Three resolution levels, layers_per_block=2 and cross-attention in the upper levels, like SD 1.5;
+    plus diffusers' "text" addition embedding (attention-pooled prompt added to the time embedding), which
+    gives every resnet the prompt's attributes and makes a from-scratch text encoder learn much faster."""
     return UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(32, 64, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=TEXT_DIM, attention_head_dim=2, norm_num_groups=16,
+        addition_embed_type="text", addition_embed_type_num_heads=4,
     )
 
 

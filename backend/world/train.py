@@ -184,7 +184,17 @@ def evaluator_accuracy(net: torch.nn.Module, n: int = 2000) -> float:
     return float(hits.float().mean())
 
 
-def train_unet(work: Path, minutes: float) -> None:
+def _init_from(unet, text, state_path: Path) -> None:
+    """Start from an earlier run's weights; modules it lacks start as a no-op (zero output gain)."""
+    modules = torch.load(state_path, weights_only=True)["modules"]
+    missing = unet.load_state_dict(modules["unet"], strict=False).missing_keys
+    text.load_state_dict(modules["text"])
+    if any(k.startswith("add_embedding.") for k in missing):
+        torch.nn.init.zeros_(unet.add_embedding.norm2.weight)
+    print(f"initialised from {state_path}; new parameters: {len(missing)}")
+
+
+def train_unet(work: Path, minutes: float, init: Path | None = None) -> None:
     done = work / "unet" / "unet.safetensors"
     if done.exists():
         return
@@ -195,6 +205,8 @@ def train_unet(work: Path, minutes: float) -> None:
                                    return_tensors="pt").input_ids
     torch.manual_seed(0)
     unet, text = arch.build_unet(), arch.build_text_encoder()
+    if init is not None and not (work / "unet" / "state.pt").exists():
+        _init_from(unet, text, init)
     ema = {"unet": copy.deepcopy(unet), "text": copy.deepcopy(text)}
     sched = arch.build_scheduler()
 
@@ -209,7 +221,8 @@ def train_unet(work: Path, minutes: float) -> None:
         return torch.nn.functional.mse_loss(pred, noise)
 
     params = list(unet.parameters()) + list(text.parameters())
-    timeboxed_train("unet", work, {"unet": unet, "text": text}, params, 1e-3, minutes, step_fn, ema=ema, warmup=200)
+    timeboxed_train("unet", work, {"unet": unet, "text": text}, params, 1e-3, minutes, step_fn, ema=ema, warmup=200,
+                    ema_decay=0.995 if init is not None else 0.999)
     save_file(ema["text"].state_dict(), work / "unet" / "text.safetensors")
     save_file(ema["unet"].state_dict(), done)
 
@@ -258,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vae-minutes", type=float, default=9.0)
     p.add_argument("--eval-minutes", type=float, default=3.0, help="for each of the judge and the reward model")
     p.add_argument("--unet-minutes", type=float, default=60.0)
+    p.add_argument("--unet-init", type=Path, default=None,
+                   help="start the U-Net from an earlier run's state.pt (new modules start as a no-op)")
     p.add_argument("--n-latents", type=int, default=N_LATENTS, help="training images encoded for the U-Net")
     p.add_argument("--guidance", type=float, default=5.0, help="default guidance written to speedlab.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -269,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
         "latents": lambda: encode_latents(args.work, args.n_latents),
         "judge": lambda: train_evaluator(args.work, "judge", args.eval_minutes),
         "reward": lambda: train_evaluator(args.work, "reward", args.eval_minutes),
-        "unet": lambda: train_unet(args.work, args.unet_minutes),
+        "unet": lambda: train_unet(args.work, args.unet_minutes, args.unet_init),
         "export": lambda: print(json.dumps(export(args.work, args.out, args.guidance), indent=2)),
     }
     for name, run in stages.items():
