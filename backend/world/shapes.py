@@ -92,7 +92,7 @@ def _random_attrs(rng: random.Random, split: str) -> tuple[str, str, str]:
 
 
 def random_scene(rng: random.Random, n_objects: int | None = None, split: str = "train") -> Scene:
-    """A random scene; split "train" never uses held-out pairs, "compositional" uses at least one."""
+    """A random scene; split "train" never uses held-out pairs, "compositional" uses at least one, "any" mixes."""
     n = n_objects or rng.choice((1, 2))
     if n == 1:
         shape, color, size = _random_attrs(rng, split)
@@ -103,7 +103,7 @@ def random_scene(rng: random.Random, n_objects: int | None = None, split: str = 
         held = rng.randrange(2)
         attrs = [_random_attrs(rng, "compositional" if i == held else "any") for i in range(2)]
     else:
-        attrs = [_random_attrs(rng, "train") for _ in range(2)]
+        attrs = [_random_attrs(rng, split) for _ in range(2)]
     objs = tuple(ShapeObject(s, c, z, cell) for (s, c, z), cell in zip(attrs, cells))
     return Scene(objs, relation)
 

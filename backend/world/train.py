@@ -184,14 +184,19 @@ def evaluator_accuracy(net: torch.nn.Module, n: int = 2000) -> float:
     return float(hits.float().mean())
 
 
-def _init_from(unet, text, state_path: Path) -> None:
-    """Start from an earlier run's weights; modules it lacks start as a no-op (zero output gain)."""
-    modules = torch.load(state_path, weights_only=True)["modules"]
+def _init_from(unet, text, source: Path) -> None:
+    """Start from earlier weights (a stage's state.pt, or an exported shapes-sd folder); modules they lack
+    start as a no-op (zero output gain)."""
+    if source.is_dir():
+        modules = {"unet": load_file(source / "unet" / "diffusion_pytorch_model.safetensors"),
+                   "text": load_file(source / "text_encoder" / "model.safetensors")}
+    else:
+        modules = torch.load(source, weights_only=True)["modules"]
     missing = unet.load_state_dict(modules["unet"], strict=False).missing_keys
     text.load_state_dict(modules["text"])
     if any(k.startswith("add_embedding.") for k in missing):
         torch.nn.init.zeros_(unet.add_embedding.norm2.weight)
-    print(f"initialised from {state_path}; new parameters: {len(missing)}")
+    print(f"initialised from {source}; new parameters: {len(missing)}")
 
 
 def train_unet(work: Path, minutes: float, init: Path | None = None) -> None:
@@ -272,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-minutes", type=float, default=3.0, help="for each of the judge and the reward model")
     p.add_argument("--unet-minutes", type=float, default=60.0)
     p.add_argument("--unet-init", type=Path, default=None,
-                   help="start the U-Net from an earlier run's state.pt (new modules start as a no-op)")
+                   help="start the U-Net from an earlier run's state.pt or an exported shapes-sd folder "
+                   "(new modules start as a no-op)")
     p.add_argument("--n-latents", type=int, default=N_LATENTS, help="training images encoded for the U-Net")
     p.add_argument("--guidance", type=float, default=5.0, help="default guidance written to speedlab.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
