@@ -17,6 +17,7 @@ from transformers.utils import logging as transformers_logging
 diffusers_logging.set_verbosity_error()
 diffusers_logging.disable_progress_bar()
 transformers_logging.set_verbosity_error()
+transformers_logging.disable_progress_bar()
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHAPES_DIR = ASSETS / "shapes-sd"
@@ -85,7 +86,7 @@ def _from_pretrained(source: str, path: Path, torch_dtype: torch.dtype) -> Diffu
         if not (path / "model_index.json").is_file():
             raise ModelError(f"folder {str(path)!r} is not a diffusers pipeline (no model_index.json)")
         try:
-            return DiffusionPipeline.from_pretrained(path, torch_dtype=torch_dtype, local_files_only=True,
+            return DiffusionPipeline.from_pretrained(path, dtype=torch_dtype, local_files_only=True,
                                                      safety_checker=None, requires_safety_checker=False)
         except (OSError, ValueError, TypeError) as exc:
             raise ModelError(f"folder {str(path)!r} could not be loaded as a diffusers pipeline: {exc}") from exc
@@ -93,7 +94,7 @@ def _from_pretrained(source: str, path: Path, torch_dtype: torch.dtype) -> Diffu
         raise ModelError(f"unknown model {source!r}; allowed: shapes, sd15-arch, tiny-arch, a local diffusers "
                          "folder, or a Hub id such as runwayml/stable-diffusion-v1-5")
     try:
-        return DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype, safety_checker=None,
+        return DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, safety_checker=None,
                                                  requires_safety_checker=False,
                                                  local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
     except Exception as exc:  # the Hub client raises many types (network, auth, missing files)
