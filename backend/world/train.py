@@ -127,8 +127,11 @@ def train_vae(work: Path, minutes: float) -> None:
 
 
 def _load_vae(work: Path):
+    """The stage's VAE, or the shipped one (continuing training in a fresh work folder)."""
     vae = arch.build_vae()
-    vae.load_state_dict(load_file(work / "vae" / "vae.safetensors"))
+    path = work / "vae" / "vae.safetensors"
+    vae.load_state_dict(load_file(path if path.exists() else ASSETS / "shapes-sd" / "vae" /
+                                  "diffusion_pytorch_model.safetensors"))
     return vae.eval()
 
 
@@ -258,10 +261,13 @@ def export(work: Path, out: Path, guidance: float = 5.0) -> dict:
     report = {"vae_psnr_db": vae_psnr(vae)}
     for name, cls in (("judge", Judge), ("reward", RewardNet)):
         net = cls()
-        net.load_state_dict(load_file(work / name / f"{name}.safetensors"))
+        trained = work / name / f"{name}.safetensors"
+        net.load_state_dict(load_file(trained if trained.exists() else ASSETS / "evaluators" / f"{name}.safetensors"))
         save_file(net.state_dict(), out / "evaluators" / f"{name}.safetensors")
         report[f"{name}_exact_match"] = evaluator_accuracy(net.eval())
     for stage in ("vae", "judge", "reward", "unet"):
+        if not (work / stage / "state.pt").exists():
+            continue  # a stage that ran in an earlier work folder
         state = torch.load(work / stage / "state.pt", weights_only=True)
         report[f"{stage}_steps"], report[f"{stage}_minutes"] = state["step"], round(state["elapsed"] / 60, 1)
     (out / "shapes-sd" / "training.json").write_text(json.dumps(report, indent=2))
