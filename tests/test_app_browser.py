@@ -3,19 +3,12 @@ browser downloads are impossible here, so `playwright install` is never used): l
 Generate, see the baseline and the DeepCache image."""
 
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and Path(p).exists()), None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +19,7 @@ def page_url(tmp_path_factory):
     from app.__main__ import create, launch
 
     demo, _ = create("tiny-arch", str(tmp_path_factory.mktemp("store")))
-    _, url, _ = launch(demo, "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True)
+    _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
     yield url
     demo.close()
 

@@ -1,7 +1,6 @@
 """The workbench launched in-process (prevent_thread_lock) and driven through gradio_client."""
 
 import json
-import socket
 import time
 
 import pytest
@@ -9,18 +8,12 @@ import pytest
 PROMPT = "a small red circle in the center"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     from app.__main__ import create, launch
 
     demo, cb = create("tiny-arch", str(tmp_path_factory.mktemp("store")))
-    _, url, _ = launch(demo, "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True)
+    _, url, _ = launch(demo, "127.0.0.1", None, prevent_thread_lock=True, quiet=True)
     yield url, cb
     demo.close()
 

@@ -19,7 +19,7 @@ from scipy import linalg
 
 from backend.world.evaluators import Judge, RewardNet, scene_targets
 from backend.world.prompts import parse_caption
-from backend.world.shapes import IMAGE_SIZE, N_CELLS, SHAPES, Scene, render
+from backend.world.shapes import IMAGE_SIZE, N_CELLS, Scene, render
 
 EVALUATORS = Path(__file__).resolve().parents[2] / "assets" / "evaluators"
 ATTRIBUTES = ("shape", "color", "size", "position", "count")
@@ -191,7 +191,7 @@ def quality_metrics(images, prompts: list[str], baseline=None, seed: int = 0) ->
 
 
 __all__ = [
-    "ATTRIBUTES", "QualityUnavailable", "SHAPES", "clip_score", "fd_shapes", "frechet_distance", "judge",
+    "ATTRIBUTES", "QualityUnavailable", "clip_score", "fd_shapes", "frechet_distance", "judge",
     "judge_metrics", "psnr_ssim", "quality_metrics", "real_renders", "require_quality_model", "reward",
     "reward_model",
 ]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from backend.metrics import cost, quality
-from backend.models import RANDOM_ARCHS, is_random_weights
+from backend.models import RANDOM_ARCHS
 from backend.runs.build import build_pipeline, generate
 from backend.runs.variant import Variant
 from backend.world.prompts import prompt_set
@@ -69,18 +69,11 @@ def run_variant(
 
 def add_quality(result: VariantResult, baseline: VariantResult | None = None) -> None:
     """Quality metrics of a result (against the same-seed baseline when given) and speedup."""
-    if not is_random_weights(base_pipeline(result.variant)):
+    if result.variant.model not in RANDOM_ARCHS:  # random weights: speed only, no quality
         result.metrics.update(quality.quality_metrics(result.images, result.prompts,
                                                       None if baseline is None else baseline.images))
     if baseline is not None and "latency_s" in result.metrics and "latency_s" in baseline.metrics:
         result.metrics["speedup"] = baseline.metrics["latency_s"] / result.metrics["latency_s"]
-
-
-def base_pipeline(variant: Variant):
-    """The variant's base model (cached), to ask what it is without applying methods."""
-    from backend.models import load_pipeline
-
-    return load_pipeline(variant.model, variant.device, variant.dtype)
 
 
 def evaluate_variant(
