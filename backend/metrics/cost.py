@@ -56,7 +56,8 @@ def measure_latency(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, de
     return {"latency_s": statistics.median(times), "latency_p90_s": p90}
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
+    """Resident memory of this process, in MiB."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
 
@@ -68,11 +69,11 @@ def peak_memory_mb(fn: Callable[[], Any], device: str = "cpu") -> float:
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() / 2**20
-    peak, done = [_rss_mb()], threading.Event()
+    peak, done = [rss_mb()], threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], _rss_mb())
+            peak[0] = max(peak[0], rss_mb())
             time.sleep(0.002)
 
     watcher = threading.Thread(target=sample, daemon=True)
@@ -82,7 +83,7 @@ def peak_memory_mb(fn: Callable[[], Any], device: str = "cpu") -> float:
     finally:
         done.set()
         watcher.join()
-    return max(peak[0], _rss_mb())
+    return max(peak[0], rss_mb())
 
 
 def model_size_mb(module: torch.nn.Module) -> float:

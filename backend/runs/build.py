@@ -38,7 +38,9 @@ def build_pipeline(variant: Variant) -> DiffusionPipeline:
     if variant.scheduler:
         pipe.scheduler = SCHEDULER_CLASSES[variant.scheduler].from_config(pipe.scheduler.config)
     configs = {s: variant.method(s) for s in METHOD_ORDER}
-    if any(configs.values()):
+    if configs["quant"] is not None and configs["consistency"] is None:  # may skip copying quantized weights
+        pipe.unet = importlib.import_module("backend.methods.quant").private_unet(pipe.unet, configs["quant"])
+    elif any(configs.values()):
         pipe.unet = copy.deepcopy(pipe.unet)  # methods change the U-Net; keep the shared base clean
     for section in METHOD_ORDER:
         if configs[section] is not None:

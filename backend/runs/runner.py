@@ -64,6 +64,8 @@ def run_variant(
     if measure_macs:
         metrics["macs_per_image"] = cost.count_macs(one_image)
     metrics["model_size_mb"] = getattr(pipe, "speedlab_model_size_mb", None) or cost.model_size_mb(pipe.unet)
+    if getattr(pipe, "speedlab_kernels", None):
+        metrics["kernels"] = pipe.speedlab_kernels
     return VariantResult(variant, np.concatenate(chunks), list(prompts), list(seeds), metrics)
 
 

@@ -167,6 +167,8 @@ def compare(
             hook = _deepcache_hook(pipe)
             if hook is not None:  # DeepCache: how many U-Net calls (denoising steps) ran in full / cached
                 row["full_steps"], row["cached_steps"] = hook.full_evals, hook.partial_evals
+            if getattr(pipe, "speedlab_kernels", None):  # quantized: which kernels actually ran
+                row["kernels"] = pipe.speedlab_kernels
             rows.append(row)
     base = rows[0]
     for row in rows:
@@ -201,6 +203,8 @@ def metrics_line(row: dict) -> str:
     if row.get("full_steps") is not None:
         evals += f" ({row['full_steps']} full / {row['cached_steps']} cached steps)"
     parts.append(evals)
+    if row.get("kernels"):
+        parts.append(row["kernels"])
     return " · ".join(parts)
 
 
@@ -303,7 +307,7 @@ def pareto_front(rows: list[dict], x: str = "latency_s", y: str = "psnr_vs_basel
 def _store_variants(rows: list[dict]) -> list[dict]:
     """Rows in the shape of Store.variants() (what backend.reports works on)."""
     keys = ("latency_s", "unet_evals", "speedup", "psnr_vs_baseline", "ssim_vs_baseline", "full_steps",
-            "cached_steps")
+            "cached_steps", "kernels")
     return [{"idx": i, "name": r.get("name") or r.get("label"), "status": "done", "is_baseline": i == 0,
              "config": r["variant"], "metrics": {k: r[k] for k in keys if r.get(k) is not None}}
             for i, r in enumerate(rows)]

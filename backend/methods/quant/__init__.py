@@ -2,8 +2,8 @@
 
 ``apply(pipe, QuantConfig(...))`` wraps ``pipe.unet`` in place: with ``checkpoint`` it loads a saved
 quantized model (bit-exact), otherwise it runs PTQ calibration on the FP model's own trajectory.
-All of it is fake quantization (simulated integer arithmetic in fp32): it buys size and shows
-quality at low bits, not speed.
+By default this is fake quantization (simulated integer arithmetic in fp32): it buys size and shows
+quality at low bits; ``kernels: "real"`` runs the layers on int8 CPU kernels for speed (see kernels.py).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def apply(pipe, config: QuantConfig) -> None:
         saved = config_from_meta(read_meta(config.checkpoint), config.checkpoint)
         default = QuantConfig()
         for f in dataclasses.fields(QuantConfig):
-            if f.name in ("checkpoint", "method"):
+            if f.name in ("checkpoint", "method", "kernels"):
                 continue
             given = getattr(config, f.name)
             if given != getattr(default, f.name) and given != getattr(saved, f.name):
@@ -55,6 +55,34 @@ def apply(pipe, config: QuantConfig) -> None:
         ptq(pipe, config)
         pipe.unet.eval()
         pipe.speedlab_model_size_mb = packed_size_mb(pipe.unet)
+    use_kernels(pipe, config.kernels)
+
+
+def private_unet(unet, config: QuantConfig):
+    """The U-Net copy a variant quantizes: a lean one (no fp32 copy of the quantized weights) when a
+    checkpoint will be loaded onto real kernels, else a deep copy."""
+    import copy
+
+    from backend.methods.quant.checkpoint import read_meta
+    from backend.methods.quant.kernels import lean_copy, module_device, unavailable_reason
+
+    if not isinstance(config, QuantConfig):
+        config = QuantConfig.from_dict(config)
+    if config.checkpoint and config.kernels == "real" and not unavailable_reason(module_device(unet)):
+        return lean_copy(unet, list(read_meta(config.checkpoint).get("layers", {})))
+    return copy.deepcopy(unet)
+
+
+def use_kernels(pipe, kernels: str) -> None:
+    """Run the quantized U-Net on ``kernels`` ("simulated" or "real"); a fallback to simulated is printed."""
+    import sys
+
+    from backend.methods.quant.kernels import realize
+
+    report = realize(pipe.unet, kernels)
+    pipe.speedlab_kernels = report.summary()
+    if report.reason:
+        print(f"note: {report.summary()}", file=sys.stderr)
 
 
 def packed_size_mb(unet) -> float:

@@ -66,8 +66,12 @@ def encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def latent_shape(pipe, n: int) -> tuple[int, ...]:
-    size = pipe.unet.config.sample_size
-    return (n, pipe.unet.config.in_channels, size, size)
+    """Latents at the model's default image size (speedlab.json), else the U-Net's native sample size."""
+    from backend.models import model_defaults
+
+    defaults, native = model_defaults(pipe), pipe.unet.config.sample_size
+    h, w = (defaults[k] // pipe.vae_scale_factor if defaults.get(k) else native for k in ("height", "width"))
+    return (n, pipe.unet.config.in_channels, h, w)
 
 
 def ddim_scheduler(pipe, steps: int) -> DDIMScheduler:

@@ -308,7 +308,7 @@ def _fill(unet, state: QuantState, meta: dict, tensors: dict[str, torch.Tensor])
         n = shape[0]
         layer.w_quant.scale.data.copy_(w_scale.take(n))
         layer.w_quant.zero_point.copy_(w_zero.take(n).float())
-        layer.w_int = codes.to(layer.base.weight.device)
+        layer.w_int = codes.to(layer.w_quant.scale.device)
         layer.w0, layer.lora_A, layer.lora_B = None, None, None
         if layer.base.bias is not None:
             if bias is None:

@@ -3,13 +3,17 @@
 Layer policy (what gets quantized, following EfficientDM's choices unless stated):
 - every ``nn.Conv2d`` / ``nn.Linear`` of the U-Net is wrapped: ResNet convs and time projections,
   transformer proj_in/proj_out, attention to_q/to_k/to_v/to_out, feed-forward linears, upsample convs;
-  weights per output channel (asymmetric min/max), input activations per tensor (asymmetric,
-  MSE-searched range), outputs stay FP;
+  weights per output channel (asymmetric min/max below 8 bits; symmetric at 8 bits by default, the
+  signed int8 that integer kernels take), input activations per tensor (asymmetric, MSE-searched
+  range), outputs stay FP;
 - the first conv, the last conv and the time-embedding MLP run at W8A8, with no LoRA and frozen;
 - skip (``conv_shortcut``) and downsample convs: the paper keeps them FP; we default to W8A8, which
   costs nothing measurable in quality and lets the packed 4-bit checkpoint reach 1/6 of fp32 size;
 - the attention matmuls (QKᵀ and softmax·V) stay FP unless ``quantize_attn_matmul``;
 - GroupNorm / LayerNorm, SiLU, softmax, the text encoder and the VAE stay FP.
+
+``kernels`` picks how the quantized layers run: simulated (fake quantization, the default) or real
+integer kernels (:mod:`backend.methods.quant.kernels`).
 """
 
 from __future__ import annotations
@@ -41,8 +45,13 @@ class QuantConfig(MethodConfig):
                                      choices=SIDE_POLICIES)
     first_last_8bit: bool = param(True, "keep the first conv, last conv and time-embedding MLP at W8A8, "
                                   "without LoRA (paper); false quantizes them at the target bits")
+    symmetric_8bit_weights: bool = param(True, "8-bit weights symmetric per channel (signed int8 codes, which int8 "
+                                         "kernels run exactly); false: asymmetric min/max as at lower bits")
     quantize_attn_matmul: bool = param(False, "also fake-quantize the inputs of QKᵀ and softmax·V at act_bits "
                                        "(paper: off)")
+    kernels: str = param("simulated", "simulated: fake quantization in fp32 (any bits, any device); real: int8 "
+                         "oneDNN kernels on the CPU (bits below 8 run exactly on the int8 kernels; where a device has "
+                         "none, the run falls back to simulated and says so)", choices=("simulated", "real"))
     calib_prompts: int = param(8, "PTQ: prompts sampled by the FP model to collect calibration inputs",
                                minimum=1, maximum=256, ui=False)
     calib_steps: int = param(20, "PTQ: DDIM steps of the FP calibration trajectories", minimum=1, maximum=1000,

@@ -42,11 +42,13 @@ def check_bits(bits: int, what: str = "bits") -> int:
 
 
 class WeightQuantizer(nn.Module):
-    """Per-output-channel asymmetric fake quantizer with a learnable (LSQ) step size."""
+    """Per-output-channel fake quantizer with a learnable (LSQ) step size: asymmetric min/max, or symmetric
+    (zero point 2^(b−1), so ``codes − zero`` are the signed integers that int8 kernels take)."""
 
-    def __init__(self, out_channels: int, bits: int):
+    def __init__(self, out_channels: int, bits: int, symmetric: bool = False):
         super().__init__()
         self.bits = check_bits(bits, "weight_bits")
+        self.symmetric = symmetric
         self.scale = nn.Parameter(torch.ones(out_channels))
         self.register_buffer("zero_point", torch.zeros(out_channels))
 
@@ -59,9 +61,16 @@ class WeightQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_minmax(self, w: torch.Tensor) -> None:
+        if w.is_meta:  # a weight that a checkpoint is about to provide (real-kernel loading)
+            return
         flat = w.detach().reshape(w.shape[0], -1)
         lo = flat.min(dim=1).values.clamp(max=0)
         hi = flat.max(dim=1).values.clamp(min=0)
+        if self.symmetric:
+            half = 2 ** (self.bits - 1)
+            self.scale.copy_((torch.maximum(-lo, hi) / (half - 1)).clamp(min=1e-8))
+            self.zero_point.fill_(half)
+            return
         scale = ((hi - lo) / self.qmax).clamp(min=1e-8)
         self.scale.copy_(scale)
         self.zero_point.copy_(torch.round(-lo / scale).clamp(0, self.qmax))
@@ -235,13 +244,14 @@ class QuantLayer(nn.Module):
     it is the trainable latent weight).
     """
 
-    def __init__(self, base: nn.Module, w_bits: int, a_bits: int, index: TimestepIndex | None, role: str = "body"):
+    def __init__(self, base: nn.Module, w_bits: int, a_bits: int, index: TimestepIndex | None, role: str = "body",
+                 symmetric_weights: bool = False):
         super().__init__()
         if not isinstance(base, (nn.Conv2d, nn.Linear)):
             raise TypeError(f"QuantLayer wraps nn.Conv2d or nn.Linear, not {type(base).__name__}")
         self.base = base
         self.role = role
-        self.w_quant = WeightQuantizer(base.weight.shape[0], w_bits)
+        self.w_quant = WeightQuantizer(base.weight.shape[0], w_bits, symmetric_weights)
         self.a_quant = ActQuantizer(a_bits, index)
         self.register_buffer("w0", None)
         self.register_buffer("w_int", None)
@@ -249,8 +259,9 @@ class QuantLayer(nn.Module):
         self.lora_B: nn.Parameter | None = None
         self.quantize = True
         self._cache: torch.Tensor | None = None
-        self.w_quant.to(base.weight.device)
-        self.a_quant.to(base.weight.device)
+        device = base.weight.device if not base.weight.is_meta else torch.device("cpu")
+        self.w_quant.to(device)
+        self.a_quant.to(device)
         self.w_quant.init_minmax(base.weight)
 
     @property

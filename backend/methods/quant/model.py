@@ -56,6 +56,7 @@ class QuantState:
     base_model: str = ""
     hook: object = None
     original_procs: dict = field(default_factory=dict)
+    kernels: object = None  # a kernels.KernelReport once the layers run on real integer kernels
 
     def act_quantizers(self, temporal_only: bool = False) -> dict[str, ActQuantizer]:
         out = {f"{n}.a_quant": m.a_quant for n, m in self.layers.items()}
@@ -104,7 +105,12 @@ def get_state(unet: nn.Module) -> QuantState | None:
 
 
 def fingerprint(unet: nn.Module) -> str:
-    """A short hash of the U-Net's architecture and weights (a sample of each tensor), to match checkpoints."""
+    """A short hash of the U-Net's architecture and weights (a sample of each tensor), to match checkpoints.
+
+    A lean copy (weights left on the meta device for a checkpoint to fill) carries its base's hash.
+    """
+    if getattr(unet, "speedlab_fingerprint", None):
+        return unet.speedlab_fingerprint
     h = hashlib.sha256()
     config = dict(getattr(unet, "config", {}) or {})
     h.update(json.dumps({k: v for k, v in config.items() if not k.startswith("_")}, sort_keys=True,
@@ -146,7 +152,8 @@ def quantize_unet(unet: nn.Module, config: QuantConfig, timesteps: list[int] | N
             fp_layers.append(name)
             continue
         w_bits, a_bits, temporal = bits
-        layers[name] = QuantLayer(module, w_bits, a_bits, index if temporal else None, role)
+        symmetric = w_bits == 8 and config.symmetric_8bit_weights
+        layers[name] = QuantLayer(module, w_bits, a_bits, index if temporal else None, role, symmetric)
     if not layers:
         raise ValueError("the layer policy leaves no layer to quantize; allowed: a policy that quantizes at least one")
     for name, layer in layers.items():

@@ -1,0 +1,194 @@
+"""Real low-bit deployment: fp32 vs simulated W8A8 vs real int8-kernel W8A8 (and W4A8) U-Nets, side by side.
+
+For each model (the embedded shapes-sd at its 50 DDIM steps, and sd15-arch — SD 1.5's architecture with
+random weights — at 256×256): one PTQ calibration per bit-width is saved as a packed checkpoint, then
+loaded twice, simulated (fake quantization) and on real oneDNN int8 kernels, in this one process.
+Rows: `unet_ms` (one U-Net forward at CFG batch 2, median of --repeats, configurations interleaved
+round by round), `unet_speedup` vs fp32, `latency_s` / `speedup` (one image end to end: text encoder,
+all denoising steps with CFG, VAE), `peak_mem_mb` (process RSS growth while generating the first
+image), `load_peak_mb` (peak RSS growth while building the variant from its packed checkpoint; fp32: the
+U-Net's fp32 bytes),
+`weights_mb` (resident U-Net weights: fp32 tensors plus one byte per int8 weight), `weights_vs_fp32`,
+`disk_mb` (the packed checkpoint; fp32: the U-Net's safetensors bytes), `psnr_real_vs_simulated` (same
+prompts and seeds) and `psnr_vs_fp32`, and which kernels ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+MODELS = ("shapes", "sd15-arch")
+BITS = {"W8A8": (8, 8), "W4A8": (4, 8)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {', '.join(MODELS)} (default both)")
+    parser.add_argument("--bits", default="W8A8,W4A8", help=f"comma list of {', '.join(BITS)} (default both)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed U-Net forwards per row (default 5)")
+    parser.add_argument("--e2e-repeats", type=int, default=2, help="timed end-to-end images per row (default 2)")
+    parser.add_argument("--n", type=int, default=8, help="shapes-sd prompts for the PSNR columns (default 8)")
+    parser.add_argument("--sd15-size", type=int, default=256, help="sd15-arch height and width (default 256)")
+    parser.add_argument("--sd15-steps", type=int, default=10, help="sd15-arch DDIM steps end to end (default 10)")
+    parser.add_argument("--calib-steps", type=int, default=6, help="sd15-arch PTQ calibration trajectory steps")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _choice(text: str, allowed, flag: str) -> list[str]:
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise ValueError(f"{flag}: {bad[0] if bad else text!r} is not allowed; allowed: {', '.join(allowed)}")
+    return items
+
+
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _measure(pipes: dict, variants: dict, prompts: list[str], seeds: list[int], args) -> dict[str, dict]:
+    """U-Net forward and end-to-end times (interleaved), RSS growth and images of every pipeline."""
+    from backend.metrics.cost import peak_memory_mb, rss_mb
+    from backend.runs.build import generate
+
+    ref = next(iter(pipes.values()))
+    v0 = next(iter(variants.values()))
+    h, w = v0.height or ref.speedlab_defaults.get("height", 64), v0.width or ref.speedlab_defaults.get("width", 64)
+    f = ref.vae_scale_factor
+    x = torch.randn(2, ref.unet.config.in_channels, h // f, w // f, generator=torch.Generator().manual_seed(args.seed))
+    ids = ref.tokenizer(prompts[:1] * 2, padding="max_length", max_length=ref.tokenizer.model_max_length,
+                        return_tensors="pt").input_ids
+    with torch.no_grad():
+        text = ref.text_encoder(ids)[0]
+    t = int(ref.scheduler.config.num_train_timesteps // 2)
+
+    def forward(name: str) -> None:
+        with torch.no_grad():
+            pipes[name].unet(x, t, encoder_hidden_states=text)
+
+    def image(name: str) -> None:
+        generate(pipes[name], variants[name], prompts[:1], seeds[:1])
+
+    out = {n: {"unet": [], "e2e": []} for n in pipes}
+    for name in pipes:
+        forward(name)  # warm-up (oneDNN primitive creation)
+    for _ in range(args.repeats):
+        for name in pipes:
+            out[name]["unet"].append(_seconds(lambda name=name: forward(name)))
+    for name in pipes:  # also the end-to-end warm-up
+        before = rss_mb()
+        out[name]["peak_mem_mb"] = peak_memory_mb(lambda name=name: image(name)) - before
+    for _ in range(args.e2e_repeats):
+        for name in pipes:
+            out[name]["e2e"].append(_seconds(lambda name=name: image(name)))
+    for name in pipes:
+        out[name]["images"] = generate(pipes[name], variants[name], prompts, seeds)
+        out[name]["size"] = (h, w)
+    return out
+
+
+def _build_measured(variant):
+    """(pipeline, peak RSS growth in MiB while building it)."""
+    from backend.metrics.cost import peak_memory_mb, rss_mb
+    from backend.runs.build import build_pipeline
+
+    gc.collect()
+    before, out = rss_mb(), []
+    peak = peak_memory_mb(lambda: out.append(build_pipeline(variant)))
+    return out[0], peak - before
+
+
+def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
+    from backend.methods.quant import QuantConfig, ptq
+    from backend.methods.quant.checkpoint import checkpoint_size_mb, save_checkpoint
+    from backend.methods.quant.kernels import resident_weight_mb
+    from backend.metrics.cost import model_size_mb
+    from backend.metrics.quality import psnr_ssim
+    from backend.models import load_pipeline
+    from backend.runs.build import build_pipeline
+    from backend.runs.runner import eval_prompts
+    from backend.runs.variant import Variant
+
+    base = {"model": model, "scheduler": "ddim", "name": "fp32"}
+    if model == "sd15-arch":
+        base.update(height=args.sd15_size, width=args.sd15_size, steps=args.sd15_steps)
+        prompts = ["a photograph of an astronaut riding a horse"]
+    else:
+        prompts = eval_prompts("single", args.n)
+    seeds = [args.seed + i for i in range(len(prompts))]
+    fp_variant = Variant.from_dict(base)
+    fp_pipe = build_pipeline(fp_variant)
+    fp_weights = resident_weight_mb(fp_pipe.unet)
+    calib = {"calib_prompts": 2, "calib_steps": args.calib_steps, "calib_samples": 16} if model != "shapes" else {}
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="speedlab-deploy-") as work:
+        for label in bits:  # one group per bit-width (fp32 timed in each), freed before the next
+            w, a = BITS[label]
+            print(f"deploy bench: {model} {label}: PTQ calibration, packed checkpoint", file=sys.stderr)
+            pipe = load_pipeline(model)
+            pipe.unet = copy.deepcopy(pipe.unet)
+            ptq(pipe, QuantConfig.from_dict({"weight_bits": w, "act_bits": a, **calib}))
+            ckpt = save_checkpoint(pipe.unet, Path(work) / label)
+            del pipe
+            pipes, variants = {"fp32": fp_pipe}, {"fp32": fp_variant}
+            load_mb = {"fp32": model_size_mb(fp_pipe.unet)}  # what loading the fp32 U-Net takes
+            for kernels in ("simulated", "real"):
+                name = f"{kernels} {label}"
+                variants[name] = Variant.from_dict({**base, "name": name,
+                                                    "quant": {"checkpoint": str(ckpt), "kernels": kernels}})
+                pipes[name], load_mb[name] = _build_measured(variants[name])
+            print(f"deploy bench: {model} {label}: timing fp32 / simulated / real", file=sys.stderr)
+            m = _measure(pipes, variants, prompts, seeds, args)
+            fp_unet, fp_e2e = (statistics.median(m["fp32"][k]) for k in ("unet", "e2e"))
+            for name in pipes:
+                if name == "fp32" and rows:
+                    continue
+                unet_s, e2e_s = statistics.median(m[name]["unet"]), statistics.median(m[name]["e2e"])
+                row = {"model": model, "config": name, "size": m[name]["size"][0],
+                       "steps": variants[name].steps or pipes[name].speedlab_defaults.get("steps"),
+                       "unet_ms": 1000 * unet_s, "unet_speedup": fp_unet / unet_s,
+                       "latency_s": e2e_s, "speedup": fp_e2e / e2e_s, "peak_mem_mb": m[name]["peak_mem_mb"],
+                       "load_peak_mb": load_mb[name],
+                       "weights_mb": resident_weight_mb(pipes[name].unet),
+                       "disk_mb": model_size_mb(fp_pipe.unet) if name == "fp32" else checkpoint_size_mb(ckpt),
+                       "kernels": getattr(pipes[name], "speedlab_kernels", "fp32")}
+                row["weights_vs_fp32"] = row["weights_mb"] / fp_weights
+                if name != "fp32":
+                    row["psnr_vs_fp32"] = psnr_ssim(m[name]["images"], m["fp32"]["images"])[0]
+                if name.startswith("real "):
+                    sim = f"simulated {label}"
+                    row["psnr_real_vs_simulated"] = psnr_ssim(m[name]["images"], m[sim]["images"])[0]
+                    row["unet_speedup_vs_simulated"] = statistics.median(m[sim]["unet"]) / unet_s
+                rows.append(row)
+    return rows
+
+
+def run(args) -> list[dict]:
+    models = _choice(args.models, MODELS, "--models")
+    bits = _choice(args.bits, BITS, "--bits")
+    for flag in ("repeats", "e2e_repeats", "n", "sd15_size", "sd15_steps", "calib_steps"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not allowed; allowed: ≥ 1")
+    if args.sd15_size % 64:
+        raise ValueError(f"--sd15-size {args.sd15_size} is not allowed; allowed: a multiple of 64")
+    from backend.methods.quant.kernels import unavailable_reason
+
+    reason = unavailable_reason("cpu")
+    if reason:
+        raise ValueError(f"bench deploy needs real int8 kernels on this CPU, but {reason}")
+    rows = []
+    for model in models:
+        rows += _rows_for_model(model, bits, args)
+    return rows
