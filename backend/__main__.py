@@ -70,7 +70,10 @@ def cmd_generate(args) -> int:
     tmp.replace(out)
     info = {"out": str(out), "prompt": args.prompt, "seed": args.seed, "latency_s": seconds,
             "variant": variant.to_dict()}
-    print(json.dumps(info) if args.json else f"wrote {out} in {seconds:.2f} s")
+    kernels = getattr(pipe, "speedlab_kernels", None)
+    if kernels:
+        info["kernels"] = kernels
+    print(json.dumps(info) if args.json else f"wrote {out} in {seconds:.2f} s" + (f" ({kernels})" if kernels else ""))
     return 0
 
 

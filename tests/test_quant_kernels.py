@@ -117,3 +117,13 @@ def test_checkpoint_on_real_kernels_without_an_fp32_copy(tmp_path):
     a = generate(build_pipeline(sim), sim, PROMPTS, [0, 1])
     b = generate(p_real, real, PROMPTS, [0, 1])
     assert psnr_ssim(a, b)[0] > 40
+
+
+def test_summary_names_the_kernel_of_every_layer(tiny_pipe):
+    from backend.methods.quant import summary
+
+    pipe = copy.copy(tiny_pipe)
+    apply(pipe, QuantConfig.from_dict({**CALIB, "kernels": "real", "quantize_attn_matmul": True}))
+    text = summary(pipe.unet)
+    assert "int8 oneDNN" in text and "simulated: QKᵀ and softmax·V" in text
+    assert "real int8 kernels (oneDNN) on" in text.splitlines()[-1]

@@ -83,20 +83,29 @@ class QuantState:
         """Make the per-step tables follow ``timesteps`` (resampled by timestep when they change)."""
         resample_timesteps(self, timesteps)
 
+    def kernel_of(self, name: str) -> str:
+        """Which kernel runs a quantized layer: int8 (oneDNN), or simulated (and why, when real was asked)."""
+        report = self.kernels
+        if report is None or report.kernels != "real":
+            return "simulated"
+        return "int8 oneDNN" if name in report.int8_layers else f"simulated: {report.simulated.get(name, '?')}"
+
     def summary_rows(self) -> list[dict]:
         rows = []
         for name, m in self.layers.items():
             a_steps = len(self.index) if m.a_quant.temporal else 1
             rows.append({"layer": name, "type": type(m.base).__name__, "role": m.role,
                          "weight": f"int{m.w_quant.bits}/channel", "act": f"int{m.a_quant.bits}/tensor",
-                         "act_steps": a_steps, "lora_rank": m.lora_rank, "params": m.base.weight.numel()})
+                         "act_steps": a_steps, "lora_rank": m.lora_rank, "params": m.base.weight.numel(),
+                         "kernel": self.kernel_of(name)})
         for name in self.fp_layers:
             rows.append({"layer": name, "type": "Conv2d", "role": layer_role(name), "weight": "fp32", "act": "fp32",
-                         "act_steps": 0, "lora_rank": 0, "params": 0})
+                         "act_steps": 0, "lora_rank": 0, "params": 0, "kernel": "fp32"})
         for name, proc in self.attn.items():
             rows.append({"layer": f"{name} (matmuls)", "type": "attention", "role": "attn_matmul", "weight": "-",
                          "act": f"int{proc.q.bits}/tensor",
-                         "act_steps": len(self.index) if proc.q.temporal else 1, "lora_rank": 0, "params": 0})
+                         "act_steps": len(self.index) if proc.q.temporal else 1, "lora_rank": 0, "params": 0,
+                         "kernel": self.kernel_of(f"{name} (matmuls)")})
         return rows
 
 
@@ -214,7 +223,7 @@ def summary(unet: nn.Module) -> str:
     if state is None:
         return "not quantized (all layers fp32)"
     rows = state.summary_rows()
-    cols = ("layer", "type", "role", "weight", "act", "act_steps", "lora_rank")
+    cols = ("layer", "type", "role", "weight", "act", "act_steps", "lora_rank", "kernel")
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     lines = ["  ".join(c.ljust(widths[c]) for c in cols)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
@@ -226,6 +235,8 @@ def summary(unet: nn.Module) -> str:
     lines.append(f"{len(state.layers)} quantized layers, {len(state.fp_layers)} fp, "
                  f"{len(state.attn)} attention matmul pairs; target W{cfg.weight_bits}A{cfg.act_bits}; weights by "
                  "precision: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items())))
+    if state.kernels is not None:
+        lines.append(state.kernels.summary() + "".join(f"; {note}" for note in state.kernels.notes))
     return "\n".join(lines)
 
 
