@@ -127,3 +127,15 @@ def test_summary_names_the_kernel_of_every_layer(tiny_pipe):
     text = summary(pipe.unet)
     assert "int8 oneDNN" in text and "simulated: QKᵀ and softmax·V" in text
     assert "real int8 kernels (oneDNN) on" in text.splitlines()[-1]
+
+
+def test_another_models_checkpoint_on_real_kernels_is_a_clear_error(tmp_path, tiny_pipe, shapes_available):
+    from backend.methods.quant import ptq
+    from backend.methods.quant.checkpoint import CheckpointError, save_checkpoint
+
+    pipe = copy.copy(tiny_pipe)
+    ptq(pipe, QuantConfig.from_dict(CALIB))
+    ckpt = save_checkpoint(pipe.unet, tmp_path / "tiny")
+    variant = Variant.from_dict({"model": "shapes", "quant": {"checkpoint": str(ckpt), "kernels": "real"}})
+    with pytest.raises(CheckpointError, match="was made for model"):
+        build_pipeline(variant)

@@ -182,7 +182,10 @@ def lean_copy(unet: nn.Module, layer_names: list[str]) -> nn.Module:
 
     memo: dict[int, object] = {}
     for name in layer_names:
-        module = unet.get_submodule(name)
+        try:
+            module = unet.get_submodule(name)
+        except AttributeError:  # another model's checkpoint: loading it names the mismatch
+            continue
         if isinstance(module, (nn.Conv2d, nn.Linear)) and not (
                 isinstance(module, nn.Conv2d) and _conv_unsupported(module)):
             memo[id(module.weight)] = nn.Parameter(module.weight.detach().to("meta"), requires_grad=False)
