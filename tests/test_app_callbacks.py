@@ -7,6 +7,7 @@ import zipfile
 
 import pytest
 
+from backend.methods.quant.kernels import unavailable_reason
 from backend.runs import workbench as wb
 
 PROMPT = "a small red circle in the center"
@@ -28,6 +29,14 @@ def test_compare_baseline_and_deepcache_same_seed():
     line = wb.metrics_line(dc)
     assert "PSNR" in line and "U-Net evals" in line and "×" in line
     assert json.dumps(wb.jsonable_rows(rows))  # no images, JSON-safe
+
+
+@pytest.mark.skipif(bool(unavailable_reason("cpu")), reason="no oneDNN int8 kernels here")
+def test_compare_says_which_kernels_ran():
+    quant = {"steps": 3, "quant": {"kernels": "real", "calib_prompts": 1, "calib_steps": 2, "calib_samples": 2}}
+    rows = wb.compare(PROMPT, 3, [{"steps": 3}, quant], model="tiny-arch")
+    assert "kernels" not in rows[0]
+    assert rows[1]["kernels"].startswith("real int8 kernels") and rows[1]["kernels"] in wb.metrics_line(rows[1])
 
 
 @pytest.mark.parametrize("prompt,variants,model,needle", [
