@@ -97,8 +97,9 @@ class FinetuneConfig(MethodConfig):
                                  "(paper code: 1/2500 over 16k iterations; 0.08 was best of 0.005/0.02/0.08 in a "
                                  "160-iteration W4A4 sweep on a shapes-sd proxy)", minimum=0.0)
     weight_scale_lr: float = param(1e-6, "lr of the LSQ weight step sizes (paper: 1e-6)", minimum=0.0)
-    act_lr: float = param(5e-3, "lr of the per-step activation step sizes and zero points (paper: 5e-4; 5e-3 "
-                          "converged faster in the proxy sweep)", minimum=0.0)
+    act_lr: float = param(0.01, "relative lr of the per-step activation step sizes: each quantizer's Adam lr = "
+                          "this × its mean step size (zero points: this, in integer codes). An absolute lr (paper: "
+                          "5e-4) moves 8-bit step sizes by tens of percent a step", minimum=0.0)
     qat_lr: float = param(1e-3, "qat only: Adam lr of the latent full-precision weights (best of 1e-5/1e-4/1e-3 in "
                           "the proxy sweep, so the baseline is a fair one)", minimum=0.0)
     guidance: float = param(-1.0, "CFG scale of the teacher trajectory (<0: the model's default)")

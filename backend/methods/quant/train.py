@@ -71,7 +71,8 @@ def build_student(pipe, ft: FinetuneConfig, prompts: list[str] | None = None, ca
 
 
 def param_groups(state: QuantState, ft: FinetuneConfig) -> list[dict]:
-    """Adam groups: scale-aware LoRA lr per layer (or the QAT weight lr), weight scales, activation tables."""
+    """Adam groups: scale-aware LoRA lr per layer (or the QAT weight lr), weight scales, and per quantizer the
+    activation step-size table (lr relative to its mean step size) and zero points (lr in integer codes)."""
     groups = []
     layers = state.trainable_layers()
     for name, layer in layers.items():
@@ -82,9 +83,10 @@ def param_groups(state: QuantState, ft: FinetuneConfig) -> list[dict]:
         groups.append({"params": [m.base.weight for m in layers.values()], "lr": ft.qat_lr, "name": "weights"})
     groups.append({"params": [m.w_quant.scale for m in layers.values()], "lr": ft.weight_scale_lr,
                    "name": "weight_scales"})
-    acts = state.act_quantizers(temporal_only=True).values()
-    groups.append({"params": [p for q in acts for p in (q.scale, q.zero_point)], "lr": ft.act_lr,
-                   "name": "act_scales"})
+    for name, q in state.act_quantizers(temporal_only=True).items():  # scale-aware: relative to the step size
+        groups.append({"params": [q.scale], "lr": ft.act_lr * float(q.scale.detach().abs().mean()),
+                       "name": f"act_scale:{name}"})
+        groups.append({"params": [q.zero_point], "lr": ft.act_lr, "name": f"act_zero:{name}"})
     for g in groups:
         g["initial_lr"] = g["lr"]
     return [g for g in groups if g["params"]]
