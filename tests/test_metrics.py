@@ -108,3 +108,12 @@ def test_shapes_sd_loads_with_stock_class_offline(shapes_available, monkeypatch)
                generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 64, 64, 3)
     assert sum(f.stat().st_size for f in SHAPES_DIR.rglob("*") if f.is_file()) < 40 * 2**20
+
+
+def test_interleaved_latency_runs_round_by_round():
+    from backend.metrics.cost import interleaved_latency
+
+    calls: list[str] = []
+    out = interleaved_latency({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert set(out) == {"a", "b"} and all(v["latency_s"] >= 0 for v in out.values())

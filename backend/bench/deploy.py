@@ -7,7 +7,8 @@ Rows: `unet_ms` (one U-Net forward at CFG batch 2, median of --repeats, configur
 round by round), `unet_speedup` vs fp32, `latency_s` / `speedup` (one image end to end: text encoder,
 all denoising steps with CFG, VAE), `peak_mem_mb` (process RSS growth while generating the first batch
 of images, the PSNR prompts), `load_peak_mb` (peak RSS growth while building the variant from its packed
-checkpoint; fp32: the U-Net's fp32 bytes), `weights_mb` (resident U-Net weights: fp32 tensors plus one byte per int8 weight), `weights_vs_fp32`,
+checkpoint; fp32: the U-Net's fp32 bytes), `weights_mb` (resident U-Net weights: fp32 tensors plus one
+byte per int8 weight), `weights_vs_fp32`,
 `disk_mb` (the packed checkpoint; fp32: the U-Net's fp32 bytes), `psnr_real_vs_simulated` (same
 prompts and seeds) and `psnr_vs_fp32`, and which kernels ran.
 """

@@ -2,8 +2,9 @@
 
 Same prompts and seeds for every row: prompt_accuracy (the judge, which training never sees), reward,
 fd_shapes, hf_energy (share of image spectral power above half the Nyquist frequency: reward hacking
-shows up as high-frequency patterns), unet_evals, latency_s and speedup vs the teacher, and each student's
-training minutes. Students are trained first when they are not in --cache.
+shows up as high-frequency patterns), unet_evals, latency_s (one image end to end, median of --repeats,
+all rows timed round by round so background load hits them alike) and speedup vs the teacher, and each
+student's training minutes. Students are trained first when they are not in --cache.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher-steps", type=int, default=50, help="teacher DDIM steps (default 50)")
     parser.add_argument("--cache", default=".cache/lcm-students", help="folder of trained students (re-used)")
     parser.add_argument("--students", default=",".join(STUDENTS), help=f"subset of {', '.join(STUDENTS)}")
-    parser.add_argument("--repeats", type=int, default=5, help="timed one-image repeats per row")
+    parser.add_argument("--repeats", type=int, default=5, help="timed one-image repeats per row (rows interleaved "
+                        "round by round)")
     parser.add_argument("--seed", type=int, default=0, help="first seed; prompt i uses seed+i")
 
 
@@ -74,6 +76,8 @@ def train_student(name: str, args, folder: Path) -> dict:
 
 
 def run(args) -> list[dict]:
+    from backend.metrics.cost import interleaved_latency
+    from backend.runs.build import build_pipeline, generate
     from backend.runs.runner import add_quality, eval_prompts, run_variant
     from backend.runs.variant import Variant
 
@@ -90,26 +94,34 @@ def run(args) -> list[dict]:
     metas = {name: train_student(name, args, cache / name) for name in names}
 
     def measure(label: str, variant: Variant, extra: dict) -> dict:
-        result = run_variant(variant, prompts, seeds, repeats=args.repeats, measure_macs=False)
+        result = run_variant(variant, prompts, seeds, repeats=0, measure_macs=False)
         add_quality(result)
         m = result.metrics
         row = {"variant": label, "steps": variant.steps, **extra}
         for key in ("prompt_accuracy", "reward", "fd_shapes"):
             row[key] = m.get(key)
         row["hf_energy"] = hf_energy(result.images)
-        for key in ("unet_evals", "latency_s"):
-            row[key] = m.get(key)
+        row["unet_evals"] = m.get("unet_evals")
         return row
 
     teacher = Variant.from_dict({"model": args.model, "name": "teacher", "scheduler": "ddim",
                                  "steps": args.teacher_steps})
+    variants = [teacher]
     rows = [measure(f"teacher DDIM {args.teacher_steps} + CFG", teacher, {"train_minutes": None})]
     for name in names:
         for n_steps in steps:
             v = Variant.from_dict({"model": args.model, "name": f"{name}-{n_steps}", "scheduler": "lcm",
                                    "steps": n_steps, "consistency": {"checkpoint": str(cache / name)}})
+            variants.append(v)
             rows.append(measure(name, v, {"train_minutes": metas[name].get("train_minutes")}))
+    print(f"lcm bench: timing {len(variants)} rows, one image each, interleaved", file=sys.stderr)
+    pipes = [build_pipeline(v) for v in variants]
+    fns = {i: (lambda p=p, v=v: generate(p, v, prompts[:1], seeds[:1]))
+           for i, (p, v) in enumerate(zip(pipes, variants, strict=True))}
+    latency = interleaved_latency(fns, repeats=args.repeats)
+    for i, row in enumerate(rows):
+        row["latency_s"] = latency[i]["latency_s"]
     base = rows[0]["latency_s"]
     for row in rows:
-        row["speedup"] = base / row["latency_s"] if base and row.get("latency_s") else None
+        row["speedup"] = base / row["latency_s"]
     return rows

@@ -56,6 +56,28 @@ def measure_latency(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, de
     return {"latency_s": statistics.median(times), "latency_p90_s": p90}
 
 
+def interleaved_latency(fns: dict[str, Callable[[], Any]], repeats: int = 3, warmup: int = 1,
+                        device: str = "cpu") -> dict[str, dict]:
+    """measure_latency for several functions, run round by round (a, b, c, a, b, c, ...) so that background
+    load on a shared machine hits all of them alike; {name: {"latency_s", "latency_p90_s"}}."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    out = {}
+    for name, t in times.items():
+        t.sort()
+        out[name] = {"latency_s": statistics.median(t), "latency_p90_s": t[min(len(t) - 1, round(0.9 * (len(t) - 1)))]}
+    return out
+
+
 def rss_mb() -> float:
     """Resident memory of this process, in MiB."""
     with open("/proc/self/statm") as f:
