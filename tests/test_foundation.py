@@ -75,6 +75,20 @@ def test_tiny_generation_size_and_seed(tiny_pipe):
     assert np.abs(a[0] - b[0]).max() < 1e-4
 
 
+def test_stochastic_sampler_noise_follows_the_seed(tiny_pipe):
+    """Multi-step LCM re-noises between steps: that noise must come from the image's seed too."""
+    from diffusers import LCMScheduler
+
+    from backend.runs.build import generate
+
+    tiny_pipe.scheduler = LCMScheduler.from_config(tiny_pipe.scheduler.config)
+    v = Variant.from_dict({"model": "tiny-arch", "scheduler": "lcm", "steps": 4})
+    a = generate(tiny_pipe, v, ["a red circle", "a blue square"], [1, 2])
+    b = generate(tiny_pipe, v, ["a red circle", "a blue square"], [1, 2])
+    c = generate(tiny_pipe, v, ["a red circle"], [1])
+    assert np.array_equal(a, b) and np.abs(a[0] - c[0]).max() < 1e-4
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "backend", *args], capture_output=True, text=True, timeout=300)
 

@@ -90,5 +90,6 @@ def generate(
         out = pipe(
             prompts, num_inference_steps=variant.steps, guidance_scale=guidance, height=height, width=width,
             latents=latents, output_type="np", callback_on_step_end=callback,
+            generator=gens,  # the same generators go on to draw any sampler noise (LCM, DDIM eta > 0)
         )
     return np.asarray(out.images, dtype=np.float32)
