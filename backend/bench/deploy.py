@@ -4,7 +4,8 @@ For each model (the embedded shapes-sd at its 50 DDIM steps, and sd15-arch — S
 random weights — at 256×256): one PTQ calibration per bit-width is saved as a packed checkpoint, then
 loaded twice, simulated (fake quantization) and on real oneDNN int8 kernels, in this one process.
 Rows: `unet_ms` (one U-Net forward at CFG batch 2, median of --repeats, configurations interleaved
-round by round), `unet_speedup` vs fp32, `latency_s` / `speedup` (one image end to end: text encoder,
+round by round), `speedup` (the U-Net's, vs fp32; `speedup_vs_simulated`), `latency_s` / `e2e_speedup`
+(one image end to end: text encoder,
 all denoising steps with CFG, VAE), `peak_mem_mb` (process RSS growth while generating the first batch
 of images, the PSNR prompts), `load_peak_mb` (peak RSS growth while building the variant from its packed
 checkpoint; fp32: the U-Net's fp32 bytes), `weights_mb` (resident U-Net weights: fp32 tensors plus one
@@ -160,8 +161,8 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
                 unet_s, e2e_s = statistics.median(m[name]["unet"]), statistics.median(m[name]["e2e"])
                 row = {"model": model, "config": name, "size": m[name]["size"][0],
                        "steps": variants[name].steps or pipes[name].speedlab_defaults.get("steps"),
-                       "unet_ms": 1000 * unet_s, "unet_speedup": fp_unet / unet_s,
-                       "latency_s": e2e_s, "speedup": fp_e2e / e2e_s, "peak_mem_mb": m[name]["peak_mem_mb"],
+                       "unet_ms": 1000 * unet_s, "speedup": fp_unet / unet_s,
+                       "latency_s": e2e_s, "e2e_speedup": fp_e2e / e2e_s, "peak_mem_mb": m[name]["peak_mem_mb"],
                        "load_peak_mb": load_mb[name],
                        "weights_mb": resident_weight_mb(pipes[name].unet),
                        "disk_mb": model_size_mb(fp_pipe.unet) if name == "fp32" else checkpoint_size_mb(ckpt),
@@ -172,7 +173,7 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
                 if name.startswith("real "):
                     sim = f"simulated {label}"
                     row["psnr_real_vs_simulated"] = psnr_ssim(m[name]["images"], m[sim]["images"])[0]
-                    row["unet_speedup_vs_simulated"] = statistics.median(m[sim]["unet"]) / unet_s
+                    row["speedup_vs_simulated"] = statistics.median(m[sim]["unet"]) / unet_s
                 rows.append(row)
     return rows
 
