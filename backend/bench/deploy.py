@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -54,15 +52,9 @@ def _choice(text: str, allowed, flag: str) -> list[str]:
     return items
 
 
-def _seconds(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def _measure(pipes: dict, variants: dict, prompts: list[str], seeds: list[int], args) -> dict[str, dict]:
     """U-Net forward and end-to-end times (interleaved), RSS growth and images of every pipeline."""
-    from backend.metrics.cost import peak_memory_mb, rss_mb
+    from backend.metrics.cost import interleaved_latency, peak_memory_mb, rss_mb
     from backend.runs.build import generate
 
     ref = next(iter(pipes.values()))
@@ -86,19 +78,15 @@ def _measure(pipes: dict, variants: dict, prompts: list[str], seeds: list[int], 
     def all_images(name: str, into: dict) -> None:
         into["images"] = generate(pipes[name], variants[name], prompts, seeds)
 
-    out = {n: {"unet": [], "e2e": []} for n in pipes}
-    for name in pipes:
-        forward(name)  # warm-up (oneDNN primitive creation)
-    for _ in range(args.repeats):
-        for name in pipes:
-            out[name]["unet"].append(_seconds(lambda name=name: forward(name)))
+    unet_t = interleaved_latency({n: (lambda n=n: forward(n)) for n in pipes}, repeats=args.repeats)
+    out: dict[str, dict] = {n: {"unet_s": unet_t[n]["latency_s"], "size": (h, w)} for n in pipes}
     for name in pipes:  # every prompt's image (for PSNR), also the end-to-end warm-up
         before = rss_mb()
         peak = peak_memory_mb(lambda name=name: all_images(name, out[name]))
-        out[name].update(peak_mem_mb=peak - before, size=(h, w))
-    for _ in range(args.e2e_repeats):
-        for name in pipes:
-            out[name]["e2e"].append(_seconds(lambda name=name: image(name)))
+        out[name]["peak_mem_mb"] = peak - before
+    e2e_t = interleaved_latency({n: (lambda n=n: image(n)) for n in pipes}, repeats=args.e2e_repeats, warmup=0)
+    for name in pipes:
+        out[name]["e2e_s"] = e2e_t[name]["latency_s"]
     return out
 
 
@@ -154,11 +142,11 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
                 pipes[name], load_mb[name] = _build_measured(variants[name])
             print(f"deploy bench: {model} {label}: timing fp32 / simulated / real", file=sys.stderr)
             m = _measure(pipes, variants, prompts, seeds, args)
-            fp_unet, fp_e2e = (statistics.median(m["fp32"][k]) for k in ("unet", "e2e"))
+            fp_unet, fp_e2e = m["fp32"]["unet_s"], m["fp32"]["e2e_s"]
             for name in pipes:
                 if name == "fp32" and rows:
                     continue
-                unet_s, e2e_s = statistics.median(m[name]["unet"]), statistics.median(m[name]["e2e"])
+                unet_s, e2e_s = m[name]["unet_s"], m[name]["e2e_s"]
                 row = {"model": model, "config": name, "size": m[name]["size"][0],
                        "steps": variants[name].steps or pipes[name].speedlab_defaults.get("steps"),
                        "unet_ms": 1000 * unet_s, "speedup": fp_unet / unet_s,
@@ -173,7 +161,7 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
                 if name.startswith("real "):
                     sim = f"simulated {label}"
                     row["psnr_real_vs_simulated"] = psnr_ssim(m[name]["images"], m[sim]["images"])[0]
-                    row["speedup_vs_simulated"] = statistics.median(m[sim]["unet"]) / unet_s
+                    row["speedup_vs_simulated"] = m[sim]["unet_s"] / unet_s
                 rows.append(row)
     return rows
 

@@ -42,18 +42,7 @@ def _sync(device: str) -> None:
 
 def measure_latency(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: str = "cpu") -> dict:
     """Median and p90 wall-clock seconds of fn() after warm-up, device-synchronised."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(max(1, repeats)):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    times.sort()
-    p90 = times[min(len(times) - 1, round(0.9 * (len(times) - 1)))]
-    return {"latency_s": statistics.median(times), "latency_p90_s": p90}
+    return interleaved_latency({"fn": fn}, repeats, warmup, device)["fn"]
 
 
 def interleaved_latency(fns: dict[str, Callable[[], Any]], repeats: int = 3, warmup: int = 1,

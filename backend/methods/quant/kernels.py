@@ -55,11 +55,6 @@ class KernelReport:
             text += f", {self.requantized_channels} weight channels re-quantized to symmetric int8"
         return text
 
-    def to_dict(self) -> dict:
-        return {"kernels": self.kernels, "reason": self.reason, "int8_layers": len(self.int8_layers),
-                "simulated": self.simulated, "requantized_channels": self.requantized_channels,
-                "notes": self.notes}
-
 
 @functools.cache
 def cpu_int8_unavailable() -> str:
