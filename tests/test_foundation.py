@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from backend.runs.variant import Variant, VariantError
 from backend.world.prompts import PROMPT_SETS, parse_caption, prompt_set
@@ -73,6 +74,23 @@ def test_tiny_generation_size_and_seed(tiny_pipe):
     b = generate(tiny_pipe, v, ["a red circle"], [1])
     assert a.shape == (2, 32, 32, 3) and 0 <= a.min() and a.max() <= 1
     assert np.abs(a[0] - b[0]).max() < 1e-4
+
+
+def test_execution_device_is_the_unets_unless_offloaded(tiny_pipe):
+    """load_pipeline skips diffusers' per-call module walk for the device, but not when offload hooks exist."""
+    from diffusers import StableDiffusionPipeline
+
+    assert isinstance(tiny_pipe, StableDiffusionPipeline) and type(tiny_pipe).__name__ == "StableDiffusionPipeline"
+    assert tiny_pipe._execution_device == torch.device("cpu")
+    hook = type("Hook", (), {"execution_device": "meta"})()
+    modules = [m for m in tiny_pipe.components.values() if isinstance(m, torch.nn.Module)]
+    for m in modules:
+        m._hf_hook = hook
+    try:  # accelerate offload hooks on the components: diffusers' own search answers
+        assert tiny_pipe._execution_device == torch.device("meta")
+    finally:
+        for m in modules:
+            del m._hf_hook
 
 
 def test_stochastic_sampler_noise_follows_the_seed(tiny_pipe):

@@ -5,10 +5,14 @@
 
 Rows: FP; for each bit-width a PTQ row and an EfficientDM row (fine-tuned for --minutes) with
 prompt_accuracy, fd_shapes, psnr_vs_baseline (vs FP, same seeds), model_size_mb (the packed checkpoint),
-finetune_minutes; then full QAT at the lowest bit-width with minutes_to_target next to EfficientDM's:
-both are evaluated every --eval-every minutes of training, and the target is FP accuracy minus
---target-drop points (or EfficientDM's best, if it never got there). All quantization is simulated
-(fake-quant): sizes are real, speed is not measured here.
+finetune_minutes; then full QAT at the lowest bit-width against EfficientDM as time-to-quality.
+Both are evaluated every --eval-every minutes of training on the first --curve-n prompts (curve points:
+[minutes, prompt_accuracy, psnr_vs_baseline]) and compared on two targets: prompt_accuracy = FP minus
+--target-drop points (or EfficientDM's best, if it never got there), and psnr_vs_baseline = the fidelity
+to the FP images EfficientDM has at the end of its budget. Where PTQ already meets the accuracy target
+(a model that W4A4 PTQ does not break), only the PSNR comparison says anything, and the row says so.
+QAT stops once it meets both targets. All quantization is simulated (fake-quant): sizes are real, speed
+is not measured here.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve-n", type=int, default=None, help="prompts per curve evaluation (default --n)")
     parser.add_argument("--target-drop", type=float, default=5.0, help="target = FP prompt_accuracy minus this "
                         "many points (default 5)")
+    parser.add_argument("--qat-lr", type=float, default=None, help="Adam lr of QAT's latent weights (default: "
+                        "FinetuneConfig's qat_lr)")
     parser.add_argument("--train-steps", type=int, default=None, help="fine-tune trajectory steps (default: "
                         "FinetuneConfig's)")
     parser.add_argument("--work", default=".cache/bench-quant", help="folder for the checkpoints")
@@ -117,33 +123,40 @@ def run(args: argparse.Namespace) -> list[dict]:
     print(f"fp: {rows[-1]}", file=sys.stderr)
     fp_curve_images = fp_result.images[:curve_n]
 
-    def curve_score(student) -> float:
+    def curve_point(student) -> tuple[float | None, float]:
+        """(prompt_accuracy or None for random weights, psnr_vs_baseline) on the curve prompts."""
         pipe = copy.copy(base_pipe)
         pipe.unet = student
         images = generate(pipe, fp_variant, prompts[:curve_n], seeds[:curve_n])
+        psnr = quality.psnr_ssim(images, fp_curve_images)[0]
         if random_weights:
-            return quality.psnr_ssim(images, fp_curve_images)[0]
-        return quality.judge_metrics(images, prompts[:curve_n])["prompt_accuracy"]
+            return None, psnr
+        return quality.judge_metrics(images, prompts[:curve_n])["prompt_accuracy"], psnr
 
-    fp_score = (float("inf") if random_weights else
-                quality.judge_metrics(fp_curve_images, prompts[:curve_n])["prompt_accuracy"])
-    target = fp_score - args.target_drop / 100.0 if not random_weights else None
+    def curve_accuracy(images) -> float | None:
+        return None if random_weights else quality.judge_metrics(images[:curve_n], prompts[:curve_n])["prompt_accuracy"]
+
+    acc_target = None if random_weights else curve_accuracy(fp_curve_images) - args.target_drop / 100.0
 
     def fine_tune(method: str, w: int, a: int, minutes: float, stop_at: float | None):
         out = work / f"{method}-w{w}a{a}"
         if out.exists():
             shutil.rmtree(out)
         raw = {"method": method, "weight_bits": w, "act_bits": a, "minutes": minutes, "seed": args.seed}
+        if method == "qat" and args.qat_lr is not None:
+            raw["qat_lr"] = args.qat_lr
         if args.train_steps:
             raw["train_steps"] = args.train_steps
         ft = FinetuneConfig.from_dict(raw)
-        curve: list[tuple[float, float]] = []
+        curve: list[tuple[float, float | None, float]] = []
 
         def on_eval(student, train_s: float, iters: int) -> bool:
-            score = curve_score(student)
-            curve.append((round(train_s / 60, 3), round(score, 4)))
-            print(f"  {method} W{w}A{a} @ {train_s / 60:.1f} min ({iters} it): {score:.4f}", file=sys.stderr)
-            return stop_at is not None and score >= stop_at
+            acc, psnr = curve_point(student)
+            curve.append((round(train_s / 60, 3), None if acc is None else round(acc, 4), round(psnr, 3)))
+            print(f"  {method} W{w}A{a} @ {train_s / 60:.1f} min ({iters} it): accuracy {acc}, psnr {psnr:.2f} dB",
+                  file=sys.stderr)
+            return stop_at is not None and all(g is None or (v is not None and v >= g)
+                                               for v, g in zip(curve[-1][1:], stop_at, strict=True))
 
         bar, on_progress = _progress(f"{method} W{w}A{a}")
         start = time.perf_counter()
@@ -155,15 +168,30 @@ def run(args: argparse.Namespace) -> list[dict]:
             on_eval(student, result["elapsed_s"], result["iters"])
         return out, result, curve, time.perf_counter() - start
 
-    def first_reaching(curve, goal):
-        return next((m for m, s in curve if s >= goal), None) if goal is not None else None
+    def first_reaching(curve, column: int, goal):
+        return next((p[0] for p in curve if p[column] is not None and p[column] >= goal), None)
+
+    def time_to(name: str, column: int, goal, effdm_curve, qat_curve, qat_budget: float) -> dict:
+        """EfficientDM's and QAT's minutes to ``goal`` on one curve column, and their ratio (a bound if unmet)."""
+        effdm = first_reaching(effdm_curve, column, goal)
+        qat = first_reaching(qat_curve, column, goal)
+        if effdm is None:
+            ratio = None
+        elif qat is None:
+            ratio = f">{qat_budget / effdm:.1f}"
+        else:
+            ratio = round(qat / effdm, 2)
+        return {f"efficientdm_minutes_to_{name}": effdm,
+                f"qat_minutes_to_{name}": qat if qat is not None else f">{qat_budget:.1f} (not reached)",
+                f"{name}_speedup": ratio}
 
     lowest = bits[-1]
-    effdm_curves = {}
+    effdm_curves, ptq_curve_accuracy = {}, {}
     for label, w, a in bits:
         ptq_variant = Variant.from_dict({**fp_variant.to_dict(), "name": f"ptq-{label}",
                                          "quant": {"method": "ptq", "weight_bits": w, "act_bits": a}})
-        metrics, _ = evaluate(ptq_variant, fp_result)
+        metrics, ptq_result = evaluate(ptq_variant, fp_result)
+        ptq_curve_accuracy[label] = curve_accuracy(ptq_result.images)
         rows.append({"method": "ptq", "bits": label, **pick(metrics), "finetune_minutes": 0.0})
         print(f"ptq {label}: {rows[-1]}", file=sys.stderr)
         out, result, curve, wall = fine_tune("efficientdm", w, a, args.minutes, None)
@@ -179,22 +207,24 @@ def run(args: argparse.Namespace) -> list[dict]:
     if not args.no_qat:
         label, w, a = lowest
         curve = effdm_curves[label]
-        best = max((s for _, s in curve), default=None)
-        goal = target if target is not None and best is not None and best >= target else best
-        effdm_minutes = first_reaching(curve, goal)
-        out, result, qat_curve, wall = fine_tune("qat", w, a, args.qat_minutes, goal)
-        qat_minutes = first_reaching(qat_curve, goal)
+        if not curve:
+            raise ValueError("--eval-every 0 leaves no curve to compare QAT against; give --eval-every > 0 or --no-qat")
+        best_acc = max((p[1] for p in curve if p[1] is not None), default=None)
+        acc_goal = None if best_acc is None else (acc_target if best_acc >= acc_target else best_acc)
+        psnr_goal = curve[-1][2]
+        out, result, qat_curve, wall = fine_tune("qat", w, a, args.qat_minutes, (acc_goal, psnr_goal))
         variant = Variant.from_dict({**fp_variant.to_dict(), "name": f"qat-{label}", "quant": {"checkpoint": str(out)}})
         metrics, _ = evaluate(variant, fp_result)
         metrics["model_size_mb"] = checkpoint_size_mb(out)
         rows.append({"method": "qat", "bits": label, **pick(metrics), "finetune_minutes": result["minutes"],
                      "finetune_iters": result["iters"], "finetune_loss": result["loss"], "curve": qat_curve})
-        speedup = (qat_minutes / effdm_minutes if qat_minutes and effdm_minutes else None)
-        rows.append({"method": "efficientdm_vs_qat", "bits": label, "target_score": goal,
-                     "target_metric": "psnr_vs_baseline" if random_weights else "prompt_accuracy",
-                     "efficientdm_minutes_to_target": effdm_minutes,
-                     "qat_minutes_to_target": qat_minutes if qat_minutes is not None else
-                     f">{result['minutes']:.1f} (not reached)", "time_to_quality_speedup": speedup})
+        versus = {"method": "efficientdm_vs_qat", "bits": label, "psnr_target_db": psnr_goal,
+                  **time_to("psnr", 2, psnr_goal, curve, qat_curve, result["minutes"])}
+        if acc_goal is not None:
+            versus.update({"accuracy_target": acc_goal, "ptq_accuracy": ptq_curve_accuracy[label],
+                           "ptq_meets_accuracy_target": ptq_curve_accuracy[label] >= acc_goal,
+                           **time_to("accuracy", 1, acc_goal, curve, qat_curve, result["minutes"])})
+        rows.append(versus)
         print(f"time to quality: {rows[-1]}", file=sys.stderr)
     for row in rows:
         for k, v in list(row.items()):

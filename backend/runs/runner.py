@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import DiffusionPipeline
 
 from backend.metrics import cost, quality
 from backend.models import RANDOM_ARCHS
@@ -39,11 +40,12 @@ class VariantResult:
 
 def run_variant(
     variant: Variant, prompts: list[str], seeds: list[int], batch_size: int = 25, repeats: int = 3,
-    measure_macs: bool = True, on_progress: ProgressFn | None = None,
+    measure_macs: bool = True, on_progress: ProgressFn | None = None, pipe: DiffusionPipeline | None = None,
 ) -> VariantResult:
     """Generate every prompt/seed pair and measure cost: latency (one image, median and p90 of
-    ``repeats`` after a warm-up), unet_evals, macs_per_image, peak_mem_mb, model_size_mb."""
-    pipe = build_pipeline(variant)
+    ``repeats`` after a warm-up), unet_evals, macs_per_image, peak_mem_mb, model_size_mb.
+    ``pipe``: the variant's pipeline when the caller has built it already."""
+    pipe = pipe if pipe is not None else build_pipeline(variant)
     total = len(prompts)
     chunks = []
     with cost.UnetCallCounter(pipe.unet) as counter:
