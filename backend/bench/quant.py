@@ -78,6 +78,25 @@ def _progress(desc: str):
     return bar, on_progress
 
 
+def first_reaching(curve: list, column: int, goal: float) -> float | None:
+    """Minutes of the first curve point whose ``column`` is at least ``goal``."""
+    return next((p[0] for p in curve if p[column] is not None and p[column] >= goal), None)
+
+def time_to(name: str, column: int, goal: float, effdm_curve: list, qat_curve: list, qat_budget: float) -> dict:
+    """EfficientDM's and QAT's minutes to ``goal`` on one curve column, and their ratio (a bound if unmet)."""
+    effdm = first_reaching(effdm_curve, column, goal)
+    qat = first_reaching(qat_curve, column, goal)
+    if effdm is None:
+        ratio = None
+    elif qat is None:
+        ratio = f">{qat_budget / effdm:.1f}"
+    else:
+        ratio = round(qat / effdm, 2)
+    return {f"efficientdm_minutes_to_{name}": effdm,
+            f"qat_minutes_to_{name}": qat if qat is not None else f">{qat_budget:.1f} (not reached)",
+            f"{name}_speedup": ratio}
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     from backend.methods.quant import FinetuneConfig
     from backend.methods.quant.checkpoint import checkpoint_size_mb
@@ -167,23 +186,6 @@ def run(args: argparse.Namespace) -> list[dict]:
         if args.eval_every > 0 and (not curve or curve[-1][0] < result["minutes"]):
             on_eval(student, result["elapsed_s"], result["iters"])
         return out, result, curve, time.perf_counter() - start
-
-    def first_reaching(curve, column: int, goal):
-        return next((p[0] for p in curve if p[column] is not None and p[column] >= goal), None)
-
-    def time_to(name: str, column: int, goal, effdm_curve, qat_curve, qat_budget: float) -> dict:
-        """EfficientDM's and QAT's minutes to ``goal`` on one curve column, and their ratio (a bound if unmet)."""
-        effdm = first_reaching(effdm_curve, column, goal)
-        qat = first_reaching(qat_curve, column, goal)
-        if effdm is None:
-            ratio = None
-        elif qat is None:
-            ratio = f">{qat_budget / effdm:.1f}"
-        else:
-            ratio = round(qat / effdm, 2)
-        return {f"efficientdm_minutes_to_{name}": effdm,
-                f"qat_minutes_to_{name}": qat if qat is not None else f">{qat_budget:.1f} (not reached)",
-                f"{name}_speedup": ratio}
 
     lowest = bits[-1]
     effdm_curves, ptq_curve_accuracy = {}, {}
