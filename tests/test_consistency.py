@@ -65,6 +65,18 @@ def test_distillation_steps_lower_the_loss(tiny_pipe):
     assert not any(p.requires_grad for p in tiny_pipe.unet.parameters())
 
 
+def test_lr_decays_linearly_over_the_budget(tiny_pipe):
+    d = Distiller(tiny_pipe, small_cfg(lr=1e-3, lr_decay=True, max_steps=40))
+    lrs = []
+    for _ in range(3):
+        d.step(data_step=0)
+        lrs.append(d.opt.param_groups[0]["lr"])
+    d.step_count = 30  # three quarters of max_steps spent: a quarter of the (warmed-up) lr is left
+    d.step(data_step=0)
+    assert lrs == pytest.approx([1e-3 * k / 20 * (1 - (k - 1) / 40) for k in (1, 2, 3)])
+    assert d.opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.25)
+
+
 def test_lora_variant_trains_only_adapters(tiny_pipe):
     d = Distiller(tiny_pipe, small_cfg(lora=True, lr=1e-3))
     assert d.target is None and all("lora" in n for n, p in d.student.named_parameters() if p.requires_grad)

@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", action="store_true", help="LCM-LoRA instead of a full student")
     parser.add_argument("--batch-size", type=int, default=None, help="latents per step")
     parser.add_argument("--lr", type=float, default=None, help="learning rate")
+    parser.add_argument("--lr-decay", action="store_true", help="decay the lr linearly to 0 over the budget")
     parser.add_argument("--w-min", type=float, default=None, help="lowest CFG scale w (LCM form = guidance − 1)")
     parser.add_argument("--w-max", type=float, default=None, help="highest CFG scale w")
     parser.add_argument("--num-ddim-timesteps", type=int, default=None, help="solver grid size N (default 50)")
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> DistillConfig:
     raw = {"minutes": args.minutes, "max_steps": args.max_steps, "reward": args.reward, "proxy": args.proxy,
-           "lora": args.lora}
+           "lora": args.lora, "lr_decay": args.lr_decay}
     if args.beta is not None:
         raw["beta"] = args.beta
     elif args.reward == "none":

@@ -39,6 +39,9 @@ class DistillConfig(MethodConfig):
     max_steps: int = param(0, "stop after this many steps (0: only the time budget)", minimum=0)
     batch_size: int = param(24, "latents per step", minimum=1, maximum=1024)
     lr: float = param(1e-4, "AdamW learning rate of the student (LoRA: ×10)", minimum=0.0, maximum=1.0)
+    lr_decay: bool = param(False, "decay the lr linearly to 0 over the budget (minutes or max_steps), so the "
+                           "student saved at the end is not one noisy step of a constant-lr run (LCD script: "
+                           "constant)")
     num_ddim_timesteps: int = param(50, "DDIM solver grid size N (skipping step k = 1000 / N)", minimum=2, maximum=1000)
     w_min: float = param(-1.0, "lowest CFG scale w sampled (LCM form; <0: teacher's guidance − 1 − 2)", minimum=-1.0)
     w_max: float = param(-1.0, "highest CFG scale w sampled (LCM form; <0: teacher's guidance − 1 + 2)", minimum=-1.0)

@@ -161,6 +161,12 @@ class Distiller:
             target = lcd.consistency_output(t_out, x_prev, t_end, self.alphas, self.prediction_type)
         return pred, target, x0, emb, prompts
 
+    def budget_used(self) -> float:
+        """Share of the training budget spent (the larger of steps / max_steps and time / minutes), in [0, 1]."""
+        used = [self.step_count / self.cfg.max_steps] if self.cfg.max_steps else []
+        used += [self.elapsed / (self.cfg.minutes * 60.0)] if self.cfg.minutes else []
+        return min(1.0, max(used, default=0.0))
+
     @torch.no_grad()
     def eval_loss(self, data_step: int) -> float:
         pred, target, *_ = self.forward(data_step)
@@ -182,7 +188,7 @@ class Distiller:
             self.proxy.requires_grad_(True)
             loss = loss - cfg.beta * r.mean()
             info["proxy_reward"] = r.mean().item()
-        lr_scale = min(1.0, (step + 1) / 20)
+        lr_scale = min(1.0, (step + 1) / 20) * (1.0 - self.budget_used() if cfg.lr_decay else 1.0)
         for group in self.opt.param_groups:
             group["lr"] = self.base_lr * lr_scale
         self.opt.zero_grad(set_to_none=True)
