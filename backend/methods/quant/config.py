@@ -100,8 +100,9 @@ class FinetuneConfig(MethodConfig):
     act_lr: float = param(0.01, "relative lr of the per-step activation step sizes: each quantizer's Adam lr = "
                           "this × its mean step size (zero points: this, in integer codes). An absolute lr (paper: "
                           "5e-4) moves 8-bit step sizes by tens of percent a step", minimum=0.0)
-    qat_lr: float = param(1e-3, "qat only: Adam lr of the latent full-precision weights (best of 1e-5/1e-4/1e-3 in "
-                          "the proxy sweep, so the baseline is a fair one)", minimum=0.0)
+    qat_lr: float = param(1e-4, "qat only: Adam lr of the latent full-precision weights (on shapes-sd W4A4, 1e-3 "
+                          "wrecked the PTQ start: accuracy ≤ 0.16 and PSNR 18-19 dB for 10 min; 1e-4 held 34 dB "
+                          "from the first 1.5 min, see docs/bench-quant.md)", minimum=0.0)
     guidance: float = param(-1.0, "CFG scale of the teacher trajectory (<0: the model's default)")
     eta: float = param(1.0, "DDIM eta of the teacher trajectory (paper: 1.0)", minimum=0.0, maximum=1.0)
     grad_clip: float = param(1.0, "gradient-norm clip (0: off)", minimum=0.0)
