@@ -76,12 +76,17 @@ def test_tiny_generation_size_and_seed(tiny_pipe):
     assert np.abs(a[0] - b[0]).max() < 1e-4
 
 
-def test_execution_device_is_the_unets_unless_offloaded(tiny_pipe):
+def test_execution_device_is_the_unets_unless_offloaded(tiny_pipe, monkeypatch):
     """load_pipeline skips diffusers' per-call module walk for the device, but not when offload hooks exist."""
     from diffusers import StableDiffusionPipeline
 
     assert isinstance(tiny_pipe, StableDiffusionPipeline) and type(tiny_pipe).__name__ == "StableDiffusionPipeline"
+    def no_walk(module):
+        raise AssertionError("diffusers' per-call module walk ran")
+
+    monkeypatch.setattr("diffusers.hooks.group_offloading._get_group_onload_device", no_walk)
     assert tiny_pipe._execution_device == torch.device("cpu")
+    monkeypatch.undo()
     hook = type("Hook", (), {"execution_device": "meta"})()
     modules = [m for m in tiny_pipe.components.values() if isinstance(m, torch.nn.Module)]
     for m in modules:

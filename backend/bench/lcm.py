@@ -99,9 +99,19 @@ def run(args) -> list[dict]:
     cache = Path(args.cache)
     metas = {name: train_student(name, args, cache / name) for name in names}
 
-    def measure(label: str, variant: Variant, extra: dict) -> dict:
-        pipes.append(build_pipeline(variant))
-        result = run_variant(variant, prompts, seeds, repeats=0, measure_macs=False, pipe=pipes[-1])
+    teacher = Variant.from_dict({"model": args.model, "name": "teacher", "scheduler": "ddim",
+                                 "steps": args.teacher_steps})
+    specs = [(f"teacher DDIM {args.teacher_steps} + CFG", teacher, {"train_minutes": None})]
+    for name in names:
+        for n_steps in steps:
+            v = Variant.from_dict({"model": args.model, "name": f"{name}-{n_steps}", "scheduler": "lcm",
+                                   "steps": n_steps, "consistency": {"checkpoint": str(cache / name)}})
+            specs.append((name, v, {"train_minutes": metas[name].get("train_minutes")}))
+    variants = [v for _, v, _ in specs]
+    pipes = [build_pipeline(v) for v in variants]  # one per row: quality and timing use the same pipeline
+
+    def measure(label: str, variant: Variant, pipe, extra: dict) -> dict:
+        result = run_variant(variant, prompts, seeds, repeats=0, measure_macs=False, pipe=pipe)
         add_quality(result)
         m = result.metrics
         row = {"variant": label, "steps": variant.steps, **extra}
@@ -111,16 +121,7 @@ def run(args) -> list[dict]:
         row["unet_evals"] = m.get("unet_evals")
         return row
 
-    teacher = Variant.from_dict({"model": args.model, "name": "teacher", "scheduler": "ddim",
-                                 "steps": args.teacher_steps})
-    variants, pipes = [teacher], []
-    rows = [measure(f"teacher DDIM {args.teacher_steps} + CFG", teacher, {"train_minutes": None})]
-    for name in names:
-        for n_steps in steps:
-            v = Variant.from_dict({"model": args.model, "name": f"{name}-{n_steps}", "scheduler": "lcm",
-                                   "steps": n_steps, "consistency": {"checkpoint": str(cache / name)}})
-            variants.append(v)
-            rows.append(measure(name, v, {"train_minutes": metas[name].get("train_minutes")}))
+    rows = [measure(label, v, p, extra) for (label, v, extra), p in zip(specs, pipes, strict=True)]
     print(f"lcm bench: timing {len(variants)} rows, one image each, interleaved", file=sys.stderr)
     fns = {i: (lambda p=p, v=v: generate(p, v, prompts[:1], seeds[:1]))
            for i, (p, v) in enumerate(zip(pipes, variants, strict=True))}

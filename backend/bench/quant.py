@@ -142,22 +142,20 @@ def run(args: argparse.Namespace) -> list[dict]:
     print(f"fp: {rows[-1]}", file=sys.stderr)
     fp_curve_images = fp_result.images[:curve_n]
 
+    def curve_accuracy(images) -> float | None:
+        """prompt_accuracy on the curve prompts (None for random weights)."""
+        return None if random_weights else quality.judge_metrics(images[:curve_n], prompts[:curve_n])["prompt_accuracy"]
+
     def curve_point(student) -> tuple[float | None, float]:
-        """(prompt_accuracy or None for random weights, psnr_vs_baseline) on the curve prompts."""
+        """(curve_accuracy, psnr_vs_baseline) of a student on the curve prompts."""
         pipe = copy.copy(base_pipe)
         pipe.unet = student
         images = generate(pipe, fp_variant, prompts[:curve_n], seeds[:curve_n])
-        psnr = quality.psnr_ssim(images, fp_curve_images)[0]
-        if random_weights:
-            return None, psnr
-        return quality.judge_metrics(images, prompts[:curve_n])["prompt_accuracy"], psnr
-
-    def curve_accuracy(images) -> float | None:
-        return None if random_weights else quality.judge_metrics(images[:curve_n], prompts[:curve_n])["prompt_accuracy"]
+        return curve_accuracy(images), quality.psnr_ssim(images, fp_curve_images)[0]
 
     acc_target = None if random_weights else curve_accuracy(fp_curve_images) - args.target_drop / 100.0
 
-    def fine_tune(method: str, w: int, a: int, minutes: float, stop_at: float | None):
+    def fine_tune(method: str, w: int, a: int, minutes: float, stop_at: tuple | None):
         out = work / f"{method}-w{w}a{a}"
         if out.exists():
             shutil.rmtree(out)
