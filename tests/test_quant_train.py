@@ -100,3 +100,21 @@ def test_cancel_then_resume(tiny_pipe, tmp_path):
     assert r2["status"] == "done" and steps == [3, 4]
     with pytest.raises(ValueError, match="cannot resume"):
         finetune(tiny_pipe, _ft(max_iters=6, lora_rank=2), out, prompts=PROMPTS)
+    with pytest.raises(ValueError, match="cannot resume, first_last_8bit"):
+        finetune(tiny_pipe, _ft(max_iters=6), out, prompts=PROMPTS, quant=_quant(first_last_8bit=False))
+
+
+def test_cli_layer_policy_flags():
+    import argparse
+
+    from backend.methods.quant import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    base = ["--variant", "{}", "--out", "x", "--w-bits", "4", "--a-bits", "4"]
+    args = parser.parse_args(base)
+    assert cli.quant_from_args(args, cli.config_from_args(args)) is None  # the paper's policy (or the resumed one)
+    args = parser.parse_args(base + ["--no-first-last-8bit", "--quantize-skip", "same", "--quantize-attn-matmul"])
+    quant = cli.quant_from_args(args, cli.config_from_args(args))
+    assert (quant.weight_bits, quant.act_bits, quant.first_last_8bit, quant.quantize_skip,
+            quant.quantize_downsample, quant.quantize_attn_matmul) == (4, 4, False, "same", "w8a8", True)

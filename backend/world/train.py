@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from backend.world import architecture as arch
 from backend.world.evaluators import Judge, RewardNet, cell_loss, exact_match, scene_targets
+from backend.world.grounding import CrossAttentionRecorder, grounding_loss, object_masks
 from backend.world.shapes import sample_batch, to_tensor_range
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -202,7 +203,10 @@ def _init_from(unet, text, source: Path) -> None:
     print(f"initialised from {source}; new parameters: {len(missing)}")
 
 
-def train_unet(work: Path, minutes: float, init: Path | None = None) -> None:
+def train_unet(work: Path, minutes: float, init: Path | None = None, grounding: float = 0.0,
+               two_object_frac: float = 0.5) -> None:
+    """Denoising loss (+ ``grounding`` × the cross-attention grounding loss); two-object scenes make up
+    ``two_object_frac`` of every batch."""
     done = work / "unet" / "unet.safetensors"
     if done.exists():
         return
@@ -217,16 +221,24 @@ def train_unet(work: Path, minutes: float, init: Path | None = None) -> None:
         _init_from(unet, text, init)
     ema = {"unet": copy.deepcopy(unet), "text": copy.deepcopy(text)}
     sched = arch.build_scheduler()
+    masks, word_object = object_masks(arch.build_tokenizer().batch_decode(ids, skip_special_tokens=True))
+    two = (word_object.max(1).values == 1).nonzero().squeeze(1)
+    one = (word_object.max(1).values == 0).nonzero().squeeze(1)
+    maps = CrossAttentionRecorder.install(unet) if grounding > 0 else []
 
     def step_fn(step: int, gen: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(0, len(latents), (64,), generator=gen)
-        x0, tok = latents[idx], ids[idx].clone()
+        n_two = int((torch.rand(64, generator=gen) < two_object_frac).sum())
+        idx = torch.cat([two[torch.randint(0, len(two), (n_two,), generator=gen)],
+                         one[torch.randint(0, len(one), (64 - n_two,), generator=gen)]])
+        x0, tok, words = latents[idx], ids[idx].clone(), word_object[idx].clone()
         drop = torch.rand(64, generator=gen) < 0.1
-        tok[drop] = empty
+        tok[drop], words[drop] = empty, -1
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, 1000, (64,), generator=gen)
+        maps.clear()
         pred = unet(sched.add_noise(x0, noise, t), t, text(tok)[0]).sample
-        return torch.nn.functional.mse_loss(pred, noise)
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        return loss + grounding * grounding_loss(maps, masks[idx], words) if grounding > 0 else loss
 
     params = list(unet.parameters()) + list(text.parameters())
     timeboxed_train("unet", work, {"unet": unet, "text": text}, params, 1e-3, minutes, step_fn, ema=ema, warmup=200,
@@ -285,6 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--unet-init", type=Path, default=None,
                    help="start the U-Net from an earlier run's state.pt or an exported shapes-sd folder "
                    "(new modules start as a no-op)")
+    p.add_argument("--grounding", type=float, default=0.0,
+                   help="weight of the cross-attention grounding loss (backend/world/grounding.py); 0 = off")
+    p.add_argument("--two-object-frac", type=float, default=0.5, help="share of two-object scenes per U-Net batch")
     p.add_argument("--n-latents", type=int, default=N_LATENTS, help="training images encoded for the U-Net")
     p.add_argument("--guidance", type=float, default=5.0, help="default guidance written to speedlab.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -296,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
         "latents": lambda: encode_latents(args.work, args.n_latents),
         "judge": lambda: train_evaluator(args.work, "judge", args.eval_minutes),
         "reward": lambda: train_evaluator(args.work, "reward", args.eval_minutes),
-        "unet": lambda: train_unet(args.work, args.unet_minutes, args.unet_init),
+        "unet": lambda: train_unet(args.work, args.unet_minutes, args.unet_init, args.grounding,
+                                   args.two_object_frac),
         "export": lambda: print(json.dumps(export(args.work, args.out, args.guidance), indent=2)),
     }
     for name, run in stages.items():

@@ -6,6 +6,8 @@ DIR becomes a quantized checkpoint (packed integer weights, per-step activation 
 ``"quant": {"checkpoint": DIR}`` in any Variant of the same model. Checkpoints are written every
 --checkpoint-every seconds and on Ctrl-C; running the same command again resumes from DIR
 (--restart starts over). --method qat runs the full-QAT baseline (LSQ on all weights, no LoRA).
+The layer-policy flags (--quantize-skip, --quantize-downsample, --[no-]first-last-8bit,
+--[no-]quantize-attn-matmul) set what the Variant's quant section would; by default the paper's policy.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ import sys
 import threading
 from pathlib import Path
 
-from backend.methods.quant.config import FinetuneConfig
+from backend.methods.quant.config import LAYER_POLICY_KEYS, SIDE_POLICIES, FinetuneConfig, QuantConfig
 
 _FIELDS = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+_POLICY = {f.name: f for f in dataclasses.fields(QuantConfig) if f.name in LAYER_POLICY_KEYS}
 
 
-def _help(name: str) -> str:
-    f = _FIELDS[name]
-    default = f.default
-    return f"{f.metadata['help']} (default {default})"
+def _help(name: str, fields: dict = _FIELDS) -> str:
+    f = fields[name]
+    return f"{f.metadata['help']} (default {f.default})"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=None, help=_help("guidance"))
     parser.add_argument("--checkpoint-every", type=float, default=None, help=_help("checkpoint_every_s"))
     parser.add_argument("--seed", type=int, default=None, help=_help("seed"))
+    parser.add_argument("--quantize-skip", choices=SIDE_POLICIES, default=None, help=_help("quantize_skip", _POLICY))
+    parser.add_argument("--quantize-downsample", choices=SIDE_POLICIES, default=None,
+                        help=_help("quantize_downsample", _POLICY))
+    parser.add_argument("--first-last-8bit", action=argparse.BooleanOptionalAction, default=None,
+                        help=_help("first_last_8bit", _POLICY))
+    parser.add_argument("--quantize-attn-matmul", action=argparse.BooleanOptionalAction, default=None,
+                        help=_help("quantize_attn_matmul", _POLICY))
     parser.add_argument("--prompts", default=None, help="a text file of prompts, one a line (default: the model's "
                         "prompt set for shapes-sd, a built-in list otherwise)")
     parser.add_argument("--restart", action="store_true", help="ignore a checkpoint already in --out")
@@ -71,6 +80,13 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
             flag = "--w-bits" if key == "weight_bits" else "--a-bits"
             raise ValueError(f"{flag} {value} is not allowed; allowed: 2 to 8")
     return FinetuneConfig.from_dict(raw)
+
+
+def quant_from_args(args: argparse.Namespace, ft: FinetuneConfig) -> QuantConfig | None:
+    """The student's layer policy from the policy flags (QuantConfig defaults for the others); None when no
+    flag is given (the paper's policy, or the resumed checkpoint's)."""
+    given = {key: getattr(args, key) for key in _POLICY if getattr(args, key) is not None}
+    return ft.quant_config(**given) if given else None
 
 
 def read_prompts(path: str | None) -> list[str] | None:
@@ -95,6 +111,7 @@ def main(args: argparse.Namespace) -> int:
     from backend.runs.variant import Variant
 
     ft = config_from_args(args)
+    quant = quant_from_args(args, ft)
     variant = Variant.parse(args.variant)
     if variant.quant is not None:
         raise ValueError("--variant already has a quant section; give the FP teacher (drop \"quant\")")
@@ -123,7 +140,8 @@ def main(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = finetune(pipe, ft, out, job=JobControl(on_progress=on_progress, cancel=cancel), prompts=prompts)
+        result = finetune(pipe, ft, out, job=JobControl(on_progress=on_progress, cancel=cancel), prompts=prompts,
+                          quant=quant)
     finally:
         signal.signal(signal.SIGINT, previous)
         bar.close()

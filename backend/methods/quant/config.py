@@ -25,6 +25,7 @@ from backend.methods.params import MethodConfig, param
 
 METHODS = ("ptq", "efficientdm", "qat")
 SIDE_POLICIES = ("fp", "w8a8", "same")
+LAYER_POLICY_KEYS = ("quantize_skip", "quantize_downsample", "first_last_8bit", "quantize_attn_matmul")
 
 
 @dataclass

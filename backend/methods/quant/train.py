@@ -36,7 +36,7 @@ from backend.methods.quant.calibrate import (
     latent_shape,
 )
 from backend.methods.quant.checkpoint import CONFIG_FILE, TRAIN_FILE, CheckpointError, load_train_state, save_checkpoint
-from backend.methods.quant.config import FinetuneConfig, QuantConfig
+from backend.methods.quant.config import LAYER_POLICY_KEYS, FinetuneConfig, QuantConfig
 from backend.methods.quant.model import QuantState, quantize_unet
 from backend.runs.jobs import JobCancelled, JobControl
 
@@ -169,10 +169,15 @@ def finetune(
             if saved.get(key) != getattr(ft, key):
                 raise CheckpointError(f"{out}: cannot resume, {key} was {saved.get(key)!r} and is now "
                                       f"{getattr(ft, key)!r}; allowed: the same settings, or a new --out")
-    if resuming and quant is None:
+    if resuming:
         from backend.methods.quant.checkpoint import config_from_meta
 
-        quant = config_from_meta(meta, out)
+        saved_quant = config_from_meta(meta, out)
+        for key in LAYER_POLICY_KEYS:
+            if quant is not None and getattr(quant, key) != getattr(saved_quant, key):
+                raise CheckpointError(f"{out}: cannot resume, {key} was {getattr(saved_quant, key)!r} and is now "
+                                      f"{getattr(quant, key)!r}; allowed: the same layer policy, or a new --out")
+        quant = saved_quant
     student, state = build_student(pipe, ft, pool, calibrate_acts=not resuming, quant=quant)
     opt = torch.optim.AdamW(param_groups(state, ft), weight_decay=0.0)
     it, traj, elapsed, loss_avg = 0, 0, 0.0, None
