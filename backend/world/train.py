@@ -204,7 +204,7 @@ def _init_from(unet, text, source: Path) -> None:
 
 
 def train_unet(work: Path, minutes: float, init: Path | None = None, grounding: float = 0.0,
-               two_object_frac: float = 0.5) -> None:
+               two_object_frac: float = 0.5, lr: float = 1e-3) -> None:
     """Denoising loss (+ ``grounding`` × the cross-attention grounding loss); two-object scenes make up
     ``two_object_frac`` of every batch."""
     done = work / "unet" / "unet.safetensors"
@@ -241,7 +241,7 @@ def train_unet(work: Path, minutes: float, init: Path | None = None, grounding: 
         return loss + grounding * grounding_loss(maps, masks[idx], words) if grounding > 0 else loss
 
     params = list(unet.parameters()) + list(text.parameters())
-    timeboxed_train("unet", work, {"unet": unet, "text": text}, params, 1e-3, minutes, step_fn, ema=ema, warmup=200,
+    timeboxed_train("unet", work, {"unet": unet, "text": text}, params, lr, minutes, step_fn, ema=ema, warmup=200,
                     ema_decay=0.995 if init is not None else 0.999)
     save_file(ema["text"].state_dict(), work / "unet" / "text.safetensors")
     save_file(ema["unet"].state_dict(), done)
@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
                    "(new modules start as a no-op)")
     p.add_argument("--grounding", type=float, default=0.0,
                    help="weight of the cross-attention grounding loss (backend/world/grounding.py); 0 = off")
+    p.add_argument("--unet-lr", type=float, default=1e-3, help="peak lr of the U-Net stage (cosine to 1/10)")
     p.add_argument("--two-object-frac", type=float, default=0.5, help="share of two-object scenes per U-Net batch")
     p.add_argument("--n-latents", type=int, default=N_LATENTS, help="training images encoded for the U-Net")
     p.add_argument("--guidance", type=float, default=5.0, help="default guidance written to speedlab.json")
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         "judge": lambda: train_evaluator(args.work, "judge", args.eval_minutes),
         "reward": lambda: train_evaluator(args.work, "reward", args.eval_minutes),
         "unet": lambda: train_unet(args.work, args.unet_minutes, args.unet_init, args.grounding,
-                                   args.two_object_frac),
+                                   args.two_object_frac, args.unet_lr),
         "export": lambda: print(json.dumps(export(args.work, args.out, args.guidance), indent=2)),
     }
     for name, run in stages.items():
