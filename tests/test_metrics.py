@@ -117,3 +117,18 @@ def test_interleaved_latency_runs_round_by_round():
     out = interleaved_latency({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
     assert calls == ["a", "b"] * 4
     assert set(out) == {"a", "b"} and all(v["latency_s"] >= 0 for v in out.values())
+
+
+@needs_evaluators
+def test_vae_shape_recall_is_one_through_a_lossless_vae_and_low_through_a_blurring_one():
+    from types import SimpleNamespace
+
+    from backend.bench.world import vae_shape_recall
+
+    def vae(transform):
+        return SimpleNamespace(encode=lambda x: SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: x)),
+                               decode=lambda z: SimpleNamespace(sample=transform(z)))
+
+    assert vae_shape_recall(vae(lambda z: z), "cross", n=20) == 1.0
+    blur = vae(lambda z: torch.nn.functional.avg_pool2d(z, 9, 1, 4, count_include_pad=False))
+    assert vae_shape_recall(blur, "cross", n=20) < 0.5
