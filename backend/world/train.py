@@ -305,6 +305,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--guidance", type=float, default=5.0, help="default guidance written to speedlab.json")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
+    if not 0 <= args.two_object_frac <= 1:
+        p.error(f"--two-object-frac {args.two_object_frac} is not allowed; allowed: 0 to 1")
+    if args.grounding < 0 or args.unet_lr <= 0:
+        p.error(f"--grounding {args.grounding} / --unet-lr {args.unet_lr}: the weight must be ≥ 0 and the lr > 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     stages = {
