@@ -138,6 +138,14 @@ def _restore(state: QuantState, opt: torch.optim.Optimizer, tensors: dict[str, t
     state.invalidate()
 
 
+def _refuse_changes(out: Path, saved: dict, now, keys: tuple[str, ...]) -> None:
+    """CheckpointError naming the first of ``keys`` whose value in ``now`` differs from the checkpoint's."""
+    for key in keys:
+        if saved.get(key) != getattr(now, key):
+            raise CheckpointError(f"{out}: cannot resume, {key} was {saved.get(key)!r} and is now "
+                                  f"{getattr(now, key)!r}; allowed: the same settings, or a new --out")
+
+
 def finetune(
     pipe, ft: FinetuneConfig, out: str | Path, job: JobControl | None = None, prompts: list[str] | None = None,
     resume: bool = True, on_eval: Callable[[torch.nn.Module, float, int], bool] | None = None,
@@ -164,19 +172,13 @@ def finetune(
     meta = None
     if resuming:
         meta, tensors = load_train_state(out)
-        saved = meta["training"]["finetune"]
-        for key in RESUME_KEYS:
-            if saved.get(key) != getattr(ft, key):
-                raise CheckpointError(f"{out}: cannot resume, {key} was {saved.get(key)!r} and is now "
-                                      f"{getattr(ft, key)!r}; allowed: the same settings, or a new --out")
+        _refuse_changes(out, meta["training"]["finetune"], ft, RESUME_KEYS)
     if resuming:
         from backend.methods.quant.checkpoint import config_from_meta
 
         saved_quant = config_from_meta(meta, out)
-        for key in LAYER_POLICY_KEYS:
-            if quant is not None and getattr(quant, key) != getattr(saved_quant, key):
-                raise CheckpointError(f"{out}: cannot resume, {key} was {getattr(saved_quant, key)!r} and is now "
-                                      f"{getattr(quant, key)!r}; allowed: the same layer policy, or a new --out")
+        if quant is not None:
+            _refuse_changes(out, dataclasses.asdict(saved_quant), quant, LAYER_POLICY_KEYS)
         quant = saved_quant
     student, state = build_student(pipe, ft, pool, calibrate_acts=not resuming, quant=quant)
     opt = torch.optim.AdamW(param_groups(state, ft), weight_decay=0.0)
