@@ -1,6 +1,6 @@
 """Train the embedded shapes-sd model and its two evaluators on the Shapes world.
 
-    python -m backend.world.train [--stage all|vae|latents|judge|reward|unet|export] [--work DIR]
+    python -m backend.world.train [--stage all|vae|decoder|latents|judge|reward|unet|export] [--work DIR]
 
 Stages run in order and each is time-boxed (``--*-minutes``). Every stage saves its state to
 ``--work`` every two minutes and resumes from it when run again; a finished stage is skipped.
@@ -127,12 +127,39 @@ def train_vae(work: Path, minutes: float) -> None:
     save_file(vae.state_dict(), done)
 
 
+def train_decoder(work: Path, minutes: float, object_weight: float) -> None:
+    """Fine-tune the VAE decoder with the encoder frozen, so the latents (and any U-Net trained on them) stay
+    valid. Pixels that differ from the plain background weigh 1 + object_weight: the jointly trained VAE drew
+    small crosses as diamonds although its latents tell them apart."""
+    done = work / "decoder" / "vae.safetensors"
+    if done.exists() or minutes == 0:
+        return
+    vae = _load_vae(work).train()
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+
+    def step_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+        images, _ = sample_batch(32, seed=9_000_000 + step)
+        x = to_tensor_range(images)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=gen)
+        err = vae.decode(z).sample - x
+        weight = 1 + object_weight * ((x - x[:, :, :1, :1]).abs().sum(1, keepdim=True) > 0.1).float()
+        return (weight * (err.abs() + err ** 2)).mean()
+
+    timeboxed_train("decoder", work, {"vae": vae}, params, 5e-4, minutes, step_fn, warmup=50)
+    save_file(vae.state_dict(), done)
+
+
 def _load_vae(work: Path):
-    """The stage's VAE, or the shipped one (continuing training in a fresh work folder)."""
+    """The stage's VAE (with the fine-tuned decoder when that stage ran), or the shipped one (continuing
+    training in a fresh work folder)."""
     vae = arch.build_vae()
-    path = work / "vae" / "vae.safetensors"
-    vae.load_state_dict(load_file(path if path.exists() else ASSETS / "shapes-sd" / "vae" /
-                                  "diffusion_pytorch_model.safetensors"))
+    paths = [work / "decoder" / "vae.safetensors", work / "vae" / "vae.safetensors",
+             ASSETS / "shapes-sd" / "vae" / "diffusion_pytorch_model.safetensors"]
+    vae.load_state_dict(load_file(next(path for path in paths if path.exists())))
     return vae.eval()
 
 
@@ -277,7 +304,7 @@ def export(work: Path, out: Path, guidance: float = 5.0) -> dict:
         net.load_state_dict(load_file(trained if trained.exists() else ASSETS / "evaluators" / f"{name}.safetensors"))
         save_file(net.state_dict(), out / "evaluators" / f"{name}.safetensors")
         report[f"{name}_exact_match"] = evaluator_accuracy(net.eval())
-    for stage in ("vae", "judge", "reward", "unet"):
+    for stage in ("vae", "decoder", "judge", "reward", "unet"):
         if not (work / stage / "state.pt").exists():
             continue  # a stage that ran in an earlier work folder
         state = torch.load(work / stage / "state.pt", weights_only=True)
@@ -288,10 +315,15 @@ def export(work: Path, out: Path, guidance: float = 5.0) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", default="all", choices=["all", "vae", "latents", "judge", "reward", "unet", "export"])
+    p.add_argument("--stage", default="all",
+                   choices=["all", "vae", "decoder", "latents", "judge", "reward", "unet", "export"])
     p.add_argument("--work", type=Path, default=Path(".cache/shapes-train"))
     p.add_argument("--out", type=Path, default=ASSETS)
     p.add_argument("--vae-minutes", type=float, default=9.0)
+    p.add_argument("--decoder-minutes", type=float, default=20.0,
+                   help="decoder fine-tune with the encoder frozen (0 = skip the stage)")
+    p.add_argument("--object-weight", type=float, default=4.0,
+                   help="extra loss weight of object pixels in the decoder stage")
     p.add_argument("--eval-minutes", type=float, default=3.0, help="for each of the judge and the reward model")
     p.add_argument("--unet-minutes", type=float, default=60.0)
     p.add_argument("--unet-init", type=Path, default=None,
@@ -307,12 +339,15 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if not 0 <= args.two_object_frac <= 1:
         p.error(f"--two-object-frac {args.two_object_frac} is not allowed; allowed: 0 to 1")
+    if args.object_weight < 0 or args.decoder_minutes < 0:
+        p.error(f"--object-weight {args.object_weight} / --decoder-minutes {args.decoder_minutes}: must be ≥ 0")
     if args.grounding < 0 or args.unet_lr <= 0:
         p.error(f"--grounding {args.grounding} / --unet-lr {args.unet_lr}: the weight must be ≥ 0 and the lr > 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     stages = {
         "vae": lambda: train_vae(args.work, args.vae_minutes),
+        "decoder": lambda: train_decoder(args.work, args.decoder_minutes, args.object_weight),
         "latents": lambda: encode_latents(args.work, args.n_latents),
         "judge": lambda: train_evaluator(args.work, "judge", args.eval_minutes),
         "reward": lambda: train_evaluator(args.work, "reward", args.eval_minutes),
