@@ -33,8 +33,8 @@ def vae_shape_recall(vae, shape: str, size: str = "small", n: int = 100) -> floa
     x = to_tensor_range(np.stack([render(sc, rng) for sc in scenes]))
     rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
     pred = quality.judge()(rec)["shape"].argmax(-1)
-    cells = [sc.objects[0].cell[0] * 3 + sc.objects[0].cell[1] for sc in scenes]
-    return float(np.mean([int(pred[i, k]) == SHAPES.index(shape) + 1 for i, k in enumerate(cells)]))
+    return float(np.mean([int(pred[i, sc.objects[0].cell_index]) == SHAPES.index(shape) + 1
+                          for i, sc in enumerate(scenes)]))
 
 
 def run(args: argparse.Namespace) -> list[dict]:

@@ -55,6 +55,11 @@ class ShapeObject:
     def phrase(self) -> str:
         return f"a {self.size} {self.color} {self.shape}"
 
+    @property
+    def cell_index(self) -> int:
+        """Index of the object's cell in row-major order (the judge's per-cell outputs)."""
+        return self.cell[0] * 3 + self.cell[1]
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -76,7 +81,7 @@ class Scene:
         color = np.full(N_CELLS, -1, dtype=np.int64)
         size = np.full(N_CELLS, -1, dtype=np.int64)
         for obj in self.objects:
-            k = obj.cell[0] * 3 + obj.cell[1]
+            k = obj.cell_index
             shape[k] = SHAPES.index(obj.shape) + 1
             color[k] = list(COLORS).index(obj.color)
             size[k] = list(SIZES).index(obj.size)
