@@ -14,7 +14,7 @@ from backend.runs.build import build_pipeline, generate
 from backend.runs.runner import eval_prompts
 from backend.runs.variant import Variant
 from backend.world.shapes import COLORS, POSITIONS, SHAPES, Scene, ShapeObject, render, to_tensor_range
-from backend.world.train import evaluator_accuracy, vae_psnr
+from backend.world.train import evaluator_accuracy, vae_psnr, vae_round_trip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def vae_shape_recall(vae, shape: str, size: str = "small", n: int = 100) -> floa
     scenes = [Scene((ShapeObject(shape, rng.choice(list(COLORS)), size, rng.choice(list(POSITIONS.values()))),))
               for _ in range(n)]
     x = to_tensor_range(np.stack([render(sc, rng) for sc in scenes]))
-    rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    rec = vae_round_trip(vae, x)
     pred = quality.judge()(rec)["shape"].argmax(-1)
     return float(np.mean([int(pred[i, sc.objects[0].cell_index]) == SHAPES.index(shape) + 1
                           for i, sc in enumerate(scenes)]))

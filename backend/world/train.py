@@ -163,11 +163,16 @@ def _load_vae(work: Path):
     return vae.eval()
 
 
+def vae_round_trip(vae, x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] encoded to the latent mode and decoded again, clamped to [-1, 1]."""
+    return vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+
+
 @torch.no_grad()
 def vae_psnr(vae, n: int = 512) -> float:
     images, _ = sample_batch(n, seed=777_777, split="any")
     x = to_tensor_range(images)
-    rec = torch.cat([vae.decode(vae.encode(b).latent_dist.mode()).sample for b in x.split(128)]).clamp(-1, 1)
+    rec = torch.cat([vae_round_trip(vae, b) for b in x.split(128)])
     mse = ((rec - x) / 2).pow(2).flatten(1).mean(1)
     return float((10 * torch.log10(1 / mse)).mean())
 
