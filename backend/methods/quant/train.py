@@ -173,7 +173,6 @@ def finetune(
     if resuming:
         meta, tensors = load_train_state(out)
         _refuse_changes(out, meta["training"]["finetune"], ft, RESUME_KEYS)
-    if resuming:
         from backend.methods.quant.checkpoint import config_from_meta
 
         saved_quant = config_from_meta(meta, out)
