@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
+
 # Sub-commands implemented elsewhere: module with add_arguments(parser) and main(args) -> int.
 FINETUNE = {"efficientdm": "backend.methods.quant.cli", "lcd": "backend.methods.consistency.cli"}
 EXTERNAL = {"sweep": "backend.runs.sweep", "report": "backend.reports.cli"}
@@ -91,7 +93,9 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(jsonable(result)))
     else:
         for key, value in result.items():
-            print(f"{key:>18}: {value}")
+            if isinstance(value, dict) and "verdict" in value:
+                value = f"{value['delta']:+.4g}: {value['verdict']}"
+            print(f"{key:>22}: {value}")
     return 0
 
 
@@ -138,9 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True, help="Variant as JSON text or a JSON file path")
     p.add_argument("--baseline", help="baseline Variant for psnr/ssim_vs_baseline and speedup")
     p.add_argument("--n", type=int, default=200, help="number of prompts (default 200)")
-    p.add_argument("--set", default="single", choices=["single", "two", "compositional"], help="prompt set")
+    p.add_argument("--set", default=DEFAULT_SET, choices=PROMPT_SETS,
+                   help=f"Shapes prompt set (default {DEFAULT_SET}: two-object + compositional, with headroom)")
     p.add_argument("--seed", type=int, default=0, help="first seed; prompt i uses seed+i")
-    p.add_argument("--repeats", type=int, default=3, help="timed one-image repeats after warm-up")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="interleaved timing rounds of one image, after a warm-up (≥ 1; default 3)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_evaluate)
 

@@ -1,6 +1,7 @@
 """Sweep specs (grid -> variants, bad input) and a tiny sweep: baseline first, same seeds, resume after a crash."""
 
 import json
+import math
 
 import pytest
 
@@ -113,7 +114,8 @@ def test_sweep_runs_resumes_and_keeps_finished_variants(tmp_path, monkeypatch):
         for v in variants:
             assert [im["seed"] for im in v["images"]] == [5, 6]
             assert v["metrics"]["latency_s"] > 0 and v["metrics"]["unet_evals"] > 0
-        assert variants[0]["metrics"]["speedup"] == 1.0
+        base = variants[0]["metrics"]  # the baseline timed against itself: its interval shows the noise
+        assert base["speedup"] > 0 and len(base["speedup_ci"]) == 2 and base["psnr_vs_baseline"] == math.inf
         job = st.job(f"sweep-{run['id']}")
         assert job["status"] == "done" and job["progress"]["done"] == 3
         assert run["environment"]["torch"] and run["settings"]["executor"] == "local"

@@ -54,7 +54,7 @@ def _choice(text: str, allowed, flag: str) -> list[str]:
 
 def _measure(pipes: dict, variants: dict, prompts: list[str], seeds: list[int], args) -> dict[str, dict]:
     """U-Net forward and end-to-end times (interleaved), RSS growth and images of every pipeline."""
-    from backend.metrics.cost import interleaved_latency, peak_memory_mb, rss_mb
+    from backend.metrics.cost import peak_memory_mb, timed_rounds
     from backend.runs.build import generate
 
     ref = next(iter(pipes.values()))
@@ -78,27 +78,26 @@ def _measure(pipes: dict, variants: dict, prompts: list[str], seeds: list[int], 
     def all_images(name: str, into: dict) -> None:
         into["images"] = generate(pipes[name], variants[name], prompts, seeds)
 
-    unet_t = interleaved_latency({n: (lambda n=n: forward(n)) for n in pipes}, repeats=args.repeats)
-    out: dict[str, dict] = {n: {"unet_s": unet_t[n]["latency_s"], "size": (h, w)} for n in pipes}
+    unet_t = timed_rounds({n: (lambda n=n: forward(n)) for n in pipes}, repeats=args.repeats, baseline="fp32")
+    out: dict[str, dict] = {n: {"unet": unet_t[n], "size": (h, w)} for n in pipes}
     for name in pipes:  # every prompt's image (for PSNR), also the end-to-end warm-up
-        before = rss_mb()
-        peak = peak_memory_mb(lambda name=name: all_images(name, out[name]))
-        out[name]["peak_mem_mb"] = peak - before
-    e2e_t = interleaved_latency({n: (lambda n=n: image(n)) for n in pipes}, repeats=args.e2e_repeats, warmup=0)
+        out[name]["peak_mem_mb"] = peak_memory_mb(lambda name=name: all_images(name, out[name]))
+    e2e_t = timed_rounds({n: (lambda n=n: image(n)) for n in pipes}, repeats=args.e2e_repeats, warmup=0,
+                         baseline="fp32")
     for name in pipes:
-        out[name]["e2e_s"] = e2e_t[name]["latency_s"]
+        out[name]["e2e"] = e2e_t[name]
     return out
 
 
 def _build_measured(variant):
     """(pipeline, peak RSS growth in MiB while building it)."""
-    from backend.metrics.cost import peak_memory_mb, rss_mb
+    from backend.metrics.cost import peak_memory_mb
     from backend.runs.build import build_pipeline
 
     gc.collect()
-    before, out = rss_mb(), []
+    out: list = []
     peak = peak_memory_mb(lambda: out.append(build_pipeline(variant)))
-    return out[0], peak - before
+    return out[0], peak
 
 
 def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
@@ -142,15 +141,17 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
                 pipes[name], load_mb[name] = _build_measured(variants[name])
             print(f"deploy bench: {model} {label}: timing fp32 / simulated / real", file=sys.stderr)
             m = _measure(pipes, variants, prompts, seeds, args)
-            fp_unet, fp_e2e = m["fp32"]["unet_s"], m["fp32"]["e2e_s"]
             for name in pipes:
                 if name == "fp32" and rows:
                     continue
-                unet_s, e2e_s = m[name]["unet_s"], m[name]["e2e_s"]
+                unet, e2e = m[name]["unet"], m[name]["e2e"]
                 row = {"model": model, "config": name, "size": m[name]["size"][0],
                        "steps": variants[name].steps or pipes[name].speedlab_defaults.get("steps"),
-                       "unet_ms": 1000 * unet_s, "speedup": fp_unet / unet_s,
-                       "latency_s": e2e_s, "e2e_speedup": fp_e2e / e2e_s, "peak_mem_mb": m[name]["peak_mem_mb"],
+                       "unet_ms": 1000 * unet["latency_s"], "unet_speedup": unet["speedup"],
+                       "unet_speedup_ci": unet["speedup_ci"], "latency_s": e2e["latency_s"],
+                       "latency_ci": e2e["latency_ci"], "speedup": e2e["speedup"], "speedup_ci": e2e["speedup_ci"],
+                       "timing_noisy": unet["timing_noisy"] or e2e["timing_noisy"],
+                       "peak_mem_mb": m[name]["peak_mem_mb"],
                        "load_peak_mb": load_mb[name],
                        "weights_mb": resident_weight_mb(pipes[name].unet),
                        "disk_mb": model_size_mb(fp_pipe.unet) if name == "fp32" else checkpoint_size_mb(ckpt),
@@ -161,7 +162,7 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
                 if name.startswith("real "):
                     sim = f"simulated {label}"
                     row["psnr_real_vs_simulated"] = psnr_ssim(m[name]["images"], m[sim]["images"])[0]
-                    row["speedup_vs_simulated"] = m[sim]["unet_s"] / unet_s
+                    row["unet_speedup_vs_simulated"] = m[sim]["unet"]["latency_s"] / unet["latency_s"]
                 rows.append(row)
     return rows
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
+
 # Every student: a 20-point DDIM solver grid (skipping step k = 50), which within the 20-minute budget gave
 # better 2-step students than the SD recipe's N = 50 (2-step accuracy 0.82-0.85 after 2-8 min vs 0.81 after 12),
 # and the lr decayed to 0 over the budget (2-step accuracy swings by ±4 points from one constant-lr step to the next).
@@ -33,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "0.1: with the Shapes reward's log-probability, β = 0.3 and 1 let the reward swamp the "
                         "consistency loss and the 2-step student got worse)")
     parser.add_argument("--n", type=int, default=100, help="number of prompts (default 100)")
-    parser.add_argument("--set", default="single", choices=["single", "two", "compositional"], help="prompt set")
+    parser.add_argument("--set", default=DEFAULT_SET, choices=PROMPT_SETS, help=f"prompt set (default {DEFAULT_SET})")
     parser.add_argument("--steps", default="1,2,4,8", help="student step counts (default 1,2,4,8)")
     parser.add_argument("--teacher-steps", type=int, default=50, help="teacher DDIM steps (default 50)")
     parser.add_argument("--cache", default=".cache/lcm-students", help="folder of trained students (re-used)")
@@ -82,7 +84,7 @@ def train_student(name: str, args, folder: Path) -> dict:
 
 
 def run(args) -> list[dict]:
-    from backend.metrics.cost import interleaved_latency
+    from backend.metrics.cost import timed_rounds
     from backend.runs.build import build_pipeline, generate
     from backend.runs.runner import add_quality, eval_prompts, run_variant
     from backend.runs.variant import Variant
@@ -111,7 +113,7 @@ def run(args) -> list[dict]:
     pipes = [build_pipeline(v) for v in variants]  # one per row: quality and timing use the same pipeline
 
     def measure(label: str, variant: Variant, pipe, extra: dict) -> dict:
-        result = run_variant(variant, prompts, seeds, repeats=0, measure_macs=False, pipe=pipe)
+        result = run_variant(variant, prompts, seeds, measure_macs=False, measure_memory=False, pipe=pipe)
         add_quality(result)
         m = result.metrics
         row = {"variant": label, "steps": variant.steps, **extra}
@@ -125,10 +127,7 @@ def run(args) -> list[dict]:
     print(f"lcm bench: timing {len(variants)} rows, one image each, interleaved", file=sys.stderr)
     fns = {i: (lambda p=p, v=v: generate(p, v, prompts[:1], seeds[:1]))
            for i, (p, v) in enumerate(zip(pipes, variants, strict=True))}
-    latency = interleaved_latency(fns, repeats=args.repeats)
+    timing = timed_rounds(fns, repeats=args.repeats, baseline=0)
     for i, row in enumerate(rows):
-        row["latency_s"] = latency[i]["latency_s"]
-    base = rows[0]["latency_s"]
-    for row in rows:
-        row["speedup"] = base / row["latency_s"]
+        row.update({k: timing[i][k] for k in ("latency_s", "latency_ci", "speedup", "speedup_ci", "timing_noisy")})
     return rows
