@@ -114,18 +114,24 @@ def _grid_html(store: Store, run: dict, variants: list[dict], max_prompts: int) 
 
 
 def timing_text(settings: dict, environment: dict) -> str:
-    device = environment.get("gpu") or environment.get("cpu") or "?"
+    """How the run measured time and cost, from the settings the run stored."""
+    device = environment.get("gpu") or environment.get("cpu") or "unknown device"
+    isa = f", CPU ISA {environment['cpu_isa']}" if environment.get("cpu_isa") else ""
+    timing = settings.get("timing") or (f"{settings.get('repeats', 3)} timed repeat(s) per variant in its own "
+                                        "window (a store from before interleaved timing)")
     return (
         f"latency_s is the median wall-clock time to generate one image (the first prompt and seed) with the whole "
-        f"pipeline (text encoder, every denoising step, VAE decode), after {settings.get('warmup', 1)} warm-up "
-        f"run(s), over {settings.get('repeats', 3)} timed repeat(s); latency_p90_s is the 90th percentile. On CUDA "
-        f"the device is synchronised before and after each repeat. speedup = baseline latency_s / variant latency_s, "
-        f"measured in the same run on the same machine ({device}, {environment.get('cpu_threads', '?')} threads). "
-        f"peak_mem_mb is the process RSS on CPU (sampled every 2 ms), the CUDA peak allocation on GPU; "
-        f"macs_per_image counts multiply-accumulates of one image (torch FlopCounterMode); unet_evals counts U-Net "
-        f"rows per image (2 per step with classifier-free guidance). All images are generated in batches of "
-        f"{settings.get('batch_size', '?')} with the same prompts and seeds for every variant; quality metrics are "
-        f"computed on the saved 8-bit images. Executor: {settings.get('executor', 'local')}."
+        f"pipeline (text encoder, every denoising step, VAE decode); {settings.get('repeats', 3)} rounds: {timing}. "
+        f"Intervals are 95% (Student t on log times); a row whose interval is wider than ±15% is marked noisy. "
+        f"On CUDA the device is synchronised around each timed call. Machine: {device}, "
+        f"{environment.get('cpu_threads', 'unknown')} threads{isa}. "
+        f"peak_mem_mb is the memory growth while drawing one image (CPU: RSS above the level just before; CUDA: "
+        f"peak allocation above the level just before); macs_per_image counts multiply-accumulates of one image "
+        f"(torch FlopCounterMode); unet_evals counts U-Net rows per image (2 per step with classifier-free "
+        f"guidance), split into full and partial (DeepCache) evaluations. Images are generated in batches of "
+        f"{settings.get('batch_size', 16)} with the same prompts and seeds for every variant; quality metrics are "
+        f"computed on the saved 8-bit images, and deltas vs the baseline are paired per prompt and seed with "
+        f"bootstrap 95% intervals. Executor: {settings.get('executor', 'local')}."
     )
 
 
