@@ -5,30 +5,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from backend.core import jsonable
 from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
 
 # Sub-commands implemented elsewhere: module with add_arguments(parser) and main(args) -> int.
 FINETUNE = {"efficientdm": "backend.methods.quant.cli", "lcd": "backend.methods.consistency.cli"}
 EXTERNAL = {"sweep": "backend.runs.sweep", "report": "backend.reports.cli"}
 BENCHES = ("world", "deepcache", "quant", "lcm", "deploy")
-
-
-def jsonable(value):
-    """JSON-safe copy: infinities become the string "inf" (PSNR of identical images)."""
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
 
 
 class LazyBar:
@@ -100,13 +89,24 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from backend.bench.common import print_rows, write_report
+    from backend.bench.common import print_rows
+    from backend.bench.docs import write_fragments, write_page
 
     module = importlib.import_module(f"backend.bench.{args.bench}")
     rows = module.run(args)
-    path = write_report(args.bench, rows, " ".join(["python -m backend"] + sys.argv[1:]))
+    fragments = write_fragments(args.bench, rows, " ".join(["python -m backend"] + sys.argv[1:]),
+                                default_model=getattr(args, "model", None) or "shapes")
+    page = write_page(args.bench)
     print_rows(rows, as_json=args.json)
-    print(f"table written to {path}", file=sys.stderr)
+    print(f"rows written to {', '.join(str(f) for f in fragments)}; page rebuilt: {page}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_docs(args) -> int:
+    from backend.bench.docs import benches_with_fragments, write_page
+
+    for name in benches_with_fragments():
+        print(f"rebuilt {write_page(name)}")
     return 0
 
 
@@ -158,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in EXTERNAL.items():
         _add_external(sub, name, module_name, name)
 
-    p = sub.add_parser("bench", help="side-by-side benchmarks; writes docs/bench-NAME.md")
+    p = sub.add_parser("bench", help="side-by-side benchmarks; writes docs/bench/NAME/*.json and docs/bench-NAME.md")
     bsub = p.add_subparsers(dest="bench", required=True)
+    bp = bsub.add_parser("docs", help="rebuild every docs/bench-NAME.md from its fragments (measures nothing)")
+    bp.set_defaults(func=cmd_bench_docs)
     for name in BENCHES:
         try:
             module = importlib.import_module(f"backend.bench.{name}")
