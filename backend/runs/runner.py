@@ -126,7 +126,8 @@ def evaluate_variant(
     result.metrics["timing"] = f"{repeats} interleaved rounds of one image after one warm-up" + (
         ", speedup = baseline / variant per round (median, 95% interval)" if baseline else "")
     add_quality(result, base)
-    return {"variant": variant.to_dict(), "prompt_set": prompt_set_name, "n": n, "seed": seed, **result.metrics}
+    return {"variant": variant.to_dict(), "prompt_set": prompt_set_name, "n": n, "seed": seed, **result.metrics,
+            "environment": environment()}
 
 
 def environment() -> dict:
