@@ -8,8 +8,8 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
+from safetensors import SafetensorError
 from tqdm import tqdm
 
 # Sub-commands implemented elsewhere: module with add_arguments(parser) and main(args) -> int.
@@ -26,6 +26,32 @@ def jsonable(value):
         return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: COMMAND: argument --flag: what is wrong`` and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: str) -> str:
+    """Whitespace and line breaks collapsed: every error is printed as exactly one line."""
+    return " ".join(str(text).split()) or "error"
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of --seed: a whole number in the allowed range, named when it is not."""
+    from backend.methods.params import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number; allowed: 0 to {MAX_SEED}") from None
+    if not 0 <= value <= MAX_SEED:
+        shown = text if len(text) <= 40 else f"{value:.3e}"
+        raise argparse.ArgumentTypeError(f"{shown} is out of range; allowed: 0 to {MAX_SEED}")
     return value
 
 
@@ -50,14 +76,13 @@ def cmd_generate(args) -> int:
     from PIL import Image
 
     from backend.runs.build import build_pipeline, generate
+    from backend.runs.paths import check_out_file
     from backend.runs.variant import Variant
 
     variant = Variant.parse(args.variant)
     if not args.prompt.strip():
         raise ValueError("--prompt is empty; give a non-empty text prompt")
-    out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise ValueError(f"--out {args.out!r} must end in .png or .jpg")
+    out = check_out_file(args.out, "--out", (".png", ".jpg", ".jpeg"))
     pipe = build_pipeline(variant)
     bar = LazyBar("denoising", unit="step", disable=args.json)
     start = time.perf_counter()
@@ -123,13 +148,13 @@ def _unavailable(name: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__)
+    parser = Parser(prog="python -m backend", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="one image for a prompt and seed")
     p.add_argument("--variant", required=True, help="Variant as JSON text or a JSON file path")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", required=True, help="output image (.png/.jpg)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_generate)
@@ -139,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="baseline Variant for psnr/ssim_vs_baseline and speedup")
     p.add_argument("--n", type=int, default=200, help="number of prompts (default 200)")
     p.add_argument("--set", default="single", choices=["single", "two", "compositional"], help="prompt set")
-    p.add_argument("--seed", type=int, default=0, help="first seed; prompt i uses seed+i")
+    p.add_argument("--seed", type=seed_arg, default=0, help="first seed; prompt i uses seed+i")
     p.add_argument("--repeats", type=int, default=3, help="timed one-image repeats after warm-up")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_evaluate)
@@ -166,12 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for a refused input or a failed read/write; an OSError names its path."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        what = exc.strerror or type(exc).__name__
+        other = f" -> {exc.filename2}" if exc.filename2 else ""
+        return one_line(f"{exc.filename}{other}: {what}")
+    return one_line(str(exc) or type(exc).__name__)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, SafetensorError) as exc:
+        print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.methods.params import MAX_SEED
 from backend.runs.variant import METHOD_SECTIONS, Variant, VariantError
 
 SPEC_KEYS = ("name", "base", "baseline", "grid", "variants", "prompts", "seed", "seeds", "runner")
@@ -221,13 +222,15 @@ def parse_spec(spec: dict, limit_prompts: int | None = None) -> Sweep:
     if "seeds" in spec:
         seeds = spec["seeds"]
         if not isinstance(seeds, list) or len(seeds) < len(prompts) or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-            raise SpecError(f"seeds: a list of {len(prompts)} whole numbers ≥ 0 (one per prompt) is needed")
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds):
+            raise SpecError(f"seeds: a list of {len(prompts)} whole numbers from 0 to {MAX_SEED} (one per prompt) "
+                            "is needed")
         seeds = seeds[:len(prompts)]
     else:
         seed = spec.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise SpecError(f"seed: {seed!r} must be a whole number ≥ 0")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - len(prompts):
+            raise SpecError(f"seed: {seed!r} is out of range; allowed: a whole number from 0 to "
+                            f"{MAX_SEED - len(prompts)}")
         seeds = [seed + i for i in range(len(prompts))]
 
     runner = spec.get("runner", {})
