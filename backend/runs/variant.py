@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from backend.methods.params import MAX_SEED, MethodConfig
+from backend.methods.params import MethodConfig
 
 SCHEDULERS = ("ddim", "pndm", "dpm++", "euler", "lcm")
 DEVICES = ("cpu", "cuda")
