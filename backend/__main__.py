@@ -149,6 +149,8 @@ def _unavailable(name: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m backend", description=__doc__)
+    parser.add_argument("--allow-pickle", action="store_true", help="load local models whose weights are only "
+                        "pickled (.bin), with torch weights_only=True (default: safetensors only)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="one image for a prompt and seed")
@@ -202,6 +204,9 @@ def describe_error(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from backend.models import allow_pickle
+
+    allow_pickle(args.allow_pickle)
     try:
         return args.func(args) or 0
     except (ValueError, OSError, SafetensorError) as exc:
