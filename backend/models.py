@@ -62,6 +62,29 @@ def is_random_weights(pipe: DiffusionPipeline) -> bool:
     return getattr(pipe, "speedlab_source", "") in RANDOM_ARCHS
 
 
+def check_source(source: str) -> None:
+    """ModelError when ``source`` cannot be loaded here, found without loading it (a missing folder, the
+    embedded model not trained yet, a Hub id not in the cache while offline)."""
+    if source in RANDOM_ARCHS:
+        return
+    path = SHAPES_DIR if source == "shapes" else Path(source)
+    if source == "shapes" and not (path / "model_index.json").exists():
+        raise ModelError(f"the embedded model is missing at {path}; train it with python -m backend.world.train")
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise ModelError(f"folder {str(path)!r} is not a diffusers pipeline (no model_index.json)")
+        return
+    if "/" not in source or source.startswith((".", "/")) or source.count("/") > 1:
+        raise ModelError(f"unknown model {source!r}; allowed: shapes, sd15-arch, tiny-arch, a local diffusers "
+                         "folder, or a Hub id such as runwayml/stable-diffusion-v1-5")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(source, "model_index.json"), str):
+            raise ModelError(f"Hub model {source!r} is not in the local cache and the Hub is offline "
+                             "(HF_HUB_OFFLINE=1)")
+
+
 def load_pipeline(source: str = "shapes", device: str = "cpu", dtype: str = "float32") -> DiffusionPipeline:
     """A fresh pipeline object for ``source``; weights are loaded once per process and shared.
 
