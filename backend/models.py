@@ -74,7 +74,10 @@ def check_source(source: str) -> None:
         if not (path / "model_index.json").is_file():
             raise ModelError(f"folder {str(path)!r} is not a diffusers pipeline (no model_index.json)")
         return
-    if "/" not in source or source.startswith((".", "/")) or source.count("/") > 1:
+    if source.startswith((".", "/", "~")):
+        raise ModelError(f"model folder {source!r} does not exist; allowed: shapes, sd15-arch, tiny-arch, a local "
+                         "diffusers folder, or a Hub id")
+    if "/" not in source or source.count("/") > 1:
         raise ModelError(f"unknown model {source!r}; allowed: shapes, sd15-arch, tiny-arch, a local diffusers "
                          "folder, or a Hub id such as runwayml/stable-diffusion-v1-5")
     if os.environ.get("HF_HUB_OFFLINE") == "1":

@@ -170,7 +170,10 @@ class Store:
             raise StoreError(f"{self.path} is a directory, not a SQLite results store")
         self.timeout_s, self.readonly = timeout_s, readonly
         self._check_header()
-        target = f"{self.path.resolve().as_uri()}?mode=ro" if readonly else str(self.path)
+        target = str(self.path)
+        if readonly:  # with no writer active (no -wal file), immutable: SQLite creates no -wal/-shm either
+            wal = self.path.with_name(self.path.name + "-wal").exists()
+            target = f"{self.path.resolve().as_uri()}?mode=ro" + ("" if wal else "&immutable=1")
         try:
             self.conn = sqlite3.connect(target, timeout=timeout_s, isolation_level=None, check_same_thread=False,
                                         uri=readonly)

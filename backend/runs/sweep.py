@@ -396,7 +396,7 @@ def run_sweep(sweep: Sweep, rundir: str | Path, executor: str | Any = "local", a
         try:
             check_source(model)
         except ValueError as exc:
-            raise SpecError(f"model {model!r}: {exc}") from None
+            raise SpecError(str(exc)) from None
     ex = make_executor(executor, address) if isinstance(executor, str) else executor
     store = Store(rundir)
     try:
