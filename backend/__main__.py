@@ -91,8 +91,12 @@ def cmd_generate(args) -> int:
     bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp" + out.suffix)
-    Image.fromarray((image * 255).round().astype("uint8")).save(tmp)
-    tmp.replace(out)
+    try:
+        Image.fromarray((image * 255).round().astype("uint8")).save(tmp)
+        tmp.replace(out)
+    except BaseException:  # a full disk or a kill: no half-written image left behind
+        tmp.unlink(missing_ok=True)
+        raise
     info = {"out": str(out), "prompt": args.prompt, "seed": args.seed, "latency_s": seconds,
             "variant": variant.to_dict()}
     kernels = getattr(pipe, "speedlab_kernels", None)

@@ -97,10 +97,12 @@ def test_efficientdm_killed_then_resumed(tmp_path):
     from backend.models import load_pipeline
     from backend.runs.jobs import JobControl
 
-    out = tmp_path / "ckpt"
+    out, prompts = tmp_path / "ckpt", tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")  # one prompt: calibration samples one trajectory
     settings = {"batch_size": 1, "train_steps": 2}
     proc = start(["finetune", "efficientdm", "--variant", TINY, "--out", str(out), "--max-iters", "1000000",
-                  "--batch-size", "1", "--train-steps", "2", "--checkpoint-every", "1"], tmp_path / "log")
+                  "--batch-size", "1", "--train-steps", "2", "--checkpoint-every", "1", "--prompts", str(prompts)],
+                 tmp_path / "log")
 
     def checkpointed():
         try:
@@ -112,7 +114,7 @@ def test_efficientdm_killed_then_resumed(tmp_path):
     saved = read_meta(out)["training"]["iters"]  # the last checkpoint the killed process completed
     seen = []
     result = finetune(load_pipeline("tiny-arch"), FinetuneConfig.from_dict({**settings, "max_iters": saved + 3}), out,
-                      job=JobControl(on_progress=seen.append))
+                      job=JobControl(on_progress=seen.append), prompts=["a red circle"])
     assert seen[0]["step"] == saved + 1 and result["iters"] == saved + 3  # resumed, not restarted nor repeated
     assert read_meta(out)["training"]["iters"] == saved + 3 and read_meta(out)["training"]["done"]
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-written checkpoint left

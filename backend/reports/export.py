@@ -207,8 +207,12 @@ psnr/ssim_vs_baseline compare each image with the baseline's image of the same p
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def metrics_records(run: dict, variants: list[dict], df: pd.DataFrame) -> dict:
@@ -242,22 +246,32 @@ def export_report(rundir: str | Path, out: str | Path, run_id: str | None = None
         _write_text(paths.csv, csv_text)
         _write_text(paths.json, records)
         tmp = paths.zip.with_name(paths.zip.name + ".tmp")
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-            z.writestr(out.name, page)
-            z.writestr("metrics.csv", csv_text)
-            z.writestr("metrics.json", records)
-            z.writestr("config.json", json.dumps(_jsonable({"spec": run["spec"], "variants": [
-                {"name": v["name"], **v["config"]} for v in variants], "prompts": run["prompts"],
-                "seeds": run["seeds"], "settings": run["settings"], "environment": run["environment"]}), indent=2))
-            for v in variants:
-                for im in v["images"]:
-                    src = store.image_path(im["path"])
-                    if src is not None:
-                        z.write(src, f"images/{v['idx']:03d}-{_slug(v['name'])}/{src.name}")
-        tmp.replace(paths.zip)
+        try:
+            _write_zip(tmp, store, out, page, csv_text, records, run, variants)
+            tmp.replace(paths.zip)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return paths
     finally:
         store.close()
+
+
+def _write_zip(tmp: Path, store: Store, out: Path, page: str, csv_text: str, records: str, run: dict,
+               variants: list[dict]) -> None:
+    """The bundle: report, tables, configs and every image that lies inside the run directory."""
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr(out.name, page)
+        z.writestr("metrics.csv", csv_text)
+        z.writestr("metrics.json", records)
+        z.writestr("config.json", json.dumps(_jsonable({"spec": run["spec"], "variants": [
+            {"name": v["name"], **v["config"]} for v in variants], "prompts": run["prompts"],
+            "seeds": run["seeds"], "settings": run["settings"], "environment": run["environment"]}), indent=2))
+        for v in variants:
+            for im in v["images"]:
+                src = store.image_path(im["path"])
+                if src is not None:
+                    z.write(src, f"images/{v['idx']:03d}-{_slug(v['name'])}/{src.name}")
 
 
 def _slug(name: str) -> str:
