@@ -89,7 +89,9 @@ class Variant:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise VariantError(f"{where}: malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+            inside = "" if where == "variant" else f" in {where}"
+            raise VariantError(f"malformed variant JSON{inside}: {exc.msg} at line {exc.lineno} column {exc.colno}"
+                               ) from exc
         except RecursionError:
             raise VariantError(f"{where}: JSON nested too deeply; allowed: a flat variant object") from None
         try:
