@@ -163,3 +163,15 @@ def test_two_sweeps_on_one_run_directory_split_the_work(tmp_path):
     measured = [json.loads((tmp_path / f"log{i}.out").read_text())["measured"] for i in (1, 2)]
     assert sum(measured) == 9, measured  # every variant measured once, by one process or the other
     assert [status for _, status, _ in variant_rows(run / "results.db")] == ["done"] * 9
+
+
+def test_checkpoint_moved_aside_by_a_crash_is_put_back(tmp_path):
+    """A kill between write_dir's two renames leaves the old checkpoint aside and the new one half-written."""
+    from backend.methods.quant.checkpoint import CONFIG_FILE, check_out
+
+    out = tmp_path / "ckpt"
+    (tmp_path / ".ckpt.old-1a2b3c4d").mkdir()
+    (tmp_path / ".ckpt.old-1a2b3c4d" / CONFIG_FILE).write_text("{}")
+    (tmp_path / ".ckpt.tmp-5e6f7a8b").mkdir()
+    assert check_out(out) == out and (out / CONFIG_FILE).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

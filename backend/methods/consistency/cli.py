@@ -4,7 +4,8 @@
 
 The student is written to DIR (a LatentConsistencyModelPipeline folder, or an LCM-LoRA with --lora); use it
 with ``"scheduler": "lcm", "steps": 1-8, "consistency": {"checkpoint": DIR}``. Training checkpoints go to
-DIR.partial; Ctrl-C saves one, and the same command resumes from it.
+DIR.partial every --checkpoint-every seconds (each renamed into place whole); Ctrl-C saves one, and the same
+command resumes from the last one (also after a kill).
 """
 
 from __future__ import annotations
