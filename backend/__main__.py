@@ -7,8 +7,8 @@ import importlib
 import json
 import sys
 import time
-from pathlib import Path
 
+from safetensors import SafetensorError
 from tqdm import tqdm
 
 from backend.core import jsonable
@@ -18,6 +18,32 @@ from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
 FINETUNE = {"efficientdm": "backend.methods.quant.cli", "lcd": "backend.methods.consistency.cli"}
 EXTERNAL = {"sweep": "backend.runs.sweep", "report": "backend.reports.cli"}
 BENCHES = ("world", "deepcache", "quant", "lcm", "deploy")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: COMMAND: argument --flag: what is wrong`` and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: str) -> str:
+    """Whitespace and line breaks collapsed: every error is printed as exactly one line."""
+    return " ".join(str(text).split()) or "error"
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of --seed: a whole number in the allowed range, named when it is not."""
+    from backend.methods.params import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number; allowed: 0 to {MAX_SEED}") from None
+    if not 0 <= value <= MAX_SEED:
+        shown = text if len(text) <= 40 else f"{value:.3e}"
+        raise argparse.ArgumentTypeError(f"{shown} is out of range; allowed: 0 to {MAX_SEED}")
+    return value
 
 
 class LazyBar:
@@ -41,14 +67,13 @@ def cmd_generate(args) -> int:
     from PIL import Image
 
     from backend.runs.build import build_pipeline, generate
+    from backend.runs.paths import check_out_file
     from backend.runs.variant import Variant
 
     variant = Variant.parse(args.variant)
     if not args.prompt.strip():
         raise ValueError("--prompt is empty; give a non-empty text prompt")
-    out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise ValueError(f"--out {args.out!r} must end in .png or .jpg")
+    out = check_out_file(args.out, "--out", (".png", ".jpg", ".jpeg"))
     pipe = build_pipeline(variant)
     bar = LazyBar("denoising", unit="step", disable=args.json)
     start = time.perf_counter()
@@ -57,8 +82,12 @@ def cmd_generate(args) -> int:
     bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp" + out.suffix)
-    Image.fromarray((image * 255).round().astype("uint8")).save(tmp)
-    tmp.replace(out)
+    try:
+        Image.fromarray((image * 255).round().astype("uint8")).save(tmp)
+        tmp.replace(out)
+    except BaseException:  # a full disk or a kill: no half-written image left behind
+        tmp.unlink(missing_ok=True)
+        raise
     info = {"out": str(out), "prompt": args.prompt, "seed": args.seed, "latency_s": seconds,
             "variant": variant.to_dict()}
     kernels = getattr(pipe, "speedlab_kernels", None)
@@ -127,13 +156,15 @@ def _unavailable(name: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__)
+    parser = Parser(prog="python -m backend", description=__doc__)
+    parser.add_argument("--allow-pickle", action="store_true", help="load local models whose weights are only "
+                        "pickled (.bin), with torch weights_only=True (default: safetensors only)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="one image for a prompt and seed")
     p.add_argument("--variant", required=True, help="Variant as JSON text or a JSON file path")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", required=True, help="output image (.png/.jpg)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_generate)
@@ -144,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=200, help="number of prompts (default 200)")
     p.add_argument("--set", default=DEFAULT_SET, choices=PROMPT_SETS,
                    help=f"Shapes prompt set (default {DEFAULT_SET}: two-object + compositional, with headroom)")
-    p.add_argument("--seed", type=int, default=0, help="first seed; prompt i uses seed+i")
+    p.add_argument("--seed", type=seed_arg, default=0, help="first seed; prompt i uses seed+i")
     p.add_argument("--repeats", type=int, default=3,
                    help="interleaved timing rounds of one image, after a warm-up (≥ 1; default 3)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -174,12 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for a refused input or a failed read/write; an OSError names its path."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        what = exc.strerror or type(exc).__name__
+        other = f" -> {exc.filename2}" if exc.filename2 else ""
+        return one_line(f"{exc.filename}{other}: {what}")
+    return one_line(str(exc) or type(exc).__name__)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from backend.models import allow_pickle
+
+    allow_pickle(args.allow_pickle)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, SafetensorError) as exc:
+        print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -28,6 +28,17 @@ STUDENTS = {  # name -> distillation settings on top of COMMON and the defaults
 }
 
 
+def step_list(text: str) -> list[int]:
+    """'1,2,4,8' -> [1, 2, 4, 8]; argparse.ArgumentTypeError naming the bad entry."""
+    limit = COMMON["num_ddim_timesteps"]
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    bad = next((p for p in parts if not p.isdigit() or not 1 <= int(p) <= limit), None) if parts else text
+    if bad is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: {bad!r} is not a step count; allowed: comma-separated whole "
+                                         f"numbers from 1 to {limit}, e.g. 1,2,4,8")
+    return [int(p) for p in parts]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="shapes", help="teacher model (default: the embedded shapes-sd)")
     parser.add_argument("--minutes", type=float, default=20.0, help="training minutes per student (default 20)")
@@ -36,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "consistency loss and the 2-step student got worse)")
     parser.add_argument("--n", type=int, default=100, help="number of prompts (default 100)")
     parser.add_argument("--set", default=DEFAULT_SET, choices=PROMPT_SETS, help=f"prompt set (default {DEFAULT_SET})")
-    parser.add_argument("--steps", default="1,2,4,8", help="student step counts (default 1,2,4,8)")
+    parser.add_argument("--steps", type=step_list, default="1,2,4,8", help="student step counts (default 1,2,4,8)")
     parser.add_argument("--teacher-steps", type=int, default=50, help="teacher DDIM steps (default 50)")
     parser.add_argument("--cache", default=".cache/lcm-students", help="folder of trained students (re-used)")
     parser.add_argument("--students", default=",".join(STUDENTS), help=f"subset of {', '.join(STUDENTS)}")
@@ -89,7 +100,7 @@ def run(args) -> list[dict]:
     from backend.runs.runner import add_quality, eval_prompts, run_variant
     from backend.runs.variant import Variant
 
-    steps = [int(s) for s in str(args.steps).split(",") if s.strip()]
+    steps = step_list(args.steps) if isinstance(args.steps, str) else args.steps
     names = [s.strip() for s in str(args.students).split(",") if s.strip()]
     unknown = [s for s in names if s not in STUDENTS]
     if unknown:

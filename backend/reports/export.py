@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from backend.reports import plots
+from backend.runs.paths import check_out_file
 from backend.runs.store import Store, StoreError, open_run
 
 MAX_GRID_PROMPTS = 32
@@ -101,11 +102,12 @@ def _grid_html(store: Store, run: dict, variants: list[dict], max_prompts: int) 
         cells = [f'<td class="prompt">{html.escape(run["prompts"][i])}<br><small>seed {run["seeds"][i]}</small></td>']
         for v in done:
             image = next((im for im in v["images"] if im["prompt_idx"] == i), None)
-            if image is None or not (store.root / image["path"]).is_file():
+            path = None if image is None else store.image_path(image["path"])
+            if path is None:
                 cells.append("<td>–</td>")
                 continue
             alt = html.escape(f"{v['name']}: {run['prompts'][i]} (seed {run['seeds'][i]})")
-            src = _data_uri(store.root / image["path"])
+            src = _data_uri(path)
             cells.append(f'<td><img class="gen" alt="{alt}" title="{alt}" src="{src}"></td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     note = "" if n == len(run["prompts"]) else f"<p>Showing the first {n} of {len(run['prompts'])} prompts.</p>"
@@ -211,8 +213,12 @@ psnr/ssim_vs_baseline compare each image with the baseline's image of the same p
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def metrics_records(run: dict, variants: list[dict], df: pd.DataFrame) -> dict:
@@ -230,12 +236,10 @@ def metrics_records(run: dict, variants: list[dict], df: pd.DataFrame) -> dict:
 def export_report(rundir: str | Path, out: str | Path, run_id: str | None = None,
                   max_prompts: int = MAX_GRID_PROMPTS) -> ReportPaths:
     """Write OUT (html), metrics.csv and metrics.json beside it, and OUT's stem + .zip (everything plus images)."""
-    out = Path(out)
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"--out {str(out)!r} must end in .html")
+    out = check_out_file(out, "--out", (".html", ".htm"))
     if max_prompts < 1:
         raise ValueError(f"--max-prompts {max_prompts} must be ≥ 1")
-    store = open_run(rundir)
+    store = open_run(rundir, readonly=True)
     try:
         run, variants, df = load_run(store, run_id)
         page = render_html(store, run, variants, df, max_prompts)
@@ -248,22 +252,32 @@ def export_report(rundir: str | Path, out: str | Path, run_id: str | None = None
         _write_text(paths.csv, csv_text)
         _write_text(paths.json, records)
         tmp = paths.zip.with_name(paths.zip.name + ".tmp")
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-            z.writestr(out.name, page)
-            z.writestr("metrics.csv", csv_text)
-            z.writestr("metrics.json", records)
-            z.writestr("config.json", json.dumps(_jsonable({"spec": run["spec"], "variants": [
-                {"name": v["name"], **v["config"]} for v in variants], "prompts": run["prompts"],
-                "seeds": run["seeds"], "settings": run["settings"], "environment": run["environment"]}), indent=2))
-            for v in variants:
-                for im in v["images"]:
-                    src = store.root / im["path"]
-                    if src.is_file():
-                        z.write(src, f"images/{v['idx']:03d}-{_slug(v['name'])}/{Path(im['path']).name}")
-        tmp.replace(paths.zip)
+        try:
+            _write_zip(tmp, store, out, page, csv_text, records, run, variants)
+            tmp.replace(paths.zip)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return paths
     finally:
         store.close()
+
+
+def _write_zip(tmp: Path, store: Store, out: Path, page: str, csv_text: str, records: str, run: dict,
+               variants: list[dict]) -> None:
+    """The bundle: report, tables, configs and every image that lies inside the run directory."""
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr(out.name, page)
+        z.writestr("metrics.csv", csv_text)
+        z.writestr("metrics.json", records)
+        z.writestr("config.json", json.dumps(_jsonable({"spec": run["spec"], "variants": [
+            {"name": v["name"], **v["config"]} for v in variants], "prompts": run["prompts"],
+            "seeds": run["seeds"], "settings": run["settings"], "environment": run["environment"]}), indent=2))
+        for v in variants:
+            for im in v["images"]:
+                src = store.image_path(im["path"])
+                if src is not None:
+                    z.write(src, f"images/{v['idx']:03d}-{_slug(v['name'])}/{src.name}")
 
 
 def _slug(name: str) -> str:

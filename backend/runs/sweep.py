@@ -27,6 +27,7 @@ import hashlib
 import itertools
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from backend.runs.variant import METHOD_SECTIONS, Variant, VariantError
+from backend.methods.params import MAX_SEED
+from backend.runs.variant import METHOD_SECTIONS, Variant, VariantError, read_text_file
 
 SPEC_KEYS = ("name", "base", "baseline", "grid", "variants", "prompts", "seed", "seeds", "runner")
 PROMPT_KEYS = ("set", "n")
@@ -75,7 +77,7 @@ def load_spec(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"sweep spec {str(path)!r} is not an existing file")
-    text = p.read_text()
+    text = read_text_file(p, "sweep spec")
     try:
         data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -223,13 +225,15 @@ def parse_spec(spec: dict, limit_prompts: int | None = None) -> Sweep:
     if "seeds" in spec:
         seeds = spec["seeds"]
         if not isinstance(seeds, list) or len(seeds) < len(prompts) or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-            raise SpecError(f"seeds: a list of {len(prompts)} whole numbers ≥ 0 (one per prompt) is needed")
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds):
+            raise SpecError(f"seeds: a list of {len(prompts)} whole numbers from 0 to {MAX_SEED} (one per prompt) "
+                            "is needed")
         seeds = seeds[:len(prompts)]
     else:
         seed = spec.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise SpecError(f"seed: {seed!r} must be a whole number ≥ 0")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - len(prompts):
+            raise SpecError(f"seed: {seed!r} is out of range; allowed: a whole number from 0 to "
+                            f"{MAX_SEED - len(prompts)}")
         seeds = [seed + i for i in range(len(prompts))]
 
     runner = spec.get("runner", {})
@@ -296,9 +300,10 @@ class LocalExecutor:
     name = "local"
 
     def run(self, sweep: Sweep, indices: list[int], on_images: Callable[[int, int], None],
-            on_start: Callable[[int], None] = lambda idx: None):
+            on_start: Callable[[int], bool] = lambda idx: True):
         for idx in indices:
-            on_start(idx)
+            if not on_start(idx):  # claimed by another process
+                continue
             done_before = [0]
 
             def progress(done: int, total: int, _d=done_before) -> None:
@@ -341,7 +346,7 @@ class RayExecutor:
         self.address = address
 
     def run(self, sweep: Sweep, indices: list[int], on_images: Callable[[int, int], None],
-            on_start: Callable[[int], None] = lambda idx: None):
+            on_start: Callable[[int], bool] = lambda idx: True):
         ray = self.ray
         root = str(Path(__file__).resolve().parents[2])
         if not ray.is_initialized():
@@ -352,8 +357,7 @@ class RayExecutor:
             except ConnectionError as exc:
                 raise ValueError(f"--address {self.address!r}: cannot connect to a Ray cluster ({exc})") from exc
         gpus = ray.cluster_resources().get("GPU", 0)
-        for i in indices:
-            on_start(i)
+        indices = [i for i in indices if on_start(i)]  # those not claimed by another process
         task = ray.remote(num_gpus=1 if gpus > 0 else 0, num_cpus=1, max_retries=0)(_ray_measure)
         futures = {task.remote(sweep.variants[i].to_dict(), sweep.prompts, sweep.seeds, sweep.runner,
                                sweep.variants[0].to_dict()): i
@@ -397,10 +401,16 @@ def run_sweep(sweep: Sweep, rundir: str | Path, executor: str | Any = "local", a
 
     job: an optional ``JobControl`` (progress, cancel between variants). on_progress(done_images, total_images).
     """
+    from backend.models import check_source
     from backend.runs.jobs import JobCancelled
     from backend.runs.runner import environment
     from backend.runs.store import Store, to_uint8
 
+    for model in dict.fromkeys(v.model for v in sweep.variants):  # a missing model: refused before the store is made
+        try:
+            check_source(model)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
     ex = make_executor(executor, address) if isinstance(executor, str) else executor
     store = Store(rundir)
     try:
@@ -442,8 +452,10 @@ def run_sweep(sweep: Sweep, rundir: str | Path, executor: str | Any = "local", a
             for batch in batches:
                 if not batch:
                     continue
+                if baseline is None and batch[0] != 0:  # another process has the baseline: wait for it
+                    baseline = _await_baseline(store, run_id, job)
                 for idx, payload, exc in ex.run(sweep, batch, images_progress,
-                                                on_start=lambda i: store.mark_running(run_id, i)):
+                                                on_start=lambda i: store.claim(run_id, i)):
                     if job is not None:
                         job.check()
                     if exc is not None:
@@ -481,6 +493,22 @@ def run_sweep(sweep: Sweep, rundir: str | Path, executor: str | Any = "local", a
         store.close()
 
 
+def _await_baseline(store, run_id: str, job=None, poll_s: float = 0.5) -> tuple[np.ndarray, dict]:
+    """The baseline's images and metrics once the process that claimed it has stored them."""
+    from backend.runs.store import to_uint8
+
+    while True:
+        status, worker = store.holder(run_id, 0)
+        if status == "done":
+            return to_uint8(store.load_images(run_id, 0)), store.variants(run_id)[0]["metrics"]
+        if status != "running":
+            raise ValueError(f"the baseline variant is {status} (process {worker}), nothing to compare with; "
+                             "run the sweep again")
+        if job is not None:
+            job.check()
+        time.sleep(poll_s)
+
+
 # ---- CLI --------------------------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -495,9 +523,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from tqdm import tqdm
 
-    sweep = parse_spec(load_spec(args.spec), limit_prompts=args.limit_prompts)
+    from backend.runs.paths import check_out_dir
+
     if args.limit_prompts is not None and args.limit_prompts < 1:
         raise ValueError(f"--limit-prompts {args.limit_prompts} must be ≥ 1")
+    sweep = parse_spec(load_spec(args.spec), limit_prompts=args.limit_prompts)
+    check_out_dir(args.out, "--out")
     bar = None
 
     def progress(done: int, total: int) -> None:
