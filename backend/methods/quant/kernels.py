@@ -229,10 +229,11 @@ def realize(unet: nn.Module, kernels: str = "real", reduce_range: bool | None = 
         report.notes.append(f"{', '.join(low)} codes run on int8 kernels: exact, but no faster than W8A8 (this CPU "
                             "has no 4-bit integer kernels)")
     if report.reduce_range:
+        why = (f"because {support.isa.name} int8 kernels add u8×s8 pairs in int16 with saturation (no VNNI)"
+               if support.saturates else "as asked")
         report.notes.append(
             f"reduce_range: {len(report.reduce_range)} layers quantize their 8-bit input to 7-bit codes (step ×2) "
-            f"because {support.isa.name} int8 kernels add u8×s8 pairs in int16 with saturation (no VNNI); the "
-            "simulated model keeps 8 bits, so real and simulated outputs differ by that rounding")
+            f"{why}; the simulated model keeps 8 bits, so real and simulated outputs differ by that rounding")
     state.kernels = report
     return report
 
