@@ -11,7 +11,10 @@ of images, the PSNR prompts), `load_peak_mb` (peak RSS growth while building the
 checkpoint; fp32: the U-Net's fp32 bytes), `weights_mb` (resident U-Net weights: fp32 tensors plus one
 byte per int8 weight), `weights_vs_fp32`,
 `disk_mb` (the packed checkpoint; fp32: the U-Net's fp32 bytes), `psnr_real_vs_simulated` (same
-prompts and seeds) and `psnr_vs_fp32`, and which kernels ran.
+prompts and seeds) and `psnr_vs_fp32`, which kernels ran, and `isa`: the CPU instruction set oneDNN's int8
+kernels used (with the ONEDNN_MAX_CPU_ISA cap when one lowered it). Without VNNI/AMX (AVX2, AVX-512 without
+VNNI) the real rows run reduce_range (7-bit activations, see backend/methods/quant/isa.py), so their
+`psnr_real_vs_simulated` includes that coarser rounding.
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ def _build_measured(variant):
 def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
     from backend.methods.quant import QuantConfig, ptq
     from backend.methods.quant.checkpoint import checkpoint_size_mb, save_checkpoint
+    from backend.methods.quant.isa import int8_support
     from backend.methods.quant.kernels import resident_weight_mb
     from backend.metrics.cost import model_size_mb
     from backend.metrics.quality import psnr_ssim
@@ -121,6 +125,8 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
     fp_variant = Variant.from_dict(base)
     fp_pipe = build_pipeline(fp_variant)
     fp_weights = resident_weight_mb(fp_pipe.unet)
+    isa = int8_support().isa
+    isa_name = f"{isa.name} (ONEDNN_MAX_CPU_ISA={isa.cap})" if isa.cap else isa.name
     calib = {"calib_prompts": 2, "calib_steps": args.calib_steps, "calib_samples": 16} if model != "shapes" else {}
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="speedlab-deploy-") as work:
@@ -155,7 +161,7 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
                        "load_peak_mb": load_mb[name],
                        "weights_mb": resident_weight_mb(pipes[name].unet),
                        "disk_mb": model_size_mb(fp_pipe.unet) if name == "fp32" else checkpoint_size_mb(ckpt),
-                       "kernels": getattr(pipes[name], "speedlab_kernels", "fp32")}
+                       "kernels": getattr(pipes[name], "speedlab_kernels", "fp32"), "isa": isa_name}
                 row["weights_vs_fp32"] = row["weights_mb"] / fp_weights
                 if name != "fp32":
                     row["psnr_vs_fp32"] = psnr_ssim(m[name]["images"], m["fp32"]["images"])[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -21,12 +22,25 @@ def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return 2 * b * h * q_len * s_len * e + 2 * b * h * q_len * s_len * ev
 
 
+def _onednn_qconv_flops(x_shape, x_scale, x_zero, w_shape, *args, out_shape=None, **kwargs) -> int:
+    # real int8 kernels: the prepacked weight keeps its logical (out, in / groups, kh, kw) shape
+    return 2 * math.prod(out_shape) * math.prod(w_shape[1:])
+
+
+def _onednn_qlinear_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * math.prod(out_shape) * x_shape[-1]
+
+
 def mac_counter() -> FlopCounterMode:
-    """torch's FlopCounterMode, also counting CPU scaled-dot-product attention."""
+    """torch's FlopCounterMode, also counting CPU scaled-dot-product attention and oneDNN int8 conv / linear."""
     mapping = {}
     cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if cpu_sdpa is not None:
         mapping[cpu_sdpa] = _sdpa_cpu_flops
+    for name, formula in (("qconv2d_pointwise", _onednn_qconv_flops), ("qlinear_pointwise", _onednn_qlinear_flops)):
+        op = getattr(torch.ops.onednn, name, None)  # real int8 kernels (backend.methods.quant.kernels)
+        if op is not None:
+            mapping[op] = formula
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 

@@ -51,8 +51,9 @@ class QuantConfig(MethodConfig):
     quantize_attn_matmul: bool = param(False, "also fake-quantize the inputs of QKᵀ and softmax·V at act_bits "
                                        "(paper: off)")
     kernels: str = param("simulated", "simulated: fake quantization in fp32 (any bits, any device); real: int8 "
-                         "oneDNN kernels on the CPU (bits below 8 run exactly on the int8 kernels; where a device has "
-                         "none, the run falls back to simulated and says so)", choices=("simulated", "real"))
+                         "oneDNN kernels on the CPU (bits below 8 run exactly on the int8 kernels; on CPUs without "
+                         "VNNI, W8A8 layers take 7-bit activations (reduce_range); where a device has none, the run "
+                         "falls back to simulated and says so)", choices=("simulated", "real"))
     calib_prompts: int = param(8, "PTQ: prompts sampled by the FP model to collect calibration inputs",
                                minimum=1, maximum=256, ui=False)
     calib_steps: int = param(20, "PTQ: DDIM steps of the FP calibration trajectories", minimum=1, maximum=1000,
