@@ -3,11 +3,12 @@
 For each model (the embedded shapes-sd at its 50 DDIM steps, and sd15-arch — SD 1.5's architecture with
 random weights — at 256×256): one PTQ calibration per bit-width is saved as a packed checkpoint, then
 loaded twice, simulated (fake quantization) and on real oneDNN int8 kernels, in this one process.
-Rows: `unet_ms` (one U-Net forward at CFG batch 2, median of --repeats, configurations interleaved
-round by round), `speedup` (the U-Net's, vs fp32; `speedup_vs_simulated`), `latency_s` / `e2e_speedup`
-(one image end to end: text encoder,
-all denoising steps with CFG, VAE), `peak_mem_mb` (process RSS growth while generating the first batch
-of images, the PSNR prompts), `load_peak_mb` (peak RSS growth while building the variant from its packed
+Rows (timing: backend.metrics.cost.timed_rounds, configurations interleaved round by round, medians with
+95% intervals): `unet_ms` (one U-Net forward at CFG batch 2, --repeats rounds), `unet_speedup` /
+`unet_speedup_ci` (the U-Net's, vs fp32 per round; `unet_speedup_vs_simulated`), `latency_s` / `speedup` /
+`speedup_ci` (one image end to end — text encoder, all denoising steps with CFG, VAE — vs fp32, --e2e-repeats
+rounds), `timing_noisy`, `peak_mem_mb` (memory growth while generating the first batch of images, the PSNR
+prompts), `load_peak_mb` (peak RSS growth while building the variant from its packed
 checkpoint; fp32: the U-Net's fp32 bytes), `weights_mb` (resident U-Net weights: fp32 tensors plus one
 byte per int8 weight), `weights_vs_fp32`,
 `disk_mb` (the packed checkpoint; fp32: the U-Net's fp32 bytes), `psnr_real_vs_simulated` (same
