@@ -130,6 +130,14 @@ def evaluate_variant(
             "environment": environment()}
 
 
+def _cpu_isa() -> str:
+    """The CPU's instruction set as oneDNN's int8 kernels see it (e.g. "avx512_vnni", "avx2"), with a cap."""
+    from backend.methods.quant.isa import cpu_isa
+
+    isa = cpu_isa()
+    return f"{isa.name} (ONEDNN_MAX_CPU_ISA={isa.cap})" if isa.cap else isa.name
+
+
 def environment() -> dict:
     """Where a measurement was made: CPU/GPU, library versions, git commit."""
     import diffusers
@@ -138,7 +146,7 @@ def environment() -> dict:
                             cwd=Path(__file__).resolve().parent).stdout.strip()
     return {
         "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
-        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
+        "cpu_isa": _cpu_isa(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
         "git_commit": commit or None,
