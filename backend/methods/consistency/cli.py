@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--w-max", type=float, default=None, help="highest CFG scale w")
     parser.add_argument("--num-ddim-timesteps", type=int, default=None, help="solver grid size N (default 50)")
     parser.add_argument("--loss", choices=LOSSES, default=None, help="distillation loss (default huber)")
-    parser.add_argument("--data", default=None, help="auto | shapes | teacher[:PROMPTS.txt] | folder of images+.txt")
+    parser.add_argument("--data", default=None, help="auto | shapes | teacher[:PROMPTS.txt] | folder of images+.txt "
+                        "(auto: Shapes renders for a Shapes model, else teacher samples of the built-in general "
+                        "captions, backend/data/general_captions.txt)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -59,14 +61,14 @@ def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from backend.methods.consistency.distill import distill
-    from backend.models import load_pipeline
+    from backend.runs.build import load_model
     from backend.runs.jobs import JobControl
     from backend.runs.variant import Variant
 
     try:
         cfg = config_from_args(args)
         variant = Variant.parse(args.variant)
-        pipe = load_pipeline(variant.model, variant.device, variant.dtype)
+        pipe = load_model(variant)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
 
     from backend.methods.quant.model import summary
     from backend.methods.quant.train import finetune
-    from backend.models import load_pipeline
+    from backend.runs.build import load_model
     from backend.runs.jobs import JobControl
     from backend.runs.variant import Variant
 
@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
         if not (out / "quant_config.json").exists():
             raise ValueError(f"--out {args.out!r} exists and is not a quant checkpoint; will not delete it")
         shutil.rmtree(out)
-    pipe = load_pipeline(variant.model, variant.device, variant.dtype)
+    pipe = load_model(variant)
     cancel = threading.Event()
     total = ft.max_iters or None
     bar = tqdm(total=total or int(ft.minutes * 60), unit="it" if total else "s", desc=f"{ft.method} "
