@@ -71,11 +71,18 @@ def run_variant(
     return VariantResult(variant, np.concatenate(chunks), list(prompts), list(seeds), metrics)
 
 
-def add_quality(result: VariantResult, baseline: VariantResult | None = None) -> None:
-    """Quality metrics of a result (against the same-seed baseline when given) and speedup."""
-    if result.variant.model not in RANDOM_ARCHS:  # random weights: speed only, no quality
-        result.metrics.update(quality.quality_metrics(result.images, result.prompts,
-                                                      None if baseline is None else baseline.images))
+def add_quality(result: VariantResult, baseline: VariantResult | None = None, judge_absent: str | None = None,
+                scorer_names: list[str] | None = None) -> None:
+    """Quality metrics of a result (against the same-seed baseline when given) and speedup. ``judge_absent``:
+    why the Shapes judge cannot score this model (then the scorers do, and the reason is reported)."""
+    base_images = None if baseline is None else baseline.images
+    if judge_absent is not None:
+        from backend.metrics import scorers
+
+        result.metrics.update(scorers.score(result.images, result.prompts, base_images, scorer_names))
+        result.metrics["judge_absent"] = judge_absent
+    elif result.variant.model not in RANDOM_ARCHS:  # random weights: speed only, no quality
+        result.metrics.update(quality.quality_metrics(result.images, result.prompts, base_images))
     if baseline is not None and "latency_s" in result.metrics and "latency_s" in baseline.metrics:
         result.metrics["speedup"] = baseline.metrics["latency_s"] / result.metrics["latency_s"]
 
@@ -83,18 +90,34 @@ def add_quality(result: VariantResult, baseline: VariantResult | None = None) ->
 def evaluate_variant(
     variant: Variant, baseline: Variant | None = None, n: int = 200, prompt_set_name: str = "single",
     seed: int = 0, repeats: int = 3, batch_size: int = 25, on_progress: ProgressFn | None = None,
+    prompts: list[str] | None = None, scorer_names: list[str] | None = None,
 ) -> dict:
-    """All metrics of one variant on n prompts of a Shapes prompt set, seeds seed..seed+n-1."""
+    """All metrics of one variant on n prompts (the first n of ``prompts``; default: a Shapes prompt set for a
+    Shapes model, the built-in general captions otherwise), seeds seed..seed+n-1."""
+    from backend.metrics.scorers import judge_absent_reason, require
+    from backend.runs.build import load_model
+
     if variant.model in RANDOM_ARCHS:
         raise quality.QualityUnavailable(f"model {variant.model!r} has random weights: it is for speed measurements "
                                          "only, quality metrics are refused")
-    prompts = eval_prompts(prompt_set_name, n)
+    judge_absent = judge_absent_reason(load_model(variant))
+    if scorer_names is not None:
+        require(scorer_names)  # a scorer that cannot run fails here, before any image
+    if prompts is not None:
+        prompts, prompt_set_name = list(prompts)[:n], "file"
+    elif judge_absent is None:
+        prompts = eval_prompts(prompt_set_name, n)
+    else:
+        from backend.captions import general_captions
+
+        prompts, prompt_set_name = list(general_captions())[:n], "general"
+    n = len(prompts)
     seeds = [seed + i for i in range(n)]
     base = None
     if baseline is not None:
         base = run_variant(baseline, prompts, seeds, batch_size, repeats, measure_macs=False)
     result = run_variant(variant, prompts, seeds, batch_size, repeats, on_progress=on_progress)
-    add_quality(result, base)
+    add_quality(result, base, judge_absent, scorer_names)
     return {"variant": variant.to_dict(), "prompt_set": prompt_set_name, "n": n, "seed": seed, **result.metrics}
 
 

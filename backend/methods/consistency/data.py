@@ -147,6 +147,7 @@ def make_data(pipe: DiffusionPipeline, spec: str, guidance: float, seed: int = 0
     """``auto`` (Shapes renders for a Shapes-world model; otherwise teacher samples of the built-in general
     captions), ``shapes``, ``teacher`` (Shapes captions for a Shapes model, the general captions otherwise),
     ``teacher:PROMPTS.txt`` or a folder of captioned images. The result's ``describe`` says which."""
+    from backend.captions import CAPTIONS_FILE, general_captions, read_prompts
     from backend.models import has_shapes_judge
 
     shapes_model = has_shapes_judge(pipe)
@@ -155,33 +156,14 @@ def make_data(pipe: DiffusionPipeline, spec: str, guidance: float, seed: int = 0
     if spec == "shapes":
         return ShapesData(pipe, seed, pool)
     if spec == "teacher" or spec.startswith("teacher:"):
-        if shapes_model:
+        if spec.startswith("teacher:"):
+            path = spec.split(":", 1)[1]
+            prompts, source = read_prompts(path), path
+        elif shapes_model:
             prompts, source = shapes_prompts(seed=seed), "Shapes captions"
         else:
-            from backend.captions import CAPTIONS_FILE, general_captions
-
             prompts, source = list(general_captions()), f"built-in general captions ({CAPTIONS_FILE.name})"
-        if spec.startswith("teacher:"):
-            path = Path(spec.split(":", 1)[1])
-            if not path.is_file():
-                raise ValueError(f"data: prompts file {str(path)!r} does not exist")
-            prompts, source = read_prompts(path), str(path)
         data = TeacherData(pipe, prompts, guidance, seed=seed)
         data.describe = f"teacher samples of {len(prompts)} prompts: {source}"
         return data
     return FolderData(pipe, spec, seed)
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    """Non-empty lines of a UTF-8 text file; ValueError (one line) for a missing, non-UTF-8 or empty file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"prompts file {str(path)!r} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"prompts file {str(path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"prompts file {str(path)!r} has no prompts; give one prompt per line")
-    return prompts
