@@ -20,6 +20,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from backend.models import ModelError
+
 UNET, VAE, TEXT = "model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer."
 SDXL_MARKER = "conditioner.embedders.1."
 LDM_UNET = ("time_embed", "input_blocks", "middle_block", "output_blocks", "out", "label_emb")
@@ -28,7 +30,7 @@ RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_
 VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
-class SingleFileError(ValueError):
+class SingleFileError(ModelError):
     """A single-file checkpoint that cannot be used; the message names it and what is allowed."""
 
 
