@@ -69,11 +69,12 @@ def cmd_generate(args) -> int:
     Image.fromarray((image * 255).round().astype("uint8")).save(tmp)
     tmp.replace(out)
     info = {"out": str(out), "prompt": args.prompt, "seed": args.seed, "latency_s": seconds,
-            "variant": variant.to_dict()}
+            "family": pipe.speedlab_family, "variant": variant.to_dict()}
     kernels = getattr(pipe, "speedlab_kernels", None)
     if kernels:
         info["kernels"] = kernels
-    print(json.dumps(info) if args.json else f"wrote {out} in {seconds:.2f} s" + (f" ({kernels})" if kernels else ""))
+    print(json.dumps(info) if args.json else f"wrote {out} in {seconds:.2f} s ({pipe.speedlab_family})"
+          + (f" ({kernels})" if kernels else ""))
     return 0
 
 

@@ -171,3 +171,23 @@ def to_single_file(folder: str | Path, out: str | Path) -> Path:
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp)
     os.replace(tmp, out)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m backend.single_file FOLDER OUT.safetensors``: write a diffusers SD folder as one file."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m backend.single_file", description=main.__doc__)
+    parser.add_argument("folder", help="a local diffusers SD-layout pipeline folder (one text encoder)")
+    parser.add_argument("out", help="the .safetensors file to write")
+    args = parser.parse_args(argv)
+    try:
+        print(to_single_file(args.folder, args.out))
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

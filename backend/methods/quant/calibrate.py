@@ -19,22 +19,16 @@ from backend.methods.quant.config import QuantConfig
 from backend.methods.quant.model import QuantState
 
 
-def uses_shapes_prompts(pipe) -> bool:
-    """True for models that speak the Shapes world's vocabulary (shapes-sd and the tiny test architecture)."""
+def default_prompts(pipe, n: int, seed: int = 0) -> list[str]:
+    """n prompts the model knows: Shapes-world captions (train split) or the built-in general captions."""
+    from backend.captions import general_captions
     from backend.models import has_shapes_judge
 
-    return has_shapes_judge(pipe)
-
-
-def default_prompts(pipe, n: int, seed: int = 0) -> list[str]:
-    """n prompts the model knows: Shapes-world captions (train split) or generic text-to-image prompts."""
     rng = random.Random(seed)
-    if uses_shapes_prompts(pipe):
+    if has_shapes_judge(pipe):
         from backend.world.shapes import random_scene
 
         return [random_scene(rng, None, "train").caption for _ in range(n)]
-    from backend.captions import general_captions
-
     return [rng.choice(general_captions()) for _ in range(n)]
 
 
