@@ -9,13 +9,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DiffusionPipeline,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig, CLIPTextModel
 from transformers.utils import logging as transformers_logging
@@ -72,12 +66,6 @@ def model_family(pipe: DiffusionPipeline) -> str:
     if cfg.use_linear_projection or isinstance(cfg.attention_head_dim, (list, tuple)) or v_pred:
         return "sd2"
     return "sd1"
-
-
-def describe_family(pipe: DiffusionPipeline) -> str:
-    """One line for the UI and CLI: the family, what it means, and the methods it supports."""
-    family = model_family(pipe)
-    return f"{family}: {FAMILIES[family]}; methods: {', '.join(METHODS)}"
 
 
 def has_shapes_judge(pipe: DiffusionPipeline) -> bool:
@@ -162,8 +150,8 @@ def _load_cached(source: str, device: str, dtype: str, config: str | None = None
         defaults = json.loads(extra.read_text()) if extra.exists() else {"steps": 50, "guidance": 7.5}
     family = model_family(pipe)
     if family == "unsupported":
-        kind = "transformer (DiT)" if hasattr(pipe, "transformer") else "not a text-conditioned U-Net"
-        raise ModelError(f"model {source!r} is a {kind} pipeline ({type(pipe).__name__}); Speedlab's methods "
+        kind = "a transformer (DiT) pipeline" if hasattr(pipe, "transformer") else "not a text-conditioned U-Net"
+        raise ModelError(f"model {source!r} ({type(pipe).__name__}) is {kind}; Speedlab's methods "
                          f"({', '.join(METHODS)}) support the U-Net families {', '.join(FAMILIES)}")
     pipe.to(device=device, dtype=torch_dtype)
     for module in pipe.components.values():
