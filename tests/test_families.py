@@ -295,3 +295,17 @@ def test_family_single_file_refusals(family_dirs, tmp_path):
         load_pipeline(str(tmp_path / "old.ckpt"))
     with pytest.raises(ModelError, match="only for a single-file model"):
         load_pipeline(family_dirs["sd1"], config=family_dirs["sd1"])
+
+
+def test_family_single_file_ckpt_needs_allow_pickle(family_dirs, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from backend.single_file import to_single_file
+
+    tensors = load_file(to_single_file(family_dirs["sd1"], tmp_path / "sd1.safetensors"))
+    torch.save({"state_dict": tensors}, tmp_path / "sd1.ckpt")
+    variant = {"model": str(tmp_path / "sd1.ckpt"), "model_config": family_dirs["sd1"]}
+    with pytest.raises(ModelError, match="allow_pickle"):
+        _images(variant)
+    assert np.array_equal(_images({**variant, "allow_pickle": True}), _images({"model": family_dirs["sd1"]}))
+    assert "warning: loading the pickle" in capsys.readouterr().err
