@@ -309,3 +309,45 @@ def test_family_single_file_ckpt_needs_allow_pickle(family_dirs, tmp_path, capsy
         _images(variant)
     assert np.array_equal(_images({**variant, "allow_pickle": True}), _images({"model": family_dirs["sd1"]}))
     assert "warning: loading the pickle" in capsys.readouterr().err
+
+
+def _tiny_clip_in_cache(cache: Path, repo: str) -> None:
+    """A tiny random CLIP model + processor stored like a Hub download in the Hugging Face cache ``cache``."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    snap = folder / "snapshots" / "0"
+    snap.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0")
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    (snap / "vocab.json").write_text(json.dumps(vocab))
+    (snap / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(snap / "vocab.json"), str(snap / "merges.txt"))
+    image = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image, tokenizer=tok).save_pretrained(snap)
+    n = len(vocab)
+    text = dict(vocab_size=n, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=77, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                  patch_size=8)
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(snap)
+
+
+def test_family_scorers_use_local_weights_only(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from backend.metrics import scorers
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    images, baseline = np.random.default_rng(0).random((2, 2, 16, 16, 3))
+    before = scorers.score(images, ["a cat", "a dog"], baseline)
+    assert "clip_score" not in before and "not in the local Hugging Face cache" in before["unavailable"]["clip_score"]
+    _tiny_clip_in_cache(tmp_path, "openai/clip-vit-base-patch16")
+    after = scorers.score(images, ["a cat", "a dog"], baseline)
+    assert 0 <= after["clip_score"] <= 100 and "clip_score" not in after["unavailable"]
+    assert after["psnr_vs_baseline"] == before["psnr_vs_baseline"] and "pickscore" in after["unavailable"]
+    with pytest.raises(scorers.ScorerUnavailable, match="pickscore"):
+        scorers.require(["clip_score", "pickscore"])

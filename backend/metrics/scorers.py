@@ -2,8 +2,8 @@
 
 - paired, against the same-seed baseline image: ``psnr_vs_baseline`` / ``ssim_vs_baseline`` (always available),
   ``lpips_vs_baseline`` (torchmetrics; needs torchvision and its AlexNet weights on disk);
-- per image, with its prompt: ``clip_score`` (torchmetrics, CLIP ViT-B/16) and ``pickscore`` (PickScore v1, a
-  CLIP-H preference model, through transformers). ImageReward and HPSv2 need their own packages (BLIP /
+- per image, with its prompt: ``clip_score`` (CLIP ViT-B/16) and ``pickscore`` (PickScore v1, a CLIP-H
+  preference model), both through transformers. ImageReward and HPSv2 need their own packages (BLIP /
   open_clip), which are not installed here; they are not offered.
 
 A scorer whose weights are not in the local Hugging Face cache is never downloaded: it is absent from the
@@ -95,39 +95,40 @@ class HubScorer(Scorer):
         return None
 
 
-class ClipScore(HubScorer):
-    def __call__(self, images, prompts, baseline=None) -> float:
-        from torchmetrics.multimodal.clip_score import CLIPScore
+@dataclass
+class ClipScorer(HubScorer):
+    """A CLIP model scoring image–prompt agreement: ``clip_score`` = 100·max(cos, 0) (torchmetrics' definition,
+    computed with transformers directly: torchmetrics 1.9 does not read transformers 5's CLIP outputs) and
+    ``pickscore`` = logit_scale·cos (PickScore v1, a CLIP-H preference model; processor from ``processor_repo``)."""
 
-        metric = CLIPScore(model_name_or_path=_local_snapshot(self.repo))
-        return float(metric(_uint8_nchw(images), list(prompts)))
-
-
-class PickScore(HubScorer):
-    processor_repo: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+    processor_repo: str = ""
 
     def unavailable(self) -> str | None:
-        return super().unavailable() or (None if _local_snapshot(self.processor_repo) else
-                                         f"{self.name}: processor {self.processor_repo!r} is not in the local cache")
+        if self.processor_repo and _local_snapshot(self.processor_repo) is None:
+            return f"{self.name}: processor {self.processor_repo!r} is not in the local Hugging Face cache"
+        return super().unavailable()
 
     @torch.no_grad()
     def __call__(self, images, prompts, baseline=None) -> float:
         from transformers import AutoModel, AutoProcessor
 
-        processor = AutoProcessor.from_pretrained(_local_snapshot(self.processor_repo))
+        processor = AutoProcessor.from_pretrained(_local_snapshot(self.processor_repo or self.repo))
         model = AutoModel.from_pretrained(_local_snapshot(self.repo)).eval()
         pixels = processor(images=list(_uint8_nchw(images).permute(0, 2, 3, 1).numpy()), return_tensors="pt")
-        text = processor(text=list(prompts), padding=True, truncation=True, max_length=77, return_tensors="pt")
-        img = torch.nn.functional.normalize(model.get_image_features(**pixels), dim=-1)
-        txt = torch.nn.functional.normalize(model.get_text_features(**text), dim=-1)
-        return float((model.logit_scale.exp() * (img * txt).sum(-1)).mean())
+        text = processor(text=list(prompts), padding=True, truncation=True, return_tensors="pt")
+        img, txt = model.get_image_features(**pixels), model.get_text_features(**text)
+        img, txt = (getattr(f, "pooler_output", f) for f in (img, txt))  # transformers 5 returns output objects
+        cos = (torch.nn.functional.normalize(img, dim=-1) * torch.nn.functional.normalize(txt, dim=-1)).sum(-1)
+        if self.name == "clip_score":
+            return float(100 * cos.clamp(min=0).mean())
+        return float((model.logit_scale.exp() * cos).mean())
 
 
 SCORERS: dict[str, Scorer] = {s.name: s for s in (
     PsnrSsim("psnr_vs_baseline", paired=True), PsnrSsim("ssim_vs_baseline", paired=True),
     Lpips("lpips_vs_baseline", paired=True, higher_is_better=False),
-    ClipScore("clip_score", repo="openai/clip-vit-base-patch16"),
-    PickScore("pickscore", repo="yuvalkirstain/PickScore_v1"),
+    ClipScorer("clip_score", repo="openai/clip-vit-base-patch16"),
+    ClipScorer("pickscore", repo="yuvalkirstain/PickScore_v1", processor_repo="laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
 )}
 OPTIONAL = ("lpips_vs_baseline", "clip_score", "pickscore")
 
