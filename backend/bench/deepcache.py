@@ -107,7 +107,7 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
     from backend.methods import deepcache
     from backend.methods.deepcache.cost import unet_macs
     from backend.metrics.cost import peak_memory_mb
-    from backend.runs.build import build_pipeline, generate
+    from backend.runs.build import build_pipeline, generate, resolved_size
     from backend.runs.runner import eval_prompts
     from backend.runs.variant import Variant
 
@@ -119,7 +119,7 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
     pipe.unet = copy.deepcopy(pipe.unet)  # DeepCache is applied and removed in turn on this private copy
     prompt = eval_prompts(args.set, 1)[0] if model == "shapes" else "a photograph of an astronaut riding a horse"
     timer = _LoopTimer(pipe.unet, args.device)
-    latent = (variant.height or pipe.speedlab_defaults.get("height") or 512) // pipe.vae_scale_factor
+    latent = resolved_size(pipe, variant)[0] // pipe.vae_scale_factor  # what generate() draws
     seq_len = getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77)
     macs_by_branch: dict[int, dict] = {}
     stats: dict[str, dict] = {n: {"e2e": [], "loop": []} for n in names}
