@@ -89,23 +89,27 @@ def cmd_generate(args) -> int:
         tmp.unlink(missing_ok=True)
         raise
     info = {"out": str(out), "prompt": args.prompt, "seed": args.seed, "latency_s": seconds,
-            "variant": variant.to_dict()}
+            "family": pipe.speedlab_family, "variant": variant.to_dict()}
     kernels = getattr(pipe, "speedlab_kernels", None)
     if kernels:
         info["kernels"] = kernels
-    print(json.dumps(info) if args.json else f"wrote {out} in {seconds:.2f} s" + (f" ({kernels})" if kernels else ""))
+    print(json.dumps(info) if args.json else f"wrote {out} in {seconds:.2f} s ({pipe.speedlab_family})"
+          + (f" ({kernels})" if kernels else ""))
     return 0
 
 
 def cmd_evaluate(args) -> int:
+    from backend.captions import read_prompts
     from backend.runs.runner import evaluate_variant
     from backend.runs.variant import Variant
 
     variant = Variant.parse(args.variant)
     baseline = Variant.parse(args.baseline) if args.baseline else None
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    scorer_names = [s.strip() for s in args.scorers.split(",") if s.strip()] if args.scorers else None
     bar = LazyBar("evaluate", disable=args.json)
     result = evaluate_variant(variant, baseline, n=args.n, prompt_set_name=args.set, seed=args.seed,
-                              repeats=args.repeats, on_progress=bar)
+                              repeats=args.repeats, on_progress=bar, prompts=prompts, scorer_names=scorer_names)
     bar.close()
     if args.json:
         print(json.dumps(jsonable(result)))
@@ -178,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_arg, default=0, help="first seed; prompt i uses seed+i")
     p.add_argument("--repeats", type=int, default=3,
                    help="interleaved timing rounds of one image, after a warm-up (≥ 1; default 3)")
+    p.add_argument("--prompts", help="a UTF-8 text file of your prompts, one a line (the first --n are used); "
+                   "on a model without the Shapes judge, quality is psnr/ssim vs --baseline plus the scorers")
+    p.add_argument("--scorers", help="comma list of scorers to require (psnr_vs_baseline, ssim_vs_baseline, "
+                   "lpips_vs_baseline, clip_score, pickscore); each must have its weights local")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_evaluate)
 

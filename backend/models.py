@@ -1,5 +1,5 @@
-"""Load a text-to-image pipeline: the embedded shapes-sd, a local diffusers folder, a Hub id, or a random
-weight architecture."""
+"""Load a text-to-image pipeline (the embedded shapes-sd, a local diffusers folder, a single-file checkpoint, a Hub
+id, or a random-weight architecture) and declare its family: sd1, sd2, sdxl, another U-Net, or unsupported."""
 
 from __future__ import annotations
 
@@ -23,7 +23,18 @@ transformers_logging.disable_progress_bar()
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHAPES_DIR = ASSETS / "shapes-sd"
 RANDOM_ARCHS = ("sd15-arch", "tiny-arch")
+SINGLE_FILE_EXTS = (".safetensors", ".ckpt")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Families Speedlab recognises; every method (generate, deepcache, quant, consistency) works on each of them.
+FAMILIES = {
+    "sd1": "Stable Diffusion 1.x layout (4 levels, conv projections, one head size)",
+    "sd2": "Stable Diffusion 2.x layout (linear projections, per-block heads, often v-prediction)",
+    "sdxl": "SDXL (two text encoders, pooled text + size/crop micro-conditioning)",
+    "unet": "another text-conditioned U-Net (e.g. shapes-sd, fewer levels)",
+}
+METHODS = ("generate", "deepcache", "quant", "consistency")
+SD_DOWN = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+SD_UP = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -68,6 +79,8 @@ def check_source(source: str) -> None:
     if source in RANDOM_ARCHS:
         return
     path = SHAPES_DIR if source == "shapes" else Path(source)
+    if path.is_file() and path.suffix.lower() in (".safetensors", ".ckpt"):
+        return  # a single-file checkpoint: backend/single_file.py checks it when loading
     if source == "shapes" and not (path / "model_index.json").exists():
         raise ModelError(f"the embedded model is missing at {path}; train it with python -m backend.world.train")
     if path.exists():
@@ -88,20 +101,55 @@ def check_source(source: str) -> None:
                              "(HF_HUB_OFFLINE=1)")
 
 
-def load_pipeline(source: str = "shapes", device: str = "cpu", dtype: str = "float32") -> DiffusionPipeline:
+def model_family(pipe: DiffusionPipeline) -> str:
+    """sd1 / sd2 / sdxl / unet (another text-conditioned U-Net), or "unsupported" (DiT, unconditional, …)."""
+    unet = getattr(pipe, "unet", None)
+    if not isinstance(unet, UNet2DConditionModel):
+        return "unsupported"
+    cfg = unet.config
+    if cfg.addition_embed_type == "text_time":
+        return "sdxl"
+    if (tuple(cfg.down_block_types), tuple(cfg.up_block_types)) != (SD_DOWN, SD_UP) or cfg.addition_embed_type \
+            or cfg.class_embed_type or cfg.in_channels != 4:
+        return "unet"
+    v_pred = getattr(pipe, "scheduler", None) is not None and \
+        pipe.scheduler.config.get("prediction_type") == "v_prediction"
+    if cfg.use_linear_projection or isinstance(cfg.attention_head_dim, (list, tuple)) or v_pred:
+        return "sd2"
+    return "sd1"
+
+
+def has_shapes_judge(pipe: DiffusionPipeline) -> bool:
+    """True for models that speak the Shapes world's vocabulary (shapes-sd, tiny-arch): the Shapes judge, FD-Shapes
+    and the reward can score them. Any other model is scored against the baseline (PSNR/SSIM) and by scorers."""
+    if getattr(pipe, "speedlab_source", "") in ("shapes", "tiny-arch"):
+        return True
+    try:
+        from backend.world.architecture import vocabulary
+
+        return set(pipe.tokenizer.get_vocab()) == set(vocabulary())
+    except Exception:  # any tokenizer without get_vocab or a different vocabulary
+        return False
+
+
+def load_pipeline(source: str = "shapes", device: str = "cpu", dtype: str = "float32", config: str | None = None,
+                  allow_pickle: bool = False) -> DiffusionPipeline:
     """A fresh pipeline object for ``source``; weights are loaded once per process and shared.
 
-    source: "shapes" (the embedded model), a local diffusers folder, a Hub id (from the local
-    cache when offline), or "sd15-arch" / "tiny-arch" (random weights built from config).
+    source: "shapes" (the embedded model), a local diffusers folder, a single-file checkpoint in the original
+    Stable Diffusion layout (``.safetensors``; ``.ckpt`` only with ``allow_pickle``), a Hub id (from the local
+    cache when offline), or "sd15-arch" / "tiny-arch" (random weights built from config). ``config``: for a single
+    file, a local diffusers folder of the same family whose configs and tokenizers describe it.
     """
     if dtype not in DTYPES:
         raise ModelError(f"dtype {dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelError("device 'cuda' asked for but no CUDA device is available; allowed here: cpu")
-    base = _load_cached(source, device, dtype)
+    base = _load_cached(source, device, dtype, config, allow_pickle)
     pipe = _direct_device_class(type(base))(**base.components)
     pipe.scheduler = type(base.scheduler).from_config(base.scheduler.config)
     pipe.speedlab_source, pipe.speedlab_defaults = base.speedlab_source, base.speedlab_defaults
+    pipe.speedlab_family = base.speedlab_family
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -128,12 +176,22 @@ def _direct_device_class(cls: type[DiffusionPipeline]) -> type[DiffusionPipeline
 
 
 @lru_cache(maxsize=4)
-def _load_cached(source: str, device: str, dtype: str) -> DiffusionPipeline:
+def _load_cached(source: str, device: str, dtype: str, config: str | None = None,
+                 allow_pickle: bool = False) -> DiffusionPipeline:
     torch_dtype = DTYPES[dtype]
+    if config is not None and Path(source).suffix.lower() not in SINGLE_FILE_EXTS:
+        raise ModelError(f"model_config {config!r} is only for a single-file model (.safetensors / .ckpt); "
+                         f"model {source!r} is not one: leave model_config out")
     if source in RANDOM_ARCHS:
         pipe = build_random_pipeline(source)
         defaults = {"steps": 20, "guidance": 7.5, "height": 256 if source == "sd15-arch" else 32,
                     "width": 256 if source == "sd15-arch" else 32}
+    elif Path(source).suffix.lower() in SINGLE_FILE_EXTS:
+        from backend.single_file import load_single_file
+
+        pipe = load_single_file(Path(source), torch_dtype, config, allow_pickle)
+        extra = Path(config) / "speedlab.json" if config else None
+        defaults = json.loads(extra.read_text()) if extra and extra.exists() else {"steps": 50, "guidance": 7.5}
     else:
         path = SHAPES_DIR if source == "shapes" else Path(source)
         if source == "shapes" and not (path / "model_index.json").exists():
@@ -141,13 +199,16 @@ def _load_cached(source: str, device: str, dtype: str) -> DiffusionPipeline:
         pipe = _from_pretrained(source, path, torch_dtype)
         extra = path / "speedlab.json"
         defaults = json.loads(extra.read_text()) if extra.exists() else {"steps": 50, "guidance": 7.5}
-    if not hasattr(pipe, "unet"):
-        raise ModelError(f"model {source!r} has no U-Net ({type(pipe).__name__}); Speedlab supports U-Net pipelines")
+    family = model_family(pipe)
+    if family == "unsupported":
+        kind = "a transformer (DiT) pipeline" if hasattr(pipe, "transformer") else "not a text-conditioned U-Net"
+        raise ModelError(f"model {source!r} ({type(pipe).__name__}) is {kind}; Speedlab's methods "
+                         f"({', '.join(METHODS)}) support the U-Net families {', '.join(FAMILIES)}")
     pipe.to(device=device, dtype=torch_dtype)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval().requires_grad_(False)
-    pipe.speedlab_source, pipe.speedlab_defaults = source, defaults
+    pipe.speedlab_source, pipe.speedlab_defaults, pipe.speedlab_family = source, defaults, family
     return pipe
 
 
@@ -165,7 +226,7 @@ def _from_pretrained(source: str, path: Path, torch_dtype: torch.dtype) -> Diffu
             raise ModelError(f"folder {str(path)!r} could not be loaded as a diffusers pipeline: {first}") from exc
     if "/" not in source or source.startswith((".", "/")) or source.count("/") > 1:
         raise ModelError(f"unknown model {source!r}; allowed: shapes, sd15-arch, tiny-arch, a local diffusers "
-                         "folder, or a Hub id such as runwayml/stable-diffusion-v1-5")
+                         "folder, a .safetensors single file, or a Hub id such as runwayml/stable-diffusion-v1-5")
     try:
         return DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, safety_checker=None,
                                                  requires_safety_checker=False,

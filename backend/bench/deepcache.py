@@ -17,6 +17,7 @@ import copy
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -36,7 +37,10 @@ CONFIGS = {  # name -> deepcache section (None: the baseline); nonuniform's cent
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {', '.join(MODELS)} (default both)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {', '.join(MODELS)} (default both), "
+                        "or local model folders / single files (speed, and psnr/ssim vs the baseline on the "
+                        "built-in general captions)")
+    parser.add_argument("--local-steps", type=int, default=20, help="DDIM steps of a local model (default 20)")
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"subset of {', '.join(CONFIGS)} (the baseline is always run)")
     parser.add_argument("--n", type=int, default=200, help="shapes-sd prompts for quality (default 200)")
@@ -106,7 +110,7 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
     from backend.methods.deepcache.cost import unet_macs
     from backend.metrics.cost import peak_memory_mb
     from backend.metrics.paired import median_interval
-    from backend.runs.build import build_pipeline, generate
+    from backend.runs.build import build_pipeline, generate, resolved_size
     from backend.runs.runner import eval_prompts
     from backend.runs.variant import Variant
 
@@ -118,7 +122,7 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
     pipe.unet = copy.deepcopy(pipe.unet)  # DeepCache is applied and removed in turn on this private copy
     prompt = eval_prompts(args.set, 1)[0] if model == "shapes" else "a photograph of an astronaut riding a horse"
     timer = _LoopTimer(pipe.unet, args.device)
-    latent = (variant.height or pipe.speedlab_defaults.get("height") or 512) // pipe.vae_scale_factor
+    latent = resolved_size(pipe, variant)[0] // pipe.vae_scale_factor  # what generate() draws
     seq_len = getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77)
     macs_by_branch: dict[int, dict] = {}
     stats: dict[str, dict] = {n: {"e2e": [], "loop": []} for n in names}
@@ -190,10 +194,18 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
 
 def _quality(model: str, steps: int, names: list[str], args) -> dict[str, dict]:
     """Quality metrics of every configuration (images of --n prompts) against the same-seed baseline."""
+    from backend.captions import general_captions
     from backend.runs.runner import add_quality, eval_prompts, run_variant
     from backend.runs.variant import Variant
 
-    prompts = eval_prompts(args.set, args.n)
+    judge_absent = None
+    if model == "shapes":
+        prompts = eval_prompts(args.set, args.n)
+    else:  # a local model: no Shapes judge
+        from backend.metrics.scorers import judge_absent_reason
+        from backend.models import load_pipeline
+
+        prompts, judge_absent = list(general_captions())[: args.n], judge_absent_reason(load_pipeline(model))
     seeds = [args.seed + i for i in range(args.n)]
     out, base = {}, None
     for name in names:
@@ -204,7 +216,7 @@ def _quality(model: str, steps: int, names: list[str], args) -> dict[str, dict]:
             data["deepcache"] = section
         print(f"deepcache bench: {model} quality {name} ({args.n} prompts)", file=sys.stderr)
         result = run_variant(Variant.from_dict(data), prompts, seeds, measure_macs=False, measure_memory=False)
-        add_quality(result, base)
+        add_quality(result, base, judge_absent)
         if base is None:
             base = result
         out[name] = result.metrics
@@ -213,7 +225,8 @@ def _quality(model: str, steps: int, names: list[str], args) -> dict[str, dict]:
 
 def run(args) -> list[dict]:
     models = [m.strip() for m in str(args.models).split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODELS]
+    local = [m for m in models if m not in MODELS and Path(m).exists()]
+    unknown = [m for m in models if m not in MODELS and m not in local]
     if unknown or not models:
         raise ValueError(f"--models: {unknown[0] if unknown else args.models!r} is not allowed; allowed: "
                          f"{', '.join(MODELS)}")
@@ -222,7 +235,7 @@ def run(args) -> list[dict]:
     if unknown:
         raise ValueError(f"--configs: {unknown[0]!r} is not allowed; allowed: {', '.join(CONFIGS)}")
     names = ["baseline"] + [c for c in names if c != "baseline"]
-    for flag in ("n", "repeats", "sd15_steps", "sd15_size", "shapes_steps"):
+    for flag in ("n", "repeats", "sd15_steps", "sd15_size", "shapes_steps", "local_steps"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not allowed; allowed: ≥ 1")
     if "shapes" in models:
@@ -246,5 +259,12 @@ def run(args) -> list[dict]:
                 row[key] = q.get(key)
             if base_acc is not None and q.get("prompt_accuracy") is not None:
                 row["accuracy_drop_points"] = 100 * (base_acc - q["prompt_accuracy"])
+        rows += speed
+    for model in local:
+        print(f"deepcache bench: {model} speed and psnr/ssim, {len(names)} configurations", file=sys.stderr)
+        speed = _speed_rows(model, args.local_steps, None, names, args)
+        quality = _quality(model, args.local_steps, names, args)
+        for row in speed:
+            row.update({k: quality[row["config"]].get(k) for k in ("psnr_vs_baseline", "ssim_vs_baseline")})
         rows += speed
     return rows

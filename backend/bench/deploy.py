@@ -36,7 +36,8 @@ BITS = {"W8A8": (8, 8), "W4A8": (4, 8)}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {', '.join(MODELS)} (default both)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {', '.join(MODELS)} (default both), "
+                        "or local model folders / single files")
     parser.add_argument("--bits", default="W8A8", help=f"comma list of {', '.join(BITS)} (default W8A8; W4A8 runs "
                         "4-bit codes on the int8 kernels: smaller on disk, not faster)")
     parser.add_argument("--repeats", type=int, default=5, help="timed U-Net forwards per row (default 5)")
@@ -120,8 +121,12 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
     if model == "sd15-arch":
         base.update(height=args.sd15_size, width=args.sd15_size, steps=args.sd15_steps)
         prompts = ["a photograph of an astronaut riding a horse"]
-    else:
+    elif model == "shapes":
         prompts = eval_prompts("single", args.n)
+    else:  # a local model: the built-in general captions
+        from backend.captions import general_captions
+
+        prompts = list(general_captions())[: args.n]
     seeds = [args.seed + i for i in range(len(prompts))]
     fp_variant = Variant.from_dict(base)
     fp_pipe = build_pipeline(fp_variant)
@@ -175,7 +180,8 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
 
 
 def run(args) -> list[dict]:
-    models = _choice(args.models, MODELS, "--models")
+    local = [m.strip() for m in str(args.models).split(",") if m.strip() and Path(m.strip()).exists()]
+    models = _choice(args.models, MODELS + tuple(local), "--models")
     bits = _choice(args.bits, BITS, "--bits")
     for flag in ("repeats", "e2e_repeats", "n", "sd15_size", "sd15_steps", "calib_steps"):
         if getattr(args, flag) < 1:

@@ -107,8 +107,17 @@ def run(args) -> list[dict]:
         raise ValueError(f"--students: {unknown[0]!r} is unknown; allowed: {', '.join(STUDENTS)}")
     if args.beta < 0:
         raise ValueError(f"--beta {args.beta} is not allowed; the reward weight must be ≥ 0")
-    prompts = eval_prompts(args.set, args.n)
-    seeds = [args.seed + i for i in range(args.n)]
+    from backend.metrics.scorers import judge_absent_reason
+    from backend.models import load_pipeline
+
+    judge_absent = judge_absent_reason(load_pipeline(args.model))
+    if judge_absent is None:
+        prompts = eval_prompts(args.set, args.n)
+    else:  # a model without the Shapes judge: the built-in general captions, scorers instead of the judge
+        from backend.captions import general_captions
+
+        prompts = list(general_captions())[: args.n]
+    seeds = [args.seed + i for i in range(len(prompts))]
     cache = Path(args.cache)
     metas = {name: train_student(name, args, cache / name) for name in names}
 
@@ -125,10 +134,10 @@ def run(args) -> list[dict]:
 
     def measure(label: str, variant: Variant, pipe, extra: dict) -> dict:
         result = run_variant(variant, prompts, seeds, measure_macs=False, measure_memory=False, pipe=pipe)
-        add_quality(result)
+        add_quality(result, None, judge_absent)
         m = result.metrics
         row = {"variant": label, "steps": variant.steps, **extra}
-        for key in ("prompt_accuracy", "reward", "fd_shapes"):
+        for key in ("prompt_accuracy", "reward", "fd_shapes") if judge_absent is None else ("clip_score", "pickscore"):
             row[key] = m.get(key)
         row["hf_energy"] = hf_energy(result.images)
         row["unet_evals"] = m.get("unet_evals")

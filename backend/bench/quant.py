@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     from backend.methods.quant.checkpoint import checkpoint_size_mb
     from backend.methods.quant.train import finetune
     from backend.metrics import cost, quality
+    from backend.metrics.scorers import judge_absent_reason
     from backend.models import is_random_weights, load_pipeline
     from backend.runs.build import generate
     from backend.runs.jobs import JobControl
@@ -116,8 +117,13 @@ def run(args: argparse.Namespace) -> list[dict]:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} must be ≥ 0")
     base_pipe = load_pipeline(args.model)
     random_weights = is_random_weights(base_pipe)
+    judge_absent = None if random_weights else judge_absent_reason(base_pipe)
     if random_weights:
         prompts = [p for p in eval_prompts(args.set, args.n)]
+    elif judge_absent is not None:  # a model without the Shapes judge: general captions, PSNR vs FP
+        from backend.captions import general_captions
+
+        prompts = list(general_captions())[: args.n]
     else:
         quality.require_quality_model(base_pipe)
         prompts = eval_prompts(args.set, args.n)
@@ -129,7 +135,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     def evaluate(variant: Variant, baseline=None) -> tuple[dict, object]:
         result = run_variant(variant, prompts, seeds, measure_macs=False, measure_memory=False)
-        add_quality(result, baseline)
+        add_quality(result, baseline, judge_absent)
         if baseline is not None and "psnr_vs_baseline" not in result.metrics:
             result.metrics["psnr_vs_baseline"], _ = quality.psnr_ssim(result.images, baseline.images)
         return result.metrics, result

@@ -253,15 +253,14 @@ def paired_quality(images, baseline, prompts: list[str], seed: int = 0) -> dict:
 
 def clip_score(images, prompts: list[str], model: str = "openai/clip-vit-base-patch16") -> float:
     """CLIP score with locally available CLIP weights; QualityUnavailable when they are not on disk."""
-    try:
-        from torchmetrics.multimodal.clip_score import CLIPScore
+    from backend.metrics.scorers import ClipScorer
 
-        metric = CLIPScore(model_name_or_path=model)
-    except Exception as exc:  # missing weights surface as OSError/ValueError/ImportError depending on the path
+    scorer = ClipScorer("clip_score", repo=model)
+    reason = scorer.unavailable()
+    if reason:
         raise QualityUnavailable(f"clip_score unavailable: CLIP weights {model!r} are not available locally "
-                                 f"({type(exc).__name__})") from exc
-    x = torch.as_tensor(np.asarray(images) * 255, dtype=torch.uint8).permute(0, 3, 1, 2)
-    return float(metric(x, prompts))
+                                 "(not in the Hugging Face cache; nothing is downloaded)")
+    return scorer(images, prompts)
 
 
 def is_shapes_prompts(prompts: list[str]) -> bool:

@@ -32,16 +32,38 @@ SCHEDULER_CLASSES = {
 METHOD_ORDER = ("consistency", "quant", "deepcache")
 
 
+def load_model(variant: Variant) -> DiffusionPipeline:
+    """The variant's model (no scheduler change, no methods): a fresh pipeline sharing the cached weights."""
+    return load_pipeline(variant.model, variant.device, variant.dtype, variant.model_config,
+                         bool(variant.allow_pickle))
+
+
+def shared_weights_unet(unet: torch.nn.Module) -> torch.nn.Module:
+    """A new U-Net module tree on the same weight tensors (for methods that hook but never write weights).
+
+    The very same tensors run, so outputs are bit-identical to the base U-Net's; no memory is copied.
+    """
+    with torch.device("meta"):
+        view = type(unet).from_config(unet.config)
+    view.load_state_dict(unet.state_dict(keep_vars=True), assign=True)
+    view.set_attn_processor(dict(unet.attn_processors))
+    if any(t.is_meta for t in (*view.parameters(), *view.buffers())):  # a buffer outside the state dict
+        return copy.deepcopy(unet)
+    return view.eval().requires_grad_(False)
+
+
 def build_pipeline(variant: Variant) -> DiffusionPipeline:
     """A pipeline for the variant: its model, scheduler and methods; the base weights stay untouched."""
-    pipe = load_pipeline(variant.model, variant.device, variant.dtype)
+    pipe = load_model(variant)
     if variant.scheduler:
         pipe.scheduler = SCHEDULER_CLASSES[variant.scheduler].from_config(pipe.scheduler.config)
     configs = {s: variant.method(s) for s in METHOD_ORDER}
     if configs["quant"] is not None and configs["consistency"] is None:  # may skip copying quantized weights
         pipe.unet = importlib.import_module("backend.methods.quant").private_unet(pipe.unet, configs["quant"])
-    elif any(configs.values()):
-        pipe.unet = copy.deepcopy(pipe.unet)  # methods change the U-Net; keep the shared base clean
+    elif configs["consistency"] is not None:
+        pipe.unet = copy.deepcopy(pipe.unet)  # a fused LCM-LoRA writes weights; keep the shared base clean
+    elif configs["deepcache"] is not None:
+        pipe.unet = shared_weights_unet(pipe.unet)  # hooks only: same tensors, bit-identical at interval 1
     for section in METHOD_ORDER:
         if configs[section] is not None:
             importlib.import_module(f"backend.methods.{section}").apply(pipe, configs[section])
@@ -81,9 +103,9 @@ def generate(
     shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     latents = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, pipe.unet.dtype)
 
-    def callback(p, i, t, kwargs):
+    def callback(p, i, t, kwargs):  # PNDM (PLMS) and others run more U-Net steps than asked: count what runs
         if on_step is not None:
-            on_step(i + 1, variant.steps)
+            on_step(i + 1, max(variant.steps, len(p.scheduler.timesteps)))
         return kwargs
 
     with torch.inference_mode():

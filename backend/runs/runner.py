@@ -94,25 +94,48 @@ def time_variants(pipes: dict[str, tuple[Variant, DiffusionPipeline]], prompt: s
 TIMING_KEYS = ("latency_s", "latency_ci", "latency_p90_s", "speedup", "speedup_ci", "timing_noisy")
 
 
-def add_quality(result: VariantResult, baseline: VariantResult | None = None) -> None:
-    """Quality metrics of a result, paired against the same-seed baseline when given."""
-    if result.variant.model not in RANDOM_ARCHS:  # random weights: speed only, no quality
-        result.metrics.update(quality.quality_metrics(result.images, result.prompts,
-                                                      None if baseline is None else baseline.images))
+def add_quality(result: VariantResult, baseline: VariantResult | None = None, judge_absent: str | None = None,
+                scorer_names: list[str] | None = None) -> None:
+    """Quality metrics of a result, paired against the same-seed baseline when given. ``judge_absent``: why the
+    Shapes judge cannot score this model (then the scorers do, and the reason is reported)."""
+    base_images = None if baseline is None else baseline.images
+    if judge_absent is not None:
+        from backend.metrics import scorers
+
+        result.metrics.update(scorers.score(result.images, result.prompts, base_images, scorer_names))
+        result.metrics["judge_absent"] = judge_absent
+    elif result.variant.model not in RANDOM_ARCHS:  # random weights: speed only, no quality
+        result.metrics.update(quality.quality_metrics(result.images, result.prompts, base_images))
 
 
 def evaluate_variant(
     variant: Variant, baseline: Variant | None = None, n: int = 200, prompt_set_name: str = DEFAULT_SET,
     seed: int = 0, repeats: int = 3, batch_size: int = 25, on_progress: ProgressFn | None = None,
+    prompts: list[str] | None = None, scorer_names: list[str] | None = None,
 ) -> dict:
-    """All metrics of one variant on n prompts of a Shapes prompt set, seeds seed..seed+n-1; with a baseline,
-    quality deltas paired per prompt and seed and the end-to-end speedup timed in interleaved rounds."""
+    """All metrics of one variant on n prompts (the first n of ``prompts``; default: a Shapes prompt set for a
+    Shapes model, the built-in general captions otherwise), seeds seed..seed+n-1; with a baseline, quality paired
+    per prompt and seed and the end-to-end speedup timed in interleaved rounds."""
+    from backend.metrics.scorers import judge_absent_reason, require
+    from backend.runs.build import load_model
+
     if variant.model in RANDOM_ARCHS:
         raise quality.QualityUnavailable(f"model {variant.model!r} has random weights: it is for speed measurements "
                                          "only, quality metrics are refused")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"--repeats {repeats!r} is out of range; allowed: a whole number ≥ 1")
-    prompts = eval_prompts(prompt_set_name, n)
+    judge_absent = judge_absent_reason(load_model(variant))
+    if scorer_names is not None:
+        require(scorer_names)  # a scorer that cannot run fails here, before any image
+    if prompts is not None:
+        prompts, prompt_set_name = list(prompts)[:n], "file"
+    elif judge_absent is None:
+        prompts = eval_prompts(prompt_set_name, n)
+    else:
+        from backend.captions import general_captions
+
+        prompts, prompt_set_name = list(general_captions())[:n], "general"
+    n = len(prompts)
     seeds = [seed + i for i in range(n)]
     pipe = build_pipeline(variant)
     base = base_pipe = None
@@ -125,7 +148,7 @@ def evaluate_variant(
     result.metrics.update({k: v for k, v in timing["variant"].items() if k in TIMING_KEYS})
     result.metrics["timing"] = f"{repeats} interleaved rounds of one image after one warm-up" + (
         ", speedup = baseline / variant per round (median, 95% interval)" if baseline else "")
-    add_quality(result, base)
+    add_quality(result, base, judge_absent, scorer_names)
     return {"variant": variant.to_dict(), "prompt_set": prompt_set_name, "n": n, "seed": seed, **result.metrics,
             "environment": environment()}
 

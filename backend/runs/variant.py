@@ -42,6 +42,8 @@ def method_config_class(section: str) -> type[MethodConfig]:
 @dataclasses.dataclass
 class Variant:
     model: str = "shapes"
+    model_config: str | None = None  # a single-file model: local diffusers folder of the same family
+    allow_pickle: bool | None = None  # a .ckpt single file: opt in to loading a pickle
     name: str | None = None
     scheduler: str | None = None
     steps: int = 50
@@ -102,6 +104,10 @@ class Variant:
     def _validate(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise VariantError(f"model: {self.model!r} must be a non-empty string")
+        if self.model_config is not None and (not isinstance(self.model_config, str) or not self.model_config.strip()):
+            raise VariantError(f"model_config: {self.model_config!r} must be a local diffusers folder path")
+        if self.allow_pickle is not None and not isinstance(self.allow_pickle, bool):
+            raise VariantError(f"allow_pickle: {self.allow_pickle!r} must be true or false")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise VariantError(f"scheduler: {self.scheduler!r} is not allowed; allowed: {', '.join(SCHEDULERS)}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:

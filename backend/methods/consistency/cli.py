@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--w-max", type=float, default=None, help="highest CFG scale w")
     parser.add_argument("--num-ddim-timesteps", type=int, default=None, help="solver grid size N (default 50)")
     parser.add_argument("--loss", choices=LOSSES, default=None, help="distillation loss (default huber)")
-    parser.add_argument("--data", default=None, help="auto | shapes | teacher[:PROMPTS.txt] | folder of images+.txt")
+    parser.add_argument("--data", default=None, help="auto | shapes | teacher[:PROMPTS.txt] | folder of images+.txt "
+                        "(auto: Shapes renders for a Shapes model, else teacher samples of the built-in general "
+                        "captions, backend/data/general_captions.txt)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=float, default=None,
                         help="seconds between training checkpoints in OUT.partial (default 120)")
@@ -64,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from backend.methods.consistency.distill import distill
-    from backend.models import load_pipeline
+    from backend.runs.build import load_model
     from backend.runs.jobs import JobControl
     from backend.runs.paths import check_out_dir
     from backend.runs.variant import Variant
@@ -73,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         variant = Variant.parse(args.variant)
         check_out_dir(args.out, "--out", must_be_new=True)
-        pipe = load_pipeline(variant.model, variant.device, variant.dtype)
+        pipe = load_model(variant)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

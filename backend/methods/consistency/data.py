@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline
 
+from backend.methods.conditioning import TextCond, encode
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -37,6 +39,7 @@ class ShapesData:
     """
 
     name = "shapes"
+    describe = "Shapes world renders with their captions"
 
     def __init__(self, pipe: DiffusionPipeline, seed: int = 0, pool: int = 0):
         self.pipe, self.seed, self.pool_size = pipe, seed, pool
@@ -82,6 +85,7 @@ class FolderData:
         if not self.items:
             raise ValueError(f"data: folder {str(folder)!r} has no images with a .txt caption of the same name")
         self.seed = seed
+        self.describe = f"{len(self.items)} captioned images in {self.folder}"
 
     def batch(self, n: int, step: int, gen: torch.Generator) -> tuple[torch.Tensor, list[str]]:
         from PIL import Image, ImageOps
@@ -103,6 +107,7 @@ class TeacherData:
     """Data-free: latents sampled from the teacher itself (DDIM with CFG), refreshed every ``reuse`` steps."""
 
     name = "teacher"
+    describe = "teacher samples"
 
     def __init__(self, pipe: DiffusionPipeline, prompts: list[str], guidance: float, steps: int = 20, reuse: int = 8,
                  seed: int = 0):
@@ -120,21 +125,15 @@ class TeacherData:
             size = int(unet.config.sample_size)
             g = torch.Generator().manual_seed(10_007 * self.seed + key)
             lat = torch.randn((n, unet.config.in_channels, size, size), generator=g).to(unet.device, unet.dtype)
-            cond, uncond = encode_prompts(self.pipe, caps), encode_prompts(self.pipe, [""] * n)
+            cond, uncond = encode(self.pipe, caps, (size, size))
+            both = TextCond.cat([cond, uncond]).unet_kwargs()
             sched.set_timesteps(self.steps)
             for t in sched.timesteps:
-                out = unet(torch.cat([lat, lat]), t, torch.cat([cond, uncond])).sample
+                out = unet(torch.cat([lat, lat]), t, **both).sample
                 c, u = out.chunk(2)
                 lat = sched.step(u + self.guidance * (c - u), t, lat).prev_sample
             self.cache = (key, lat, caps)
         return self.cache[1], list(self.cache[2])
-
-
-@torch.no_grad()
-def encode_prompts(pipe: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
-    tok = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
-                         return_tensors="pt")
-    return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
 
 
 def shapes_prompts(n: int = 2000, seed: int = 0) -> list[str]:
@@ -145,28 +144,26 @@ def shapes_prompts(n: int = 2000, seed: int = 0) -> list[str]:
 
 
 def make_data(pipe: DiffusionPipeline, spec: str, guidance: float, seed: int = 0, pool: int = 0):
-    """``auto`` (Shapes for the embedded model and tiny-arch, teacher samples otherwise), ``shapes``,
-    ``teacher`` (Shapes prompts), ``teacher:PROMPTS.txt`` or a folder of captioned images."""
-    source = getattr(pipe, "speedlab_source", "")
+    """``auto`` (Shapes renders for a Shapes-world model; otherwise teacher samples of the built-in general
+    captions), ``shapes``, ``teacher`` (Shapes captions for a Shapes model, the general captions otherwise),
+    ``teacher:PROMPTS.txt`` or a folder of captioned images. The result's ``describe`` says which."""
+    from backend.captions import CAPTIONS_FILE, general_captions, read_prompts
+    from backend.models import has_shapes_judge
+
+    shapes_model = has_shapes_judge(pipe)
     if spec == "auto":
-        spec = "shapes" if source in ("shapes", "tiny-arch") or _is_shapes_tokenizer(pipe) else "teacher"
+        spec = "shapes" if shapes_model else "teacher"
     if spec == "shapes":
         return ShapesData(pipe, seed, pool)
     if spec == "teacher" or spec.startswith("teacher:"):
-        prompts = shapes_prompts(seed=seed)
         if spec.startswith("teacher:"):
-            path = Path(spec.split(":", 1)[1])
-            if not path.is_file():
-                raise ValueError(f"data: prompts file {str(path)!r} does not exist")
-            from backend.runs.variant import read_text_file
-
-            prompts = [line.strip() for line in read_text_file(path, "data: prompts file").splitlines() if line.strip()]
-            if not prompts:
-                raise ValueError(f"data: prompts file {str(path)!r} has no prompts")
-        return TeacherData(pipe, prompts, guidance, seed=seed)
+            path = spec.split(":", 1)[1]
+            prompts, source = read_prompts(path), path
+        elif shapes_model:
+            prompts, source = shapes_prompts(seed=seed), "Shapes captions"
+        else:
+            prompts, source = list(general_captions()), f"built-in general captions ({CAPTIONS_FILE.name})"
+        data = TeacherData(pipe, prompts, guidance, seed=seed)
+        data.describe = f"teacher samples of {len(prompts)} prompts: {source}"
+        return data
     return FolderData(pipe, spec, seed)
-
-
-def _is_shapes_tokenizer(pipe: DiffusionPipeline) -> bool:
-    vocab = getattr(pipe.tokenizer, "get_vocab", dict)()
-    return "triangle" in vocab and len(vocab) < 200

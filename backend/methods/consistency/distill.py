@@ -27,9 +27,10 @@ from diffusers import DiffusionPipeline, UNet2DConditionModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from backend.methods.conditioning import TextCond, encode
 from backend.methods.consistency import lcd
 from backend.methods.consistency.config import DistillConfig
-from backend.methods.consistency.data import encode_prompts, make_data
+from backend.methods.consistency.data import make_data
 from backend.methods.consistency.model import LORA_TARGETS, base_signature, save_full, save_lora
 from backend.methods.consistency.proxy import LatentProxyReward, pair_agreement, preference_kl
 from backend.models import model_defaults
@@ -50,8 +51,9 @@ class Distiller:
         self.accelerator = Accelerator(cpu=pipe.unet.device.type == "cpu")
         self.device = pipe.unet.device
         teacher = pipe.unet
-        for m in (pipe.vae, pipe.text_encoder, teacher):
-            m.eval().requires_grad_(False)
+        for m in (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None), teacher):
+            if m is not None:
+                m.eval().requires_grad_(False)
         sched = pipe.scheduler.config
         self.prediction_type = sched.get("prediction_type", "epsilon")
         self.alphas = _alphas_cumprod(sched).to(self.device)
@@ -66,7 +68,8 @@ class Distiller:
             raise ValueError(f"w_min {self.w_min} is above w_max {self.w_max}")
         self.teacher_guidance = guidance
         self.data = make_data(pipe, cfg.data, guidance, cfg.seed, cfg.data_pool)
-        self.uncond = encode_prompts(pipe, [""])
+        self.latent_hw = (int(teacher.config.sample_size),) * 2
+        self.uncond = encode(pipe, [""], self.latent_hw)[1]
         if cfg.lora:
             from peft import LoraConfig
 
@@ -100,26 +103,26 @@ class Distiller:
         self.student_p, self.opt = self.accelerator.prepare(self.student, self.opt)
         self.proxy = self.proxy_opt = None
         if cfg.proxy:
-            text_dim = int(self.uncond.shape[-1])
+            text_dim = int(self.uncond.hidden.shape[-1])
             torch.manual_seed(cfg.seed)
             self.proxy = LatentProxyReward(int(teacher.config.in_channels), text_dim).to(self.device)
             self.proxy_opt = torch.optim.AdamW(self.proxy.parameters(), lr=cfg.proxy_lr, weight_decay=0.0)
         self.step_count, self.elapsed = 0, 0.0
 
     # --- one step -------------------------------------------------------------------------------------------------
-    def _unet(self, unet, z, t, emb, w_emb):
-        return unet(z, t, encoder_hidden_states=emb, timestep_cond=w_emb).sample
+    def _unet(self, unet, z, t, emb: TextCond, w_emb):
+        return unet(z, t, timestep_cond=w_emb, **emb.unet_kwargs()).sample
 
-    def _teacher(self, z, t, emb, w):
-        uncond = self.uncond.expand(len(z), -1, -1)
+    def _teacher(self, z, t, emb: TextCond, w):
+        both = TextCond.cat([emb, self.uncond.repeat(len(z)).to(dtype=emb.hidden.dtype)]).unet_kwargs()
         if self.cfg.lora:
             self.student.disable_adapters()
             try:
-                out = self.student(torch.cat([z, z]), torch.cat([t, t]), torch.cat([emb, uncond])).sample
+                out = self.student(torch.cat([z, z]), torch.cat([t, t]), **both).sample
             finally:
                 self.student.enable_adapters()
         else:
-            out = self.teacher(torch.cat([z, z]), torch.cat([t, t]), torch.cat([emb, uncond])).sample
+            out = self.teacher(torch.cat([z, z]), torch.cat([t, t]), **both).sample
         tt = torch.cat([t, t])
         x0, eps = lcd.x0_and_eps(out, torch.cat([z, z]), tt, self.alphas, self.prediction_type)
         (x0_c, x0_u), (eps_c, eps_u) = x0.chunk(2), eps.chunk(2)
@@ -138,7 +141,7 @@ class Distiller:
         x0, prompts = self.data.batch(cfg.batch_size, data_step, gen)
         x0 = x0.to(self.device, self.student.dtype)
         b = len(x0)
-        emb = encode_prompts(self.pipe, prompts).to(self.student.dtype)
+        emb = encode(self.pipe, prompts, self.latent_hw)[0].to(dtype=self.student.dtype)
         noise = torch.randn(x0.shape, generator=gen).to(x0)
         index = torch.randint(0, len(self.solver), (b,), generator=gen)
         t_start, t_end = self.solver.start_and_end(index)
@@ -186,7 +189,7 @@ class Distiller:
             info["reward"] = r.mean().item()
         elif use_proxy and cfg.beta > 0 and step >= cfg.proxy_warmup:
             self.proxy.requires_grad_(False)
-            r = self.proxy(pred, emb)
+            r = self.proxy(pred, emb.hidden)
             self.proxy.requires_grad_(True)
             loss = loss - cfg.beta * r.mean()
             info["proxy_reward"] = r.mean().item()
@@ -211,7 +214,7 @@ class Distiller:
         k = min(self.cfg.proxy_batch, len(pred))
         trip = torch.stack([pred[:k], target[:k], real[:k]], 1)  # k × 3 × C × H × W
         flat = trip.flatten(0, 1)
-        emb3 = emb[:k].repeat_interleave(3, 0)
+        emb3 = emb.hidden[:k].repeat_interleave(3, 0)
         with torch.no_grad():
             expert = self.reward(self.decode(flat), [p for p in prompts[:k] for _ in range(3)]).view(k, 3)
         scores = self.proxy(flat, emb3).view(k, 3)
@@ -381,7 +384,8 @@ def distill(pipe: DiffusionPipeline, cfg: DistillConfig, out: str | Path, job: J
     d.save_state(work, cfg_dict)
     _append_log(work, log)
     summary = {"status": status, "steps": d.step_count, "train_minutes": round(d.elapsed / 60, 2),
-               "kind": "lora" if cfg.lora else "full", "out": str(out), **{k: round(v, 5) for k, v in info.items()}}
+               "kind": "lora" if cfg.lora else "full", "out": str(out), "data": d.data.describe,
+               **{k: round(v, 5) for k, v in info.items()}}
     if status == "cancelled":
         summary["resume"] = f"run again with the same settings and out to resume from {work}"
         return summary
@@ -392,6 +396,7 @@ def distill(pipe: DiffusionPipeline, cfg: DistillConfig, out: str | Path, job: J
         "guidance": round((d.w_min + d.w_max) / 2 + 1.0, 4), "w_range": [d.w_min, d.w_max],
         "teacher_guidance": d.teacher_guidance, "reward": cfg.reward if cfg.beta > 0 else "none",
         "beta": cfg.beta, "proxy": cfg.proxy, "steps": d.step_count, "train_minutes": summary["train_minutes"],
+        "data": d.data.describe,
         "config": cfg_dict,
     }
     if cfg.lora:

@@ -1,7 +1,9 @@
 """Loading a distilled student into a pipeline (apply), saving students, and checking they fit the base model.
 
 A checkpoint folder holds ``speedlab_consistency.json`` (kind, base model signature, distilled schedule)
-and either a whole ``LatentConsistencyModelPipeline`` (full student with a w-embedding) or an LCM-LoRA
+and either a whole pipeline with the student U-Net (full student with a w-embedding: a
+``LatentConsistencyModelPipeline``, or for SDXL, which has no LCM pipeline class, a ``StableDiffusionXLPipeline``
+with the ``LCMScheduler``, as the published LCM-SDXL models are) or an LCM-LoRA
 (``pytorch_lora_weights.safetensors`` for ``load_lora_weights``) plus the ``LCMScheduler`` config.
 """
 
@@ -135,27 +137,35 @@ def _naming(path: Path):
 
 
 def save_full(pipe: DiffusionPipeline, student: torch.nn.Module, out: Path, meta: dict) -> None:
-    """A stock LatentConsistencyModelPipeline folder (loads offline with from_pretrained) plus the metadata."""
-    from diffusers import LatentConsistencyModelPipeline
+    """A stock pipeline folder with the student (loads offline with from_pretrained) plus the metadata:
+    LatentConsistencyModelPipeline, or StableDiffusionXLPipeline + LCMScheduler for SDXL."""
+    from diffusers import LatentConsistencyModelPipeline, StableDiffusionXLPipeline
 
-    lcm = LatentConsistencyModelPipeline(
-        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=student,
-        scheduler=lcm_scheduler(pipe, int(meta["original_inference_steps"])), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    )
+    scheduler = lcm_scheduler(pipe, int(meta["original_inference_steps"]))
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        lcm = StableDiffusionXLPipeline(
+            vae=pipe.vae, text_encoder=pipe.text_encoder, text_encoder_2=pipe.text_encoder_2,
+            tokenizer=pipe.tokenizer, tokenizer_2=pipe.tokenizer_2, unet=student, scheduler=scheduler,
+            force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt,
+        )
+    else:
+        lcm = LatentConsistencyModelPipeline(
+            vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=student,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
     lcm.save_pretrained(out, safe_serialization=True)
     (out / META).write_text(json.dumps(meta, indent=2))
 
 
 def save_lora(pipe: DiffusionPipeline, unet: torch.nn.Module, out: Path, meta: dict) -> None:
     """pytorch_lora_weights.safetensors (for load_lora_weights), the LCMScheduler config and the metadata."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from peft.utils import get_peft_model_state_dict
 
     out.mkdir(parents=True, exist_ok=True)
     layers = get_peft_model_state_dict(unet)  # peft key format, which load_lora_weights reads
     layers = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in layers.items()}
-    StableDiffusionPipeline.save_lora_weights(str(out), unet_lora_layers=layers, weight_name=LORA_WEIGHTS,
-                                              safe_serialization=True)
+    cls = StableDiffusionXLPipeline if isinstance(pipe, StableDiffusionXLPipeline) else StableDiffusionPipeline
+    cls.save_lora_weights(str(out), unet_lora_layers=layers, weight_name=LORA_WEIGHTS, safe_serialization=True)
     lcm_scheduler(pipe, int(meta["original_inference_steps"])).save_pretrained(out / "scheduler")
     (out / META).write_text(json.dumps(meta, indent=2))

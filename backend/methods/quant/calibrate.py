@@ -13,41 +13,23 @@ import random
 import torch
 from diffusers import DDIMScheduler
 
+from backend.methods.conditioning import TextCond
+from backend.methods.conditioning import encode as encode_text
 from backend.methods.quant.config import QuantConfig
 from backend.methods.quant.model import QuantState
 
-GENERIC_PROMPTS = (
-    "a photograph of an astronaut riding a horse", "a red sports car parked on a city street at night",
-    "a bowl of fruit on a wooden table", "a mountain lake at sunrise, highly detailed",
-    "a cat sleeping on a windowsill", "an oil painting of a lighthouse in a storm",
-    "a bustling market in a small town", "a close-up portrait of an old man with a beard",
-    "a futuristic city skyline with flying cars", "a plate of sushi, studio lighting",
-    "a watercolor of a fox in the snow", "a cozy living room with a fireplace",
-    "a golden retriever playing in a park", "a medieval castle on a hill",
-    "an underwater scene with coral and fish", "a steaming cup of coffee on a desk",
-)
-
-
-def uses_shapes_prompts(pipe) -> bool:
-    """True for models that speak the Shapes world's vocabulary (shapes-sd and the tiny test architecture)."""
-    if getattr(pipe, "speedlab_source", "") in ("shapes", "tiny-arch"):
-        return True
-    try:
-        from backend.world.architecture import vocabulary
-
-        return set(pipe.tokenizer.get_vocab()) == set(vocabulary())
-    except Exception:  # any tokenizer without get_vocab or a different vocabulary
-        return False
-
 
 def default_prompts(pipe, n: int, seed: int = 0) -> list[str]:
-    """n prompts the model knows: Shapes-world captions (train split) or generic text-to-image prompts."""
+    """n prompts the model knows: Shapes-world captions (train split) or the built-in general captions."""
+    from backend.captions import general_captions
+    from backend.models import has_shapes_judge
+
     rng = random.Random(seed)
-    if uses_shapes_prompts(pipe):
+    if has_shapes_judge(pipe):
         from backend.world.shapes import random_scene
 
         return [random_scene(rng, None, "train").caption for _ in range(n)]
-    return [rng.choice(GENERIC_PROMPTS) for _ in range(n)]
+    return [rng.choice(general_captions()) for _ in range(n)]
 
 
 def guidance_of(pipe, guidance: float | None = None) -> float:
@@ -58,11 +40,9 @@ def guidance_of(pipe, guidance: float | None = None) -> float:
     return float(model_defaults(pipe).get("guidance", 7.5))
 
 
-@torch.no_grad()
-def encode(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(conditional, unconditional) text embeddings of the prompts."""
-    cond, uncond = pipe.encode_prompt(prompts, pipe.unet.device, 1, True)
-    return cond, uncond
+def encode(pipe, prompts: list[str]) -> tuple[TextCond, TextCond]:
+    """(conditional, unconditional) U-Net conditioning of the prompts at the calibration latent size."""
+    return encode_text(pipe, prompts, latent_shape(pipe, 1)[2:])
 
 
 def latent_shape(pipe, n: int) -> tuple[int, ...]:
@@ -80,9 +60,9 @@ def ddim_scheduler(pipe, steps: int) -> DDIMScheduler:
     return sched
 
 
-def cfg_eps(unet, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+def cfg_eps(unet, x: torch.Tensor, t, cond: TextCond, uncond: TextCond, guidance: float) -> torch.Tensor:
     """Classifier-free-guided noise prediction; cond and uncond in one batched U-Net call (one timestep)."""
-    out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+    out = unet(torch.cat([x, x]), t, **TextCond.cat([uncond, cond]).unet_kwargs()).sample
     e_u, e_c = out.chunk(2)
     return e_u + guidance * (e_c - e_u)
 
@@ -133,7 +113,7 @@ def calibrate(pipe, state: QuantState, config: QuantConfig | None = None, unet=N
         for i, rows in by_step.items():
             x, t, cond, uncond = traj[i]
             idx = torch.tensor(rows)
-            unet(torch.cat([x[idx], x[idx]]), t, encoder_hidden_states=torch.cat([uncond[idx], cond[idx]]))
+            unet(torch.cat([x[idx], x[idx]]), t, **TextCond.cat([uncond[idx], cond[idx]]).unet_kwargs())
         for q in quantizers.values():
             q.calibrate_observed()
     finally:

@@ -109,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
     from backend.methods.quant.checkpoint import check_out
     from backend.methods.quant.model import summary
     from backend.methods.quant.train import finetune
-    from backend.models import load_pipeline
+    from backend.runs.build import load_model
     from backend.runs.jobs import JobControl
     from backend.runs.variant import Variant
 
@@ -120,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
         raise ValueError("--variant already has a quant section; give the FP teacher (drop \"quant\")")
     prompts = read_prompts(args.prompts)
     out = check_out(args.out)
-    pipe = load_pipeline(variant.model, variant.device, variant.dtype)
+    pipe = load_model(variant)
     if args.restart and out.exists():
         shutil.rmtree(out)
     cancel = threading.Event()

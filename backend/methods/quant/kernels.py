@@ -112,7 +112,7 @@ class Int8Layer(nn.Module):
         self.is_conv = layer.is_conv
         self.a_quant: ActQuantizer = layer.a_quant
         self.w_bits, self.role = layer.w_quant.bits, layer.role
-        self.out_features = base.weight.shape[0]
+        self.out_features, self.in_features = base.weight.shape[0], base.weight.shape[1]  # diffusers reads them
         with torch.no_grad():
             codes = layer.int_weight().round()
             qweight, w_scale, self.requantized = symmetric_int8(codes, layer.w_quant.zero_point, layer.w_quant.scale)

@@ -269,6 +269,10 @@ class QuantLayer(nn.Module):
         return isinstance(self.base, nn.Conv2d)
 
     @property
+    def in_features(self) -> int:  # read by diffusers (SDXL checks add_embedding.linear_1.in_features)
+        return self.base.weight.shape[1]
+
+    @property
     def lora_rank(self) -> int:
         return 0 if self.lora_A is None else self.lora_A.shape[0]
 

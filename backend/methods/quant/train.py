@@ -234,7 +234,7 @@ def finetune(
             idx = torch.randint(0, len(pool), (ft.batch_size,), generator=gen).tolist()
             with torch.no_grad():
                 cond = encode(pipe, [pool[i] for i in idx])[0].to(device)
-            unc = uncond.expand(len(idx), -1, -1).to(device)
+            unc = uncond.repeat(len(idx)).to(device)
             x = (torch.randn(latent_shape(pipe, len(idx)), generator=gen) * sched.init_noise_sigma).to(device)
             for t in sched.timesteps:
                 job.check()
