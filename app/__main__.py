@@ -60,6 +60,9 @@ def create(model: str = "shapes", store: str = "runs/workbench", limits=None, jo
     from app.callbacks import Callbacks
     from app.ui import CSS, build_demo
 
+    if limits is None or job_limits is None:  # the defaults of the flags
+        default_limits, default_jobs = limits_from(parse_args([]))
+        limits, job_limits = limits or default_limits, job_limits or default_jobs
     cb = Callbacks(model=model, store=store, limits=limits, job_limits=job_limits)
     demo = build_demo(cb)
     demo.speedlab_css = CSS

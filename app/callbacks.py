@@ -144,8 +144,12 @@ class Callbacks:
         cancel = self.cancels.begin(request)
         progress(0, desc="queued for the device")
 
-        def on_step(done: int, total: int, name: str) -> None:
-            progress((done, total), desc=f"{name}: denoising")
+        last = [0.0]
+
+        def on_step(done: int, total: int, name: str) -> None:  # ≤ 4 updates a second: the page stays responsive
+            if time.monotonic() - last[0] >= 0.25 or done == total:
+                last[0] = time.monotonic()
+                progress((done, total), desc=f"{name}: denoising")
 
         on = [i for i, v in enumerate(columns) if v is not None]
         try:

@@ -57,7 +57,7 @@ def _playground(cb: Callbacks, defaults: dict):
                 enabled = gr.Checkbox(value=preset["on"], label="use this column", visible=col > 0,
                                       interactive=col > 0, elem_id=f"use-{col}")
                 name = gr.Textbox(value=preset["name"], label="name", max_lines=1, elem_id=f"name-{col}")
-                with gr.Accordion("sampling", open=col == 0 or "scheduler" in preset):
+                with gr.Accordion("sampling", open=col == 0 or "scheduler" in preset, elem_id=f"sampling-{col}"):
                     lcm = preset.get("scheduler") == "lcm"
                     scheduler = gr.Dropdown(["default", *SCHEDULERS], value=preset.get("scheduler", "default"),
                                             label="scheduler", interactive=not lcm)
@@ -113,7 +113,9 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
                 grid_btn = gr.DownloadButton("Download grid PNG", interactive=False, elem_id="grid-download")
-            status = gr.Markdown(elem_id="status")
+            with gr.Row():
+                status = gr.Markdown(elem_id="status")
+                cancel_note = gr.Markdown(elem_id="cancel-note")  # not the status: a cancel may answer after the run
             ui = _playground(cb, defaults)
             with gr.Row():
                 pair_a = gr.Dropdown(label="left (before)", choices=[], interactive=True)
@@ -167,7 +169,9 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
             with gr.Row():
                 sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="sweep")
                 sweep_cancel = gr.Button("Cancel", variant="stop")
-            curves_status = gr.Markdown()
+            with gr.Row():
+                curves_status = gr.Markdown()
+                sweep_cancel_note = gr.Markdown()
             plot = gr.Plot(label="latency vs quality, Pareto front dashed")
             table = gr.Dataframe(label="points (select a row to compare it with the baseline)", interactive=False)
             point_md = gr.Markdown()
@@ -191,7 +195,9 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
         run.then(cb.pair_choices, [comparison, show_diff], [pair_a, pair_b, pair], api_visibility="private",
                  queue=False)
         run.then(cb.grid_file, [comparison, prompt, seed], grid_btn, api_visibility="private", **AT_ONCE)
-        cancel_btn.click(cb.cancel, None, status, api_name="cancel", **AT_ONCE)
+        # unqueued: a queued event reaches the handler seconds later while the device slot is busy
+        cancel_btn.click(cb.cancel, None, cancel_note, api_name="cancel", queue=False)
+        generate_btn.click(lambda: "", None, cancel_note, queue=False, api_visibility="private")
         for trigger in (pair_a.change, pair_b.change, show_diff.change):
             trigger(cb.pair, [comparison, pair_a, pair_b, show_diff], pair, api_visibility="private", queue=False)
         model.change(cb.model_changed, model, [*ui["steps"], *ui["guidance"], *ui["ckpts"], status],
@@ -225,7 +231,8 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
         sw.then(cv.run, [prompt, seed, model, variants_box, section, param, start, stop, step, section2, param2,
                          values2, source, n_prompts, metric],
                 [plot, table, curves_run, curves_status, metric], api_name="sweep", **DEVICE)
-        sweep_cancel.click(cb.cancel, None, curves_status, api_visibility="private", **AT_ONCE)
+        sweep_cancel.click(cb.cancel, None, sweep_cancel_note, api_visibility="private", queue=False)
+        sweep_btn.click(lambda: "", None, sweep_cancel_note, queue=False, api_visibility="private")
         metric.input(cv.outputs, [curves_run, metric], [plot, table, curves_run, curves_status, metric],
                      api_visibility="private")
         table.select(cv.point_selected, curves_run, [point_pair, point_md], api_visibility="private")
