@@ -21,7 +21,9 @@ from backend.world.prompts import PROMPT_SETS
 
 SECTIONS = ("deepcache", "quant", "consistency")
 NONE = "(none)"
-PROMPT_SOURCES = ("this prompt", *PROMPT_SETS)
+THIS = "this prompt + single set"
+PROMPT_SOURCES = (THIS, *PROMPT_SETS)
+MIN_PROMPTS = 2  # distribution metrics (fd_shapes) need at least two images
 VARIANT_PARAMS = [  # top-level Variant knobs a sweep can move
     {"name": "steps", "type": "int", "default": 25, "minimum": 1, "maximum": 200, "help": "denoising steps"},
     {"name": "guidance", "type": "float", "default": 5.0, "minimum": 0.0, "maximum": 20.0, "help": "CFG scale"},
@@ -68,7 +70,7 @@ def figure(df: pd.DataFrame, keys: list[str], metric: str) -> go.Figure:
         fig.add_trace(go.Scatter(x=fr["latency_s"], y=fr[metric], mode="lines", name="Pareto front",
                                  line={"dash": "dash", "color": "grey"}, line_shape="hv", hoverinfo="skip"))
     fig.update_layout(title=f"Latency vs {label} ({'higher' if higher else 'lower'} is better)",
-                      xaxis_title="latency (s / batch of the sweep's prompts, median)", yaxis_title=label, height=440,
+                      xaxis_title="latency (s / image, median)", yaxis_title=label, height=440,
                       margin={"t": 50, "l": 60, "r": 20, "b": 50}, legend={"orientation": "h", "y": -0.2})
     return fig
 
@@ -123,15 +125,20 @@ class CurvesCallbacks:
         return (gr.update(value=start, **bounds), gr.update(value=stop, **bounds), gr.update(value=step),
                 p.get("help") or "")
 
-    def second_changed(self, section: str):
+    def second_changed(self, section: str, first_section: str, first: str | None):
+        """The second parameter's choices; by default one that is not the first parameter."""
         names = [] if section == NONE else [p["name"] for p in self.numeric(section)]
-        return gr.update(choices=names, value=names[0] if names else None)
+        free = [n for n in names if section != first_section or n != first]
+        return gr.update(choices=names, value=free[0] if free else None)
 
     def _prompts(self, prompt: str, source: str, n: int) -> list[str]:
-        if source == "this prompt":
-            return [prompt]
+        """n (≥ 2) prompts: the Playground's prompt first, then prompts spread over the single-object set; or n
+        prompts of a named set. The sweep runs them as one batch, each with its own seed."""
         from backend.runs.runner import eval_prompts
 
+        n = max(MIN_PROMPTS, n)
+        if source == THIS:
+            return [prompt, *eval_prompts("single", n)[1:]]
         return eval_prompts(source, n)
 
     def run(self, prompt: str, seed: float, model: str, variants_json: str, section: str, name: str, start: float,

@@ -163,8 +163,8 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                 section2 = gr.Dropdown([NONE, *cb.curves.sections()], value=NONE, label="second parameter (colour)")
                 param2 = gr.Dropdown([], label="parameter")
                 values2 = gr.Textbox(label="values (comma list)", placeholder="0, 2")
-                source = gr.Dropdown(list(PROMPT_SOURCES), value="this prompt", label="prompts")
-                n_prompts = gr.Slider(1, 16, step=1, value=4, label="prompts from a set")
+                source = gr.Dropdown(list(PROMPT_SOURCES), value=PROMPT_SOURCES[0], label="prompts")
+                n_prompts = gr.Slider(2, 16, step=1, value=4, label="number of prompts")
                 metric = gr.Dropdown([m for m in QUALITY_METRICS], value="psnr_vs_baseline", label="quality axis")
             with gr.Row():
                 sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="sweep")
@@ -225,7 +225,7 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
         cv = cb.curves
         section.change(cv.section_changed, section, [param, start, stop, step, param_help], api_visibility="private")
         param.input(cv.param_changed, [section, param], [start, stop, step, param_help], api_visibility="private")
-        section2.change(cv.second_changed, section2, param2, api_visibility="private")
+        section2.change(cv.second_changed, [section2, section, param], param2, api_visibility="private")
         demo.load(cv.section_changed, section, [param, start, stop, step, param_help], api_visibility="private")
         sw = sweep_btn.click(cb.collect_variants, ui["controls"], variants_box, queue=False, api_visibility="private")
         sw.then(cv.run, [prompt, seed, model, variants_box, section, param, start, stop, step, section2, param2,
