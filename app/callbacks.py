@@ -140,7 +140,11 @@ class Callbacks:
         """One generation per column that is on, same seed; outputs per column (image, caption), then the
         results JSON, the status line and the comparison (rows addressed by column, None where off)."""
         start = time.perf_counter()
-        columns = self._columns(variants_json)
+        keep = (*[gr.skip()] * (2 * N_COLUMNS), gr.skip())
+        try:
+            columns = self._columns(variants_json)
+        except ValueError as exc:
+            return (*keep, f"**Error:** {exc}", gr.skip())
         cancel = self.cancels.begin(request)
         progress(0, desc="queued for the device")
 
@@ -156,10 +160,12 @@ class Callbacks:
             rows = cmp.compare(prompt, int(seed or 0), [columns[i] for i in on], model or self.model,
                                on_step=on_step, cancel=cancel, limits=self.limits)
         except cmp.GenerationCancelled as exc:
-            return (*[gr.skip()] * (2 * N_COLUMNS), gr.skip(),
-                    f"**Cancelled** ({exc}) after {time.perf_counter() - start:.1f} s.", gr.skip())
-        except Exception as exc:
-            raise user_error(exc) from exc
+            return (*keep, f"**Cancelled** ({exc}) after {time.perf_counter() - start:.1f} s.", gr.skip())
+        except Exception as exc:  # the request as a whole (prompt, seed, model): said in the status line
+            if not isinstance(exc, ValueError):
+                log.exception("generation failed", exc_info=exc)
+            return (*keep, f"**Error:** {exc if isinstance(exc, ValueError) else f'{type(exc).__name__}: {exc}'}",
+                    gr.skip())
         finally:
             self.cancels.end(request, cancel)
         by_col: list[dict | None] = [None] * N_COLUMNS
@@ -185,12 +191,12 @@ class Callbacks:
         try:
             columns = json.loads(variants_json) if isinstance(variants_json, str) else variants_json
         except json.JSONDecodeError as exc:
-            raise gr.Error(f"variants: malformed JSON ({exc.msg})") from exc
+            raise ValueError(f"variants: malformed JSON ({exc.msg})") from exc
         if not isinstance(columns, list) or not columns or len(columns) > N_COLUMNS:
-            raise gr.Error(f"variants: a JSON list of 1 to {N_COLUMNS} column entries (variant objects, null for a "
+            raise ValueError(f"variants: a JSON list of 1 to {N_COLUMNS} column entries (variant objects, null for a "
                            "column that is off), the baseline first")
         if columns[0] is None:
-            raise gr.Error("variants: the first column (the baseline) must be on")
+            raise ValueError("variants: the first column (the baseline) must be on")
         return columns + [None] * (N_COLUMNS - len(columns))
 
     def cancel(self, request: gr.Request = None) -> str:

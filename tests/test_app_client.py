@@ -44,13 +44,13 @@ def test_limits_refuse_a_huge_request(client):
     assert "--max-steps" in out[6] and out[5].startswith("**baseline**")
 
 
-def test_bad_input_is_a_visible_error(client):
-    from gradio_client.exceptions import AppError
-
-    with pytest.raises(AppError, match="prompt"):
-        client.predict("   ", 0, "tiny-arch", json.dumps([{"steps": 2}]), api_name="/generate")
-    with pytest.raises(AppError, match="unknown model"):
-        client.predict(PROMPT, 0, "nonsense", json.dumps([{"steps": 2}]), api_name="/generate")
+def test_bad_input_is_said_in_the_status_line(client):
+    for prompt, model, variants, needle in (("   ", "tiny-arch", [{"steps": 2}], "prompt"),
+                                            (PROMPT, "nonsense", [{"steps": 2}], "unknown model"),
+                                            (PROMPT, "tiny-arch", "[{", "malformed JSON")):
+        out = client.predict(prompt, 0, model, variants if isinstance(variants, str) else json.dumps(variants),
+                             api_name="/generate")
+        assert out[11].startswith("**Error:**") and needle in out[11]
     # and the app keeps working
     out = client.predict(PROMPT, 0, "tiny-arch", json.dumps([{"steps": 2}]), api_name="/generate")
     assert out[11].startswith("Done")

@@ -172,7 +172,21 @@ def _generate_column(v: Variant, prompt: str, seed: int, step: Callable[[int, in
         row["full_steps"], row["cached_steps"] = hook.full_evals, hook.partial_evals
     if getattr(pipe, "speedlab_kernels", None):  # quantized: which kernels actually ran
         row["kernels"] = pipe.speedlab_kernels
+    row.update(_judge(v, image, prompt))
     return row
+
+
+def _judge(v: Variant, image: np.ndarray, prompt: str) -> dict:
+    """The Shapes judge's verdict on one image of the embedded model (prompt_accuracy 0/1 and per attribute),
+    or {} where there is no judge (another model, a prompt outside the Shapes world)."""
+    from backend.metrics.quality import QualityUnavailable, judge_metrics
+
+    if v.model != "shapes":
+        return {}
+    try:
+        return judge_metrics(image[None], [prompt])
+    except QualityUnavailable:
+        return {}
 
 
 def compare(
@@ -262,6 +276,9 @@ def metrics_line(row: dict) -> str:
     parts.append(evals)
     if row.get("kernels"):
         parts.append(row["kernels"])
+    if row.get("attr_accuracy"):
+        marks = " ".join(f"{k} {'✓' if v >= 1 else '✗'}" for k, v in row["attr_accuracy"].items() if k != "count")
+        parts.append(f"judge {'✓' if row.get('prompt_accuracy') == 1 else '✗'} ({marks})")
     return " · ".join(parts)
 
 
