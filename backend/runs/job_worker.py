@@ -30,16 +30,18 @@ def run(root: Path, job_id: str) -> int:
     job_dir = root / "jobs" / job_id
     flag = FileFlag(job_dir / "cancel")
     last = [0.0]
+    latest: dict = {}  # the newest report, written with the final state even when the throttle skipped it
 
     with (job_dir / "progress.jsonl").open("a") as log:
         def on_progress(fields: dict) -> None:
             log.write(json.dumps(fields, default=float) + "\n")
             log.flush()
+            latest.clear()
+            latest.update({k: v for k, v in fields.items() if isinstance(v, (int, float, str)) or v is None})
+            latest.setdefault("loss", fields.get("distill"))
             if time.monotonic() - last[0] >= PROGRESS_EVERY_S:
                 last[0] = time.monotonic()
-                row = {k: v for k, v in fields.items() if isinstance(v, (int, float, str)) or v is None}
-                row.setdefault("loss", fields.get("distill"))
-                store.update_job(job_id, progress=row)
+                store.update_job(job_id, progress=latest)
 
         try:
             from backend.models import load_pipeline
@@ -64,14 +66,14 @@ def run(root: Path, job_id: str) -> int:
                 summary = distill(pipe, DistillConfig.from_dict(params["settings"]), out, control)
             status = "cancelled" if summary.get("status") == "cancelled" else "done"
             summary = json.loads(json.dumps(summary, default=str))
-            store.update_job(job_id, status=status, progress={"phase": status, "summary": summary})
+            store.update_job(job_id, status=status, progress={**latest, "phase": status, "summary": summary})
             return 0
         except BaseException as exc:  # the UI shows why; the traceback is in worker.log
             traceback.print_exc()
             cancelled = flag.is_set()
             store.update_job(job_id, status="cancelled" if cancelled else "failed",
                              error=None if cancelled else f"{type(exc).__name__}: {exc}",
-                             progress={"phase": "cancelled" if cancelled else "failed"})
+                             progress={**latest, "phase": "cancelled" if cancelled else "failed"})
             return 1
         finally:
             store.close()
