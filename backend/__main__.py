@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import sys
 import time
-from pathlib import Path
 
+from safetensors import SafetensorError
 from tqdm import tqdm
+
+from backend.core import jsonable
+from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
 
 # Sub-commands implemented elsewhere: module with add_arguments(parser) and main(args) -> int.
 FINETUNE = {"efficientdm": "backend.methods.quant.cli", "lcd": "backend.methods.consistency.cli"}
@@ -18,14 +20,29 @@ EXTERNAL = {"sweep": "backend.runs.sweep", "report": "backend.reports.cli"}
 BENCHES = ("world", "deepcache", "quant", "lcm", "deploy")
 
 
-def jsonable(value):
-    """JSON-safe copy: infinities become the string "inf" (PSNR of identical images)."""
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: COMMAND: argument --flag: what is wrong`` and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: str) -> str:
+    """Whitespace and line breaks collapsed: every error is printed as exactly one line."""
+    return " ".join(str(text).split()) or "error"
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of --seed: a whole number in the allowed range, named when it is not."""
+    from backend.methods.params import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number; allowed: 0 to {MAX_SEED}") from None
+    if not 0 <= value <= MAX_SEED:
+        shown = text if len(text) <= 40 else f"{value:.3e}"
+        raise argparse.ArgumentTypeError(f"{shown} is out of range; allowed: 0 to {MAX_SEED}")
     return value
 
 
@@ -50,14 +67,13 @@ def cmd_generate(args) -> int:
     from PIL import Image
 
     from backend.runs.build import build_pipeline, generate
+    from backend.runs.paths import check_out_file
     from backend.runs.variant import Variant
 
     variant = Variant.parse(args.variant)
     if not args.prompt.strip():
         raise ValueError("--prompt is empty; give a non-empty text prompt")
-    out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise ValueError(f"--out {args.out!r} must end in .png or .jpg")
+    out = check_out_file(args.out, "--out", (".png", ".jpg", ".jpeg"))
     pipe = build_pipeline(variant)
     bar = LazyBar("denoising", unit="step", disable=args.json)
     start = time.perf_counter()
@@ -66,8 +82,12 @@ def cmd_generate(args) -> int:
     bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp" + out.suffix)
-    Image.fromarray((image * 255).round().astype("uint8")).save(tmp)
-    tmp.replace(out)
+    try:
+        Image.fromarray((image * 255).round().astype("uint8")).save(tmp)
+        tmp.replace(out)
+    except BaseException:  # a full disk or a kill: no half-written image left behind
+        tmp.unlink(missing_ok=True)
+        raise
     info = {"out": str(out), "prompt": args.prompt, "seed": args.seed, "latency_s": seconds,
             "variant": variant.to_dict()}
     kernels = getattr(pipe, "speedlab_kernels", None)
@@ -91,18 +111,31 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(jsonable(result)))
     else:
         for key, value in result.items():
-            print(f"{key:>18}: {value}")
+            if isinstance(value, dict) and "verdict" in value:
+                value = f"{value['delta']:+.4g}: {value['verdict']}"
+            print(f"{key:>22}: {value}")
     return 0
 
 
 def cmd_bench(args) -> int:
-    from backend.bench.common import print_rows, write_report
+    from backend.bench.common import print_rows
+    from backend.bench.docs import write_fragments, write_page
 
     module = importlib.import_module(f"backend.bench.{args.bench}")
     rows = module.run(args)
-    path = write_report(args.bench, rows, " ".join(["python -m backend"] + sys.argv[1:]))
+    fragments = write_fragments(args.bench, rows, " ".join(["python -m backend"] + sys.argv[1:]),
+                                default_model=getattr(args, "model", None) or "shapes")
+    page = write_page(args.bench)
     print_rows(rows, as_json=args.json)
-    print(f"table written to {path}", file=sys.stderr)
+    print(f"rows written to {', '.join(str(f) for f in fragments)}; page rebuilt: {page}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_docs(args) -> int:
+    from backend.bench.docs import benches_with_fragments, write_page
+
+    for name in benches_with_fragments():
+        print(f"rebuilt {write_page(name)}")
     return 0
 
 
@@ -123,13 +156,15 @@ def _unavailable(name: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__)
+    parser = Parser(prog="python -m backend", description=__doc__)
+    parser.add_argument("--allow-pickle", action="store_true", help="load local models whose weights are only "
+                        "pickled (.bin), with torch weights_only=True (default: safetensors only)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="one image for a prompt and seed")
     p.add_argument("--variant", required=True, help="Variant as JSON text or a JSON file path")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", required=True, help="output image (.png/.jpg)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_generate)
@@ -138,9 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True, help="Variant as JSON text or a JSON file path")
     p.add_argument("--baseline", help="baseline Variant for psnr/ssim_vs_baseline and speedup")
     p.add_argument("--n", type=int, default=200, help="number of prompts (default 200)")
-    p.add_argument("--set", default="single", choices=["single", "two", "compositional"], help="prompt set")
-    p.add_argument("--seed", type=int, default=0, help="first seed; prompt i uses seed+i")
-    p.add_argument("--repeats", type=int, default=3, help="timed one-image repeats after warm-up")
+    p.add_argument("--set", default=DEFAULT_SET, choices=PROMPT_SETS,
+                   help=f"Shapes prompt set (default {DEFAULT_SET}: two-object + compositional, with headroom)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="first seed; prompt i uses seed+i")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="interleaved timing rounds of one image, after a warm-up (≥ 1; default 3)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_evaluate)
 
@@ -152,8 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name in EXTERNAL.items():
         _add_external(sub, name, module_name, name)
 
-    p = sub.add_parser("bench", help="side-by-side benchmarks; writes docs/bench-NAME.md")
+    p = sub.add_parser("bench", help="side-by-side benchmarks; writes docs/bench/NAME/*.json and docs/bench-NAME.md")
     bsub = p.add_subparsers(dest="bench", required=True)
+    bp = bsub.add_parser("docs", help="rebuild every docs/bench-NAME.md from its fragments (measures nothing)")
+    bp.set_defaults(func=cmd_bench_docs)
     for name in BENCHES:
         try:
             module = importlib.import_module(f"backend.bench.{name}")
@@ -166,12 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for a refused input or a failed read/write; an OSError names its path."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        what = exc.strerror or type(exc).__name__
+        other = f" -> {exc.filename2}" if exc.filename2 else ""
+        return one_line(f"{exc.filename}{other}: {what}")
+    return one_line(str(exc) or type(exc).__name__)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from backend.models import allow_pickle
+
+    allow_pickle(args.allow_pickle)
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, SafetensorError) as exc:
+        print(f"error: {describe_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
+from safetensors import SafetensorError
 from transformers import CLIPTextConfig, CLIPTextModel
 from transformers.utils import logging as transformers_logging
 
@@ -25,8 +26,30 @@ RANDOM_ARCHS = ("sd15-arch", "tiny-arch")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_allow_pickle = False  # set by the CLI's --allow-pickle; pickled weights then load with torch weights_only=True
+
+
 class ModelError(ValueError):
     """A model source that cannot be loaded; the message names it and what is allowed."""
+
+
+def allow_pickle(enabled: bool) -> None:
+    """Let local folders with only pickled (.bin) weights load (torch.load with weights_only=True)."""
+    global _allow_pickle
+    _allow_pickle = bool(enabled)
+
+
+def _check_no_pickle_only(path: Path) -> None:
+    """ModelError when a component folder holds pickled weights and no safetensors (unless allowed)."""
+    if _allow_pickle:
+        return
+    for folder in [path, *(p for p in path.iterdir() if p.is_dir())]:
+        files = [f for f in folder.iterdir() if f.is_file()]
+        pickled = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
+        if pickled and not any(f.suffix == ".safetensors" for f in files):
+            raise ModelError(f"folder {str(folder)!r} has only pickled weights ({pickled[0]}); allowed: safetensors "
+                             "weights (convert them, or pass --allow-pickle to load them with weights_only=True)")
 
 
 def model_defaults(pipe: DiffusionPipeline) -> dict:
@@ -37,6 +60,32 @@ def model_defaults(pipe: DiffusionPipeline) -> dict:
 def is_random_weights(pipe: DiffusionPipeline) -> bool:
     """True for the random-weight architectures (speed only: quality metrics refuse them)."""
     return getattr(pipe, "speedlab_source", "") in RANDOM_ARCHS
+
+
+def check_source(source: str) -> None:
+    """ModelError when ``source`` cannot be loaded here, found without loading it (a missing folder, the
+    embedded model not trained yet, a Hub id not in the cache while offline)."""
+    if source in RANDOM_ARCHS:
+        return
+    path = SHAPES_DIR if source == "shapes" else Path(source)
+    if source == "shapes" and not (path / "model_index.json").exists():
+        raise ModelError(f"the embedded model is missing at {path}; train it with python -m backend.world.train")
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise ModelError(f"folder {str(path)!r} is not a diffusers pipeline (no model_index.json)")
+        return
+    if source.startswith((".", "/", "~")):
+        raise ModelError(f"model folder {source!r} does not exist; allowed: shapes, sd15-arch, tiny-arch, a local "
+                         "diffusers folder, or a Hub id")
+    if "/" not in source or source.count("/") > 1:
+        raise ModelError(f"unknown model {source!r}; allowed: shapes, sd15-arch, tiny-arch, a local diffusers "
+                         "folder, or a Hub id such as runwayml/stable-diffusion-v1-5")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(source, "model_index.json"), str):
+            raise ModelError(f"Hub model {source!r} is not in the local cache and the Hub is offline "
+                             "(HF_HUB_OFFLINE=1)")
 
 
 def load_pipeline(source: str = "shapes", device: str = "cpu", dtype: str = "float32") -> DiffusionPipeline:
@@ -106,17 +155,21 @@ def _from_pretrained(source: str, path: Path, torch_dtype: torch.dtype) -> Diffu
     if path.exists():
         if not (path / "model_index.json").is_file():
             raise ModelError(f"folder {str(path)!r} is not a diffusers pipeline (no model_index.json)")
+        _check_no_pickle_only(path)
         try:
             return DiffusionPipeline.from_pretrained(path, dtype=torch_dtype, local_files_only=True,
-                                                     safety_checker=None, requires_safety_checker=False)
-        except (OSError, ValueError, TypeError) as exc:
-            raise ModelError(f"folder {str(path)!r} could not be loaded as a diffusers pipeline: {exc}") from exc
+                                                     safety_checker=None, requires_safety_checker=False,
+                                                     use_safetensors=None if _allow_pickle else True)
+        except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelError(f"folder {str(path)!r} could not be loaded as a diffusers pipeline: {first}") from exc
     if "/" not in source or source.startswith((".", "/")) or source.count("/") > 1:
         raise ModelError(f"unknown model {source!r}; allowed: shapes, sd15-arch, tiny-arch, a local diffusers "
                          "folder, or a Hub id such as runwayml/stable-diffusion-v1-5")
     try:
         return DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, safety_checker=None,
                                                  requires_safety_checker=False,
+                                                 use_safetensors=None if _allow_pickle else True,
                                                  local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
     except Exception as exc:  # the Hub client raises many types (network, auth, missing files)
         raise ModelError(f"Hub model {source!r} could not be loaded (not in the local cache and the Hub is not "

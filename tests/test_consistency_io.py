@@ -17,7 +17,7 @@ from backend.methods.consistency import (
     read_meta,
     rewards,
 )
-from backend.methods.consistency.distill import distill, work_dir_for
+from backend.methods.consistency.distill import distill, latest_state, work_dir_for
 from backend.models import load_pipeline
 from backend.runs.jobs import JobControl
 
@@ -103,7 +103,7 @@ def test_cancel_then_resume(tmp_path):
     c = cfg(max_steps=4)
     first = distill(load_pipeline("tiny-arch"), c, out, JobControl(cancel=CancelAt(2), on_progress=seen.append))
     assert first["status"] == "cancelled" and first["steps"] == 2 and not out.exists()
-    assert (work_dir_for(out) / "state.safetensors").is_file() and [f["step"] for f in seen] == [1, 2]
+    assert (latest_state(work_dir_for(out)) / "state.safetensors").is_file() and [f["step"] for f in seen] == [1, 2]
     with pytest.raises(ValueError, match="other settings"):
         distill(load_pipeline("tiny-arch"), cfg(max_steps=4, lr=5e-4), out)
     second = distill(load_pipeline("tiny-arch"), c, out)

@@ -51,13 +51,41 @@ def test_judge_rejects_wrong_prompts():
 
 
 @needs_evaluators
-def test_fd_real_real_small_noise_large():
-    prompts = _prompts("two", 150)
-    real_a = quality.real_renders(prompts, seed=1)
-    noise = np.random.default_rng(0).random(real_a.shape).astype(np.float32)
-    fd_real = quality.fd_shapes(real_a, prompts, seed=2)
-    fd_noise = quality.fd_shapes(noise, prompts, seed=2)
-    assert fd_real < 0.05 * fd_noise
+def test_kid_real_renders_sit_at_the_floor_and_noise_far_above():
+    prompts = [s.caption for s in prompt_set("hard")[:100]]
+    real = quality.kid_shapes(quality.real_renders(prompts, seed=1), prompts, seed=2)
+    lo, hi = real["kid_shapes_floor_ci"]
+    assert lo <= real["kid_shapes"] <= hi + (hi - lo)  # another render seed: inside the floor's spread
+    noise = np.random.default_rng(0).random((100, 64, 64, 3)).astype(np.float32)
+    far = quality.kid_shapes(noise, prompts, seed=2)
+    assert far["kid_shapes_ci"][0] > hi + 10 * (hi - lo)
+
+
+def test_distribution_metrics_refuse_small_n_instead_of_hanging():
+    prompts = _prompts("two", 5)
+    with pytest.raises(quality.QualityUnavailable, match="kid_shapes needs n"):
+        quality.kid_shapes(np.zeros((5, 64, 64, 3)), prompts)
+    with pytest.raises(quality.QualityUnavailable, match="fd_shapes needs n"):
+        quality.fd_shapes(np.zeros((5, 64, 64, 3)), prompts)
+
+
+def test_psnr_is_the_same_on_floats_and_on_their_8bit_images():
+    rng = np.random.default_rng(1)
+    a, b = rng.random((3, 16, 16, 3)), rng.random((3, 16, 16, 3))
+    u8 = lambda x: (x * 255).round().astype(np.uint8) / 255.0  # noqa: E731 - what a sweep stores
+    assert quality.psnr_ssim(a, b) == quality.psnr_ssim(u8(a), u8(b))
+
+
+@needs_evaluators
+def test_paired_quality_deltas_have_intervals_and_verdicts():
+    prompts = _prompts("two", 40)
+    renders = quality.real_renders(prompts, seed=1)
+    same = quality.paired_quality(renders, renders, prompts)
+    assert same["psnr_vs_baseline"] == math.inf and same["prompt_accuracy_delta"]["delta"] == 0
+    assert same["prompt_accuracy_delta"]["verdict"] == "no measurable difference at n=40"
+    blank = np.ones_like(renders) * renders.mean()
+    worse = quality.paired_quality(blank, renders, prompts)["prompt_accuracy_delta"]
+    assert worse["delta"] < -0.9 and worse["ci"][1] < 0 and worse["verdict"].startswith("drop of")
 
 
 @needs_evaluators
@@ -92,8 +120,6 @@ def test_cost_counters(tiny_pipe):
     one = cost.count_macs(lambda: generate(tiny_pipe, v, ["a"], [0]))
     two = cost.count_macs(lambda: generate(tiny_pipe, Variant.from_dict({**v.to_dict(), "steps": 6}), ["a"], [0]))
     assert one > 0 and two > one
-    lat = cost.measure_latency(lambda: None, repeats=5, warmup=0)
-    assert 0 <= lat["latency_s"] <= lat["latency_p90_s"]
 
 
 def test_shapes_sd_loads_with_stock_class_offline(shapes_available, monkeypatch):
@@ -110,13 +136,60 @@ def test_shapes_sd_loads_with_stock_class_offline(shapes_available, monkeypatch)
     assert sum(f.stat().st_size for f in SHAPES_DIR.rglob("*") if f.is_file()) < 40 * 2**20
 
 
-def test_interleaved_latency_runs_round_by_round():
-    from backend.metrics.cost import interleaved_latency
+class FakeClock:
+    """A clock that advances by a scripted duration for each timed call (start/stop pairs)."""
 
+    def __init__(self, durations: list[float]):
+        self.durations, self.now, self.started = list(durations), 0.0, False
+
+    def __call__(self) -> float:
+        if self.started:
+            self.now += self.durations.pop(0)
+        self.started = not self.started
+        return self.now
+
+
+def test_timed_rounds_interleave_and_report_medians_intervals_and_paired_speedup():
     calls: list[str] = []
-    out = interleaved_latency({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
-    assert calls == ["a", "b"] * 4
-    assert set(out) == {"a", "b"} and all(v["latency_s"] >= 0 for v in out.values())
+    # rounds of (base, fast): the machine slows down in round 2, both alike; the ratio stays 2
+    clock = FakeClock([1.0, 0.5, 3.0, 1.5, 1.0, 0.5])
+    out = cost.timed_rounds({"base": lambda: calls.append("b"), "fast": lambda: calls.append("f")}, repeats=3,
+                            warmup=1, baseline="base", clock=clock)
+    assert calls == ["b", "f"] * 4  # one warm-up round, then three interleaved rounds
+    assert out["base"]["latency_s"] == 1.0 and out["fast"]["latency_s"] == 0.5
+    assert out["fast"]["speedup"] == pytest.approx(2.0) and out["fast"]["speedup_ci"] == pytest.approx([2.0, 2.0])
+    lo, hi = out["fast"]["latency_ci"]
+    assert lo < 0.5 < hi and out["fast"]["timing_noisy"] is False  # latency varies, the paired ratio does not
+    assert out["base"]["speedup"] == 1.0
+    one = cost.timed_rounds({"a": lambda: None}, repeats=1, warmup=0, clock=FakeClock([0.2]))
+    assert one["a"]["latency_s"] == pytest.approx(0.2) and one["a"]["latency_ci"] is None
+
+
+def test_timed_rounds_flags_noise_and_refuses_bad_repeats():
+    out = cost.timed_rounds({"b": lambda: None, "v": lambda: None}, repeats=3, warmup=0, baseline="b",
+                            clock=FakeClock([1.0, 1.0, 1.0, 3.0, 1.0, 0.4]))
+    assert out["v"]["timing_noisy"] is True and "timing noisy" in cost.describe_timing(out["v"])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="allowed: a whole number ≥ 1"):
+            cost.timed_rounds({"a": lambda: None}, repeats=bad)
+
+
+def test_paired_delta_bootstrap_interval_of_a_known_sample():
+    from backend.metrics.paired import median_interval, paired_delta
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2, 400).astype(float)
+    flip = rng.random(400) < 0.2  # the variant loses 20% of the correct answers
+    variant = np.where(flip & (base == 1), 0.0, base)
+    d = paired_delta(variant, base, scale=100, unit=" points")
+    true = float((variant - base).mean())
+    assert d["delta"] == pytest.approx(true) and d["ci"][0] < true < d["ci"][1] < 0
+    assert d["ci"][1] - d["ci"][0] < 0.08 and d["verdict"].startswith("drop of")
+    noise = paired_delta(rng.random(50), rng.random(50))
+    assert noise["ci"][0] < 0 < noise["ci"][1] and noise["verdict"] == "no measurable difference at n=50"
+    assert paired_delta([1.0], [0.0])["ci"] is None
+    med, ci = median_interval([2.0, 2.0, 2.0])
+    assert med == 2.0 and ci == pytest.approx([2.0, 2.0])
 
 
 @needs_evaluators

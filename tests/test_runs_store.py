@@ -74,13 +74,13 @@ def test_locked_store_is_a_clear_error(tmp_path):
         s.timeout_s = 0.2
         s.conn.execute("PRAGMA busy_timeout = 200")
         with pytest.raises(StoreError, match="locked"):
-            s.mark_running("r1", 1)
+            s.claim("r1", 1)
         with pytest.raises(StoreError, match="locked"):
             Store(tmp_path / "run", timeout_s=0.2)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    s.mark_running("r1", 1)
+    s.claim("r1", 1)
     s.close()
 
 

@@ -86,11 +86,11 @@ def test_sweep_runs_resumes_and_keeps_finished_variants(tmp_path, monkeypatch):
     calls = []
     real = sweep_mod.measure
 
-    def crashing(variant, prompts, seeds, runner, on_progress=None):
+    def crashing(variant, prompts, seeds, runner, on_progress=None, baseline=None):
         calls.append(variant["name"])
         if variant["name"] == "interval=3":
             raise KeyboardInterrupt  # the process dies mid-sweep
-        return real(variant, prompts, seeds, runner, on_progress)
+        return real(variant, prompts, seeds, runner, on_progress, baseline)
 
     monkeypatch.setattr(sweep_mod, "measure", crashing)
     with pytest.raises(KeyboardInterrupt):
@@ -113,7 +113,8 @@ def test_sweep_runs_resumes_and_keeps_finished_variants(tmp_path, monkeypatch):
         for v in variants:
             assert [im["seed"] for im in v["images"]] == [5, 6]
             assert v["metrics"]["latency_s"] > 0 and v["metrics"]["unet_evals"] > 0
-        assert variants[0]["metrics"]["speedup"] == 1.0
+        base = variants[0]["metrics"]  # the baseline timed against itself: its interval shows the noise
+        assert base["speedup"] > 0 and "speedup_ci" in base
         job = st.job(f"sweep-{run['id']}")
         assert job["status"] == "done" and job["progress"]["done"] == 3
         assert run["environment"]["torch"] and run["settings"]["executor"] == "local"

@@ -1,12 +1,8 @@
-"""Shared output of the benchmark commands: print rows, write docs/bench-NAME.md."""
+"""Shared output of the benchmark commands: markdown tables and printed rows (pages: backend/bench/docs.py)."""
 
 from __future__ import annotations
 
-import datetime
 import json
-from pathlib import Path
-
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def _fmt(value) -> str:
@@ -26,28 +22,8 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(name: str, rows: list[dict], command: str) -> Path:
-    """docs/bench-NAME.md: the command, where and when it ran, the table, the raw JSON."""
-    from backend.__main__ import jsonable
-    from backend.runs.runner import environment
-
-    DOCS.mkdir(exist_ok=True)
-    path = DOCS / f"bench-{name}.md"
-    env = environment()
-    text = (
-        f"# Benchmark: {name}\n\nProduced by `{command}` on {datetime.date.today()}"
-        f" ({env['cpu']}, {env['cpu_threads']} threads, GPU: {env['gpu']}, torch {env['torch']},"
-        f" diffusers {env['diffusers']}, commit {env['git_commit']}).\n\n{markdown_table(rows)}\n\n"
-        f"<details><summary>JSON rows</summary>\n\n```json\n{json.dumps(jsonable(rows), indent=1)}\n```\n</details>\n"
-    )
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
 def print_rows(rows: list[dict], as_json: bool) -> None:
-    from backend.__main__ import jsonable
+    from backend.core import jsonable
 
     if as_json:
         print(json.dumps(jsonable(rows), indent=1))

@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
+
 MODELS = ("sd15-arch", "shapes")
 CONFIGS = {  # name -> deepcache section (None: the baseline); nonuniform's center is scaled to the step count
     "baseline": None,
@@ -38,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"subset of {', '.join(CONFIGS)} (the baseline is always run)")
     parser.add_argument("--n", type=int, default=200, help="shapes-sd prompts for quality (default 200)")
-    parser.add_argument("--set", default="single", choices=["single", "two", "compositional"], help="prompt set")
+    parser.add_argument("--set", default=DEFAULT_SET, choices=PROMPT_SETS, help=f"prompt set (default {DEFAULT_SET})")
     parser.add_argument("--seed", type=int, default=0, help="first seed; prompt i uses seed+i")
     parser.add_argument("--repeats", type=int, default=3, help="timed one-image runs per row, after 1 warm-up")
     parser.add_argument("--sd15-steps", type=int, default=20, help="sd15-arch DDIM steps (default 20)")
@@ -103,6 +105,7 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
     from backend.methods import deepcache
     from backend.methods.deepcache.cost import unet_macs
     from backend.metrics.cost import peak_memory_mb
+    from backend.metrics.paired import median_interval
     from backend.runs.build import build_pipeline, generate
     from backend.runs.runner import eval_prompts
     from backend.runs.variant import Variant
@@ -159,11 +162,12 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
             m, st = macs_by_branch[branch], stats[name]
             counts = st["counts"] or {"full": st["evals"], "partial": 0, "cache_bytes": 0}
             e2e = sorted(st["e2e"])
+            latency, latency_ci = median_interval(st["e2e"])
             row = {"model": model, "config": name, "steps": steps, "size": latent * pipe.vae_scale_factor,
                    "interval": (section or {}).get("interval", 1), "branch": (section or {}).get("branch"),
                    "schedule": (section or {}).get("schedule", "uniform") if section else None,
                    "full_evals": counts["full"], "partial_evals": counts["partial"],
-                   "latency_s": statistics.median(e2e),
+                   "latency_s": latency, "latency_ci": latency_ci,
                    "latency_p90_s": e2e[min(len(e2e) - 1, round(0.9 * (len(e2e) - 1)))],
                    "loop_s": statistics.median(st["loop"]),
                    "unet_gmacs_per_image": (counts["full"] * m["full"] + counts["partial"] * m["partial"])
@@ -175,9 +179,9 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
     finally:
         deepcache.remove(pipe)
         timer.handle.remove()
-    base = rows[0]
-    for row in rows:
-        row["speedup"] = base["latency_s"] / row["latency_s"]
+    base, base_e2e = rows[0], stats[names[0]]["e2e"]
+    for row, name in zip(rows, names):  # per-round ratios: the rounds were interleaved
+        row["speedup"], row["speedup_ci"] = median_interval([b / v for b, v in zip(base_e2e, stats[name]["e2e"])])
         row["loop_speedup"] = base["loop_s"] / row["loop_s"]
         row["macs_speedup"] = base["unet_gmacs_per_image"] / row["unet_gmacs_per_image"]
         row["loop_vs_macs"] = row["loop_speedup"] / row["macs_speedup"]
@@ -199,7 +203,7 @@ def _quality(model: str, steps: int, names: list[str], args) -> dict[str, dict]:
         if section is not None:
             data["deepcache"] = section
         print(f"deepcache bench: {model} quality {name} ({args.n} prompts)", file=sys.stderr)
-        result = run_variant(Variant.from_dict(data), prompts, seeds, repeats=0, measure_macs=False)
+        result = run_variant(Variant.from_dict(data), prompts, seeds, measure_macs=False, measure_memory=False)
         add_quality(result, base)
         if base is None:
             base = result

@@ -3,15 +3,19 @@
 For each model (the embedded shapes-sd at its 50 DDIM steps, and sd15-arch — SD 1.5's architecture with
 random weights — at 256×256): one PTQ calibration per bit-width is saved as a packed checkpoint, then
 loaded twice, simulated (fake quantization) and on real oneDNN int8 kernels, in this one process.
-Rows: `unet_ms` (one U-Net forward at CFG batch 2, median of --repeats, configurations interleaved
-round by round), `speedup` (the U-Net's, vs fp32; `speedup_vs_simulated`), `latency_s` / `e2e_speedup`
-(one image end to end: text encoder,
-all denoising steps with CFG, VAE), `peak_mem_mb` (process RSS growth while generating the first batch
-of images, the PSNR prompts), `load_peak_mb` (peak RSS growth while building the variant from its packed
+Rows (timing: backend.metrics.cost.timed_rounds, configurations interleaved round by round, medians with
+95% intervals): `unet_ms` (one U-Net forward at CFG batch 2, --repeats rounds), `unet_speedup` /
+`unet_speedup_ci` (the U-Net's, vs fp32 per round; `unet_speedup_vs_simulated`), `latency_s` / `speedup` /
+`speedup_ci` (one image end to end — text encoder, all denoising steps with CFG, VAE — vs fp32, --e2e-repeats
+rounds), `timing_noisy`, `peak_mem_mb` (memory growth while generating the first batch of images, the PSNR
+prompts), `load_peak_mb` (peak RSS growth while building the variant from its packed
 checkpoint; fp32: the U-Net's fp32 bytes), `weights_mb` (resident U-Net weights: fp32 tensors plus one
 byte per int8 weight), `weights_vs_fp32`,
 `disk_mb` (the packed checkpoint; fp32: the U-Net's fp32 bytes), `psnr_real_vs_simulated` (same
-prompts and seeds) and `psnr_vs_fp32`, and which kernels ran.
+prompts and seeds) and `psnr_vs_fp32`, which kernels ran, and `isa`: the CPU instruction set oneDNN's int8
+kernels used (with the ONEDNN_MAX_CPU_ISA cap when one lowered it). Without VNNI/AMX (AVX2, AVX-512 without
+VNNI) the real rows run reduce_range (7-bit activations, see backend/methods/quant/isa.py), so their
+`psnr_real_vs_simulated` includes that coarser rounding.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def _choice(text: str, allowed, flag: str) -> list[str]:
 
 def _measure(pipes: dict, variants: dict, prompts: list[str], seeds: list[int], args) -> dict[str, dict]:
     """U-Net forward and end-to-end times (interleaved), RSS growth and images of every pipeline."""
-    from backend.metrics.cost import interleaved_latency, peak_memory_mb, rss_mb
+    from backend.metrics.cost import peak_memory_mb, timed_rounds
     from backend.runs.build import generate
 
     ref = next(iter(pipes.values()))
@@ -78,32 +82,32 @@ def _measure(pipes: dict, variants: dict, prompts: list[str], seeds: list[int], 
     def all_images(name: str, into: dict) -> None:
         into["images"] = generate(pipes[name], variants[name], prompts, seeds)
 
-    unet_t = interleaved_latency({n: (lambda n=n: forward(n)) for n in pipes}, repeats=args.repeats)
-    out: dict[str, dict] = {n: {"unet_s": unet_t[n]["latency_s"], "size": (h, w)} for n in pipes}
+    unet_t = timed_rounds({n: (lambda n=n: forward(n)) for n in pipes}, repeats=args.repeats, baseline="fp32")
+    out: dict[str, dict] = {n: {"unet": unet_t[n], "size": (h, w)} for n in pipes}
     for name in pipes:  # every prompt's image (for PSNR), also the end-to-end warm-up
-        before = rss_mb()
-        peak = peak_memory_mb(lambda name=name: all_images(name, out[name]))
-        out[name]["peak_mem_mb"] = peak - before
-    e2e_t = interleaved_latency({n: (lambda n=n: image(n)) for n in pipes}, repeats=args.e2e_repeats, warmup=0)
+        out[name]["peak_mem_mb"] = peak_memory_mb(lambda name=name: all_images(name, out[name]))
+    e2e_t = timed_rounds({n: (lambda n=n: image(n)) for n in pipes}, repeats=args.e2e_repeats, warmup=0,
+                         baseline="fp32")
     for name in pipes:
-        out[name]["e2e_s"] = e2e_t[name]["latency_s"]
+        out[name]["e2e"] = e2e_t[name]
     return out
 
 
 def _build_measured(variant):
     """(pipeline, peak RSS growth in MiB while building it)."""
-    from backend.metrics.cost import peak_memory_mb, rss_mb
+    from backend.metrics.cost import peak_memory_mb
     from backend.runs.build import build_pipeline
 
     gc.collect()
-    before, out = rss_mb(), []
+    out: list = []
     peak = peak_memory_mb(lambda: out.append(build_pipeline(variant)))
-    return out[0], peak - before
+    return out[0], peak
 
 
 def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
     from backend.methods.quant import QuantConfig, ptq
     from backend.methods.quant.checkpoint import checkpoint_size_mb, save_checkpoint
+    from backend.methods.quant.isa import int8_support
     from backend.methods.quant.kernels import resident_weight_mb
     from backend.metrics.cost import model_size_mb
     from backend.metrics.quality import psnr_ssim
@@ -122,6 +126,8 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
     fp_variant = Variant.from_dict(base)
     fp_pipe = build_pipeline(fp_variant)
     fp_weights = resident_weight_mb(fp_pipe.unet)
+    isa = int8_support().isa
+    isa_name = f"{isa.name} (ONEDNN_MAX_CPU_ISA={isa.cap})" if isa.cap else isa.name
     calib = {"calib_prompts": 2, "calib_steps": args.calib_steps, "calib_samples": 16} if model != "shapes" else {}
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="speedlab-deploy-") as work:
@@ -142,26 +148,28 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
                 pipes[name], load_mb[name] = _build_measured(variants[name])
             print(f"deploy bench: {model} {label}: timing fp32 / simulated / real", file=sys.stderr)
             m = _measure(pipes, variants, prompts, seeds, args)
-            fp_unet, fp_e2e = m["fp32"]["unet_s"], m["fp32"]["e2e_s"]
             for name in pipes:
                 if name == "fp32" and rows:
                     continue
-                unet_s, e2e_s = m[name]["unet_s"], m[name]["e2e_s"]
+                unet, e2e = m[name]["unet"], m[name]["e2e"]
                 row = {"model": model, "config": name, "size": m[name]["size"][0],
                        "steps": variants[name].steps or pipes[name].speedlab_defaults.get("steps"),
-                       "unet_ms": 1000 * unet_s, "speedup": fp_unet / unet_s,
-                       "latency_s": e2e_s, "e2e_speedup": fp_e2e / e2e_s, "peak_mem_mb": m[name]["peak_mem_mb"],
+                       "unet_ms": 1000 * unet["latency_s"], "unet_speedup": unet["speedup"],
+                       "unet_speedup_ci": unet["speedup_ci"], "latency_s": e2e["latency_s"],
+                       "latency_ci": e2e["latency_ci"], "speedup": e2e["speedup"], "speedup_ci": e2e["speedup_ci"],
+                       "timing_noisy": unet["timing_noisy"] or e2e["timing_noisy"],
+                       "peak_mem_mb": m[name]["peak_mem_mb"],
                        "load_peak_mb": load_mb[name],
                        "weights_mb": resident_weight_mb(pipes[name].unet),
                        "disk_mb": model_size_mb(fp_pipe.unet) if name == "fp32" else checkpoint_size_mb(ckpt),
-                       "kernels": getattr(pipes[name], "speedlab_kernels", "fp32")}
+                       "kernels": getattr(pipes[name], "speedlab_kernels", "fp32"), "isa": isa_name}
                 row["weights_vs_fp32"] = row["weights_mb"] / fp_weights
                 if name != "fp32":
                     row["psnr_vs_fp32"] = psnr_ssim(m[name]["images"], m["fp32"]["images"])[0]
                 if name.startswith("real "):
                     sim = f"simulated {label}"
                     row["psnr_real_vs_simulated"] = psnr_ssim(m[name]["images"], m[sim]["images"])[0]
-                    row["speedup_vs_simulated"] = m[sim]["unet_s"] / unet_s
+                    row["unet_speedup_vs_simulated"] = m[sim]["unet"]["latency_s"] / unet["latency_s"]
                 rows.append(row)
     return rows
 

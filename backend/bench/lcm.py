@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
+
 # Every student: a 20-point DDIM solver grid (skipping step k = 50), which within the 20-minute budget gave
 # better 2-step students than the SD recipe's N = 50 (2-step accuracy 0.82-0.85 after 2-8 min vs 0.81 after 12),
 # and the lr decayed to 0 over the budget (2-step accuracy swings by ±4 points from one constant-lr step to the next).
@@ -26,6 +28,17 @@ STUDENTS = {  # name -> distillation settings on top of COMMON and the defaults
 }
 
 
+def step_list(text: str) -> list[int]:
+    """'1,2,4,8' -> [1, 2, 4, 8]; argparse.ArgumentTypeError naming the bad entry."""
+    limit = COMMON["num_ddim_timesteps"]
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    bad = next((p for p in parts if not p.isdigit() or not 1 <= int(p) <= limit), None) if parts else text
+    if bad is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: {bad!r} is not a step count; allowed: comma-separated whole "
+                                         f"numbers from 1 to {limit}, e.g. 1,2,4,8")
+    return [int(p) for p in parts]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="shapes", help="teacher model (default: the embedded shapes-sd)")
     parser.add_argument("--minutes", type=float, default=20.0, help="training minutes per student (default 20)")
@@ -33,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "0.1: with the Shapes reward's log-probability, β = 0.3 and 1 let the reward swamp the "
                         "consistency loss and the 2-step student got worse)")
     parser.add_argument("--n", type=int, default=100, help="number of prompts (default 100)")
-    parser.add_argument("--set", default="single", choices=["single", "two", "compositional"], help="prompt set")
-    parser.add_argument("--steps", default="1,2,4,8", help="student step counts (default 1,2,4,8)")
+    parser.add_argument("--set", default=DEFAULT_SET, choices=PROMPT_SETS, help=f"prompt set (default {DEFAULT_SET})")
+    parser.add_argument("--steps", type=step_list, default="1,2,4,8", help="student step counts (default 1,2,4,8)")
     parser.add_argument("--teacher-steps", type=int, default=50, help="teacher DDIM steps (default 50)")
     parser.add_argument("--cache", default=".cache/lcm-students", help="folder of trained students (re-used)")
     parser.add_argument("--students", default=",".join(STUDENTS), help=f"subset of {', '.join(STUDENTS)}")
@@ -82,12 +95,12 @@ def train_student(name: str, args, folder: Path) -> dict:
 
 
 def run(args) -> list[dict]:
-    from backend.metrics.cost import interleaved_latency
+    from backend.metrics.cost import timed_rounds
     from backend.runs.build import build_pipeline, generate
     from backend.runs.runner import add_quality, eval_prompts, run_variant
     from backend.runs.variant import Variant
 
-    steps = [int(s) for s in str(args.steps).split(",") if s.strip()]
+    steps = step_list(args.steps) if isinstance(args.steps, str) else args.steps
     names = [s.strip() for s in str(args.students).split(",") if s.strip()]
     unknown = [s for s in names if s not in STUDENTS]
     if unknown:
@@ -111,7 +124,7 @@ def run(args) -> list[dict]:
     pipes = [build_pipeline(v) for v in variants]  # one per row: quality and timing use the same pipeline
 
     def measure(label: str, variant: Variant, pipe, extra: dict) -> dict:
-        result = run_variant(variant, prompts, seeds, repeats=0, measure_macs=False, pipe=pipe)
+        result = run_variant(variant, prompts, seeds, measure_macs=False, measure_memory=False, pipe=pipe)
         add_quality(result)
         m = result.metrics
         row = {"variant": label, "steps": variant.steps, **extra}
@@ -125,10 +138,7 @@ def run(args) -> list[dict]:
     print(f"lcm bench: timing {len(variants)} rows, one image each, interleaved", file=sys.stderr)
     fns = {i: (lambda p=p, v=v: generate(p, v, prompts[:1], seeds[:1]))
            for i, (p, v) in enumerate(zip(pipes, variants, strict=True))}
-    latency = interleaved_latency(fns, repeats=args.repeats)
+    timing = timed_rounds(fns, repeats=args.repeats, baseline=0)
     for i, row in enumerate(rows):
-        row["latency_s"] = latency[i]["latency_s"]
-    base = rows[0]["latency_s"]
-    for row in rows:
-        row["speedup"] = base / row["latency_s"]
+        row.update({k: timing[i][k] for k in ("latency_s", "latency_ci", "speedup", "speedup_ci", "timing_noisy")})
     return rows

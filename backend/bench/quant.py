@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
+
 BITS = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4), "W2A8": (2, 8), "W8A4": (8, 4), "W6A6": (6, 6)}
 
 
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="shapes", help="model (default shapes; random-weight models give "
                         "sizes and PSNR only)")
     parser.add_argument("--n", type=int, default=100, help="evaluation prompts (default 100)")
-    parser.add_argument("--set", default="single", choices=["single", "two", "compositional"], help="prompt set")
+    parser.add_argument("--set", default=DEFAULT_SET, choices=PROMPT_SETS, help=f"prompt set (default {DEFAULT_SET})")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps at evaluation (default 50)")
     parser.add_argument("--bits", default="W8A8,W4A8,W4A4", help=f"comma list of {', '.join(BITS)}")
     parser.add_argument("--minutes", type=float, default=15.0, help="EfficientDM fine-tune budget per bit-width")
@@ -126,7 +128,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     fp_variant = Variant.from_dict({"model": args.model, "scheduler": "ddim", "steps": args.steps, "name": "fp"})
 
     def evaluate(variant: Variant, baseline=None) -> tuple[dict, object]:
-        result = run_variant(variant, prompts, seeds, repeats=0, measure_macs=False)
+        result = run_variant(variant, prompts, seeds, measure_macs=False, measure_memory=False)
         add_quality(result, baseline)
         if baseline is not None and "psnr_vs_baseline" not in result.metrics:
             result.metrics["psnr_vs_baseline"], _ = quality.psnr_ssim(result.images, baseline.images)

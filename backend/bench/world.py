@@ -50,17 +50,14 @@ def run(args: argparse.Namespace) -> list[dict]:
     variant = Variant.from_dict({"model": "shapes", "steps": args.steps,
                                  **({"guidance": args.guidance} if args.guidance is not None else {})})
     pipe = build_pipeline(variant)
-    for set_name in ("single", "two", "compositional"):
+    for set_name in ("single", "two", "compositional", "hard"):
         prompts = eval_prompts(set_name, args.n)
         images = np.concatenate([generate(pipe, variant, prompts[i:i + 50], list(range(i, min(i + 50, args.n))))
                                  for i in range(0, args.n, 50)])
         m = quality.judge_metrics(images, prompts)
-        real_a, real_b = quality.real_renders(prompts, seed=1), quality.real_renders(prompts, seed=2)
-        noise = np.random.default_rng(0).random(real_a.shape).astype(np.float32)
+        noise = np.random.default_rng(0).random(images.shape).astype(np.float32)
+        kid = quality.kid_shapes(images, prompts, seed=1)
         rows.append({"check": f"shapes-sd {set_name} set, {args.n} prompts, {args.steps} DDIM steps",
                      "value": m["prompt_accuracy"], **{f"attr_{k}": v for k, v in m["attr_accuracy"].items()},
-                     "fd_shapes": quality.fd_shapes(images, prompts, seed=1),
-                     "fd_real_vs_real": quality.frechet_distance(quality.judge_features(real_a),
-                                                                 quality.judge_features(real_b)),
-                     "fd_noise_vs_real": quality.fd_shapes(noise, prompts, seed=1)})
+                     **kid, "kid_noise_vs_real": quality.kid_shapes(noise, prompts, seed=1)["kid_shapes"]})
     return rows

@@ -9,7 +9,10 @@ the UI and sweeps can build controls without knowing the method.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
+
+MAX_SEED = 2**53 - 1  # exact in JSON and in the browser; torch and numpy accept it
 
 
 def param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
@@ -75,12 +78,23 @@ def _check(section: str, f: dataclasses.Field, value: Any) -> Any:
             raise ValueError(f"{where}: expected true or false, got {value!r}")
         return value
     if isinstance(default, (int, float)) and default is not None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{where}: expected a finite number, got {value!r}")
         if isinstance(default, int) and not isinstance(default, bool) and value != int(value):
             raise ValueError(f"{where}: expected a whole number, got {value!r}")
         value = type(default)(value)
         lo, hi = meta.get("minimum"), meta.get("maximum")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ValueError(f"{where}: {value} is out of range; allowed: {lo} to {hi}")
+            raise ValueError(f"{where}: {value} is out of range; allowed: {allowed_range(lo, hi)}")
     return value
+
+
+def allowed_range(lo: float | None, hi: float | None) -> str:
+    """'0 to 8', '≥ 0' or '≤ 1' (no 'None' for an open end)."""
+    if lo is not None and hi is not None:
+        return f"{_num(lo)} to {_num(hi)}"
+    return f"≥ {_num(lo)}" if lo is not None else f"≤ {_num(hi)}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import statistics
+import ctypes
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from backend.metrics.paired import median_interval
 
 
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -19,12 +22,25 @@ def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return 2 * b * h * q_len * s_len * e + 2 * b * h * q_len * s_len * ev
 
 
+def _onednn_qconv_flops(x_shape, x_scale, x_zero, w_shape, *args, out_shape=None, **kwargs) -> int:
+    # real int8 kernels: the prepacked weight keeps its logical (out, in / groups, kh, kw) shape
+    return 2 * math.prod(out_shape) * math.prod(w_shape[1:])
+
+
+def _onednn_qlinear_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * math.prod(out_shape) * x_shape[-1]
+
+
 def mac_counter() -> FlopCounterMode:
-    """torch's FlopCounterMode, also counting CPU scaled-dot-product attention."""
+    """torch's FlopCounterMode, also counting CPU scaled-dot-product attention and oneDNN int8 conv / linear."""
     mapping = {}
     cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if cpu_sdpa is not None:
         mapping[cpu_sdpa] = _sdpa_cpu_flops
+    for name, formula in (("qconv2d_pointwise", _onednn_qconv_flops), ("qlinear_pointwise", _onednn_qlinear_flops)):
+        op = getattr(torch.ops.onednn, name, None)  # real int8 kernels (backend.methods.quant.kernels)
+        if op is not None:
+            mapping[op] = formula
     return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
@@ -40,31 +56,66 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_latency(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: str = "cpu") -> dict:
-    """Median and p90 wall-clock seconds of fn() after warm-up, device-synchronised."""
-    return interleaved_latency({"fn": fn}, repeats, warmup, device)["fn"]
+NOISY_HALF_WIDTH = 0.15  # an interval wider than ±15% of its median is flagged "timing noisy on this machine"
 
 
-def interleaved_latency(fns: dict[str, Callable[[], Any]], repeats: int = 3, warmup: int = 1,
-                        device: str = "cpu") -> dict[str, dict]:
-    """measure_latency for several functions, run round by round (a, b, c, a, b, c, ...) so that background
-    load on a shared machine hits all of them alike; {name: {"latency_s", "latency_p90_s"}}."""
+def _p90(sorted_times: list[float]) -> float:
+    return sorted_times[min(len(sorted_times) - 1, round(0.9 * (len(sorted_times) - 1)))]
+
+
+def _noisy(median: float, ci: list[float] | None) -> bool:
+    return ci is not None and (ci[1] - ci[0]) / 2 > NOISY_HALF_WIDTH * median
+
+
+def timed_rounds(fns: dict[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1, device: str = "cpu",
+                 baseline: str | None = None, clock: Callable[[], float] = time.perf_counter) -> dict[str, dict]:
+    """The timing protocol: warm-up, then the functions in interleaved rounds (a, b, c, a, b, c, ...), so that
+    background load on a shared machine hits all of them alike.
+
+    Per name: ``latency_s`` (median), ``latency_ci`` (95% interval, None for one repeat), ``latency_p90_s``,
+    ``repeats``, ``timing_noisy`` (the interval's half-width over 15% of the median: of the speedup when there
+    is a baseline, else of the latency); with ``baseline``, also ``speedup`` (median of the per-round ratios
+    baseline time / this time — end to end when fns are whole generations) and ``speedup_ci``.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats {repeats!r} is out of range; allowed: a whole number ≥ 1")
+    if baseline is not None and baseline not in fns:
+        raise ValueError(f"baseline {baseline!r} is not one of the timed functions: {', '.join(fns)}")
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(max(1, repeats)):
+    for _ in range(repeats):
         for name, fn in fns.items():
             _sync(device)
-            start = time.perf_counter()
+            start = clock()
             fn()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(max(clock() - start, 1e-9))
     out = {}
     for name, t in times.items():
-        t.sort()
-        out[name] = {"latency_s": statistics.median(t), "latency_p90_s": t[min(len(t) - 1, round(0.9 * (len(t) - 1)))]}
+        median, ci = median_interval(t)
+        row = {"latency_s": median, "latency_ci": ci, "latency_p90_s": _p90(sorted(t)), "repeats": repeats,
+               "timing_noisy": _noisy(median, ci)}
+        if baseline is not None:
+            ratio, ratio_ci = median_interval([b / v for b, v in zip(times[baseline], t)])
+            # paired per round, the ratio cancels load shared by both: its interval decides "noisy"
+            row.update(speedup=ratio, speedup_ci=ratio_ci, timing_noisy=_noisy(ratio, ratio_ci))
+        out[name] = row
     return out
+
+
+def describe_timing(row: dict) -> str:
+    """One line for a timed row: "0.41 s [0.39, 0.44] · 2.31× [2.05, 2.60]" (+ a noise warning)."""
+    def fmt(value: float, ci: list[float] | None, unit: str) -> str:
+        text = f"{value:.2f}{unit}"
+        return text + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+    parts = [fmt(row["latency_s"], row.get("latency_ci"), " s")]
+    if row.get("speedup") is not None:
+        parts.append(fmt(row["speedup"], row.get("speedup_ci"), "×"))
+    text = " · ".join(parts)
+    return text + (" (timing noisy on this machine)" if row.get("timing_noisy") else "")
 
 
 def rss_mb() -> float:
@@ -73,14 +124,30 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
+def _release_freed_memory() -> None:
+    """Give memory that the allocator keeps after earlier work back to the OS (glibc), so that RSS growth
+    measures this call's own peak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_memory_mb(fn: Callable[[], Any], device: str = "cpu") -> float:
-    """Peak memory while fn() runs: CUDA peak allocated on GPU, process RSS (sampled every 2 ms) on CPU."""
+    """Peak memory growth while fn() runs, in MiB, above what was in use just before (weights already loaded
+    are not counted: they are ``model_size_mb``). CUDA: max_memory_allocated after a reset, minus the
+    allocation before. CPU: peak process RSS (sampled every 2 ms) minus the RSS before, after returning freed
+    memory to the OS."""
     if device.startswith("cuda"):
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
         fn()
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() / 2**20
-    peak, done = [rss_mb()], threading.Event()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    _release_freed_memory()
+    before = rss_mb()
+    peak, done = [before], threading.Event()
 
     def sample() -> None:
         while not done.is_set():
@@ -94,7 +161,7 @@ def peak_memory_mb(fn: Callable[[], Any], device: str = "cpu") -> float:
     finally:
         done.set()
         watcher.join()
-    return max(peak[0], rss_mb())
+    return max(0.0, max(peak[0], rss_mb()) - before)
 
 
 def model_size_mb(module: torch.nn.Module) -> float:

@@ -74,27 +74,37 @@ def _to_judge_input(images) -> torch.Tensor:
 
 
 @torch.no_grad()
-def judge_metrics(images, prompts: list[str]) -> dict:
-    """prompt_accuracy (every cell right, GenEval-style) and attr_accuracy per attribute."""
+def judge_verdicts(images, prompts: list[str]) -> dict[str, np.ndarray]:
+    """Per image: "prompt" (every cell right, GenEval-style) and each attribute of ATTRIBUTES (share of the
+    prompt's objects with it right; "count": the number of objects right), as float arrays of length N."""
     scenes = _scenes(prompts)
     logits = [judge()(x) for x in _to_judge_input(images).split(100)]
     pred = {k: torch.cat([lg[k] for lg in logits]).argmax(-1) for k in ("shape", "color", "size")}
     tgt = scene_targets(scenes)
     has_obj = tgt["shape"] > 0
-    n_obj = has_obj.sum().clamp(min=1)
+    n_obj = has_obj.sum(1).clamp(min=1)
     shape_ok = pred["shape"] == tgt["shape"]
     color_ok = (pred["color"] == tgt["color"]) | ~has_obj
     size_ok = (pred["size"] == tgt["size"]) | ~has_obj
     placed = (pred["shape"] > 0) & has_obj
-    attr = {
-        "shape": float((shape_ok & has_obj).sum() / n_obj),
-        "color": float((placed & color_ok).sum() / n_obj),
-        "size": float((placed & size_ok).sum() / n_obj),
-        "position": float(placed.sum() / n_obj),
-        "count": float(((pred["shape"] > 0).sum(1) == has_obj.sum(1)).float().mean()),
+    out = {
+        "prompt": (shape_ok & color_ok & size_ok).all(dim=1),
+        "shape": (shape_ok & has_obj).sum(1) / n_obj,
+        "color": (placed & color_ok).sum(1) / n_obj,
+        "size": (placed & size_ok).sum(1) / n_obj,
+        "position": placed.sum(1) / n_obj,
+        "count": (pred["shape"] > 0).sum(1) == has_obj.sum(1),
     }
-    correct = (shape_ok & color_ok & size_ok).all(dim=1)
-    return {"prompt_accuracy": float(correct.float().mean()), "attr_accuracy": attr}
+    return {k: v.double().numpy() for k, v in out.items()}
+
+
+def judge_metrics(images, prompts: list[str]) -> dict:
+    """prompt_accuracy (every cell right, GenEval-style) and attr_accuracy per attribute."""
+    v = judge_verdicts(images, prompts)
+    weights = np.array([len(s.objects) for s in _scenes(prompts)], dtype=float)  # attributes pool over objects
+    attr = {k: float((v[k] * weights).sum() / weights.sum()) for k in ("shape", "color", "size", "position")}
+    attr["count"] = float(v["count"].mean())
+    return {"prompt_accuracy": float(v["prompt"].mean()), "attr_accuracy": attr}
 
 
 @torch.no_grad()
@@ -108,18 +118,70 @@ def real_renders(prompts: list[str], seed: int = 0) -> np.ndarray:
     return np.stack([render(s, rng) for s in _scenes(prompts)]).astype(np.float32) / 255.0
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+FEATURE_DIM = 256  # the judge's feature vector
+FD_MIN_N = 2 * FEATURE_DIM  # below this the covariance estimates are singular: FD is refused
+KID_MIN_N = 20  # KID on random half-size subsets needs at least 10 images per subset
+KID_SUBSETS = 100
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
+    """Fréchet distance of two Gaussians fitted to feature rows; covariances regularised by eps·I, and
+    QualityUnavailable when the result is not finite."""
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    reg = eps * np.eye(a.shape[1])
+    cov_a, cov_b = np.cov(a, rowvar=False) + reg, np.cov(b, rowvar=False) + reg
     covmean = linalg.sqrtm(cov_a @ cov_b)
     if np.iscomplexobj(covmean):
         covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+    fd = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+    if not math.isfinite(fd):
+        raise QualityUnavailable("Fréchet distance is not finite for these features")
+    return fd
 
 
 def fd_shapes(images, prompts: list[str], seed: int = 0) -> float:
-    """Fréchet distance in the judge's feature space to real renders of the same prompts (FID analogue)."""
+    """Fréchet distance in the judge's feature space to real renders of the same prompts (FID analogue).
+    Needs n ≥ FD_MIN_N images (twice the feature dimension); QualityUnavailable below."""
+    if len(prompts) < FD_MIN_N:
+        raise QualityUnavailable(f"fd_shapes needs n ≥ {FD_MIN_N} images (2 × the {FEATURE_DIM}-d judge features); "
+                                 f"got {len(prompts)}: see kid_shapes")
     return frechet_distance(judge_features(images), judge_features(real_renders(prompts, seed)))
+
+
+def _kid(fake: np.ndarray, real: np.ndarray, seed: int) -> tuple[float, list[float]]:
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    torch.manual_seed(seed)  # torchmetrics draws the subsets with torch's global generator
+    metric = KernelInceptionDistance(feature=torch.nn.Identity(), subsets=KID_SUBSETS,
+                                     subset_size=len(fake) // 2)
+    metric.update(torch.as_tensor(real), real=True)
+    metric.update(torch.as_tensor(fake), real=False)
+    mean, std = (float(x) for x in metric.compute())
+    return mean, [mean - 1.96 * std, mean + 1.96 * std]
+
+
+def kid_shapes(images, prompts: list[str], seed: int = 0) -> dict:
+    """Kernel Inception Distance (unbiased polynomial-kernel MMD², torchmetrics) in the judge's feature space
+    (centred and scaled by the real renders' statistics) to real renders of the same prompts, with
+    its real-vs-real floor: two sets of renders of the same prompts
+    that differ only in the render seed. ``kid_shapes_ci`` is the 95% spread of KID over random half-size
+    subsets. Real and generated images share prompts, so the floor is below 0 (paired sets are closer than
+    independent ones); a value inside the floor's spread means "indistinguishable from real renders at this n"."""
+    n = len(prompts)
+    if n < KID_MIN_N:
+        raise QualityUnavailable(f"kid_shapes needs n ≥ {KID_MIN_N} images; got {n}")
+    import warnings
+
+    real = judge_features(real_renders(prompts, seed))
+    # centred and scaled by one number (the real renders' RMS spread): the kernel on raw features (norm ~160)
+    # is all noise, and per-dimension scaling blows up near-constant dimensions
+    mu, sd = real.mean(0), float(np.sqrt(real.var(0).mean()))
+    other = (judge_features(real_renders(prompts, seed + 1)) - mu) / sd
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        kid, ci = _kid((judge_features(images) - mu) / sd, (real - mu) / sd, seed)
+        floor, floor_ci = _kid(other, (real - mu) / sd, seed)
+    return {"kid_shapes": kid, "kid_shapes_ci": ci, "kid_shapes_floor": floor, "kid_shapes_floor_ci": floor_ci}
 
 
 def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -138,16 +200,55 @@ def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     return score / N_CELLS
 
 
+def as_8bit(images) -> np.ndarray:
+    """Float images in [0, 1] rounded to the 8-bit levels a saved PNG has: every entry point (evaluate, sweeps
+    from stored PNGs, the workbench) then measures the same numbers. Idempotent."""
+    return np.round(np.clip(np.asarray(images, dtype=np.float64), 0.0, 1.0) * 255) / 255
+
+
+def _psnr(mse: float) -> float:
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
 def psnr_ssim(images, baseline) -> tuple[float, float]:
-    """PSNR (dB, of the pooled MSE: infinite iff identical) and mean SSIM of images vs same-seed baseline."""
+    """PSNR (dB, of the pooled MSE: infinite iff identical) and mean SSIM of 8-bit images vs the same-seed
+    baseline."""
+    psnr, ssim = _psnr_ssim_per_image(images, baseline)
+    return _psnr(float(psnr.mean())), float(ssim.mean())
+
+
+def _psnr_ssim_per_image(images, baseline) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: the MSE against the baseline (PSNR pools it) and SSIM."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    a = torch.as_tensor(np.asarray(images), dtype=torch.float64).permute(0, 3, 1, 2)
-    b = torch.as_tensor(np.asarray(baseline), dtype=torch.float64).permute(0, 3, 1, 2)
-    mse = float(((a - b) ** 2).mean())
-    psnr = math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-    ssim = float(structural_similarity_index_measure(a, b, data_range=1.0))
-    return psnr, ssim
+    a = torch.as_tensor(as_8bit(images)).permute(0, 3, 1, 2)
+    b = torch.as_tensor(as_8bit(baseline)).permute(0, 3, 1, 2)
+    mse = ((a - b) ** 2).mean(dim=(1, 2, 3)).numpy()
+    ssim = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none").numpy()
+    return mse, ssim
+
+
+def paired_quality(images, baseline, prompts: list[str], seed: int = 0) -> dict:
+    """Quality against the same-seed baseline, paired per prompt and seed, with bootstrap 95% intervals:
+    psnr/ssim_vs_baseline (+ ``_ci``) and, for Shapes-world prompts, prompt_accuracy_delta,
+    attr_accuracy_delta (per attribute) and reward_delta as {"delta", "ci", "n", "verdict"}."""
+    from backend.metrics.paired import bootstrap_interval, paired_delta
+
+    mse, ssim = _psnr_ssim_per_image(images, baseline)
+    out: dict = {"psnr_vs_baseline": _psnr(float(mse.mean())), "ssim_vs_baseline": float(ssim.mean())}
+    if len(mse) > 1:
+        out["psnr_vs_baseline_ci"] = bootstrap_interval(mse, lambda m: _psnr(float(m.mean())), seed=seed)
+        out["ssim_vs_baseline_ci"] = bootstrap_interval(ssim, np.mean, seed=seed)
+    if is_shapes_prompts(prompts):
+        v, b = judge_verdicts(as_8bit(images), prompts), judge_verdicts(as_8bit(baseline), prompts)
+        points = {"scale": 100, "unit": " points"}
+        out["prompt_accuracy_delta"] = paired_delta(v["prompt"], b["prompt"], seed=seed, **points)
+        out["attr_accuracy_delta"] = {k: paired_delta(v[k], b[k], seed=seed, **points) for k in ATTRIBUTES}
+        with torch.no_grad():
+            r = reward(torch.as_tensor(as_8bit(images)), prompts).double().numpy()
+            rb = reward(torch.as_tensor(as_8bit(baseline)), prompts).double().numpy()
+        out["reward_delta"] = paired_delta(r, rb, seed=seed)
+    return out
 
 
 def clip_score(images, prompts: list[str], model: str = "openai/clip-vit-base-patch16") -> float:
@@ -172,26 +273,35 @@ def is_shapes_prompts(prompts: list[str]) -> bool:
 
 
 def quality_metrics(images, prompts: list[str], baseline=None, seed: int = 0) -> dict:
-    """Every quality metric that applies: judge metrics, fd_shapes and reward for Shapes-world prompts,
-    psnr/ssim against a baseline, clip_score otherwise when CLIP weights are local."""
+    """Every quality metric that applies, on the 8-bit images: judge metrics, kid_shapes (with its real-vs-real
+    floor), fd_shapes (n ≥ FD_MIN_N only) and reward for Shapes-world prompts, clip_score otherwise when CLIP
+    weights are local; against a baseline, the paired metrics of :func:`paired_quality`. A metric that cannot
+    be computed is absent and ``<name>_unavailable`` says why."""
+    images = as_8bit(images)
     out: dict = {}
     if is_shapes_prompts(prompts):
         out.update(judge_metrics(images, prompts))
-        out["fd_shapes"] = fd_shapes(images, prompts, seed)
+        for name, fn in (("kid_shapes", kid_shapes), ("fd_shapes", fd_shapes)):
+            try:
+                value = fn(images, prompts, seed)
+                out.update(value if isinstance(value, dict) else {name: value})
+            except QualityUnavailable as exc:
+                out[f"{name}_unavailable"] = str(exc)
         with torch.no_grad():
-            out["reward"] = float(reward(torch.as_tensor(np.asarray(images)), prompts).mean())
+            out["reward"] = float(reward(torch.as_tensor(images), prompts).mean())
     else:
         try:
             out["clip_score"] = clip_score(images, prompts)
         except QualityUnavailable as exc:
             out["clip_score"], out["clip_score_unavailable"] = None, str(exc)
     if baseline is not None:
-        out["psnr_vs_baseline"], out["ssim_vs_baseline"] = psnr_ssim(images, baseline)
+        out.update(paired_quality(images, baseline, prompts, seed))
     return out
 
 
 __all__ = [
-    "ATTRIBUTES", "QualityUnavailable", "clip_score", "fd_shapes", "frechet_distance", "judge",
-    "judge_metrics", "psnr_ssim", "quality_metrics", "real_renders", "require_quality_model", "reward",
+    "ATTRIBUTES", "QualityUnavailable", "as_8bit", "clip_score", "fd_shapes", "frechet_distance", "judge",
+    "judge_metrics", "judge_verdicts", "kid_shapes", "paired_quality", "psnr_ssim", "quality_metrics",
+    "real_renders", "require_quality_model", "reward",
     "reward_model",
 ]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from backend.reports import plots
+from backend.runs.paths import check_out_file
 from backend.runs.store import Store, StoreError, open_run
 
 MAX_GRID_PROMPTS = 32
@@ -101,11 +102,12 @@ def _grid_html(store: Store, run: dict, variants: list[dict], max_prompts: int) 
         cells = [f'<td class="prompt">{html.escape(run["prompts"][i])}<br><small>seed {run["seeds"][i]}</small></td>']
         for v in done:
             image = next((im for im in v["images"] if im["prompt_idx"] == i), None)
-            if image is None or not (store.root / image["path"]).is_file():
+            path = None if image is None else store.image_path(image["path"])
+            if path is None:
                 cells.append("<td>–</td>")
                 continue
             alt = html.escape(f"{v['name']}: {run['prompts'][i]} (seed {run['seeds'][i]})")
-            src = _data_uri(store.root / image["path"])
+            src = _data_uri(path)
             cells.append(f'<td><img class="gen" alt="{alt}" title="{alt}" src="{src}"></td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     note = "" if n == len(run["prompts"]) else f"<p>Showing the first {n} of {len(run['prompts'])} prompts.</p>"
@@ -114,18 +116,24 @@ def _grid_html(store: Store, run: dict, variants: list[dict], max_prompts: int) 
 
 
 def timing_text(settings: dict, environment: dict) -> str:
-    device = environment.get("gpu") or environment.get("cpu") or "?"
+    """How the run measured time and cost, from the settings the run stored."""
+    device = environment.get("gpu") or environment.get("cpu") or "unknown device"
+    isa = f", CPU ISA {environment['cpu_isa']}" if environment.get("cpu_isa") else ""
+    timing = settings.get("timing") or (f"{settings.get('repeats', 3)} timed repeat(s) per variant in its own "
+                                        "window (a store from before interleaved timing)")
     return (
         f"latency_s is the median wall-clock time to generate one image (the first prompt and seed) with the whole "
-        f"pipeline (text encoder, every denoising step, VAE decode), after {settings.get('warmup', 1)} warm-up "
-        f"run(s), over {settings.get('repeats', 3)} timed repeat(s); latency_p90_s is the 90th percentile. On CUDA "
-        f"the device is synchronised before and after each repeat. speedup = baseline latency_s / variant latency_s, "
-        f"measured in the same run on the same machine ({device}, {environment.get('cpu_threads', '?')} threads). "
-        f"peak_mem_mb is the process RSS on CPU (sampled every 2 ms), the CUDA peak allocation on GPU; "
-        f"macs_per_image counts multiply-accumulates of one image (torch FlopCounterMode); unet_evals counts U-Net "
-        f"rows per image (2 per step with classifier-free guidance). All images are generated in batches of "
-        f"{settings.get('batch_size', '?')} with the same prompts and seeds for every variant; quality metrics are "
-        f"computed on the saved 8-bit images. Executor: {settings.get('executor', 'local')}."
+        f"pipeline (text encoder, every denoising step, VAE decode); {settings.get('repeats', 3)} rounds: {timing}. "
+        f"Intervals are 95% (Student t on log times); a row whose interval is wider than ±15% is marked noisy. "
+        f"On CUDA the device is synchronised around each timed call. Machine: {device}, "
+        f"{environment.get('cpu_threads', 'unknown')} threads{isa}. "
+        f"peak_mem_mb is the memory growth while drawing one image (CPU: RSS above the level just before; CUDA: "
+        f"peak allocation above the level just before); macs_per_image counts multiply-accumulates of one image "
+        f"(torch FlopCounterMode); unet_evals counts U-Net rows per image (2 per step with classifier-free "
+        f"guidance), split into full and partial (DeepCache) evaluations. Images are generated in batches of "
+        f"{settings.get('batch_size', 16)} with the same prompts and seeds for every variant; quality metrics are "
+        f"computed on the saved 8-bit images, and deltas vs the baseline are paired per prompt and seed with "
+        f"bootstrap 95% intervals. Executor: {settings.get('executor', 'local')}."
     )
 
 
@@ -205,8 +213,12 @@ psnr/ssim_vs_baseline compare each image with the baseline's image of the same p
 def _write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def metrics_records(run: dict, variants: list[dict], df: pd.DataFrame) -> dict:
@@ -224,12 +236,10 @@ def metrics_records(run: dict, variants: list[dict], df: pd.DataFrame) -> dict:
 def export_report(rundir: str | Path, out: str | Path, run_id: str | None = None,
                   max_prompts: int = MAX_GRID_PROMPTS) -> ReportPaths:
     """Write OUT (html), metrics.csv and metrics.json beside it, and OUT's stem + .zip (everything plus images)."""
-    out = Path(out)
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise ValueError(f"--out {str(out)!r} must end in .html")
+    out = check_out_file(out, "--out", (".html", ".htm"))
     if max_prompts < 1:
         raise ValueError(f"--max-prompts {max_prompts} must be ≥ 1")
-    store = open_run(rundir)
+    store = open_run(rundir, readonly=True)
     try:
         run, variants, df = load_run(store, run_id)
         page = render_html(store, run, variants, df, max_prompts)
@@ -242,22 +252,32 @@ def export_report(rundir: str | Path, out: str | Path, run_id: str | None = None
         _write_text(paths.csv, csv_text)
         _write_text(paths.json, records)
         tmp = paths.zip.with_name(paths.zip.name + ".tmp")
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-            z.writestr(out.name, page)
-            z.writestr("metrics.csv", csv_text)
-            z.writestr("metrics.json", records)
-            z.writestr("config.json", json.dumps(_jsonable({"spec": run["spec"], "variants": [
-                {"name": v["name"], **v["config"]} for v in variants], "prompts": run["prompts"],
-                "seeds": run["seeds"], "settings": run["settings"], "environment": run["environment"]}), indent=2))
-            for v in variants:
-                for im in v["images"]:
-                    src = store.root / im["path"]
-                    if src.is_file():
-                        z.write(src, f"images/{v['idx']:03d}-{_slug(v['name'])}/{Path(im['path']).name}")
-        tmp.replace(paths.zip)
+        try:
+            _write_zip(tmp, store, out, page, csv_text, records, run, variants)
+            tmp.replace(paths.zip)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return paths
     finally:
         store.close()
+
+
+def _write_zip(tmp: Path, store: Store, out: Path, page: str, csv_text: str, records: str, run: dict,
+               variants: list[dict]) -> None:
+    """The bundle: report, tables, configs and every image that lies inside the run directory."""
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr(out.name, page)
+        z.writestr("metrics.csv", csv_text)
+        z.writestr("metrics.json", records)
+        z.writestr("config.json", json.dumps(_jsonable({"spec": run["spec"], "variants": [
+            {"name": v["name"], **v["config"]} for v in variants], "prompts": run["prompts"],
+            "seeds": run["seeds"], "settings": run["settings"], "environment": run["environment"]}), indent=2))
+        for v in variants:
+            for im in v["images"]:
+                src = store.image_path(im["path"])
+                if src is not None:
+                    z.write(src, f"images/{v['idx']:03d}-{_slug(v['name'])}/{src.name}")
 
 
 def _slug(name: str) -> str:

@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 # metric -> (label, higher is better)
 QUALITY_METRICS = {
     "prompt_accuracy": ("prompt accuracy", True),
+    "kid_shapes": ("KID-Shapes (floor: real vs real)", False),
     "fd_shapes": ("FD-Shapes", False),
     "reward": ("reward", True),
     "psnr_vs_baseline": ("PSNR vs baseline (dB)", True),
@@ -33,9 +34,11 @@ COST_METRICS = {
     "model_size_mb": ("model size (MB)", False),
 }
 ATTR_KEYS = ("shape", "color", "size", "position", "count")
-TABLE_COLUMNS = ["latency_s", "latency_p90_s", "speedup", "prompt_accuracy", *[f"attr_accuracy.{k}" for k in ATTR_KEYS],
-                 "fd_shapes", "reward", "psnr_vs_baseline", "ssim_vs_baseline", "clip_score", "unet_evals",
-                 "macs_per_image", "peak_mem_mb", "model_size_mb"]
+TABLE_COLUMNS = ["latency_s", "latency_p90_s", "speedup", "speedup_ci.lo", "speedup_ci.hi", "prompt_accuracy",
+                 *[f"attr_accuracy.{k}" for k in ATTR_KEYS], "prompt_accuracy_delta.delta",
+                 "prompt_accuracy_delta.ci.lo", "prompt_accuracy_delta.ci.hi", "kid_shapes", "kid_shapes_floor",
+                 "reward", "psnr_vs_baseline", "ssim_vs_baseline", "clip_score", "unet_evals", "macs_per_image",
+                 "peak_mem_mb", "model_size_mb"]
 FAMILY_KNOB = {"DeepCache": "DeepCache interval N", "quant": "weight bits", "LCM": "steps", "steps": "steps"}
 
 
@@ -72,19 +75,26 @@ def family(config: dict, baseline: dict | None = None) -> tuple[str, str, float]
     return "LCM", f"LCM steps ({name})", float(config.get("steps", math.nan))
 
 
+def _flatten(prefix: str, value, out: dict) -> None:
+    """Nested metrics as flat columns: dicts by dotted keys, 2-number intervals as .lo / .hi."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    elif isinstance(value, (list, tuple)) and len(value) == 2:
+        out[f"{prefix}.lo"], out[f"{prefix}.hi"] = _num(value[0]), _num(value[1])
+    else:
+        out[prefix] = _num(value)
+
+
 def results_frame(variants: list[dict]) -> pd.DataFrame:
     """One row per finished variant: name, config, metrics, speedup and deltas vs the baseline."""
     done = [v for v in variants if v.get("status") == "done"]
     base = next((v for v in done if v.get("is_baseline")), None)
     rows = []
     for v in done:
-        flat = {}
+        flat: dict = {}
         for key, value in v["metrics"].items():
-            if isinstance(value, dict):
-                for k2, v2 in value.items():
-                    flat[f"{key}.{k2}"] = _num(v2)
-            else:
-                flat[key] = _num(value)
+            _flatten(key, value, flat)
         fam, line, knob = family(v["config"], None if base is None else base["config"])
         rows.append({"idx": v["idx"], "variant": v["name"], "is_baseline": bool(v.get("is_baseline")),
                      "family": fam, "line": line, "knob": knob, **flat})
@@ -96,9 +106,9 @@ def results_frame(variants: list[dict]) -> pd.DataFrame:
             df[col] = math.nan
     if base is not None:
         b = df[df["is_baseline"]].iloc[0]
-        if not math.isnan(b["latency_s"]):
+        if df["speedup"].isna().all() and not math.isnan(b["latency_s"]):  # stores from before paired timing
             df["speedup"] = b["latency_s"] / df["latency_s"]
-        for col in ("prompt_accuracy", "fd_shapes", "reward", "clip_score", "latency_s"):
+        for col in ("prompt_accuracy", "kid_shapes", "reward", "clip_score", "latency_s"):
             df[f"delta_{col}"] = df[col] - b[col]
     return df.reset_index(drop=True)
 

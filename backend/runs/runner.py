@@ -16,16 +16,16 @@ from backend.metrics import cost, quality
 from backend.models import RANDOM_ARCHS
 from backend.runs.build import build_pipeline, generate
 from backend.runs.variant import Variant
-from backend.world.prompts import prompt_set
+from backend.world.prompts import DEFAULT_SET, prompt_set
 
 ProgressFn = Callable[[int, int], None]
 
 
-def eval_prompts(name: str = "single", n: int = 200) -> list[str]:
+def eval_prompts(name: str = DEFAULT_SET, n: int = 200) -> list[str]:
     """n prompts spread evenly over a Shapes prompt set (deterministic)."""
     scenes = prompt_set(name)
-    if not 1 <= n <= len(scenes):
-        raise ValueError(f"--n {n} is out of range; allowed: 1 to {len(scenes)} for prompt set {name!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(scenes):
+        raise ValueError(f"--n {n!r} is out of range; allowed: 1 to {len(scenes)} for prompt set {name!r}")
     return [scenes[i * len(scenes) // n].caption for i in range(n)]
 
 
@@ -39,11 +39,12 @@ class VariantResult:
 
 
 def run_variant(
-    variant: Variant, prompts: list[str], seeds: list[int], batch_size: int = 25, repeats: int = 3,
-    measure_macs: bool = True, on_progress: ProgressFn | None = None, pipe: DiffusionPipeline | None = None,
+    variant: Variant, prompts: list[str], seeds: list[int], batch_size: int = 25, measure_macs: bool = True,
+    measure_memory: bool = True, on_progress: ProgressFn | None = None, pipe: DiffusionPipeline | None = None,
 ) -> VariantResult:
-    """Generate every prompt/seed pair and measure cost: latency (one image, median and p90 of
-    ``repeats`` after a warm-up), unet_evals, macs_per_image, peak_mem_mb, model_size_mb.
+    """Generate every prompt/seed pair and measure the deterministic cost: unet_evals (with
+    unet_evals_full / unet_evals_partial), macs_per_image, peak_mem_mb (growth while drawing one image),
+    model_size_mb, kernels. Wall-clock time is measured separately, against a baseline: :func:`time_variants`.
     ``pipe``: the variant's pipeline when the caller has built it already."""
     pipe = pipe if pipe is not None else build_pipeline(variant)
     total = len(prompts)
@@ -54,15 +55,14 @@ def run_variant(
             chunks.append(generate(pipe, variant, prompts[start:end], seeds[start:end]))
             if on_progress:
                 on_progress(end, total)
-    metrics: dict = {"unet_evals": counter.per_image(total)}
+    evals = counter.per_image(total)
+    metrics: dict = {"unet_evals": evals, **_full_partial(pipe, evals)}
 
     def one_image() -> None:
         generate(pipe, variant, prompts[:1], seeds[:1])
 
-    device = str(pipe.unet.device)
-    if repeats > 0:
-        metrics.update(cost.measure_latency(one_image, repeats=repeats, warmup=1, device=device))
-        metrics["peak_mem_mb"] = cost.peak_memory_mb(one_image, device)
+    if measure_memory:
+        metrics["peak_mem_mb"] = cost.peak_memory_mb(one_image, str(next(pipe.unet.parameters()).device))
     if measure_macs:
         metrics["macs_per_image"] = cost.count_macs(one_image)
     metrics["model_size_mb"] = getattr(pipe, "speedlab_model_size_mb", None) or cost.model_size_mb(pipe.unet)
@@ -71,31 +71,63 @@ def run_variant(
     return VariantResult(variant, np.concatenate(chunks), list(prompts), list(seeds), metrics)
 
 
+def _full_partial(pipe: DiffusionPipeline, evals: float) -> dict:
+    """unet_evals split into full and partial (DeepCache's shallow branch) evaluations of the last call."""
+    from backend.methods.deepcache.cost import eval_counts
+
+    counts = eval_counts(pipe)
+    if not counts["evals"]:
+        return {"unet_evals_full": evals, "unet_evals_partial": 0.0}
+    full = evals * counts["full"] / counts["evals"]
+    return {"unet_evals_full": full, "unet_evals_partial": evals - full}
+
+
+def time_variants(pipes: dict[str, tuple[Variant, DiffusionPipeline]], prompt: str, seed: int,
+                  repeats: int = 3, baseline: str | None = None) -> dict[str, dict]:
+    """The timing protocol (backend.metrics.cost.timed_rounds) on one end-to-end image per pipeline: warm-up,
+    interleaved rounds, median latency with its interval and, against ``baseline``, the speedup per round."""
+    fns = {name: (lambda v=v, p=p: generate(p, v, [prompt], [seed])) for name, (v, p) in pipes.items()}
+    device = str(next(next(iter(pipes.values()))[1].unet.parameters()).device)
+    return cost.timed_rounds(fns, repeats=repeats, warmup=1, device=device, baseline=baseline)
+
+
+TIMING_KEYS = ("latency_s", "latency_ci", "latency_p90_s", "speedup", "speedup_ci", "timing_noisy")
+
+
 def add_quality(result: VariantResult, baseline: VariantResult | None = None) -> None:
-    """Quality metrics of a result (against the same-seed baseline when given) and speedup."""
+    """Quality metrics of a result, paired against the same-seed baseline when given."""
     if result.variant.model not in RANDOM_ARCHS:  # random weights: speed only, no quality
         result.metrics.update(quality.quality_metrics(result.images, result.prompts,
                                                       None if baseline is None else baseline.images))
-    if baseline is not None and "latency_s" in result.metrics and "latency_s" in baseline.metrics:
-        result.metrics["speedup"] = baseline.metrics["latency_s"] / result.metrics["latency_s"]
 
 
 def evaluate_variant(
-    variant: Variant, baseline: Variant | None = None, n: int = 200, prompt_set_name: str = "single",
+    variant: Variant, baseline: Variant | None = None, n: int = 200, prompt_set_name: str = DEFAULT_SET,
     seed: int = 0, repeats: int = 3, batch_size: int = 25, on_progress: ProgressFn | None = None,
 ) -> dict:
-    """All metrics of one variant on n prompts of a Shapes prompt set, seeds seed..seed+n-1."""
+    """All metrics of one variant on n prompts of a Shapes prompt set, seeds seed..seed+n-1; with a baseline,
+    quality deltas paired per prompt and seed and the end-to-end speedup timed in interleaved rounds."""
     if variant.model in RANDOM_ARCHS:
         raise quality.QualityUnavailable(f"model {variant.model!r} has random weights: it is for speed measurements "
                                          "only, quality metrics are refused")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"--repeats {repeats!r} is out of range; allowed: a whole number ≥ 1")
     prompts = eval_prompts(prompt_set_name, n)
     seeds = [seed + i for i in range(n)]
-    base = None
+    pipe = build_pipeline(variant)
+    base = base_pipe = None
     if baseline is not None:
-        base = run_variant(baseline, prompts, seeds, batch_size, repeats, measure_macs=False)
-    result = run_variant(variant, prompts, seeds, batch_size, repeats, on_progress=on_progress)
+        base_pipe = build_pipeline(baseline)
+        base = run_variant(baseline, prompts, seeds, batch_size, measure_macs=False, pipe=base_pipe)
+    result = run_variant(variant, prompts, seeds, batch_size, on_progress=on_progress, pipe=pipe)
+    pipes = {"variant": (variant, pipe)} | ({"baseline": (baseline, base_pipe)} if baseline is not None else {})
+    timing = time_variants(pipes, prompts[0], seeds[0], repeats, baseline="baseline" if baseline else None)
+    result.metrics.update({k: v for k, v in timing["variant"].items() if k in TIMING_KEYS})
+    result.metrics["timing"] = f"{repeats} interleaved rounds of one image after one warm-up" + (
+        ", speedup = baseline / variant per round (median, 95% interval)" if baseline else "")
     add_quality(result, base)
-    return {"variant": variant.to_dict(), "prompt_set": prompt_set_name, "n": n, "seed": seed, **result.metrics}
+    return {"variant": variant.to_dict(), "prompt_set": prompt_set_name, "n": n, "seed": seed, **result.metrics,
+            "environment": environment()}
 
 
 def environment() -> dict:
@@ -106,6 +138,7 @@ def environment() -> dict:
                             cwd=Path(__file__).resolve().parent).stdout.strip()
     return {
         "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
         "git_commit": commit or None,

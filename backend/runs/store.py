@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +47,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS variants (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, idx INTEGER NOT NULL,
     name TEXT NOT NULL, config TEXT NOT NULL, is_baseline INTEGER NOT NULL DEFAULT 0,
-    status TEXT NOT NULL DEFAULT 'pending', error TEXT, started REAL, finished REAL,
+    status TEXT NOT NULL DEFAULT 'pending', error TEXT, started REAL, finished REAL, worker TEXT,
     PRIMARY KEY (run_id, idx)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -64,6 +67,37 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL, updated REAL NOT NULL
 );
 """
+
+
+def _worker_id(pid: int) -> str | None:
+    """host:pid:start-time of a live process (the start time tells a reused pid apart), None when it is gone."""
+    import psutil
+
+    try:
+        return f"{socket.gethostname()}:{pid}:{psutil.Process(pid).create_time():.2f}"
+    except psutil.Error:
+        return None
+
+
+@lru_cache(maxsize=4)
+def _me(pid: int) -> str | None:
+    return _worker_id(pid)
+
+
+def current_worker() -> str | None:
+    """This process as recorded in the variants it claims (per pid: a forked child is another worker)."""
+    return _me(os.getpid())
+
+
+def worker_alive(worker: str | None) -> bool:
+    """Whether the process that claimed a variant still runs (one on another host is assumed alive)."""
+    if not worker:
+        return False
+    host, _, rest = worker.partition(":")
+    if host != socket.gethostname():
+        return True
+    pid = rest.partition(":")[0]
+    return pid.isdigit() and _worker_id(int(pid)) == worker
 
 
 class StoreError(ValueError):
@@ -120,7 +154,7 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 class Store:
     """One run directory: ``results.db`` plus ``images/``. Safe to open from several processes."""
 
-    def __init__(self, rundir: str | Path, create: bool = True, timeout_s: float = 30.0):
+    def __init__(self, rundir: str | Path, create: bool = True, timeout_s: float = 30.0, readonly: bool = False):
         self.root = Path(rundir)
         self.path = self.root / DB_NAME if self.root.suffix != ".db" else self.root
         if self.root.suffix == ".db":
@@ -134,19 +168,34 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True)
         elif self.path.is_dir():
             raise StoreError(f"{self.path} is a directory, not a SQLite results store")
-        self.timeout_s = timeout_s
+        self.timeout_s, self.readonly = timeout_s, readonly
         self._check_header()
+        target = str(self.path)
+        if readonly:  # with no writer active (no -wal file), immutable: SQLite creates no -wal/-shm either
+            wal = self.path.with_name(self.path.name + "-wal").exists()
+            target = f"{self.path.resolve().as_uri()}?mode=ro" + ("" if wal else "&immutable=1")
         try:
-            self.conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None,
-                                        check_same_thread=False)
+            self.conn = sqlite3.connect(target, timeout=timeout_s, isolation_level=None, check_same_thread=False,
+                                        uri=readonly)
+        except sqlite3.DatabaseError as exc:
+            raise self._wrap(exc) from exc
+        try:
             self.conn.row_factory = sqlite3.Row
             self.conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            self._check_owner()  # before anything that writes (the journal mode leaves -wal/-shm files)
+            if readonly:
+                self._check_version()
+                return
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA foreign_keys = ON")
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self._init_schema()
         except sqlite3.DatabaseError as exc:
+            self.conn.close()
             raise self._wrap(exc) from exc
+        except StoreError:
+            self.conn.close()
+            raise
 
     # ---- opening -------------------------------------------------------------------------------------------
 
@@ -167,21 +216,33 @@ class Store:
             return StoreError(f"{self.path} is not a usable SQLite database ({text})")
         return StoreError(f"{self.path}: SQLite error: {text}")
 
-    def _init_schema(self) -> None:
+    def _check_owner(self) -> None:
+        """StoreError for a SQLite file of another program (read-only queries: the file is left as it was)."""
         app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables and "runs" not in tables):
             raise StoreError(f"{self.path} is a SQLite database of another program, not a Speedlab results store")
+        if self.readonly and "runs" not in tables:
+            raise StoreError(f"{self.path} holds no Speedlab run yet (make one with python -m backend sweep)")
+
+    def _check_version(self) -> None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row[0]) if row else SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}; this Speedlab reads up to {SCHEMA_VERSION}")
+
+    def _init_schema(self) -> None:
+        app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
         with self.transaction() as c:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     c.execute(statement)
             c.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if "worker" not in {r[1] for r in c.execute("PRAGMA table_info(variants)")}:  # stores made before claims
+                c.execute("ALTER TABLE variants ADD COLUMN worker TEXT")
         if app_id == 0:
             self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        version = int(self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{self.path} has schema version {version}; this Speedlab reads up to {SCHEMA_VERSION}")
+        self._check_version()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -298,15 +359,34 @@ class Store:
                                  (run_id,)).fetchall()
         return [r["idx"] for r in rows]
 
-    def mark_running(self, run_id: str, idx: int) -> None:
+    def claim(self, run_id: str, idx: int) -> bool:
+        """Take a variant for this process (status 'running', worker = this process); False when another live
+        process holds it or it is done. Atomic: two processes on one run directory never take the same variant.
+        A variant left 'running' by a process that is gone (killed) is taken back."""
         with self.transaction() as c:
-            c.execute("UPDATE variants SET status='running', error=NULL, started=? WHERE run_id=? AND idx=?",
-                      (time.time(), run_id, idx))
+            row = c.execute("SELECT status, worker FROM variants WHERE run_id=? AND idx=?", (run_id, idx)).fetchone()
+            if row is not None and row["status"] == "running" and not worker_alive(row["worker"]):
+                c.execute("UPDATE variants SET status='pending' WHERE run_id=? AND idx=? AND status='running'",
+                          (run_id, idx))
+            taken = c.execute("UPDATE variants SET status='running', error=NULL, started=?, worker=? "
+                              "WHERE run_id=? AND idx=? AND status IN ('pending', 'failed')",
+                              (time.time(), current_worker(), run_id, idx)).rowcount
+        return taken == 1
+
+    def holder(self, run_id: str, idx: int) -> tuple[str, str | None]:
+        """(status, worker) of a variant; status 'stale' when it is 'running' in a process that is gone."""
+        row = self.conn.execute("SELECT status, worker FROM variants WHERE run_id=? AND idx=?",
+                                (run_id, idx)).fetchone()
+        if row is None:
+            raise StoreError(f"variant {idx} of run {run_id!r} is not in the store")
+        stale = row["status"] == "running" and not worker_alive(row["worker"])
+        return ("stale" if stale else row["status"]), row["worker"]
 
     def reset_running(self, run_id: str) -> None:
-        """Variants left 'running' by an interrupted sweep go back to 'pending'."""
+        """Variants this process left 'running' (an interrupted sweep) go back to 'pending'."""
         with self.transaction() as c:
-            c.execute("UPDATE variants SET status='pending' WHERE run_id=? AND status='running'", (run_id,))
+            c.execute("UPDATE variants SET status='pending' WHERE run_id=? AND status='running' AND worker=?",
+                      (run_id, current_worker()))
 
     def mark_failed(self, run_id: str, idx: int, error: str) -> None:
         with self.transaction() as c:
@@ -363,8 +443,17 @@ class Store:
                                  (run_id, idx)).fetchall()
         if not rows:
             raise StoreError(f"variant {idx} of run {run_id!r} has no images in the store")
-        return np.stack([np.asarray(Image.open(self.root / r["path"]).convert("RGB")) for r in rows]
-                        ).astype(np.float32) / 255.0
+        paths = [self.image_path(r["path"]) for r in rows]
+        missing = next((r["path"] for r, p in zip(rows, paths, strict=True) if p is None), None)
+        if missing is not None:
+            raise StoreError(f"variant {idx} of run {run_id!r}: image {missing!r} is missing or outside {self.root}")
+        return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths]).astype(np.float32) / 255.0
+
+    def image_path(self, relative: str) -> Path | None:
+        """An image row's file, only when it resolves to a file inside the run directory (else None)."""
+        root = self.root.resolve()
+        path = (root / relative).resolve()
+        return path if path.is_relative_to(root) and path.is_file() else None
 
     # ---- jobs ----------------------------------------------------------------------------------------------
 
@@ -421,9 +510,10 @@ class Store:
         return d
 
 
-def open_run(rundir: str | Path) -> Store:
-    """An existing run directory's store; StoreError when RUNDIR is not a run."""
+def open_run(rundir: str | Path, readonly: bool = False) -> Store:
+    """An existing run directory's store (``readonly``: nothing in it is changed); StoreError when RUNDIR is not a
+    run."""
     root = Path(rundir)
     if not root.exists():
         raise StoreError(f"RUNDIR {root} does not exist")
-    return Store(root, create=False)
+    return Store(root, create=False, readonly=readonly)

@@ -5,14 +5,14 @@ explicit variants; the baseline (the base variant with every method off, or ``ba
 
     name: deepcache-grid
     base: {model: shapes, steps: 50}            # any Variant key (README: the Variant)
-    prompts: {set: single, n: 16}               # or a list of prompt strings
+    prompts: {set: hard, n: 16}                 # or a list of prompt strings (default set: hard)
     seed: 0                                     # prompt i uses seed + i (or seeds: [...])
     grid:                                       # dotted Variant keys -> lists of values
       deepcache.interval: [2, 3, 4, 5, 6, 8]
       deepcache.branch: [0, 2]
     variants:                                   # optional extra variants (overrides on base)
       - {name: w8a8, quant: {method: ptq, weight_bits: 8, act_bits: 8}}
-    runner: {repeats: 3, batch_size: 16, measure_macs: true}
+    runner: {repeats: 3, batch_size: 16, measure_macs: true}   # repeats: interleaved timing rounds vs the baseline
 
 Rerunning the same spec into the same RUNDIR resumes: finished variants are kept, the rest run.
 Executors: ``local`` (default, one process) or ``ray`` (one variant per task, one GPU each when the
@@ -27,6 +27,7 @@ import hashlib
 import itertools
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from backend.runs.variant import METHOD_SECTIONS, Variant, VariantError
+from backend.methods.params import MAX_SEED
+from backend.runs.variant import METHOD_SECTIONS, Variant, VariantError, read_text_file
 
 SPEC_KEYS = ("name", "base", "baseline", "grid", "variants", "prompts", "seed", "seeds", "runner")
 PROMPT_KEYS = ("set", "n")
 RUNNER_DEFAULTS = {"repeats": 3, "batch_size": 16, "measure_macs": True}
-WARMUP = 1  # runner.run_variant warms up once before the timed repeats
+WARMUP = 1  # runner.time_variants warms up once before the timed rounds
+TIMING = "interleaved rounds of one image with the baseline after one warm-up; speedup per round (median, 95% interval)"
 EXECUTORS = ("local", "ray")
 MAX_VARIANTS = 1000
 
@@ -74,7 +77,7 @@ def load_spec(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"sweep spec {str(path)!r} is not an existing file")
-    text = p.read_text()
+    text = read_text_file(p, "sweep spec")
     try:
         data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -129,8 +132,9 @@ def _variant(data: dict, where: str) -> Variant:
 
 def _prompts(spec: dict) -> list[str]:
     from backend.runs.runner import eval_prompts
+    from backend.world.prompts import DEFAULT_SET
 
-    raw = spec.get("prompts", {"set": "single", "n": 16})
+    raw = spec.get("prompts", {"set": DEFAULT_SET, "n": 16})
     if isinstance(raw, list):
         if not raw or not all(isinstance(p, str) and p.strip() for p in raw):
             raise SpecError("prompts: a list of non-empty prompt strings is needed")
@@ -144,7 +148,7 @@ def _prompts(spec: dict) -> list[str]:
     if isinstance(n, bool) or not isinstance(n, int):
         raise SpecError(f"prompts.n: {n!r} must be a whole number")
     try:
-        return eval_prompts(raw.get("set", "single"), n)
+        return eval_prompts(raw.get("set", DEFAULT_SET), n)
     except KeyError as exc:
         raise SpecError(f"prompts.set: {raw.get('set')!r} is not a prompt set ({exc})") from exc
     except ValueError as exc:
@@ -221,13 +225,15 @@ def parse_spec(spec: dict, limit_prompts: int | None = None) -> Sweep:
     if "seeds" in spec:
         seeds = spec["seeds"]
         if not isinstance(seeds, list) or len(seeds) < len(prompts) or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-            raise SpecError(f"seeds: a list of {len(prompts)} whole numbers ≥ 0 (one per prompt) is needed")
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds):
+            raise SpecError(f"seeds: a list of {len(prompts)} whole numbers from 0 to {MAX_SEED} (one per prompt) "
+                            "is needed")
         seeds = seeds[:len(prompts)]
     else:
         seed = spec.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise SpecError(f"seed: {seed!r} must be a whole number ≥ 0")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - len(prompts):
+            raise SpecError(f"seed: {seed!r} is out of range; allowed: a whole number from 0 to "
+                            f"{MAX_SEED - len(prompts)}")
         seeds = [seed + i for i in range(len(prompts))]
 
     runner = spec.get("runner", {})
@@ -250,24 +256,35 @@ def parse_spec(spec: dict, limit_prompts: int | None = None) -> Sweep:
 # ---- measuring one variant (runs in the driver or in a Ray worker) --------------------------------------------
 
 def measure(variant: dict, prompts: list[str], seeds: list[int], runner: dict,
-            on_progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, dict]:
-    """Generate and measure cost of one variant: uint8 images and cost metrics (runner.run_variant)."""
+            on_progress: Callable[[int, int], None] | None = None,
+            baseline: dict | None = None) -> tuple[np.ndarray, dict]:
+    """Generate and measure one variant: uint8 images, the deterministic cost (runner.run_variant) and, with
+    runner.repeats > 0, wall-clock time in interleaved rounds against ``baseline`` (the sweep's baseline;
+    the baseline itself is timed against itself, so its speedup interval shows the machine's noise)."""
     from backend.runs import runner as runner_mod
+    from backend.runs.build import build_pipeline
     from backend.runs.store import to_uint8
 
-    result = runner_mod.run_variant(Variant.from_dict(variant), prompts, seeds, batch_size=runner["batch_size"],
-                                    repeats=runner["repeats"], measure_macs=runner["measure_macs"],
-                                    on_progress=on_progress)
+    v = Variant.from_dict(variant)
+    pipe = build_pipeline(v)
+    result = runner_mod.run_variant(v, prompts, seeds, batch_size=runner["batch_size"],
+                                    measure_macs=runner["measure_macs"], on_progress=on_progress, pipe=pipe)
+    if runner["repeats"] > 0:
+        b = Variant.from_dict(baseline if baseline is not None else variant)
+        base_pipe = pipe if b.to_dict() == v.to_dict() else build_pipeline(b)
+        timing = runner_mod.time_variants({"baseline": (b, base_pipe), "variant": (v, pipe)}, prompts[0], seeds[0],
+                                          runner["repeats"], baseline="baseline")["variant"]
+        result.metrics.update({k: val for k, val in timing.items() if k in runner_mod.TIMING_KEYS})
     return to_uint8(result.images), result.metrics
 
 
 def _quality(variant: Variant, images_u8: np.ndarray, metrics: dict, prompts: list[str], seeds: list[int],
              baseline: tuple[np.ndarray, dict] | None) -> dict:
-    """Quality metrics on the saved (uint8) images against the same-seed baseline, and the speedup."""
+    """Quality metrics on the saved (uint8) images, paired against the same-seed baseline."""
     from backend.runs.runner import VariantResult, add_quality
 
     result = VariantResult(variant, images_u8.astype(np.float32) / 255.0, prompts, seeds, dict(metrics))
-    if baseline is None:  # the baseline itself: compared with itself (psnr inf, ssim 1, speedup 1)
+    if baseline is None:  # the baseline itself: compared with itself (psnr inf, ssim 1, deltas 0)
         base = result
     else:
         base = VariantResult(variant, baseline[0].astype(np.float32) / 255.0, prompts, seeds, dict(baseline[1]))
@@ -283,9 +300,10 @@ class LocalExecutor:
     name = "local"
 
     def run(self, sweep: Sweep, indices: list[int], on_images: Callable[[int, int], None],
-            on_start: Callable[[int], None] = lambda idx: None):
+            on_start: Callable[[int], bool] = lambda idx: True):
         for idx in indices:
-            on_start(idx)
+            if not on_start(idx):  # claimed by another process
+                continue
             done_before = [0]
 
             def progress(done: int, total: int, _d=done_before) -> None:
@@ -294,21 +312,21 @@ class LocalExecutor:
 
             try:
                 images, metrics = measure(sweep.variants[idx].to_dict(), sweep.prompts, sweep.seeds, sweep.runner,
-                                          on_progress=progress)
+                                          on_progress=progress, baseline=sweep.variants[0].to_dict())
             except Exception as exc:  # noqa: BLE001 - a failing variant is recorded, the sweep goes on
                 yield idx, None, exc
                 continue
             yield idx, (images, metrics), None
 
 
-def _ray_measure(variant, prompts, seeds, runner):
+def _ray_measure(variant, prompts, seeds, runner, baseline):
     import torch
 
     from backend.runs.runner import environment
 
     if torch.cuda.is_available() and variant.get("device", "cpu") == "cpu":
-        variant = {**variant, "device": "cuda"}
-    images, metrics = measure(variant, prompts, seeds, runner)
+        variant, baseline = {**variant, "device": "cuda"}, {**baseline, "device": "cuda"}
+    images, metrics = measure(variant, prompts, seeds, runner, baseline=baseline)
     env = environment()
     metrics["worker"] = f"{env.get('gpu') or env.get('cpu')}"
     return images, metrics
@@ -328,7 +346,7 @@ class RayExecutor:
         self.address = address
 
     def run(self, sweep: Sweep, indices: list[int], on_images: Callable[[int, int], None],
-            on_start: Callable[[int], None] = lambda idx: None):
+            on_start: Callable[[int], bool] = lambda idx: True):
         ray = self.ray
         root = str(Path(__file__).resolve().parents[2])
         if not ray.is_initialized():
@@ -339,10 +357,10 @@ class RayExecutor:
             except ConnectionError as exc:
                 raise ValueError(f"--address {self.address!r}: cannot connect to a Ray cluster ({exc})") from exc
         gpus = ray.cluster_resources().get("GPU", 0)
-        for i in indices:
-            on_start(i)
+        indices = [i for i in indices if on_start(i)]  # those not claimed by another process
         task = ray.remote(num_gpus=1 if gpus > 0 else 0, num_cpus=1, max_retries=0)(_ray_measure)
-        futures = {task.remote(sweep.variants[i].to_dict(), sweep.prompts, sweep.seeds, sweep.runner): i
+        futures = {task.remote(sweep.variants[i].to_dict(), sweep.prompts, sweep.seeds, sweep.runner,
+                               sweep.variants[0].to_dict()): i
                    for i in indices}
         while futures:
             ready, _ = ray.wait(list(futures), num_returns=1)
@@ -383,14 +401,20 @@ def run_sweep(sweep: Sweep, rundir: str | Path, executor: str | Any = "local", a
 
     job: an optional ``JobControl`` (progress, cancel between variants). on_progress(done_images, total_images).
     """
+    from backend.models import check_source
     from backend.runs.jobs import JobCancelled
     from backend.runs.runner import environment
     from backend.runs.store import Store, to_uint8
 
+    for model in dict.fromkeys(v.model for v in sweep.variants):  # a missing model: refused before the store is made
+        try:
+            check_source(model)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
     ex = make_executor(executor, address) if isinstance(executor, str) else executor
     store = Store(rundir)
     try:
-        settings = {**sweep.runner, "warmup": WARMUP, "executor": ex.name}
+        settings = {**sweep.runner, "warmup": WARMUP, "timing": TIMING, "executor": ex.name}
         run_id = store.create_run(sweep.run_id, [v.to_dict() for v in sweep.variants], sweep.prompts, sweep.seeds,
                                   settings, environment(), spec=sweep.spec, name=sweep.name)
         job_id = f"sweep-{run_id}"
@@ -428,8 +452,10 @@ def run_sweep(sweep: Sweep, rundir: str | Path, executor: str | Any = "local", a
             for batch in batches:
                 if not batch:
                     continue
+                if baseline is None and batch[0] != 0:  # another process has the baseline: wait for it
+                    baseline = _await_baseline(store, run_id, job)
                 for idx, payload, exc in ex.run(sweep, batch, images_progress,
-                                                on_start=lambda i: store.mark_running(run_id, i)):
+                                                on_start=lambda i: store.claim(run_id, i)):
                     if job is not None:
                         job.check()
                     if exc is not None:
@@ -467,6 +493,22 @@ def run_sweep(sweep: Sweep, rundir: str | Path, executor: str | Any = "local", a
         store.close()
 
 
+def _await_baseline(store, run_id: str, job=None, poll_s: float = 0.5) -> tuple[np.ndarray, dict]:
+    """The baseline's images and metrics once the process that claimed it has stored them."""
+    from backend.runs.store import to_uint8
+
+    while True:
+        status, worker = store.holder(run_id, 0)
+        if status == "done":
+            return to_uint8(store.load_images(run_id, 0)), store.variants(run_id)[0]["metrics"]
+        if status != "running":
+            raise ValueError(f"the baseline variant is {status} (process {worker}), nothing to compare with; "
+                             "run the sweep again")
+        if job is not None:
+            job.check()
+        time.sleep(poll_s)
+
+
 # ---- CLI --------------------------------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -481,9 +523,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from tqdm import tqdm
 
-    sweep = parse_spec(load_spec(args.spec), limit_prompts=args.limit_prompts)
+    from backend.runs.paths import check_out_dir
+
     if args.limit_prompts is not None and args.limit_prompts < 1:
         raise ValueError(f"--limit-prompts {args.limit_prompts} must be ≥ 1")
+    sweep = parse_spec(load_spec(args.spec), limit_prompts=args.limit_prompts)
+    check_out_dir(args.out, "--out")
     bar = None
 
     def progress(done: int, total: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,11 @@ METHOD_SECTIONS = {
     "quant": "backend.methods.quant.config:QuantConfig",
     "consistency": "backend.methods.consistency.config:ConsistencyConfig",
 }
+# Upper bounds: generous (far above any useful setting) so a typo or a hostile request cannot hold the
+# device for hours; stricter limits for shared use (the app) are applied on top by its caller.
+MAX_STEPS = 1000
+MAX_SIDE = 4096
+MAX_GUIDANCE = 100.0
 
 
 class VariantError(ValueError):
@@ -52,7 +58,9 @@ class Variant:
     def from_dict(cls, data: Any) -> Variant:
         """Validate plain data; raises VariantError naming the first bad key or value."""
         if not isinstance(data, dict):
-            raise VariantError(f"a variant must be a JSON object, got {type(data).__name__}")
+            kind = {list: "a JSON array", str: "a JSON string", bool: "a JSON boolean", type(None): "JSON null"}.get(
+                type(data), "a JSON number")
+            raise VariantError(f"a variant must be a JSON object {{...}}, got {kind}")
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names))
         if unknown:
@@ -64,32 +72,49 @@ class Variant:
     @classmethod
     def parse(cls, text_or_path: str) -> Variant:
         """A JSON string or the path of a JSON file."""
-        text = text_or_path
-        if not text.lstrip().startswith("{"):
+        text, where = text_or_path, "variant"
+        if not text.lstrip().startswith(("{", "[")):
             path = Path(text)
-            if not path.is_file():
-                raise VariantError(f"variant {text!r} is neither JSON nor an existing file")
-            text = path.read_text()
+            try:
+                is_file = path.is_file()
+            except (OSError, ValueError):  # a name too long or with a NUL byte is not a file either
+                is_file = False
+            if not is_file:
+                try:
+                    json.loads(text)
+                except ValueError:
+                    raise VariantError(f"variant {text[:80]!r} is neither JSON nor an existing file") from None
+            else:
+                text, where = read_text_file(path, "variant file"), f"variant file {str(path)!r}"
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise VariantError(f"malformed variant JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
-        return cls.from_dict(data)
+            inside = "" if where == "variant" else f" in {where}"
+            raise VariantError(f"malformed variant JSON{inside}: {exc.msg} at line {exc.lineno} column {exc.colno}"
+                               ) from exc
+        except RecursionError:
+            raise VariantError(f"{where}: JSON nested too deeply; allowed: a flat variant object") from None
+        try:
+            return cls.from_dict(data)
+        except VariantError as exc:
+            raise exc if where == "variant" else VariantError(f"{where}: {exc}") from exc
 
     def _validate(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise VariantError(f"model: {self.model!r} must be a non-empty string")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise VariantError(f"scheduler: {self.scheduler!r} is not allowed; allowed: {', '.join(SCHEDULERS)}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps <= 0:
-            raise VariantError(f"steps: {self.steps!r} must be a whole number ≥ 1")
-        if self.guidance is not None and (isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float))
-                                          or self.guidance < 0):
-            raise VariantError(f"guidance: {self.guidance!r} must be a number ≥ 0")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise VariantError(f"steps: {self.steps!r} is not allowed; allowed: a whole number from 1 to {MAX_STEPS}")
+        g = self.guidance
+        if g is not None and (isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g)
+                              or not 0 <= g <= MAX_GUIDANCE):
+            raise VariantError(f"guidance: {g!r} is not allowed; allowed: a number from 0 to {MAX_GUIDANCE:g}")
         for key in ("height", "width"):
             value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise VariantError(f"{key}: {value!r} must be a positive whole number")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 1 <= value <= MAX_SIDE):
+                raise VariantError(f"{key}: {value!r} is not allowed; allowed: a whole number from 1 to {MAX_SIDE}")
         if self.device not in DEVICES:
             raise VariantError(f"device: {self.device!r} is not allowed; allowed: {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
@@ -119,3 +144,14 @@ class Variant:
     @property
     def label(self) -> str:
         return self.name or json.dumps(self.to_dict(), sort_keys=True)
+
+
+def read_text_file(path: str | Path, what: str) -> str:
+    """A UTF-8 text file's content; VariantError naming the file when it is binary or unreadable as text."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise VariantError(f"{what} {str(path)!r} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x});"
+                           " allowed: a text file") from None
+    except IsADirectoryError:
+        raise VariantError(f"{what} {str(path)!r} is a folder; allowed: a text file") from None

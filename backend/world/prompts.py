@@ -19,7 +19,8 @@ from backend.world.shapes import (
     random_scene,
 )
 
-PROMPT_SETS = ("single", "two", "compositional")
+PROMPT_SETS = ("hard", "single", "two", "compositional")
+DEFAULT_SET = "hard"  # the mix with headroom: single-object prompts saturate (every method 0.98–1.00)
 SET_SIZE = 250
 _OBJ = rf"an? ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(SHAPES)})"
 _SINGLE_RE = re.compile(rf"^{_OBJ} ({'|'.join(POSITIONS)})$")
@@ -28,7 +29,10 @@ _TWO_RE = re.compile(rf"^{_OBJ} ({'|'.join(RELATIONS)}) {_OBJ}$")
 
 @cache
 def prompt_set(name: str) -> tuple[Scene, ...]:
-    """The named evaluation set (250 scenes): "single", "two" or "compositional"."""
+    """The named evaluation set: "single", "two", "compositional" (250 scenes each) or "hard" (500: "two" and
+    "compositional" alternating, so that any evenly spread subset mixes them half and half)."""
+    if name == "hard":
+        return tuple(sc for pair in zip(prompt_set("two"), prompt_set("compositional")) for sc in pair)
     if name == "single":
         return tuple(
             Scene((ShapeObject(shape, color, size, cell),))

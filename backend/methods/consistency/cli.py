@@ -4,7 +4,8 @@
 
 The student is written to DIR (a LatentConsistencyModelPipeline folder, or an LCM-LoRA with --lora); use it
 with ``"scheduler": "lcm", "steps": 1-8, "consistency": {"checkpoint": DIR}``. Training checkpoints go to
-DIR.partial; Ctrl-C saves one, and the same command resumes from it.
+DIR.partial every --checkpoint-every seconds (each renamed into place whole); Ctrl-C saves one, and the same
+command resumes from the last one (also after a kill).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", choices=LOSSES, default=None, help="distillation loss (default huber)")
     parser.add_argument("--data", default=None, help="auto | shapes | teacher[:PROMPTS.txt] | folder of images+.txt")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--checkpoint-every", type=float, default=None,
+                        help="seconds between training checkpoints in OUT.partial (default 120)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -52,6 +55,8 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
     for key in ("batch_size", "lr", "w_min", "w_max", "num_ddim_timesteps", "loss", "data", "seed"):
         if getattr(args, key) is not None:
             raw[key] = getattr(args, key)
+    if args.checkpoint_every is not None:
+        raw["checkpoint_every_s"] = args.checkpoint_every
     return DistillConfig.from_dict(raw)
 
 
@@ -61,11 +66,13 @@ def main(args: argparse.Namespace) -> int:
     from backend.methods.consistency.distill import distill
     from backend.models import load_pipeline
     from backend.runs.jobs import JobControl
+    from backend.runs.paths import check_out_dir
     from backend.runs.variant import Variant
 
     try:
         cfg = config_from_args(args)
         variant = Variant.parse(args.variant)
+        check_out_dir(args.out, "--out", must_be_new=True)
         pipe = load_pipeline(variant.model, variant.device, variant.dtype)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from backend.methods.params import MethodConfig, param
+from backend.methods.params import MAX_SEED, MethodConfig, param
 
 REWARDS = ("none", "shapes", "hpsv2", "imagereward", "pickscore", "clip")
 LOSSES = ("huber", "l2")
@@ -55,7 +55,7 @@ class DistillConfig(MethodConfig):
     proxy_batch: int = param(8, "items per proxy update (three latents each: student, target, real)", minimum=1)
     proxy_warmup: int = param(30, "steps the proxy trains before the student follows it", minimum=0)
     checkpoint_every_s: float = param(120.0, "seconds between training checkpoints", minimum=1.0)
-    seed: int = param(0, "random seed", minimum=0)
+    seed: int = param(0, "random seed", minimum=0, maximum=MAX_SEED)
 
     def validate(self) -> None:
         if self.beta < 0:

@@ -158,7 +158,9 @@ def make_data(pipe: DiffusionPipeline, spec: str, guidance: float, seed: int = 0
             path = Path(spec.split(":", 1)[1])
             if not path.is_file():
                 raise ValueError(f"data: prompts file {str(path)!r} does not exist")
-            prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            from backend.runs.variant import read_text_file
+
+            prompts = [line.strip() for line in read_text_file(path, "data: prompts file").splitlines() if line.strip()]
             if not prompts:
                 raise ValueError(f"data: prompts file {str(path)!r} has no prompts")
         return TeacherData(pipe, prompts, guidance, seed=seed)

@@ -18,11 +18,13 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from diffusers import DiffusionPipeline, UNet2DConditionModel
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from backend.methods.consistency import lcd
@@ -235,26 +237,63 @@ class Distiller:
             tensors.update(_flat_opt("popt", self.proxy_opt))
             meta["popt_groups"] = _opt_groups(self.proxy_opt)
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-        save_file(tensors, work / (STATE + ".tmp"))
-        (work / (STATE_JSON + ".tmp")).write_text(json.dumps(meta))
-        os.replace(work / (STATE + ".tmp"), work / STATE)
-        os.replace(work / (STATE_JSON + ".tmp"), work / STATE_JSON)
+        tmp = work / f".state-tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            save_file(tensors, tmp / STATE)
+            (tmp / STATE_JSON).write_text(json.dumps(meta))
+            os.replace(tmp, work / f"state-{self.step_count:09d}-{time.time_ns()}")  # the one atomic step
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        newest = latest_state(work)
+        for old in work.iterdir():  # older states and temporaries of a killed save
+            if old.is_dir() and old.name.startswith(("state-", ".state-tmp-")) and old != newest:
+                shutil.rmtree(old, ignore_errors=True)
 
-    def load_state(self, work: Path) -> None:
-        tensors = load_file(work / STATE)
-        meta = json.loads((work / STATE_JSON).read_text())
+    def load_state(self, state: Path) -> None:
+        meta = read_state_meta(state)
+        try:
+            tensors = load_file(state / STATE)
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(f"training checkpoint {str(state / STATE)!r} is truncated or corrupted ({exc}); "
+                             f"delete {str(state.parent)!r} to start over") from None
 
         def part(prefix):
             return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
-        self.student.load_state_dict(part("student"), strict=not self.cfg.lora)
-        if self.target is not None:
-            self.target.load_state_dict(part("target"))
-        _load_opt(self.opt, part("opt"), meta["opt_groups"])
-        if self.proxy is not None and "popt_groups" in meta:
-            self.proxy.load_state_dict(part("proxy"))
-            _load_opt(self.proxy_opt, part("popt"), meta["popt_groups"])
-        self.step_count, self.elapsed = int(meta["step"]), float(meta["elapsed"])
+        try:
+            self.student.load_state_dict(part("student"), strict=not self.cfg.lora)
+            if self.target is not None:
+                self.target.load_state_dict(part("target"))
+            _load_opt(self.opt, part("opt"), meta["opt_groups"])
+            if self.proxy is not None and "popt_groups" in meta:
+                self.proxy.load_state_dict(part("proxy"))
+                _load_opt(self.proxy_opt, part("popt"), meta["popt_groups"])
+            self.step_count, self.elapsed = int(meta["step"]), float(meta["elapsed"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"training checkpoint {str(state)!r} does not fit this model ({first}); delete "
+                             f"{str(state.parent)!r} to start over") from None
+
+
+def latest_state(work: Path) -> Path | None:
+    """The newest complete training state in ``work`` (``state-STEP-TIME/``, each renamed into place whole)."""
+    states = sorted(p for p in work.glob("state-*") if p.is_dir()) if work.is_dir() else []
+    return states[-1] if states else None
+
+
+def read_state_meta(state: Path) -> dict:
+    """state.json of a training state; ValueError naming the file when it is unreadable."""
+    path = state / STATE_JSON
+    try:
+        meta = json.loads(path.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise ValueError("not a training state")
+        return meta
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"training checkpoint {str(path)!r} is unreadable ({exc}); delete {str(state.parent)!r} "
+                         "to start over") from None
 
 
 def _alphas_cumprod(sched_config) -> torch.Tensor:
@@ -306,14 +345,16 @@ def distill(pipe: DiffusionPipeline, cfg: DistillConfig, out: str | Path, job: J
     job = job or JobControl()
     d = Distiller(pipe, cfg, reward, guidance)
     cfg_dict = cfg.to_dict()
-    if (work / STATE).is_file():
-        saved = json.loads((work / STATE_JSON).read_text())["config"]
+    state = latest_state(work)
+    if state is not None:
+        meta = read_state_meta(state)
+        saved = meta["config"]
         changed = sorted(k for k in cfg_dict if k not in ("minutes", "max_steps", "checkpoint_every_s")
                          and saved.get(k) != cfg_dict[k])
         if changed:
             raise ValueError(f"{work}: a checkpoint with other settings exists ({changed[0]}: {saved.get(changed[0])!r}"
                              f" there, {cfg_dict[changed[0]]!r} now); delete it or use the same settings")
-        d.load_state(work)
+        d.load_state(state)
     budget = cfg.minutes * 60.0
     total = cfg.max_steps or None
     t0, prev_elapsed, last_save = time.monotonic(), d.elapsed, time.monotonic()

@@ -8,10 +8,12 @@ and either a whole ``LatentConsistencyModelPipeline`` (full student with a w-emb
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, LCMScheduler, UNet2DConditionModel
+from safetensors import SafetensorError
 
 from backend.methods.consistency.config import ConsistencyConfig
 
@@ -101,12 +103,14 @@ def apply(pipe: DiffusionPipeline, config: ConsistencyConfig) -> None:
     if meta["kind"] == "full":
         if not (ckpt / "unet" / "config.json").is_file():
             raise ValueError(f"consistency.checkpoint: {str(ckpt)!r} has no unet/ folder (incomplete checkpoint)")
-        student = UNet2DConditionModel.from_pretrained(ckpt / "unet", local_files_only=True, use_safetensors=True)
+        with _naming(ckpt / "unet"):
+            student = UNet2DConditionModel.from_pretrained(ckpt / "unet", local_files_only=True, use_safetensors=True)
         pipe.unet = student.to(device=device, dtype=dtype).eval().requires_grad_(False)
     else:
         if not (ckpt / LORA_WEIGHTS).is_file():
             raise ValueError(f"consistency.checkpoint: {str(ckpt)!r} has no {LORA_WEIGHTS} (incomplete checkpoint)")
-        pipe.load_lora_weights(str(ckpt), weight_name=LORA_WEIGHTS, adapter_name="lcm")
+        with _naming(ckpt / LORA_WEIGHTS):
+            pipe.load_lora_weights(str(ckpt), weight_name=LORA_WEIGHTS, adapter_name="lcm", use_safetensors=True)
         pipe.fuse_lora(lora_scale=config.lora_scale, components=["unet"])
         pipe.unload_lora_weights()
         pipe.unet.eval().requires_grad_(False)
@@ -117,6 +121,17 @@ def apply(pipe: DiffusionPipeline, config: ConsistencyConfig) -> None:
     defaults.update(steps=4, guidance=float(meta["guidance"]))
     pipe.speedlab_defaults = defaults  # a new dict: the base pipeline's defaults stay as they were
     pipe.speedlab_consistency = meta
+
+
+@contextmanager
+def _naming(path: Path):
+    """A student's weights that fail to load (truncated, corrupted, wrong shapes) → one ValueError naming them."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError, KeyError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"consistency.checkpoint: {str(path)!r} could not be loaded (truncated or corrupted "
+                         f"weights?): {first}") from None
 
 
 def save_full(pipe: DiffusionPipeline, student: torch.nn.Module, out: Path, meta: dict) -> None:

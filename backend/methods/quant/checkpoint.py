@@ -148,12 +148,33 @@ def describe(unet: torch.nn.Module) -> dict:
     }
 
 
-def write_dir(out: Path, write) -> Path:
-    """Run ``write(tmpdir)`` then rename tmpdir to ``out`` (replacing an older checkpoint there)."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG_FILE).exists())):
+def check_out(out: str | Path) -> Path:
+    """A checkpoint destination: a new path in a writable folder, or an earlier checkpoint of this command."""
+    from backend.runs.paths import check_out_dir
+
+    out = check_out_dir(out, "--out")
+    _recover(out)
+    if out.exists() and any(out.iterdir()) and not (out / CONFIG_FILE).exists():
         raise CheckpointError(f"--out {str(out)!r} exists and is not a quant checkpoint directory; allowed: a new "
                               "path or an earlier checkpoint of this command")
+    return out
+
+
+def _recover(out: Path) -> None:
+    """After a crash inside :func:`write_dir`: put back a checkpoint moved aside, drop half-written temporaries."""
+    if not out.parent.is_dir():
+        return
+    if not out.exists():
+        old = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
+        if old:
+            os.replace(old[-1], out)
+    for leftover in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def write_dir(out: Path, write) -> Path:
+    """Run ``write(tmpdir)`` then rename tmpdir to ``out`` (replacing an older checkpoint there)."""
+    out = check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

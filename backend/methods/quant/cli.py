@@ -95,7 +95,9 @@ def read_prompts(path: str | None) -> list[str] | None:
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"--prompts {path!r} is not a file; allowed: a text file with one prompt a line")
-    prompts = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    from backend.runs.variant import read_text_file
+
+    prompts = [line.strip() for line in read_text_file(file, "--prompts").splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"--prompts {path!r} holds no prompts; allowed: a text file with one prompt a line")
     return prompts
@@ -104,6 +106,7 @@ def read_prompts(path: str | None) -> list[str] | None:
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from backend.methods.quant.checkpoint import check_out
     from backend.methods.quant.model import summary
     from backend.methods.quant.train import finetune
     from backend.models import load_pipeline
@@ -116,12 +119,10 @@ def main(args: argparse.Namespace) -> int:
     if variant.quant is not None:
         raise ValueError("--variant already has a quant section; give the FP teacher (drop \"quant\")")
     prompts = read_prompts(args.prompts)
-    out = Path(args.out)
-    if args.restart and out.exists():
-        if not (out / "quant_config.json").exists():
-            raise ValueError(f"--out {args.out!r} exists and is not a quant checkpoint; will not delete it")
-        shutil.rmtree(out)
+    out = check_out(args.out)
     pipe = load_pipeline(variant.model, variant.device, variant.dtype)
+    if args.restart and out.exists():
+        shutil.rmtree(out)
     cancel = threading.Event()
     total = ft.max_iters or None
     bar = tqdm(total=total or int(ft.minutes * 60), unit="it" if total else "s", desc=f"{ft.method} "

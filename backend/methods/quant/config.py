@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from backend.methods.params import MethodConfig, param
+from backend.methods.params import MAX_SEED, MethodConfig, param
 
 METHODS = ("ptq", "efficientdm", "qat")
 SIDE_POLICIES = ("fp", "w8a8", "same")
@@ -51,15 +51,16 @@ class QuantConfig(MethodConfig):
     quantize_attn_matmul: bool = param(False, "also fake-quantize the inputs of QKᵀ and softmax·V at act_bits "
                                        "(paper: off)")
     kernels: str = param("simulated", "simulated: fake quantization in fp32 (any bits, any device); real: int8 "
-                         "oneDNN kernels on the CPU (bits below 8 run exactly on the int8 kernels; where a device has "
-                         "none, the run falls back to simulated and says so)", choices=("simulated", "real"))
+                         "oneDNN kernels on the CPU (bits below 8 run exactly on the int8 kernels; on CPUs without "
+                         "VNNI, W8A8 layers take 7-bit activations (reduce_range); where a device has none, the run "
+                         "falls back to simulated and says so)", choices=("simulated", "real"))
     calib_prompts: int = param(8, "PTQ: prompts sampled by the FP model to collect calibration inputs",
                                minimum=1, maximum=256, ui=False)
     calib_steps: int = param(20, "PTQ: DDIM steps of the FP calibration trajectories", minimum=1, maximum=1000,
                              ui=False)
     calib_samples: int = param(32, "PTQ: U-Net inputs (x_t, t, text) drawn from the trajectories for the "
                                "activation-range search (paper: 32)", minimum=1, maximum=4096, ui=False)
-    seed: int = param(0, "seed of the calibration prompts and noise", minimum=0, ui=False)
+    seed: int = param(0, "seed of the calibration prompts and noise", minimum=0, maximum=MAX_SEED, ui=False)
 
     def validate(self) -> None:
         if not isinstance(self.checkpoint, str):
@@ -85,7 +86,7 @@ class FinetuneConfig(MethodConfig):
                         "qat: LSQ on all weights, no LoRA (the baseline)", choices=("efficientdm", "qat"))
     weight_bits: int = param(4, "weight bit-width", minimum=2, maximum=8)
     act_bits: int = param(4, "activation bit-width", minimum=2, maximum=8)
-    minutes: float = param(15.0, "wall-clock training budget", minimum=0.0)
+    minutes: float = param(15.0, "wall-clock training budget", minimum=0.0, maximum=10_000.0)
     max_iters: int = param(0, "stop after this many updates (0: budget only)", minimum=0)
     train_steps: int = param(10, "DDIM steps of each teacher trajectory = per-step activation scales (TALSQ T; "
                              "paper: 100). Sampling with another step count maps each timestep to the nearest",
@@ -108,7 +109,7 @@ class FinetuneConfig(MethodConfig):
     eta: float = param(1.0, "DDIM eta of the teacher trajectory (paper: 1.0)", minimum=0.0, maximum=1.0)
     grad_clip: float = param(1.0, "gradient-norm clip (0: off)", minimum=0.0)
     checkpoint_every_s: float = param(120.0, "seconds of training between checkpoints", minimum=1.0)
-    seed: int = param(0, "seed of prompts and trajectories", minimum=0)
+    seed: int = param(0, "seed of prompts and trajectories", minimum=0, maximum=MAX_SEED)
 
     def quant_config(self, **overrides) -> QuantConfig:
         """The QuantConfig of the student (layer policy at its defaults unless overridden)."""

@@ -14,6 +14,12 @@ symmetric int8 for oneDNN, so the simulated asymmetric code ``q − z`` is used 
 the 8-bit channels are re-quantized symmetrically (counted in the report). Codes below 8 bits run on
 the same int8 kernels: exact, but no faster than W8A8 (no 4-bit integer kernels on CPU).
 
+Saturation (:mod:`backend.methods.quant.isa`): without VNNI/AMX (AVX2, AVX-512 without VNNI) oneDNN adds
+pairs of u8×s8 products in int16 with saturation. There, a layer whose full-range sums could saturate
+(8-bit activations × weight codes beyond ±64) quantizes its input to 7-bit codes of the same range (step
+×2, ``reduce_range``, as PyTorch's x86 quantization does): exact on the kernels, but one activation bit
+coarser than the simulated model. The report names the ISA and the layers.
+
 What stays simulated, and why, is listed in :class:`KernelReport`: the attention matmuls (QKᵀ and
 softmax·V have no static-scale integer bmm kernel), and everything on devices other than the CPU.
 """
@@ -21,12 +27,12 @@ softmax·V have no static-scale integer bmm kernel), and everything on devices o
 from __future__ import annotations
 
 import copy
-import functools
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from backend.methods.quant.isa import INT16_MAX, int8_support
 from backend.methods.quant.layers import ActQuantizer, QuantLayer
 from backend.methods.quant.model import _set_module, get_state
 
@@ -42,37 +48,21 @@ class KernelReport:
     int8_layers: list[str] = field(default_factory=list)
     simulated: dict[str, str] = field(default_factory=dict)  # layer -> why
     requantized_channels: int = 0  # 8-bit asymmetric weight channels re-quantized to symmetric int8
+    isa: str = ""  # the CPU instruction set the int8 kernels run with (isa.cpu_isa)
+    reduce_range: list[str] = field(default_factory=list)  # int8 layers whose input runs as 7-bit codes
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for logs and the UI."""
         if self.kernels != "real":
             return f"simulated kernels ({self.reason})" if self.reason else "simulated kernels (fake quantization)"
-        text = f"real int8 kernels (oneDNN) on {len(self.int8_layers)} layers"
+        tag = ", reduce_range" if self.reduce_range else ""
+        text = f"real int8 kernels (oneDNN, {self.isa}{tag}) on {len(self.int8_layers)} layers"
         if self.simulated:
             text += f", {len(self.simulated)} simulated"
         if self.requantized_channels:
             text += f", {self.requantized_channels} weight channels re-quantized to symmetric int8"
         return text
-
-
-@functools.cache
-def cpu_int8_unavailable() -> str:
-    """Why this torch build / CPU cannot run the oneDNN int8 kernels ("" when it can): a tiny self-test."""
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return "this torch build has no oneDNN (mkldnn)"
-        w = torch.ones(2, 2, 1, 1, dtype=torch.int8)
-        scales = torch.ones(2)
-        packed = torch.ops.onednn.qconv_prepack(w, scales, 1.0, 0, [1, 1], [0, 0], [1, 1], 1, None)
-        x = torch.full((1, 2, 2, 2), 3, dtype=torch.uint8)
-        y = torch.ops.onednn.qconv2d_pointwise(x, 1.0, 1, packed, scales, torch.zeros(2, dtype=torch.int64), None,
-                                               [1, 1], [0, 0], [1, 1], 1, 1.0, 0, torch.float32, "none", [], "")
-        if not torch.equal(y, torch.full((1, 2, 2, 2), 4.0)):
-            return "oneDNN int8 convolution gave wrong results on this CPU"
-    except (RuntimeError, AttributeError, NotImplementedError) as exc:
-        return f"oneDNN int8 kernels are not available ({str(exc).splitlines()[0][:120]})"
-    return ""
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -86,7 +76,7 @@ def unavailable_reason(device: torch.device | str) -> str:
     if torch.device(device).type != "cpu":
         return (f"real integer kernels are implemented for the CPU (oneDNN int8); on {torch.device(device).type} "
                 "this build runs simulated fake quantization")
-    return cpu_int8_unavailable()
+    return int8_support().reason
 
 
 def symmetric_int8(codes: torch.Tensor, zero: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
@@ -111,10 +101,12 @@ class Int8Layer(nn.Module):
     """A quantized Conv2d or Linear on oneDNN int8 kernels, with the simulated layer's scales.
 
     The input is quantized with the activation quantizer's step size and zero point of the current
-    denoising step (the shared TALSQ index), so the integer codes are those of the simulated layer.
+    denoising step (the shared TALSQ index), so the integer codes are those of the simulated layer;
+    where sums could overflow int16 on a CPU whose int8 kernels saturate (``saturates``, default: the
+    self-test's finding), 7-bit codes of that range.
     """
 
-    def __init__(self, layer: QuantLayer):
+    def __init__(self, layer: QuantLayer, saturates: bool | None = None):
         super().__init__()
         base = layer.base
         self.is_conv = layer.is_conv
@@ -124,6 +116,8 @@ class Int8Layer(nn.Module):
         with torch.no_grad():
             codes = layer.int_weight().round()
             qweight, w_scale, self.requantized = symmetric_int8(codes, layer.w_quant.zero_point, layer.w_quant.scale)
+        saturates = int8_support().saturates if saturates is None else saturates
+        self.reduce_range = saturates and 2 * self.a_quant.qmax * int(qweight.abs().max()) > INT16_MAX
         self.register_buffer("w_scale", w_scale)
         self.register_buffer("w_zero", torch.zeros(self.out_features, dtype=torch.int64))
         self.register_buffer("bias", None if base.bias is None else base.bias.detach().float().clone())
@@ -138,8 +132,12 @@ class Int8Layer(nn.Module):
 
     def _codes(self, x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
         s, z = self.a_quant.step_params()
-        scale, zero = float(s), int(torch.round(z))
-        q = torch.clamp(torch.round(x / s.detach()) + zero, 0, self.a_quant.qmax).to(torch.uint8)
+        s, zero, qmax = s.detach(), int(torch.round(z)), self.a_quant.qmax
+        if self.reduce_range:  # 7-bit codes of the same range: step ×2
+            qmax = (qmax + 1) // 2 - 1
+            s, zero = 2 * s, min((zero + 1) // 2, qmax)
+        scale = float(s)
+        q = torch.clamp(torch.round(x / s) + zero, 0, qmax).to(torch.uint8)
         return q, scale, zero
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,7 +154,8 @@ class Int8Layer(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "conv" if self.is_conv else "linear"
-        return f"{self.role}, int8 {kind} (W{self.w_bits} codes) A{self.a_quant.bits}, oneDNN"
+        act = "A7 (reduce_range)" if self.reduce_range else f"A{self.a_quant.bits}"
+        return f"{self.role}, int8 {kind} (W{self.w_bits} codes) {act}, oneDNN"
 
 
 def _conv_unsupported(base: nn.Conv2d) -> str:
@@ -189,11 +188,13 @@ def lean_copy(unet: nn.Module, layer_names: list[str]) -> nn.Module:
     return copy_
 
 
-def realize(unet: nn.Module, kernels: str = "real") -> KernelReport:
+def realize(unet: nn.Module, kernels: str = "real", reduce_range: bool | None = None) -> KernelReport:
     """Put the quantized U-Net on real int8 kernels in place (``kernels="real"``), or report why not.
 
     Where the device has no integer kernels the U-Net stays simulated and the report says so
     (``report.kernels == "simulated"`` with a ``reason``): a documented fallback, never a silent one.
+    ``reduce_range`` (default: when the CPU's int8 sums saturate) runs 8-bit activations of layers whose
+    full-range sums could saturate as 7-bit codes.
     """
     if kernels not in KERNELS:
         raise ValueError(f"quant.kernels: {kernels!r} is not allowed; allowed: {', '.join(KERNELS)}")
@@ -205,15 +206,19 @@ def realize(unet: nn.Module, kernels: str = "real") -> KernelReport:
     reason = unavailable_reason(module_device(unet))
     if reason:
         return KernelReport("simulated", reason=f"real kernels asked for, but {reason}")
-    report = KernelReport("real")
+    support = int8_support()
+    report = KernelReport("real", isa=support.isa.name)
+    saturates = support.saturates if reduce_range is None else reduce_range
     for name, layer in state.layers.items():
         why = _conv_unsupported(layer.base) if layer.is_conv else ""
         if why:
             report.simulated[name] = why
             continue
-        real = Int8Layer(layer)
+        real = Int8Layer(layer, saturates)
         _set_module(unet, name, real)
         report.int8_layers.append(name)
+        if real.reduce_range:
+            report.reduce_range.append(name)
         report.requantized_channels += real.requantized
         layer.base.weight = nn.Parameter(layer.base.weight.detach().to("meta"), requires_grad=False)
         layer.w_int = layer.w0 = layer.lora_A = layer.lora_B = layer._cache = None
@@ -223,6 +228,12 @@ def realize(unet: nn.Module, kernels: str = "real") -> KernelReport:
     if low:
         report.notes.append(f"{', '.join(low)} codes run on int8 kernels: exact, but no faster than W8A8 (this CPU "
                             "has no 4-bit integer kernels)")
+    if report.reduce_range:
+        why = (f"because {support.isa.name} int8 kernels add u8×s8 pairs in int16 with saturation (no VNNI)"
+               if support.saturates else "as asked")
+        report.notes.append(
+            f"reduce_range: {len(report.reduce_range)} layers quantize their 8-bit input to 7-bit codes (step ×2) "
+            f"{why}; the simulated model keeps 8 bits, so real and simulated outputs differ by that rounding")
     state.kernels = report
     return report
 
