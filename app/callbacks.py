@@ -160,7 +160,7 @@ class Callbacks:
             rows = cmp.compare(prompt, int(seed or 0), [columns[i] for i in on], model or self.model,
                                on_step=on_step, cancel=cancel, limits=self.limits)
         except cmp.GenerationCancelled as exc:
-            return (*keep, f"**Cancelled** ({exc}) after {time.perf_counter() - start:.1f} s.", gr.skip())
+            return (*keep, f"**Cancelled** ({exc}) after {time.perf_counter() - start:.1f} s.", None)
         except Exception as exc:  # the request as a whole (prompt, seed, model): said in the status line
             if not isinstance(exc, ValueError):
                 log.exception("generation failed", exc_info=exc)
@@ -186,6 +186,36 @@ class Callbacks:
         failed = [r["name"] for r in rows if "error" in r]
         status += f"; errors in: {', '.join(failed)}." if failed else "."
         return (*images, *captions, cmp.jsonable_rows(rows), status, by_col)
+
+    def time_columns(self, prompt: str, seed: float, model: str, variants_json: str, by_col: list | None,
+                     rounds: float, status: str, request: gr.Request = None):
+        """After a generation: the timing protocol over the columns (``rounds`` interleaved rounds, speed-up per
+        round against the baseline); captions get the median with its interval. 0 rounds: nothing to do."""
+        rounds = int(rounds or 0)
+        skip = (*[gr.skip()] * N_COLUMNS, gr.skip(), gr.skip())
+        if rounds < 1 or not by_col or by_col[0] is None or "error" in by_col[0]:
+            return skip
+        start = time.perf_counter()
+        columns = self._columns(variants_json)
+        on = [i for i, row in enumerate(by_col) if row is not None and "error" not in row and columns[i] is not None]
+        cancel = self.cancels.begin(request)
+        try:
+            timing = cmp.time_columns(prompt, int(seed or 0), [columns[i] for i in on], model or self.model, rounds,
+                                      cancel=cancel, limits=self.limits)
+        except cmp.GenerationCancelled as exc:
+            return (*skip[:N_COLUMNS], f"{status} Timing stopped ({exc}): captions show one run each.", gr.skip())
+        finally:
+            self.cancels.end(request, cancel)
+        by_col = list(by_col)
+        for i, t in zip(on, timing, strict=True):
+            if t is not None:
+                by_col[i] = {**by_col[i], "timing": t, "latency_s": t["latency_s"],
+                             **({"speedup": t["speedup"]} if t.get("speedup") is not None else {})}
+        captions = ["" if r is None else f"**{html.escape(r['name'])}** — {cmp.metrics_line(r)}" for r in by_col]
+        noisy = [by_col[i]["name"] for i, t in zip(on, timing, strict=True) if t and t.get("timing_noisy")]
+        line = f"{status} Timed in {rounds} interleaved rounds ({time.perf_counter() - start:.1f} s)"
+        line += f"; timing noisy on this machine for: {', '.join(noisy)}." if noisy else "."
+        return (*captions, line, by_col)
 
     def _columns(self, variants_json: str) -> list[dict | None]:
         try:

@@ -75,6 +75,13 @@ def figure(df: pd.DataFrame, keys: list[str], metric: str) -> go.Figure:
     return fig
 
 
+def _interval(r: pd.Series, metric: str) -> str:
+    lo, hi = r.get(f"{metric}_ci.lo"), r.get(f"{metric}_ci.hi")
+    if not isinstance(lo, (int, float)) or not isinstance(hi, (int, float)) or math.isnan(lo) or math.isnan(hi):
+        return ""
+    return f"[{lo:.3g}, {hi:.3g}]"
+
+
 def _value_text(value) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
@@ -180,7 +187,9 @@ class CurvesCallbacks:
         metrics = [m for m in QUALITY_METRICS if m in df and np.isfinite(df[m].astype(float)).any()]
         metrics = metrics or ["speedup"]  # random-weight models: speed only
         metric = metric if metric in metrics else metrics[0]
-        cols = ["variant", *run["keys"], "latency_s", "latency_p90_s", "speedup", *metrics, "unet_evals"]
+        df = df.assign(**{f"{m} (95% CI)": [_interval(r, m) for _, r in df.iterrows()] for m in ("latency", "speedup")})
+        cols = ["variant", *run["keys"], "latency_s", "latency (95% CI)", "speedup", "speedup (95% CI)",
+                "timing_noisy", *metrics, "unet_evals"]
         table = df[[c for c in dict.fromkeys(cols) if c in df]].round(4)
         n_front = len(curves.front(df, metric))
         identical = int(np.isinf(df.get("psnr_vs_baseline", pd.Series(dtype=float)).astype(float)).sum()) - 1

@@ -112,6 +112,8 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
             with gr.Row():
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
+                rounds = gr.Slider(0, 7, step=1, value=3, label="timing rounds", elem_id="rounds",
+                                   info="after generating: interleaved timed rounds for intervals (0: one run)")
                 grid_btn = gr.DownloadButton("Download grid PNG", interactive=False, elem_id="grid-download")
             with gr.Row():
                 status = gr.Markdown(elem_id="status")
@@ -194,7 +196,9 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                        [*ui["images"], *ui["captions"], results, status, comparison], api_name="generate", **DEVICE)
         run.then(cb.pair_choices, [comparison, show_diff], [pair_a, pair_b, pair], api_visibility="private",
                  queue=False)
-        run.then(cb.grid_file, [comparison, prompt, seed], grid_btn, api_visibility="private", **AT_ONCE)
+        timed = run.then(cb.time_columns, [prompt, seed, model, variants_box, comparison, rounds, status],
+                         [*ui["captions"], status, comparison], api_visibility="private", **DEVICE)
+        timed.then(cb.grid_file, [comparison, prompt, seed], grid_btn, api_visibility="private", **AT_ONCE)
         # unqueued: a queued event reaches the handler seconds later while the device slot is busy
         cancel_btn.click(cb.cancel, None, cancel_note, api_name="cancel", queue=False)
         generate_btn.click(lambda: "", None, cancel_note, queue=False, api_visibility="private")

@@ -57,13 +57,13 @@ def _set(page, selector: str, value: str) -> None:
 
 @pytest.fixture(scope="module")
 def generated(browser, page_url):
-    """The default page after one Generate (the baseline at 10 steps to keep it short)."""
+    """The default page after one Generate and its timing rounds (the baseline at 10 steps to keep it short)."""
     from playwright.sync_api import expect
 
     page = _open(browser, page_url)
     _set(page, "#steps-0", "10")
     page.locator("#generate").click()
-    expect(page.locator("#status")).to_contain_text("Done", timeout=180_000)
+    expect(page.locator("#status")).to_contain_text("Timed in 3 interleaved rounds", timeout=240_000)
     yield page
     page.close()
 
@@ -78,6 +78,7 @@ def test_default_page_shows_four_methods(generated):
         expect(page.locator(f"#image-{col}")).to_contain_text(needle)  # the image's label is the column's name
     expect(page.locator("#image-4 img")).to_have_count(0)  # the fifth column is off
     expect(page.locator("#caption-3")).to_contain_text("8 U-Net evals")  # 4 lcm steps × CFG
+    expect(page.locator("#caption-1")).to_contain_text("× [")  # the speed-up with its interval
     expect(page.locator("#status")).to_contain_text("Done: 4 images")
     box = page.locator("#image-0 img").bounding_box()
     assert box["width"] >= 150  # drawn large (the 64 px image is upscaled, pixel for pixel)
@@ -115,6 +116,7 @@ def test_an_off_middle_column_keeps_every_image_in_its_own_column(browser, page_
     _set(page, "#name-3", "my student")
     page.locator("#generate").click()
     expect(page.locator("#status")).to_contain_text("Done: 3 images", timeout=180_000)
+    expect(page.locator("#status")).to_contain_text("Timed in", timeout=180_000)
     expect(page.locator("#image-2 img")).to_have_count(0)
     expect(page.locator("#caption-2")).to_have_text("")
     expect(page.locator("#image-3 img")).to_be_visible()

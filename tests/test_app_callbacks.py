@@ -34,6 +34,10 @@ def test_compare_baseline_and_deepcache_same_seed():
     line = cmp.metrics_line(dc)
     assert "PSNR" in line and "U-Net evals" in line and "×" in line
     assert json.dumps(cmp.jsonable_rows(rows))  # no images, JSON-safe
+    timing = cmp.time_columns(PROMPT, 3, [BASE, DC], model="tiny-arch", rounds=2)
+    assert [t["repeats"] for t in timing] == [2, 2] and timing[1]["speedup_ci"] is not None
+    timed = cmp.metrics_line({**dc, "timing": timing[1]})
+    assert "× [" in timed and "(2 rounds)" in timed
 
 
 @pytest.mark.skipif(bool(unavailable_reason("cpu")), reason="no oneDNN int8 kernels here")

@@ -260,13 +260,48 @@ def _add_relative(rows: list[dict], psnr_ssim) -> None:
             row["psnr_vs_baseline"], row["ssim_vs_baseline"] = psnr, ssim
 
 
+TIMING = ("interleaved rounds of one image per column, right after the columns' first generation (which is "
+          "the warm-up); speedup = baseline / column per round (median, 95% interval)")
+
+
+def time_columns(prompt: str, seed: int, variants: list[dict], model: str | None = None, rounds: int = 3,
+                 cancel: threading.Event | None = None, limits: Limits | None = None) -> list[dict | None]:
+    """The timing protocol (backend.metrics.cost.timed_rounds) over the columns' cached pipelines: ``rounds``
+    interleaved rounds of one image each, speed-up against the first column. One dict per column (latency_s,
+    latency_ci, speedup, speedup_ci, timing_noisy, repeats), None for a column that cannot run."""
+    from backend.metrics.cost import timed_rounds
+    from backend.runs.build import generate
+
+    check_count(variants)
+    fns = {}
+    for i, raw in enumerate(variants):
+        try:
+            v = parse_variant(raw, i, model, limits)
+        except VariantError:
+            continue
+        key = _cache_key(v)
+        if key in _PIPES:  # only columns that generated already (and so are warm)
+            fns[str(i)] = lambda p=_PIPES[key], v=v: generate(p, v, [prompt], [int(seed)])
+    if not fns:
+        return [None] * len(variants)
+    deadline = None if limits is None or limits.time_limit_s is None else time.monotonic() + limits.time_limit_s
+    with DEVICE_LOCK, stop_inside(cancel, deadline):
+        timing = timed_rounds(fns, repeats=rounds, warmup=0, baseline="0" if "0" in fns else None)
+    return [timing.get(str(i)) for i in range(len(variants))]
+
+
 def metrics_line(row: dict) -> str:
     """One line under an image: latency, speed-up, PSNR, U-Net evaluations (or the column's error)."""
+    from backend.metrics.cost import describe_timing
+
     if row.get("error"):
         return f"Error: {row['error']}"
-    parts = [f"{row['latency_s']:.2f} s"]
-    if row.get("speedup") is not None:
-        parts.append(f"{row['speedup']:.2f}×")
+    if row.get("timing"):
+        parts = [describe_timing(row["timing"]) + f" ({row['timing']['repeats']} rounds)"]
+    else:
+        parts = [f"{row['latency_s']:.2f} s"]
+        if row.get("speedup") is not None:
+            parts.append(f"{row['speedup']:.2f}× (one run)")
     psnr = row.get("psnr_vs_baseline")
     if psnr is not None:
         parts.append("PSNR ∞ (identical)" if math.isinf(psnr) else f"PSNR {psnr:.1f} dB")

@@ -17,7 +17,7 @@ from backend.runs.store import Store
 from backend.runs.sweep import parse_spec, run_sweep
 
 MAX_POINTS = 16
-RUNNER = {"repeats": 1, "measure_macs": False}  # the sweep's warm-up, then one timed batch per variant
+RUNNER = {"repeats": 3, "measure_macs": False}  # the sweep's timing protocol: 3 interleaved rounds vs the baseline
 
 
 def sweep_values(start: float, stop: float, step: float, kind: str = "int") -> list:
