@@ -5,6 +5,7 @@ as a table by :func:`backend.reports.plots.results_frame` with its Pareto front.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,8 @@ def run_curves(store_root: str | Path, base: dict, grid: dict[str, list], prompt
     """Sweep ``grid`` (grid keys → values; one or two keys) over ``base`` on ``prompts`` into the store's
     ``curves`` run directory; returns the run id. A rerun of the same sweep resumes (finished points kept).
 
-    The baseline is ``base`` with every method off; cancel stops within a layer (GenerationCancelled).
+    The baseline is ``base`` with every method off; cancel, or the limits' time limit, stops it within a layer
+    (GenerationCancelled); the points finished by then are kept.
     """
     if not 1 <= len(grid) <= 2:
         raise ValueError(f"{len(grid)} parameters given; allowed: one or two")
@@ -56,10 +58,12 @@ def run_curves(store_root: str | Path, base: dict, grid: dict[str, list], prompt
             "grid": grid, "prompts": list(prompts), "seed": int(seed),
             "runner": {**RUNNER, "batch_size": len(prompts)}}
     sweep = parse_spec(spec)
+    deadline = None
     if limits is not None:
         for v in sweep.variants:
             limits.check(v)
-    with DEVICE_LOCK, stop_inside(cancel):
+        deadline = None if limits.time_limit_s is None else time.monotonic() + limits.time_limit_s
+    with DEVICE_LOCK, stop_inside(cancel, deadline):
         outcome = run_sweep(sweep, Path(store_root) / "curves", job=JobControl(cancel=cancel),
                             on_progress=on_progress)
     return outcome.run_id
