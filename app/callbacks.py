@@ -261,14 +261,16 @@ class Callbacks:
         path = grid_png(cols, prompt, int(seed or 0), self.store / "grids" / f"speedlab-grid-{stamp}.png")
         return gr.update(value=str(path), interactive=True)
 
-    def model_changed(self, model: str):
-        """Defaults of the newly chosen model (steps, guidance) and its checkpoints; a message if it cannot load."""
+    def model_changed(self, model: str, *schedulers: str):
+        """Defaults of the newly chosen model (steps, guidance; a column on the lcm scheduler keeps its few steps)
+        and its checkpoints; a message if it cannot load."""
         try:
             defaults = knobs.model_defaults_for(model)
         except Exception as exc:
             return (*[gr.skip()] * (2 * N_COLUMNS), *self.checkpoint_updates(model),
                     f"**Model {model!r} cannot be used:** {exc}")
-        steps = [gr.update(value=min(defaults.get("steps", 25), self.limits.max_steps or 10 ** 9))] * N_COLUMNS
+        value = min(defaults.get("steps", 25), self.limits.max_steps or 10 ** 9)
+        steps = [gr.skip() if sched == "lcm" else gr.update(value=value) for sched in schedulers]
         guidance = [gr.update(value=defaults.get("guidance", 5.0))] * N_COLUMNS
         return (*steps, *guidance, *self.checkpoint_updates(model), f"Model **{model}** ready: {defaults}.")
 

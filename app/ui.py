@@ -65,6 +65,7 @@ def _playground(cb: Callbacks, defaults: dict):
                                       elem_id=f"steps-{col}")
                     guidance = gr.Slider(0.0, 20.0, step=0.5, value=guidance0, label="guidance")
                 ui["steps"].append(steps)
+                ui.setdefault("schedulers", []).append(scheduler)
                 ui["guidance"].append(guidance)
                 ui["controls"] += [enabled, name, scheduler, steps, guidance]
                 if col == 0:
@@ -204,8 +205,8 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
         generate_btn.click(lambda: "", None, cancel_note, queue=False, api_visibility="private")
         for trigger in (pair_a.change, pair_b.change, show_diff.change):
             trigger(cb.pair, [comparison, pair_a, pair_b, show_diff], pair, api_visibility="private", queue=False)
-        model.change(cb.model_changed, model, [*ui["steps"], *ui["guidance"], *ui["ckpts"], status],
-                     api_visibility="private")
+        model.change(cb.model_changed, [model, *ui["schedulers"]],
+                     [*ui["steps"], *ui["guidance"], *ui["ckpts"], status], api_visibility="private")
         for sec, dd, outs in ui["ckpt_wiring"]:
             dd.change(lambda path, _s=sec: cb.checkpoint_chosen(_s, path), dd, outs, api_visibility="private",
                       queue=False)
