@@ -1,4 +1,8 @@
-"""python -m app [--model shapes] [--host 127.0.0.1] [--port 7860] [--store PATH]: the Speedlab workbench."""
+"""python -m app [--model shapes] [--host 127.0.0.1] [--port 7860] [--store PATH] [limits]: the Speedlab workbench.
+
+Limits (stricter than the CLI's, since anyone who reaches the page can ask): --max-steps, --max-pixels and
+--time-limit per generation; --max-jobs and --max-job-minutes for fine-tunes, whose data paths must lie in the
+store, assets/ or a --data-root."""
 
 from __future__ import annotations
 
@@ -23,15 +27,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "workers use; oversubscribed cores make torch very slow)")
     parser.add_argument("--store", default="runs/workbench", help="results store folder: fine-tune jobs, "
                         "checkpoints, reports (default runs/workbench)")
+    parser.add_argument("--max-steps", type=int, default=200, help="most denoising steps per image (default 200)")
+    parser.add_argument("--max-pixels", type=int, default=768 * 768,
+                        help="most pixels (height × width) per image (default 589824 = 768×768)")
+    parser.add_argument("--time-limit", type=float, default=300.0,
+                        help="seconds one generation or sweep may run before it is stopped (default 300)")
+    parser.add_argument("--max-jobs", type=int, default=1, help="fine-tunes running at once (default 1)")
+    parser.add_argument("--max-job-minutes", type=float, default=30.0,
+                        help="training minutes one fine-tune may ask for (default 30)")
+    parser.add_argument("--data-root", action="append", default=[],
+                        help="a folder fine-tune data may be read from, besides the store and assets/ (repeatable)")
     return parser.parse_args(argv)
 
 
-def create(model: str = "shapes", store: str = "runs/workbench"):
+def limits_from(args: argparse.Namespace):
+    """(generation limits, job limits) from the flags; ValueError naming a flag out of range."""
+    from backend.runs.compare import Limits
+    from backend.runs.jobs import JobLimits
+    from backend.runs.knobs import ASSETS
+
+    for flag, value, low in (("--max-steps", args.max_steps, 1), ("--max-pixels", args.max_pixels, 64),
+                             ("--time-limit", args.time_limit, 1), ("--max-jobs", args.max_jobs, 0),
+                             ("--max-job-minutes", args.max_job_minutes, 0.1)):
+        if not value >= low or value != value or value == float("inf"):
+            raise ValueError(f"{flag} {value} is out of range; allowed: a finite number ≥ {low}")
+    return (Limits(args.max_steps, args.max_pixels, args.time_limit),
+            JobLimits(args.max_jobs, args.max_job_minutes, (str(ASSETS), *args.data_root)))
+
+
+def create(model: str = "shapes", store: str = "runs/workbench", limits=None, job_limits=None):
     """The Gradio Blocks of the workbench (not launched) and its callbacks."""
     from app.callbacks import Callbacks
     from app.ui import CSS, build_demo
 
-    cb = Callbacks(model=model, store=store)
+    if limits is None or job_limits is None:  # the defaults of the flags
+        default_limits, default_jobs = limits_from(parse_args([]))
+        limits, job_limits = limits or default_limits, job_limits or default_jobs
+    cb = Callbacks(model=model, store=store, limits=limits, job_limits=job_limits)
     demo = build_demo(cb)
     demo.speedlab_css = CSS
     return demo, cb
@@ -52,8 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         print(f"error: --threads {args.threads} must be ≥ 1", file=sys.stderr)
         return 2
+    try:
+        limits, job_limits = limits_from(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
-    demo, cb = create(args.model, args.store)
+    demo, cb = create(args.model, args.store, limits, job_limits)
 
     def warm() -> None:  # load the model while the browser opens the page
         try:

@@ -1,28 +1,31 @@
-"""The workbench's event handlers: each turns control values into one backend call and its result into
-component updates. No method logic here: variants are plain data, everything else is backend.runs.workbench.
-"""
+"""The Playground's and the Report tab's event handlers: each turns control values into one backend call and
+its result into component updates. No method logic here: variants are plain data (backend.runs.compare).
+The Fine-tune and Curves tabs are app.finetune and app.curves."""
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import pandas as pd
 
 from app.controls import checkpoint_choices, coerce
-from backend.runs import workbench as wb
+from app.curves import CurvesCallbacks
+from app.finetune import FinetuneCallbacks
+from app.images import before_after_html, grid_png, upscale
+from backend.runs import compare as cmp
+from backend.runs import knobs, record
+from backend.runs.jobs import JobLimits, JobService
 
 log = logging.getLogger("speedlab.app")
-N_COLUMNS = wb.MAX_VARIANTS + 1  # the baseline and up to 4 variants
+N_COLUMNS = cmp.MAX_VARIANTS + 1  # the baseline and up to 4 variants
 SECTIONS = ("deepcache", "quant", "consistency")
-VARIANT_PARAMS = [  # top-level Variant knobs a sweep can move
-    {"name": "steps", "type": "int", "default": 25, "minimum": 1, "maximum": 200, "help": "denoising steps"},
-    {"name": "guidance", "type": "float", "default": 5.0, "minimum": 0.0, "maximum": 20.0, "help": "CFG scale"},
-]
+LOCKED_BY_CHECKPOINT = {"quant": ("method", "weight_bits", "act_bits")}
 
 
 def user_error(exc: BaseException) -> gr.Error:
@@ -33,30 +36,65 @@ def user_error(exc: BaseException) -> gr.Error:
     return gr.Error(f"{type(exc).__name__}: {exc}")
 
 
-class Callbacks:
-    """State shared by every browser session: the store folder, fine-tune jobs, per-session cancel flags."""
+class Cancels:
+    """Per browser session: the cancel flag of the request that is running (generation or sweep)."""
 
-    def __init__(self, model: str = "shapes", store: str | Path = "runs/workbench"):
+    def __init__(self):
+        self._flags: dict[str, threading.Event] = {}
+
+    @staticmethod
+    def key(request: gr.Request | None) -> str:
+        return getattr(request, "session_hash", None) or "default"
+
+    def begin(self, request: gr.Request | None) -> threading.Event:
+        flag = threading.Event()
+        self._flags[self.key(request)] = flag
+        return flag
+
+    def end(self, request: gr.Request | None, flag: threading.Event) -> None:
+        if self._flags.get(self.key(request)) is flag:
+            del self._flags[self.key(request)]
+
+    def set(self, request: gr.Request | None) -> bool:
+        flag = self._flags.get(self.key(request))
+        if flag is None:
+            return False
+        flag.set()
+        return True
+
+
+class Callbacks:
+    """State shared by every browser session: the store folder, limits, fine-tune jobs, cancel flags."""
+
+    def __init__(self, model: str = "shapes", store: str | Path = "runs/workbench", limits: cmp.Limits | None = None,
+                 job_limits: JobLimits | None = None):
         self.model = model
         self.store = Path(store)
         self.store.mkdir(parents=True, exist_ok=True)
-        self.jobs = wb.JobManager(self.store)
-        self.params = wb.all_method_params()
-        self._cancel: dict[str, threading.Event] = {}
+        self.limits = limits or cmp.Limits()
+        self.jobs = JobService(self.store, job_limits or JobLimits(data_roots=(str(knobs.ASSETS),)))
+        self.params = knobs.all_method_params()
+        self.cancels = Cancels()
+        self.finetune = FinetuneCallbacks(self.jobs)
+        self.curves = CurvesCallbacks(self.store, self.params, self.cancels, self.limits)
 
-    # -------------------------------------------------------------------------------- playground
+    # -------------------------------------------------------------------------------- columns
 
     def columns_layout(self) -> list[tuple[str, list[dict]]]:
         """(section, declared params) of each method block in a variant column."""
         return [(s, self.params[s]) for s in SECTIONS if s in self.params]
 
+    def checkpoints(self, model: str | None, section: str) -> list[dict]:
+        return knobs.asset_checkpoints(model, section) + self.jobs.checkpoints(model, section)
+
     def collect_variants(self, *values: Any) -> str:
-        """Control values, column by column, → the baseline and enabled variants as JSON.
+        """Control values, column by column, → a JSON list with one entry per column: the variant, or null
+        for a column that is off (the baseline column is always on).
 
         Per column: enabled, name, scheduler, steps, guidance, then per method section: on, *params.
         """
         values = list(values)
-        variants = []
+        columns: list[dict | None] = []
         for col in range(N_COLUMNS):
             enabled, name, scheduler, steps, guidance = values[:5]
             del values[:5]
@@ -64,77 +102,175 @@ class Callbacks:
                                  "steps": int(steps), "guidance": float(guidance)}
             if scheduler and scheduler != "default":
                 v["scheduler"] = scheduler
-            for section, params in self.columns_layout():
-                if col == 0:
-                    continue
-                on = values.pop(0)
-                raw = values[:len(params)]
-                del values[:len(params)]
-                if on:
-                    v[section] = {p["name"]: coerce(p, x) for p, x in zip(params, raw, strict=True)}
-            if col == 0 or enabled:
-                variants.append(v)
-        return json.dumps(variants)
+            if col > 0:
+                for section, params in self.columns_layout():
+                    on = values.pop(0)
+                    raw = values[:len(params)]
+                    del values[:len(params)]
+                    if on:
+                        v[section] = {p["name"]: coerce(p, x) for p, x in zip(params, raw, strict=True)}
+            columns.append(v if col == 0 or enabled else None)
+        return json.dumps(columns)
+
+    def checkpoint_chosen(self, section: str, path: str):
+        """A checkpoint picked in a column: its section on, and the settings it implies set (and locked), e.g.
+        a quant checkpoint's method and bits, a consistency student's lcm scheduler and 4 steps."""
+        params = self.params[section]
+        locked = LOCKED_BY_CHECKPOINT.get(section, ())
+        try:
+            implied = knobs.checkpoint_implies(section, path or "")
+        except ValueError as exc:
+            gr.Warning(str(exc))
+            implied = {}
+        fixed = implied.get(section, {})
+        updates = [gr.update(value=True) if path else gr.skip()]  # the section's "on" box
+        for p in params:
+            if p["name"] in locked:
+                updates.append(gr.update(value=fixed[p["name"]], interactive=False) if p["name"] in fixed
+                               else gr.update(interactive=True))
+        scheduler = gr.update(value=implied["scheduler"], interactive=False) if "scheduler" in implied \
+            else gr.update(interactive=True) if section == "consistency" else gr.skip()
+        steps = gr.update(value=implied["steps"]) if "steps" in implied else gr.skip()
+        return (*updates, scheduler, steps)
+
+    # -------------------------------------------------------------------------------- generate
 
     def generate(self, prompt: str, seed: float, model: str, variants_json: str,
                  request: gr.Request = None, progress=gr.Progress()):
-        """One generation per column with the same seed; outputs: N images, N captions, results JSON, status."""
+        """One generation per column that is on, same seed; outputs per column (image, caption), then the
+        results JSON, the status line and the comparison (rows addressed by column, None where off)."""
+        start = time.perf_counter()
+        keep = (*[gr.skip()] * (2 * N_COLUMNS), gr.skip())
         try:
-            variants = json.loads(variants_json) if isinstance(variants_json, str) else variants_json
-        except json.JSONDecodeError as exc:
-            raise gr.Error(f"variants: malformed JSON ({exc.msg})") from exc
-        cancel = threading.Event()
-        key = getattr(request, "session_hash", None) or "default"
-        self._cancel[key] = cancel
+            columns = self._columns(variants_json)
+        except ValueError as exc:
+            return (*keep, f"**Error:** {exc}", gr.skip())
+        cancel = self.cancels.begin(request)
         progress(0, desc="queued for the device")
 
-        def on_step(done: int, total: int, name: str) -> None:
-            progress((done, total), desc=f"{name}: denoising")
+        last = [0.0]
 
+        def on_step(done: int, total: int, name: str) -> None:  # ≤ 4 updates a second: the page stays responsive
+            if time.monotonic() - last[0] >= 0.25 or done == total:
+                last[0] = time.monotonic()
+                progress((done, total), desc=f"{name}: denoising")
+
+        on = [i for i, v in enumerate(columns) if v is not None]
         try:
-            rows = wb.compare(prompt, int(seed or 0), variants, model or self.model, on_step=on_step, cancel=cancel)
-        except wb.GenerationCancelled as exc:
-            return (*[gr.skip()] * (2 * N_COLUMNS), gr.skip(), f"**Cancelled** ({exc}).", gr.skip())
-        except Exception as exc:
-            raise user_error(exc) from exc
+            rows = cmp.compare(prompt, int(seed or 0), [columns[i] for i in on], model or self.model,
+                               on_step=on_step, cancel=cancel, limits=self.limits)
+        except cmp.GenerationCancelled as exc:
+            return (*keep, f"**Cancelled** ({exc}) after {time.perf_counter() - start:.1f} s.", None)
+        except Exception as exc:  # the request as a whole (prompt, seed, model): said in the status line
+            if not isinstance(exc, ValueError):
+                log.exception("generation failed", exc_info=exc)
+            return (*keep, f"**Error:** {exc if isinstance(exc, ValueError) else f'{type(exc).__name__}: {exc}'}",
+                    gr.skip())
         finally:
-            if self._cancel.get(key) is cancel:
-                del self._cancel[key]
-        images = [r["image"] for r in rows] + [None] * (N_COLUMNS - len(rows))
-        captions = [f"**{r['name']}** — {wb.metrics_line(r)}" for r in rows] + [""] * (N_COLUMNS - len(rows))
-        total = sum(r["latency_s"] for r in rows)
-        status = f"Done: {len(rows)} images, seed {int(seed or 0)}, {total:.2f} s of generation."
-        return (*images, *captions, wb.jsonable_rows(rows), status, rows)
+            self.cancels.end(request, cancel)
+        by_col: list[dict | None] = [None] * N_COLUMNS
+        for i, row in zip(on, rows, strict=True):
+            by_col[i] = row
+        images, captions = [], []
+        for row in by_col:
+            if row is None:
+                images.append(gr.update(value=None))
+                captions.append("")
+                continue
+            images.append(gr.update(value=upscale(row.get("image")), label=row["name"]))
+            captions.append(f"**{html.escape(row['name'])}** — {cmp.metrics_line(row)}")
+        made = [r for r in rows if "error" not in r]
+        wall = time.perf_counter() - start
+        status = (f"Done: {len(made)} images, seed {int(seed or 0)}, {wall:.2f} s wall time "
+                  f"({sum(r['latency_s'] for r in made):.2f} s of it generating)")
+        failed = [r["name"] for r in rows if "error" in r]
+        status += f"; errors in: {', '.join(failed)}." if failed else "."
+        return (*images, *captions, cmp.jsonable_rows(rows), status, by_col)
+
+    def time_columns(self, prompt: str, seed: float, model: str, variants_json: str, by_col: list | None,
+                     rounds: float, status: str, request: gr.Request = None):
+        """After a generation: the timing protocol over the columns (``rounds`` interleaved rounds, speed-up per
+        round against the baseline); captions get the median with its interval. 0 rounds: nothing to do."""
+        rounds = int(rounds or 0)
+        skip = (*[gr.skip()] * N_COLUMNS, gr.skip(), gr.skip())
+        if rounds < 1 or not by_col or by_col[0] is None or "error" in by_col[0]:
+            return skip
+        start = time.perf_counter()
+        columns = self._columns(variants_json)
+        on = [i for i, row in enumerate(by_col) if row is not None and "error" not in row and columns[i] is not None]
+        cancel = self.cancels.begin(request)
+        try:
+            timing = cmp.time_columns(prompt, int(seed or 0), [columns[i] for i in on], model or self.model, rounds,
+                                      cancel=cancel, limits=self.limits)
+        except cmp.GenerationCancelled as exc:
+            return (*skip[:N_COLUMNS], f"{status} Timing stopped ({exc}): captions show one run each.", gr.skip())
+        finally:
+            self.cancels.end(request, cancel)
+        by_col = list(by_col)
+        for i, t in zip(on, timing, strict=True):
+            if t is not None:
+                by_col[i] = {**by_col[i], "timing": t, "latency_s": t["latency_s"],
+                             **({"speedup": t["speedup"]} if t.get("speedup") is not None else {})}
+        captions = ["" if r is None else f"**{html.escape(r['name'])}** — {cmp.metrics_line(r)}" for r in by_col]
+        noisy = [by_col[i]["name"] for i, t in zip(on, timing, strict=True) if t and t.get("timing_noisy")]
+        line = f"{status} Timed in {rounds} interleaved rounds ({time.perf_counter() - start:.1f} s)"
+        line += f"; timing noisy on this machine for: {', '.join(noisy)}." if noisy else "."
+        return (*captions, line, by_col)
+
+    def _columns(self, variants_json: str) -> list[dict | None]:
+        try:
+            columns = json.loads(variants_json) if isinstance(variants_json, str) else variants_json
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"variants: malformed JSON ({exc.msg})") from exc
+        if not isinstance(columns, list) or not columns or len(columns) > N_COLUMNS:
+            raise ValueError(f"variants: a JSON list of 1 to {N_COLUMNS} column entries (variant objects, null for a "
+                           "column that is off), the baseline first")
+        if columns[0] is None:
+            raise ValueError("variants: the first column (the baseline) must be on")
+        return columns + [None] * (N_COLUMNS - len(columns))
 
     def cancel(self, request: gr.Request = None) -> str:
-        key = getattr(request, "session_hash", None) or "default"
-        flag = self._cancel.get(key)
-        if flag is None:
+        if not self.cancels.set(request):
             return "Nothing to cancel."
-        flag.set()
-        return "**Cancelling…** (stops after the current denoising step)"
+        return "**Cancelling…** (stops within the current layer)"
 
-    def pair_choices(self, rows: list[dict] | None):
-        names = [r["name"] for r in rows or []]
+    # -------------------------------------------------------------------------------- comparing
+
+    @staticmethod
+    def _shown(by_col: list | None) -> list[dict]:
+        return [r for r in by_col or [] if r is not None and r.get("image") is not None]
+
+    def pair_choices(self, by_col: list | None, show_diff: bool):
+        names = [r["name"] for r in self._shown(by_col)]
         a = names[0] if names else None
         b = names[1] if len(names) > 1 else a
-        return gr.update(choices=names, value=a), gr.update(choices=names, value=b), self.pair(rows, a, b)
+        return (gr.update(choices=names, value=a), gr.update(choices=names, value=b),
+                self.pair(by_col, a, b, show_diff))
 
-    def pair(self, rows: list[dict] | None, a: str | None, b: str | None):
-        by_name = {r["name"]: r["image"] for r in rows or []}
-        if a not in by_name or b not in by_name:
-            return None
-        return by_name[a], by_name[b]
+    def pair(self, by_col: list | None, a: str | None, b: str | None, show_diff: bool) -> str:
+        images = {r["name"]: r["image"] for r in self._shown(by_col)}
+        return before_after_html(images.get(a), images.get(b), a or "before", b or "after", bool(show_diff))
 
-    def model_changed(self, model: str):
-        """Defaults of the newly chosen model (steps, guidance) and its checkpoints; a warning if it cannot load."""
+    def grid_file(self, by_col: list | None, prompt: str, seed: float):
+        """The labelled grid PNG of every column that is on (for the download button)."""
+        cols = [{"name": r["name"], "image": r.get("image"), "caption": cmp.metrics_line(r)}
+                for r in by_col or [] if r is not None]
+        if not cols:
+            return gr.update(value=None, interactive=False)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = grid_png(cols, prompt, int(seed or 0), self.store / "grids" / f"speedlab-grid-{stamp}.png")
+        return gr.update(value=str(path), interactive=True)
+
+    def model_changed(self, model: str, *schedulers: str):
+        """Defaults of the newly chosen model (steps, guidance; a column on the lcm scheduler keeps its few steps)
+        and its checkpoints; a message if it cannot load."""
         try:
-            defaults = wb.model_defaults_for(model)
+            defaults = knobs.model_defaults_for(model)
         except Exception as exc:
-            gr.Warning(str(exc))
             return (*[gr.skip()] * (2 * N_COLUMNS), *self.checkpoint_updates(model),
                     f"**Model {model!r} cannot be used:** {exc}")
-        steps = [gr.update(value=defaults.get("steps", 25))] * N_COLUMNS
+        value = min(defaults.get("steps", 25), self.limits.max_steps or 10 ** 9)
+        steps = [gr.skip() if sched == "lcm" else gr.update(value=value) for sched in schedulers]
         guidance = [gr.update(value=defaults.get("guidance", 5.0))] * N_COLUMNS
         return (*steps, *guidance, *self.checkpoint_updates(model), f"Model **{model}** ready: {defaults}.")
 
@@ -143,197 +279,28 @@ class Callbacks:
         for _ in range(1, N_COLUMNS):
             for section, params in self.columns_layout():
                 if any(p["name"] == "checkpoint" for p in params):
-                    out.append(gr.update(choices=checkpoint_choices(self.jobs.checkpoints(model, section))))
+                    out.append(gr.update(choices=checkpoint_choices(self.checkpoints(model, section))))
         return out
 
-    def n_checkpoint_controls(self) -> int:
-        return len(self.checkpoint_updates(None))
+    # -------------------------------------------------------------------------------- report
 
-    # ------------------------------------------------------------------------------------ fine-tune
-
-    def job_kind_changed(self, kind: str, preset_name: str):
-        """Show the settings of the kind and fill them from the preset."""
-        values = wb.preset(kind, preset_name)
-        out = []
-        for k in ("efficientdm", "lcd"):
-            group_kind = "efficientdm" if kind == "efficientdm" else "lcd"
-            out.append(gr.update(visible=k == group_kind))
-        for k in ("efficientdm", "lcd"):
-            for p in wb.job_params(k):
-                if (k == "efficientdm") == (kind == "efficientdm"):
-                    out.append(gr.update(value=values[p["name"]]))
-                else:
-                    out.append(gr.skip())
-        return out
-
-    def start_job(self, kind: str, model: str, *values: Any):
-        """Start a fine-tune from the advanced-settings form (values: every efficientdm then lcd setting)."""
-        values = list(values)
-        ft, lcd = wb.job_params("efficientdm"), wb.job_params("lcd")
-        settings_ft = {p["name"]: coerce(p, v) for p, v in zip(ft, values[:len(ft)], strict=True)}
-        settings_lcd = {p["name"]: coerce(p, v) for p, v in zip(lcd, values[len(ft):], strict=True)}
+    def export(self, source: str, by_col: list | None, curves_run: dict | None, prompt: str, seed: float):
+        """Export the Playground comparison or the Curves sweep: zip, HTML, status, inline preview."""
         try:
-            job_id = self.jobs.start(kind, model or self.model, settings_ft if kind == "efficientdm" else settings_lcd)
+            if source.startswith("Playground"):
+                rows = [r for r in by_col or [] if r is not None]
+                if not rows:
+                    raise ValueError("nothing to export yet: generate in the Playground first")
+                run_id = record.save_comparison(self.store, rows, prompt, int(seed or 0))
+                paths = record.export(self.store, run_id, "playground", self.store)
+            else:
+                if not curves_run:
+                    raise ValueError("nothing to export yet: run a sweep in the Curves tab first")
+                paths = record.export(self.store / "curves", curves_run["run_id"], "curves", self.store)
         except Exception as exc:
             raise user_error(exc) from exc
-        gr.Info(f"fine-tune {job_id} started")
-        return self.job_choices(job_id), job_id
-
-    def api_finetune(self, kind: str, preset: str, model: str, settings_json: str = "{}") -> str:
-        """API: start a fine-tune from a preset with optional overrides (JSON object); returns the job id."""
-        try:
-            overrides = json.loads(settings_json or "{}")
-            if not isinstance(overrides, dict):
-                raise ValueError(f"settings: expected a JSON object, got {settings_json!r}")
-            return self.jobs.start(kind, model or self.model, {**wb.preset(kind, preset), **overrides})
-        except json.JSONDecodeError as exc:
-            raise gr.Error(f"settings: malformed JSON ({exc.msg})") from exc
-        except Exception as exc:
-            raise user_error(exc) from exc
-
-    def api_job(self, job_id: str) -> dict:
-        """API: a job's state (status, step, loss, eta_s, checkpoint, error)."""
-        try:
-            return self.jobs.get(job_id)
-        except Exception as exc:
-            raise user_error(exc) from exc
-
-    def job_choices(self, selected: str | None = None):
-        ids = [j["id"] for j in self.jobs.jobs()]
-        return gr.update(choices=ids, value=selected if selected in ids else (ids[0] if ids else None))
-
-    def cancel_job(self, job_id: str) -> str:
-        if not job_id:
-            return "Select a job first."
-        try:
-            job = self.jobs.cancel(job_id)
-        except Exception as exc:
-            raise user_error(exc) from exc
-        return f"Cancel requested for {job_id} (status: {job['status']}); it saves a checkpoint and stops."
-
-    def jobs_table(self) -> pd.DataFrame:
-        rows = [{"id": j["id"], "kind": j["kind"], "model": j["model"], "status": j["status"], "step": j.get("step"),
-                 "loss": j.get("loss"), "eta_s": j.get("eta_s")} for j in self.jobs.jobs()]
-        return pd.DataFrame(rows, columns=["id", "kind", "model", "status", "step", "loss", "eta_s"])
-
-    def job_view(self, job_id: str | None):
-        """Loss curve (step, loss) and a status line with the ETA of one job."""
-        empty = pd.DataFrame({"step": [], "loss": []})
-        if not job_id:
-            return empty, "No job selected."
-        try:
-            job = self.jobs.get(job_id)
-        except ValueError:
-            return empty, f"Job {job_id} not found."
-        progress = [r for r in self.jobs.progress(job_id) if r.get("loss") is not None]
-        curve = pd.DataFrame({"step": [r["step"] for r in progress], "loss": [float(r["loss"]) for r in progress]})
-        eta = job.get("eta_s")
-        line = f"**{job['kind']}** on {job['model']} — **{job['status']}**"
-        if job.get("step") is not None:
-            line += f", step {job['step']}, loss {job['loss']}"
-        if eta is not None and job["status"] not in wb.TERMINAL:
-            line += f", ETA {eta:.0f} s"
-        if job.get("error"):
-            line += f"\n\nError: {job['error']}"
-        if job["status"] == "done":
-            line += f"\n\nCheckpoint: `{job['checkpoint']}` (selectable in the Playground)"
-        return curve, line
-
-    def poll(self, job_id: str | None, known: list | None, model: str):
-        """Timer tick: jobs table, the selected job's curve, and new checkpoints into the Playground."""
-        table = self.jobs_table()
-        curve, line = self.job_view(job_id)
-        ckpts = [c["path"] for c in self.jobs.checkpoints()]
-        if known is not None and ckpts == known:
-            updates = [gr.skip()] * self.n_checkpoint_controls()
-        else:
-            updates = self.checkpoint_updates(model or self.model)
-        return (table, curve, line, ckpts, *updates)
-
-    # ----------------------------------------------------------------------------------- curves
-
-    def sweep_sections(self) -> list[str]:
-        return ["variant"] + [s for s in SECTIONS if any(self._numeric(self.params.get(s, [])))]
-
-    @staticmethod
-    def _numeric(params: list[dict]) -> list[dict]:
-        return [p for p in params if p["type"] in ("int", "float") and p.get("choices") is None]
-
-    def sweep_params(self, section: str) -> list[dict]:
-        return VARIANT_PARAMS if section == "variant" else self._numeric(self.params.get(section, []))
-
-    def sweep_section_changed(self, section: str):
-        names = [p["name"] for p in self.sweep_params(section)]
-        first = names[0] if names else None
-        return (gr.update(choices=names, value=first), *self.sweep_param_changed(section, first))
-
-    def sweep_param_changed(self, section: str, name: str | None):
-        p = next((p for p in self.sweep_params(section) if p["name"] == name), None)
-        if p is None:
-            return gr.skip(), gr.skip(), gr.skip(), ""
-        lo, hi = p.get("minimum"), p.get("maximum")
-        start = p["default"] if lo is None else lo
-        stop = start + 7 if p["type"] == "int" else start + 1.0
-        if hi is not None:
-            stop = min(stop, hi)
-        step = 1 if p["type"] == "int" else round((stop - start) / 4, 4) or 0.1
-        bounds = {"minimum": lo, "maximum": hi}
-        return (gr.update(value=start, **bounds), gr.update(value=stop, **bounds), gr.update(value=step),
-                p.get("help") or "")
-
-    def run_sweep(self, prompt: str, seed: float, model: str, variants_json: str, section: str, name: str,
-                  start: float, stop: float, step: float, n_prompts: float, previous: list | None,
-                  request: gr.Request = None, progress=gr.Progress()):
-        p = next((p for p in self.sweep_params(section) if p["name"] == name), None)
-        if p is None:
-            raise gr.Error(f"parameter {name!r} is not a numeric parameter of {section!r}")
-        cancel = threading.Event()
-        key = getattr(request, "session_hash", None) or "default"
-        self._cancel[key] = cancel
-        try:
-            values = wb.sweep_values(float(start), float(stop), float(step or 1), p["type"])
-            base = json.loads(variants_json)[0]
-            rows = wb.sweep(prompt, int(seed or 0), base, section, name, values, model or self.model,
-                            n_prompts=int(n_prompts or 1), cancel=cancel,
-                            on_step=lambda d, t, n: progress((d, t), desc=n))
-        except wb.GenerationCancelled as exc:
-            raise gr.Error(f"sweep cancelled ({exc})") from exc
-        except Exception as exc:
-            raise user_error(exc) from exc
-        finally:
-            self._cancel.pop(key, None)
-        base_row = [r for r in (previous or []) if r.get("value") is None]
-        rows = (previous or []) + (rows if not base_row else rows[1:])
-        return self.curves_outputs(rows)
-
-    def curves_outputs(self, rows: list[dict]):
-        table = pd.DataFrame([{"label": r["label"], "latency_s": round(r["latency_s"], 4),
-                               "speedup": round(r["speedup"], 3),
-                               "psnr_vs_baseline": None if r["psnr_vs_baseline"] is None
-                               else round(r["psnr_vs_baseline"], 2), "unet_evals": r["unet_evals"]} for r in rows])
-        fig = wb.curves_figure(rows) if rows else None
-        curves = wb.method_curves_figure(rows) if rows else None
-        return fig, curves, table, rows, f"{len(rows)} points ({len(wb.pareto_front(rows))} on the Pareto front)."
-
-    def point_selected(self, rows: list[dict] | None, evt: gr.SelectData):
-        if not rows or evt is None:
-            return None, ""
-        index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
-        if not 0 <= index < len(rows):
-            return None, ""
-        r = rows[index]
-        return (r["baseline_image"], r["image"]), f"baseline ↔ **{r['label']}** — {wb.metrics_line(r)}"
-
-    # ----------------------------------------------------------------------------------- report
-
-    def export(self, source: str, comparison: list | None, curves: list | None, prompt: str, seed: float):
-        rows = comparison if source.startswith("Playground") else curves
-        if not rows:
-            raise gr.Error(f"nothing to export yet: run the {source.split()[0]} first")
-        try:
-            html_path, zip_path = wb.export_report(rows, self.store, prompt, int(seed or 0),
-                                                   "playground" if source.startswith("Playground") else "sweep")
-        except Exception as exc:
-            raise user_error(exc) from exc
-        return (gr.update(value=str(zip_path), visible=True), gr.update(value=str(html_path), visible=True),
-                f"Exported {len(rows)} rows: `{zip_path.name}` and `{html_path.name}`.")
+        page = paths.html.read_text()
+        preview = (f'<iframe title="report preview" style="width:100%;height:640px;border:1px solid #ddd" '
+                   f'srcdoc="{html.escape(page, quote=True)}"></iframe>')
+        return (gr.update(value=str(paths.zip), visible=True), gr.update(value=str(paths.html), visible=True),
+                f"Exported `{paths.html.name}` and `{paths.zip.name}`.", preview)

@@ -1,5 +1,6 @@
 """The workbench layout: Playground, Fine-tune, Curves and Report tabs. Controls come from the methods'
-declared parameters (app.controls); handlers are app.callbacks; the device is one queue slot."""
+declared parameters (app.controls); handlers are app.callbacks, app.finetune and app.curves; generations
+and sweeps share one device slot, while cancels, polls and job starts have their own unqueued groups."""
 
 from __future__ import annotations
 
@@ -7,181 +8,245 @@ import gradio as gr
 
 from app.callbacks import N_COLUMNS, Callbacks
 from app.controls import make_control
-from backend.runs import workbench as wb
+from app.curves import NONE, PROMPT_SOURCES
+from app.images import SLIDER_CSS, SLIDER_JS, before_after_html
+from backend.reports.plots import QUALITY_METRICS
+from backend.runs import knobs
+from backend.runs.jobs import JOB_KINDS
+from backend.runs.variant import SCHEDULERS
 
 DEFAULT_PROMPT = "a small red circle in the center"
-# What each variant column shows when the page opens (plain Variant values; any column can be changed).
-COLUMN_PRESETS = [
-    {"name": "baseline", "on": True},
-    {"name": "DeepCache N=3", "on": True, "deepcache": {"interval": 3}},
-    {"name": "DeepCache N=5", "on": False, "deepcache": {"interval": 5}},
-    {"name": "PTQ W8A8", "on": False, "quant": {"weight_bits": 8, "act_bits": 8}},
-    {"name": "variant 4", "on": False},
-]
 DEVICE = {"concurrency_id": "device", "concurrency_limit": 1}  # one generation on the device at a time
-CSS = ".speedlab-image img {image-rendering: pixelated}"
+AT_ONCE = {"concurrency_id": "control", "concurrency_limit": None}  # never queued behind the device
+CSS = (".speedlab-image img {image-rendering: pixelated; object-fit: contain}\n" + SLIDER_CSS)
+
+
+def column_presets(cb: Callbacks) -> list[dict]:
+    """What the columns show on first load: baseline, DeepCache and, with the shipped checkpoints of the
+    embedded model, EfficientDM W4A4 and the 4-step RG-LCM student (lcm scheduler)."""
+    ckpt = {c["section"]: c["path"] for c in knobs.asset_checkpoints(cb.model)}
+    cols = [{"name": "baseline", "on": True}, {"name": "DeepCache N=3", "on": True, "deepcache": {"interval": 3}}]
+    if "quant" in ckpt:
+        cols.append({"name": "EfficientDM W4A4", "on": True,
+                     "quant": {"method": "efficientdm", "weight_bits": 4, "act_bits": 4, "checkpoint": ckpt["quant"]}})
+    else:
+        cols.append({"name": "PTQ W8A8", "on": False, "quant": {"weight_bits": 8, "act_bits": 8}})
+    if "consistency" in ckpt:
+        cols.append({"name": "RG-LCM 4-step", "on": True, "scheduler": "lcm", "steps": 4,
+                     "consistency": {"checkpoint": ckpt["consistency"]}})
+    else:
+        cols.append({"name": "DeepCache N=5", "on": False, "deepcache": {"interval": 5}})
+    cols.append({"name": "variant 4", "on": False})
+    return cols[:N_COLUMNS]
+
+
+def _playground(cb: Callbacks, defaults: dict):
+    steps0, guidance0 = int(defaults.get("steps", 25)), float(defaults.get("guidance", 5.0))
+    max_steps = cb.limits.max_steps or 200
+    steps0 = min(steps0, max_steps)
+    presets = column_presets(cb)
+    ui = {"controls": [], "images": [], "captions": [], "steps": [], "guidance": [], "ckpts": [], "ckpt_wiring": []}
+    with gr.Row(equal_height=False):
+        for col in range(N_COLUMNS):
+            preset = presets[col]
+            with gr.Column(min_width=200):
+                ui["images"].append(gr.Image(label=preset["name"], type="numpy", format="png", interactive=False,
+                                             height=280, elem_id=f"image-{col}", elem_classes="speedlab-image",
+                                             buttons=["download"]))
+                ui["captions"].append(gr.Markdown(elem_id=f"caption-{col}"))
+                enabled = gr.Checkbox(value=preset["on"], label="use this column", visible=col > 0,
+                                      interactive=col > 0, elem_id=f"use-{col}")
+                name = gr.Textbox(value=preset["name"], label="name", max_lines=1, elem_id=f"name-{col}")
+                with gr.Accordion("sampling", open=col == 0 or "scheduler" in preset, elem_id=f"sampling-{col}"):
+                    lcm = preset.get("scheduler") == "lcm"
+                    scheduler = gr.Dropdown(["default", *SCHEDULERS], value=preset.get("scheduler", "default"),
+                                            label="scheduler", interactive=not lcm)
+                    steps = gr.Slider(1, max_steps, step=1, value=preset.get("steps", steps0), label="steps",
+                                      elem_id=f"steps-{col}")
+                    guidance = gr.Slider(0.0, 20.0, step=0.5, value=guidance0, label="guidance")
+                ui["steps"].append(steps)
+                ui.setdefault("schedulers", []).append(scheduler)
+                ui["guidance"].append(guidance)
+                ui["controls"] += [enabled, name, scheduler, steps, guidance]
+                if col == 0:
+                    continue
+                for section, params in cb.columns_layout():
+                    values = preset.get(section, {})
+                    locked = bool(values.get("checkpoint"))
+                    with gr.Accordion(section, open=section in preset):
+                        on = gr.Checkbox(value=section in preset, label=f"{section} on")
+                        comps = []
+                        for p in params:
+                            c = make_control(p, values.get(p["name"]), slider_cap=64,
+                                             checkpoints=cb.checkpoints(cb.model, section))
+                            if locked and p["name"] in ("method", "weight_bits", "act_bits"):
+                                c.interactive = False
+                            comps.append(c)
+                    ui["controls"] += [on, *comps]
+                    by_name = dict(zip([p["name"] for p in params], comps, strict=True))
+                    if "checkpoint" in by_name:
+                        ui["ckpts"].append(by_name["checkpoint"])
+                        locked_comps = [by_name[n] for n in ("method", "weight_bits", "act_bits")
+                                        if n in by_name and section == "quant"]
+                        outs = [on, *locked_comps, scheduler, steps]
+                        ui["ckpt_wiring"].append((section, by_name["checkpoint"], outs))
+    return ui
 
 
 def build_demo(cb: Callbacks) -> gr.Blocks:
     try:
-        defaults = wb.model_defaults_for(cb.model)
+        defaults = knobs.model_defaults_for(cb.model)
     except Exception:  # the page still opens; Generate shows the model's error
         defaults = {}
-    steps0, guidance0 = int(defaults.get("steps", 25)), float(defaults.get("guidance", 5.0))
 
     with gr.Blocks(title="Speedlab workbench") as demo:
         gr.Markdown("## Speedlab workbench — the baseline and accelerated variants, same prompt and seed")
         comparison = gr.State([])
-        curves = gr.State([])
-        with gr.Tab("Playground"):
+        curves_run = gr.State(None)
+        with gr.Tab("Playground") as pg_tab:
             with gr.Row():
                 prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, scale=4, elem_id="prompt")
                 seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, scale=1)
-                model = gr.Dropdown(list(dict.fromkeys([cb.model, *wb.MODELS])), value=cb.model, label="Model",
+                model = gr.Dropdown(list(dict.fromkeys([cb.model, *knobs.MODELS])), value=cb.model, label="Model",
                                     allow_custom_value=True, scale=2,
                                     info="shapes, tiny-arch, sd15-arch, a local diffusers folder or a cached Hub id")
             with gr.Row():
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
-            status = gr.Markdown(elem_id="status", label="status")
-            controls, images, captions, steps_c, guidance_c, ckpt_controls = [], [], [], [], [], []
-            with gr.Row(equal_height=False):
-                for col in range(N_COLUMNS):
-                    preset = COLUMN_PRESETS[col]
-                    with gr.Column(min_width=180):
-                        images.append(gr.Image(label=preset["name"], type="numpy", format="png", interactive=False,
-                                               height=200, elem_id=f"image-{col}", elem_classes="speedlab-image"))
-                        captions.append(gr.Markdown(elem_id=f"caption-{col}", label=f"caption {col}"))
-                        enabled = gr.Checkbox(value=preset["on"], label="use this column", visible=col > 0,
-                                              interactive=col > 0)
-                        name = gr.Textbox(value=preset["name"], label="name", max_lines=1)
-                        with gr.Accordion("sampling", open=col == 0):
-                            scheduler = gr.Dropdown(["default", *wb.SCHEDULERS], value="default", label="scheduler")
-                            steps = gr.Slider(1, 100, step=1, value=steps0, label="steps")
-                            guidance = gr.Slider(0.0, 20.0, step=0.5, value=guidance0, label="guidance")
-                        steps_c.append(steps)
-                        guidance_c.append(guidance)
-                        controls += [enabled, name, scheduler, steps, guidance]
-                        if col == 0:
-                            continue
-                        for section, params in cb.columns_layout():
-                            values = preset.get(section, {})
-                            with gr.Accordion(section, open=section in preset):
-                                on = gr.Checkbox(value=section in preset, label=f"{section} on")
-                                comps = [make_control(p, values.get(p["name"]), slider_cap=64,
-                                                      checkpoints=cb.jobs.checkpoints(cb.model, section))
-                                         for p in params]
-                            controls += [on, *comps]
-                            ckpt_controls += [c for p, c in zip(params, comps, strict=True)
-                                              if p["name"] == "checkpoint"]
+                rounds = gr.Slider(0, 7, step=1, value=3, label="timing rounds", elem_id="rounds",
+                                   info="after generating: interleaved timed rounds for intervals (0: one run)")
+                grid_btn = gr.DownloadButton("Download grid PNG", interactive=False, elem_id="grid-download")
             with gr.Row():
-                pair_a = gr.Dropdown(label="before", choices=[], interactive=True)
-                pair_b = gr.Dropdown(label="after", choices=[], interactive=True)
-            pair = gr.ImageSlider(label="before / after", type="numpy", height=320, elem_classes="speedlab-image")
+                status = gr.Markdown(elem_id="status")
+                cancel_note = gr.Markdown(elem_id="cancel-note")  # not the status: a cancel may answer after the run
+            ui = _playground(cb, defaults)
+            with gr.Row():
+                pair_a = gr.Dropdown(label="left (before)", choices=[], interactive=True)
+                pair_b = gr.Dropdown(label="right (after)", choices=[], interactive=True)
+                show_diff = gr.Checkbox(label="difference map", value=False)
+            pair = gr.HTML(before_after_html(None, None), js_on_load=SLIDER_JS, elem_id="before-after")
             with gr.Accordion("results (JSON) and the variants sent", open=False):
                 results = gr.JSON(label="results")
-                variants_box = gr.Textbox(label="variants (JSON: the baseline first)", lines=4,
+                variants_box = gr.Textbox(label="variants (JSON: one entry per column, null when off)", lines=4,
                                           elem_id="variants")
 
-        with gr.Tab("Fine-tune"):
+        with gr.Tab("Fine-tune") as ft_tab:
             with gr.Row():
-                kind = gr.Radio(list(wb.JOB_KINDS), value="efficientdm", label="method",
+                kind = gr.Radio(list(JOB_KINDS), value="efficientdm", label="method",
                                 info="EfficientDM: low-bit quantization-aware LoRA; LCD / RG-LCD: 1-8 step students")
-                preset_c = gr.Radio(list(wb.PRESET_NAMES), value=wb.PRESET_NAMES[0], label="preset")
+                preset_c = gr.Radio(list(knobs.PRESET_NAMES), value=knobs.PRESET_NAMES[0], label="preset")
                 ft_model = gr.Textbox(value=cb.model, label="model", max_lines=1)
             with gr.Accordion("advanced settings", open=False):
                 groups, job_controls = [], []
                 for k in ("efficientdm", "lcd"):
-                    values = wb.preset(k, wb.PRESET_NAMES[0])
+                    values = knobs.preset(k, knobs.PRESET_NAMES[0])
                     with gr.Group(visible=k == "efficientdm") as group:
-                        job_controls += [make_control(p, values[p["name"]]) for p in wb.job_params(k)]
+                        job_controls += [make_control(p, values[p["name"]]) for p in knobs.job_params(k)]
                     groups.append(group)
             with gr.Row():
                 start_btn = gr.Button("Start fine-tune", variant="primary", elem_id="start-finetune")
                 job_sel = gr.Dropdown(label="job", choices=[], interactive=True, allow_custom_value=True)
-                job_id = gr.Textbox(label="started job", interactive=False, max_lines=1)
+                job_id = gr.Textbox(label="started job", interactive=False, max_lines=1, elem_id="job-id")
                 cancel_job_btn = gr.Button("Cancel job", variant="stop")
-            job_status = gr.Markdown()
-            loss_plot = gr.LinePlot(x="step", y="loss", label="loss", height=260)
+                resume_btn = gr.Button("Resume job")
+            job_status = gr.Markdown(elem_id="job-status")
+            loss_plot = gr.LinePlot(x="step", y="loss", label="loss", height=260, visible=False)
             jobs_df = gr.Dataframe(label="jobs (kept in the results store)", interactive=False)
-            known_ckpts = gr.State(None)
-            timer = gr.Timer(2.0)
+            timer = gr.Timer(2.0, active=False)
 
-        with gr.Tab("Curves"):
+        with gr.Tab("Curves") as cv_tab:
             with gr.Row():
-                section = gr.Dropdown(cb.sweep_sections(), value="deepcache", label="method")
+                section = gr.Dropdown(cb.curves.sections(), value="deepcache", label="method")
                 param = gr.Dropdown([], label="parameter")
                 start = gr.Number(label="from")
                 stop = gr.Number(label="to")
                 step = gr.Number(label="step", value=1)
-                n_prompts = gr.Slider(1, 4, step=1, value=1, label="prompts")
             param_help = gr.Markdown()
             with gr.Row():
-                sweep_btn = gr.Button("Run sweep", variant="primary")
-                sweep_cancel = gr.Button("Cancel", variant="stop")
-                clear_btn = gr.Button("Clear curves")
-            curves_status = gr.Markdown()
+                section2 = gr.Dropdown([NONE, *cb.curves.sections()], value=NONE, label="second parameter (colour)")
+                param2 = gr.Dropdown([], label="parameter")
+                values2 = gr.Textbox(label="values (comma list)", placeholder="0, 2")
+                source = gr.Dropdown(list(PROMPT_SOURCES), value=PROMPT_SOURCES[0], label="prompts")
+                n_prompts = gr.Slider(2, 16, step=1, value=4, label="number of prompts")
+                metric = gr.Dropdown([m for m in QUALITY_METRICS], value="psnr_vs_baseline", label="quality axis")
             with gr.Row():
-                plot = gr.Plot(label="latency vs quality (PSNR vs the baseline), Pareto front dashed")
-                method_plot = gr.Plot(label="per-method curves")
-            table = gr.Dataframe(label="points (select a row to see its image)", interactive=False)
+                sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="sweep")
+                sweep_cancel = gr.Button("Cancel", variant="stop")
+            with gr.Row():
+                curves_status = gr.Markdown()
+                sweep_cancel_note = gr.Markdown()
+            plot = gr.Plot(label="latency vs quality, Pareto front dashed")
+            table = gr.Dataframe(label="points (select a row to compare it with the baseline)", interactive=False)
             point_md = gr.Markdown()
-            point_pair = gr.ImageSlider(label="baseline / selected point", type="numpy", height=320,
-                                        elem_classes="speedlab-image")
+            point_pair = gr.HTML(before_after_html(None, None), js_on_load=SLIDER_JS)
 
-        with gr.Tab("Report"):
-            source = gr.Radio(["Playground comparison", "Curves sweep"], value="Playground comparison",
-                              label="export")
+        with gr.Tab("Report") as rp_tab:
+            export_source = gr.Radio(["Playground comparison", "Curves sweep"], value="Playground comparison",
+                                     label="export")
             export_btn = gr.Button("Export report", variant="primary")
             report_status = gr.Markdown()
             with gr.Row():
                 zip_btn = gr.DownloadButton("Download zip bundle", visible=False)
                 html_btn = gr.DownloadButton("Download HTML report", visible=False)
+            preview = gr.HTML()
 
         # ---- Playground events
-        gen = generate_btn.click(cb.collect_variants, controls, variants_box, queue=False,
+        gen = generate_btn.click(cb.collect_variants, ui["controls"], variants_box, queue=False,
                                  api_visibility="private")
         run = gen.then(cb.generate, [prompt, seed, model, variants_box],
-                       [*images, *captions, results, status, comparison], api_name="generate", **DEVICE)
-        run.then(cb.pair_choices, comparison, [pair_a, pair_b, pair], api_visibility="private")
-        cancel_btn.click(cb.cancel, None, status, queue=False, api_name="cancel")
-        for dd in (pair_a, pair_b):
-            dd.change(cb.pair, [comparison, pair_a, pair_b], pair, api_visibility="private", queue=False)
-        model.change(cb.model_changed, model, [*steps_c, *guidance_c, *ckpt_controls, status],
-                     api_visibility="private")
+                       [*ui["images"], *ui["captions"], results, status, comparison], api_name="generate", **DEVICE)
+        run.then(cb.pair_choices, [comparison, show_diff], [pair_a, pair_b, pair], api_visibility="private",
+                 queue=False)
+        timed = run.then(cb.time_columns, [prompt, seed, model, variants_box, comparison, rounds, status],
+                         [*ui["captions"], status, comparison], api_visibility="private", **DEVICE)
+        timed.then(cb.grid_file, [comparison, prompt, seed], grid_btn, api_visibility="private", **AT_ONCE)
+        # unqueued: a queued event reaches the handler seconds later while the device slot is busy
+        cancel_btn.click(cb.cancel, None, cancel_note, api_name="cancel", queue=False)
+        generate_btn.click(lambda: "", None, cancel_note, queue=False, api_visibility="private")
+        for trigger in (pair_a.change, pair_b.change, show_diff.change):
+            trigger(cb.pair, [comparison, pair_a, pair_b, show_diff], pair, api_visibility="private", queue=False)
+        model.change(cb.model_changed, [model, *ui["schedulers"]],
+                     [*ui["steps"], *ui["guidance"], *ui["ckpts"], status], api_visibility="private")
+        for sec, dd, outs in ui["ckpt_wiring"]:
+            dd.change(lambda path, _s=sec: cb.checkpoint_chosen(_s, path), dd, outs, api_visibility="private",
+                      queue=False)
 
         # ---- Fine-tune events
+        ft = cb.finetune
         for trigger in (kind.change, preset_c.change):
-            trigger(cb.job_kind_changed, [kind, preset_c], [*groups, *job_controls], api_visibility="private")
-        start_btn.click(cb.start_job, [kind, ft_model, *job_controls], [job_sel, job_id], api_name="finetune")
-        cancel_job_btn.click(cb.cancel_job, job_sel, job_status, api_name="cancel_finetune")
-        job_sel.change(cb.job_view, job_sel, [loss_plot, job_status], api_visibility="private")
-        timer.tick(cb.poll, [job_sel, known_ckpts, model], [jobs_df, loss_plot, job_status, known_ckpts,
-                                                            *ckpt_controls],
-                   show_progress="hidden", api_visibility="private", concurrency_id="poll",
-                   concurrency_limit=None)
-        demo.load(cb.job_choices, None, job_sel, api_visibility="private")
+            trigger(ft.kind_changed, [kind, preset_c], [*groups, *job_controls], api_visibility="private")
+        start_btn.click(ft.start, [kind, ft_model, *job_controls], [job_sel, job_id, job_status, timer],
+                        api_name="finetune", **AT_ONCE)
+        cancel_job_btn.click(ft.cancel, job_sel, job_status, api_name="cancel_finetune", **AT_ONCE)
+        resume_btn.click(ft.resume, job_sel, [job_status, timer], api_name="resume_finetune", **AT_ONCE)
+        job_sel.input(ft.view, job_sel, [loss_plot, job_status], api_visibility="private")
+        poll_out = [jobs_df, loss_plot, job_status, timer]
+        timer.tick(ft.poll, job_sel, poll_out, show_progress="hidden", api_visibility="private", **AT_ONCE)
+        ft_tab.select(ft.tab_opened, job_sel, [*poll_out, job_sel], api_visibility="private", **AT_ONCE)
+        for tab in (pg_tab, cv_tab, rp_tab):
+            tab.select(ft.tab_closed, None, timer, api_visibility="private", queue=False)
 
         # ---- Curves events
-        section.change(cb.sweep_section_changed, section, [param, start, stop, step, param_help],
-                       api_visibility="private")
-        param.input(cb.sweep_param_changed, [section, param], [start, stop, step, param_help],
-                    api_visibility="private")
-        demo.load(cb.sweep_section_changed, section, [param, start, stop, step, param_help],
-                  api_visibility="private")
-        sw = sweep_btn.click(cb.collect_variants, controls, variants_box, queue=False, api_visibility="private")
-        sw.then(cb.run_sweep, [prompt, seed, model, variants_box, section, param, start, stop, step, n_prompts,
-                               curves], [plot, method_plot, table, curves, curves_status], api_name="sweep", **DEVICE)
-        sweep_cancel.click(cb.cancel, None, curves_status, queue=False, api_visibility="private")
-        clear_btn.click(lambda: cb.curves_outputs([]), None, [plot, method_plot, table, curves, curves_status],
-                        api_visibility="private")
-        table.select(cb.point_selected, curves, [point_pair, point_md], api_visibility="private")
+        cv = cb.curves
+        section.change(cv.section_changed, section, [param, start, stop, step, param_help], api_visibility="private")
+        param.input(cv.param_changed, [section, param], [start, stop, step, param_help], api_visibility="private")
+        section2.change(cv.second_changed, [section2, section, param], param2, api_visibility="private")
+        demo.load(cv.section_changed, section, [param, start, stop, step, param_help], api_visibility="private")
+        sw = sweep_btn.click(cb.collect_variants, ui["controls"], variants_box, queue=False, api_visibility="private")
+        sw.then(cv.run, [prompt, seed, model, variants_box, section, param, start, stop, step, section2, param2,
+                         values2, source, n_prompts, metric],
+                [plot, table, curves_run, curves_status, metric], api_name="sweep", **DEVICE)
+        sweep_cancel.click(cb.cancel, None, sweep_cancel_note, api_visibility="private", queue=False)
+        sweep_btn.click(lambda: "", None, sweep_cancel_note, queue=False, api_visibility="private")
+        metric.input(cv.outputs, [curves_run, metric], [plot, table, curves_run, curves_status, metric],
+                     api_visibility="private")
+        table.select(cv.point_selected, curves_run, [point_pair, point_md], api_visibility="private")
 
-        gr.api(cb.api_finetune, api_name="finetune_preset")
-        gr.api(cb.api_job, api_name="job")
+        gr.api(ft.api_start, api_name="finetune_preset")
+        gr.api(ft.api_job, api_name="job")
 
         # ---- Report events
-        export_btn.click(cb.export, [source, comparison, curves, prompt, seed], [zip_btn, html_btn, report_status],
-                         api_name="export")
+        export_btn.click(cb.export, [export_source, comparison, curves_run, prompt, seed],
+                         [zip_btn, html_btn, report_status, preview], api_name="export")
     demo.queue(default_concurrency_limit=4, max_size=64)
     return demo

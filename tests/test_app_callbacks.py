@@ -1,14 +1,19 @@
-"""Workbench callbacks at the backend level (backend.runs.workbench and app.controls): tiny-arch, few steps."""
+"""The workbench's backend services (backend.runs.compare / curves / jobs / knobs / record) and the app's pure
+helpers (app.controls, app.images, app.callbacks): tiny-arch, few steps."""
 
 import json
 import threading
 import time
 import zipfile
 
+import numpy as np
 import pytest
 
 from backend.methods.quant.kernels import unavailable_reason
-from backend.runs import workbench as wb
+from backend.runs import compare as cmp
+from backend.runs import curves, knobs, record
+from backend.runs.jobs import ACTIVE, JobLimits, JobService
+from backend.runs.store import Store
 
 PROMPT = "a small red circle in the center"
 BASE = {"steps": 4}
@@ -16,7 +21,7 @@ DC = {"steps": 4, "deepcache": {"interval": 2}}
 
 
 def test_compare_baseline_and_deepcache_same_seed():
-    rows = wb.compare(PROMPT, 3, [BASE, DC], model="tiny-arch")
+    rows = cmp.compare(PROMPT, 3, [BASE, DC], model="tiny-arch")
     assert [r["name"] for r in rows] == ["baseline", "variant 1"]
     base, dc = rows
     assert base["image"].shape == dc["image"].shape and base["image"].dtype.name == "uint8"
@@ -24,34 +29,52 @@ def test_compare_baseline_and_deepcache_same_seed():
     assert dc["latency_s"] > 0 and dc["psnr_vs_baseline"] is not None
     assert dc["unet_evals"] == base["unet_evals"] == 8  # 4 steps × CFG
     assert dc["full_steps"] + dc["cached_steps"] == 4 and dc["cached_steps"] > 0
-    again = wb.compare(PROMPT, 3, [BASE], model="tiny-arch")  # cached pipeline, same seed → same image
+    again = cmp.compare(PROMPT, 3, [BASE], model="tiny-arch")  # cached pipeline, same seed → same image
     assert (again[0]["image"] == base["image"]).all()
-    line = wb.metrics_line(dc)
+    line = cmp.metrics_line(dc)
     assert "PSNR" in line and "U-Net evals" in line and "×" in line
-    assert json.dumps(wb.jsonable_rows(rows))  # no images, JSON-safe
+    assert json.dumps(cmp.jsonable_rows(rows))  # no images, JSON-safe
+    timing = cmp.time_columns(PROMPT, 3, [BASE, DC], model="tiny-arch", rounds=2)
+    assert [t["repeats"] for t in timing] == [2, 2] and timing[1]["speedup_ci"] is not None
+    timed = cmp.metrics_line({**dc, "timing": timing[1]})
+    assert "× [" in timed and "(2 rounds)" in timed
 
 
 @pytest.mark.skipif(bool(unavailable_reason("cpu")), reason="no oneDNN int8 kernels here")
 def test_compare_says_which_kernels_ran():
     quant = {"steps": 3, "quant": {"kernels": "real", "calib_prompts": 1, "calib_steps": 2, "calib_samples": 2}}
-    rows = wb.compare(PROMPT, 3, [{"steps": 3}, quant], model="tiny-arch")
+    rows = cmp.compare(PROMPT, 3, [{"steps": 3}, quant], model="tiny-arch")
     assert "kernels" not in rows[0]
-    assert rows[1]["kernels"].startswith("real int8 kernels") and rows[1]["kernels"] in wb.metrics_line(rows[1])
+    assert rows[1]["kernels"].startswith("real int8 kernels") and rows[1]["kernels"] in cmp.metrics_line(rows[1])
 
 
 @pytest.mark.parametrize("prompt,variants,model,needle", [
     ("  ", [BASE], "tiny-arch", "prompt"),
     (PROMPT, [BASE], "no-such/model-offline", "no-such/model-offline"),
-    (PROMPT, [BASE, {"steps": 4, "deepcache": {"interval": 0}}], "tiny-arch", "deepcache.interval"),
     (PROMPT, [BASE] * 6, "tiny-arch", "up to 4"),
-    (PROMPT, [BASE, {"steps": 4, "consistency": {"checkpoint": "/nonexistent"}}], "tiny-arch", "nonexistent"),
 ])
-def test_compare_bad_input_names_the_value(prompt, variants, model, needle):
+def test_compare_bad_request_names_the_value(prompt, variants, model, needle):
     with pytest.raises(ValueError, match=needle.replace("/", ".")):
-        wb.compare(prompt, 0, variants, model=model)
+        cmp.compare(prompt, 0, variants, model=model)
 
 
-def test_compare_cancel_between_steps():
+def test_a_bad_column_errs_in_its_column_only():
+    bad_interval = {"steps": 4, "deepcache": {"interval": 0}}
+    bad_ckpt = {"steps": 4, "consistency": {"checkpoint": "/nonexistent"}}
+    rows = cmp.compare(PROMPT, 0, [BASE, bad_interval, DC, bad_ckpt], model="tiny-arch")
+    assert "deepcache.interval" in rows[1]["error"] and "nonexistent" in rows[3]["error"]
+    assert "error" not in rows[0] and "error" not in rows[2] and rows[2]["psnr_vs_baseline"] is not None
+    assert cmp.metrics_line(rows[1]).startswith("Error:")
+
+
+def test_limits_refuse_huge_requests_before_work():
+    limits = cmp.Limits(max_steps=50, max_pixels=128 * 128)
+    rows = cmp.compare(PROMPT, 0, [BASE, {"steps": 500}, {"steps": 4, "height": 1024}], model="tiny-arch",
+                       limits=limits)
+    assert "--max-steps" in rows[1]["error"] and "--max-pixels" in rows[2]["error"]
+
+
+def test_cancel_inside_a_step_and_the_time_limit():
     cancel = threading.Event()
     seen = []
 
@@ -60,30 +83,71 @@ def test_compare_cancel_between_steps():
         if done == 2:
             cancel.set()
 
-    with pytest.raises(wb.GenerationCancelled):
-        wb.compare(PROMPT, 0, [{"steps": 20}, DC], model="tiny-arch", on_step=on_step, cancel=cancel)
-    assert seen == [1, 2]
-    assert wb.DEVICE_LOCK.acquire(blocking=False)  # the device is free again
-    wb.DEVICE_LOCK.release()
+    with pytest.raises(cmp.GenerationCancelled):
+        cmp.compare(PROMPT, 0, [{"steps": 20}, DC], model="tiny-arch", on_step=on_step, cancel=cancel)
+    assert seen == [1, 2]  # stopped inside step 3, before its end
+    assert cmp.DEVICE_LOCK.acquire(blocking=False)  # the device is free again
+    cmp.DEVICE_LOCK.release()
+    with pytest.raises(cmp.GenerationCancelled, match="time limit"):
+        cmp.compare(PROMPT, 0, [{"steps": 900}], model="tiny-arch", limits=cmp.Limits(time_limit_s=0.3))
+    assert cmp.compare(PROMPT, 0, [BASE], model="tiny-arch")[0]["image"] is not None  # hooks are gone
 
 
-def test_sweep_curves_and_report(tmp_path):
-    assert wb.sweep_values(1, 8, 3) == [1, 4, 7]
-    values = [1, 3]
-    rows = wb.sweep(PROMPT, 0, BASE, "deepcache", "interval", values, model="tiny-arch")
-    assert [r["value"] for r in rows] == [None, 1, 3]
-    assert rows[1]["psnr_vs_baseline"] == 100.0  # interval 1 is the baseline exactly (PSNR capped)
-    assert rows[2]["unet_evals"] == 8
-    front = wb.pareto_front(rows[1:])
-    assert front and all(r in rows for r in front)
-    fig = wb.curves_figure(rows)
-    assert any(t.name == "Pareto front" for t in fig.data)
-    assert wb.method_curves_figure(rows) is not None
-    html, bundle = wb.export_report(rows, tmp_path, PROMPT, 0, "sweep")
-    assert html.is_file() and "deepcache.interval=3" in html.read_text()
-    names = zipfile.ZipFile(bundle).namelist()
-    assert {"report.html", "metrics.json", "metrics.csv", "config.json"} <= set(names)
-    assert sum(n.startswith("images/") for n in names) == 3
+def test_curves_run_through_the_sweep_engine(tmp_path):
+    assert curves.sweep_values(1, 8, 3) == [1, 4, 7]
+    with pytest.raises(ValueError, match="below its start"):
+        curves.sweep_values(5, 1, 1)
+    grid = {"deepcache.interval": [3], "deepcache.branch": [0, 1]}
+    run_id = curves.run_curves(tmp_path, {"model": "tiny-arch", "steps": 4}, grid, [PROMPT], 0)
+    df = curves.curve_points(tmp_path, run_id, list(grid))
+    assert len(df) == 3 and df["is_baseline"].sum() == 1
+    assert sorted(df.loc[~df["is_baseline"], "deepcache.branch"]) == [0, 1]
+    assert len(curves.front(df, "latency_s")) >= 1
+    base, image = curves.point_images(tmp_path, run_id, 1)
+    assert base.shape == image.shape and base.dtype == np.uint8
+    from app.curves import figure
+
+    fig = figure(df, list(grid), "speedup")  # tiny-arch has random weights: no quality metrics
+    names = [t.name for t in fig.data]
+    assert "deepcache.branch=0" in names and "deepcache.branch=1" in names and "baseline" in names
+    hover = next(t for t in fig.data if t.name == "deepcache.branch=1").hovertext[0]
+    assert "interval=3 branch=1" in hover and "latency_s" in hover
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(cmp.GenerationCancelled):
+        curves.run_curves(tmp_path, {"model": "tiny-arch", "steps": 4}, {"steps": [2, 3]}, [PROMPT], 0, cancel=cancel)
+
+
+def test_report_of_a_comparison_has_unique_names_and_no_placeholders(tmp_path):
+    rows = cmp.compare(PROMPT, 0, [BASE, DC], model="tiny-arch")
+    run_id = record.save_comparison(tmp_path, rows, PROMPT, 0)
+    first = record.export(tmp_path, run_id, "playground", tmp_path)
+    time.sleep(1.1)
+    second = record.export(tmp_path, run_id, "playground", tmp_path)
+    assert first.html != second.html and first.zip.name != second.zip.name
+    text = first.html.read_text()
+    assert "variant 1" in text and "?" not in text.split("latency_s is")[1][:900]
+    names = zipfile.ZipFile(first.zip).namelist()
+    assert {"metrics.json", "metrics.csv", "config.json"} <= set(names)
+    assert sum(n.startswith("images/") for n in names) == 2
+
+
+def test_images_upscale_difference_and_grid(tmp_path):
+    from PIL import Image
+
+    from app.images import before_after_html, difference, grid_png, upscale
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    assert upscale(img).shape == (256, 256, 3) and upscale(np.zeros((300, 300, 3), np.uint8)).shape[0] == 300
+    other = img.copy()
+    other[0, 0] = 10
+    assert difference(img, other)[0, 0, 0] == 40 and difference(img, other)[1, 1, 0] == 0
+    page = before_after_html(img, other, "a", "b", show_difference=True)
+    assert page.count('class="ba-box"') == 2 and "ba-range" in page
+    out = grid_png([{"name": "baseline", "image": img, "caption": "1.0 s"},
+                    {"name": "off", "image": None, "caption": "Error: x"}], PROMPT, 3, tmp_path / "g.png")
+    w, h = Image.open(out).size
+    assert w > 2 * 256 and h > 256
 
 
 def test_controls_follow_the_declarations():
@@ -91,7 +155,7 @@ def test_controls_follow_the_declarations():
 
     from app.controls import coerce, make_control
 
-    for section, params in wb.all_method_params().items():
+    for section, params in knobs.all_method_params().items():
         for p in params:
             with gr.Blocks():
                 c = make_control(p, slider_cap=64)
@@ -106,45 +170,114 @@ def test_controls_follow_the_declarations():
 
 
 def test_presets_cover_every_kind():
-    for kind in wb.JOB_KINDS:
-        for name in wb.PRESET_NAMES:
-            values = wb.preset(kind, name)
-            assert set(values) == {p["name"] for p in wb.job_params(kind)}
-    assert wb.preset("rg-lcd", "1-minute demo")["reward"] != "none"
-    assert wb.preset("efficientdm", "1-minute demo")["minutes"] <= 1.0
+    from backend.runs.jobs import JOB_KINDS
+
+    for kind in JOB_KINDS:
+        for name in knobs.PRESET_NAMES:
+            values = knobs.preset(kind, name)
+            assert set(values) == {p["name"] for p in knobs.job_params(kind)}
+    assert knobs.preset("rg-lcd", "1-minute demo")["reward"] != "none"
+    assert knobs.preset("efficientdm", "1-minute demo")["minutes"] <= 1.0
     with pytest.raises(ValueError, match="preset"):
-        wb.preset("lcd", "nope")
+        knobs.preset("lcd", "nope")
 
 
-def test_jobs_start_cancel_and_restart(tmp_path):
-    jobs = wb.JobManager(tmp_path)
+def test_checkpoint_sets_and_locks_the_controls(tmp_path):
+    from app.callbacks import Callbacks
+
+    cb = Callbacks("tiny-arch", tmp_path)
+    assets = {c["section"]: c["path"] for c in knobs.asset_checkpoints("shapes")}
+    if "quant" in assets:
+        implied = knobs.checkpoint_implies("quant", assets["quant"])
+        assert implied["quant"]["weight_bits"] == 4 and implied["quant"]["act_bits"] == 4
+        on, method, wbits, abits, scheduler, steps = cb.checkpoint_chosen("quant", assets["quant"])
+        assert on["value"] is True and wbits["value"] == 4 and wbits["interactive"] is False
+        assert method["value"] == "efficientdm"
+    if "consistency" in assets:
+        on, scheduler, steps = cb.checkpoint_chosen("consistency", assets["consistency"])
+        assert scheduler["value"] == "lcm" and scheduler["interactive"] is False and steps["value"] == 4
+    on, method, wbits, abits, scheduler, steps = cb.checkpoint_chosen("quant", "")  # cleared: unlocked
+    assert wbits["interactive"] is True and "value" not in wbits
+    assert knobs.asset_checkpoints("tiny-arch") == []
+
+
+def test_columns_map_to_their_slots(tmp_path):
+    from app.callbacks import N_COLUMNS, Callbacks
+
+    cb = Callbacks("tiny-arch", tmp_path)
+    columns = [BASE, None, {"name": "third", **DC}, None, {"name": "bad", "steps": 4, "deepcache": {"interval": 0}}]
+    out = cb.generate(PROMPT, 0, "tiny-arch", json.dumps(columns), progress=lambda *a, **k: None)
+    images, captions, by_col = out[:N_COLUMNS], out[N_COLUMNS:2 * N_COLUMNS], out[-1]
+    assert images[1]["value"] is None and captions[1] == "" and by_col[1] is None
+    assert images[2]["label"] == "third" and images[2]["value"].shape[0] >= 256
+    assert captions[4].startswith("**bad** — Error:") and images[4]["value"] is None
+    assert out[2 * N_COLUMNS + 1].startswith("Done: 2 images")
+
+
+def _service(tmp_path, **kw) -> JobService:
+    return JobService(tmp_path, JobLimits(**{"max_running": 1, "max_minutes": 5.0, **kw}))
+
+
+def test_job_limits(tmp_path):
+    jobs = _service(tmp_path)
     with pytest.raises(ValueError, match="weight_bits"):
         jobs.start("efficientdm", "tiny-arch", {"weight_bits": 1})
     with pytest.raises(ValueError, match="unknown model"):
-        jobs.start("lcd", "not-a-model", {})
-    job_id = jobs.start("efficientdm", "tiny-arch", wb.preset("efficientdm", "1-minute demo"))
-    assert jobs.get(job_id)["status"] in ("starting", "running")
-    state = jobs.cancel(job_id)
-    if state["status"] not in wb.TERMINAL:
-        state = jobs.wait(job_id, 50)
-    assert state["status"] == "cancelled"
-    assert jobs.checkpoints() == []
-    from backend.runs.store import Store
+        jobs.start("lcd", "not-a-model", {"minutes": 1})
+    with pytest.raises(ValueError, match="minutes"):
+        jobs.start("efficientdm", "tiny-arch", {"minutes": 100000})
+    with pytest.raises(ValueError, match="outside the folders"):
+        jobs.start("lcd", "tiny-arch", {"minutes": 1, "data": "/etc"})
+    with pytest.raises(ValueError, match="outside the folders"):
+        jobs.start("lcd", "tiny-arch", {"minutes": 1, "data": "teacher:/etc/hostname"})
 
-    with Store(tmp_path) as store:  # the job's state is in the results store too
+
+def test_a_just_started_job_never_reads_as_ended(tmp_path):
+    """The race of issue 16: polls from another thread while the worker starts must not see it as dead."""
+    jobs = _service(tmp_path)
+    seen, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            for j in jobs.jobs():
+                seen.append((j["status"], j["error"]))
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        job_id = jobs.start("efficientdm", "tiny-arch", knobs.preset("efficientdm", "1-minute demo"))
+        first = jobs.get(job_id)
+        assert first["status"] in ACTIVE and first["phase"] and first["error"] is None
+        with pytest.raises(ValueError, match="at a time"):  # the cap on running jobs
+            jobs.start("efficientdm", "tiny-arch", knobs.preset("efficientdm", "1-minute demo"))
+        state = jobs.cancel(job_id)
+        state = jobs.wait(job_id, 60)
+    finally:
+        stop.set()
+        poller.join()
+    assert state["status"] == "cancelled" and state["error"] is None
+    assert all(error is None for _, error in seen) and all(s in (*ACTIVE, "cancelled") for s, _ in seen)
+    with Store(tmp_path) as store:  # one job store: the results store
         assert store.job(job_id)["status"] == "cancelled"
-    # a finished job and a job whose worker died, as a restarted UI finds them
-    for name, status in (("20260101-000000-done", "done"), ("20260101-000001-dead", "running")):
-        d = tmp_path / "jobs" / name
-        (d / "checkpoint").mkdir(parents=True)
-        (d / "job.json").write_text(json.dumps({
-            "id": name, "kind": "efficientdm", "model": "tiny-arch", "settings": {"minutes": 1}, "status": status,
-            "created": time.time(), "checkpoint": str(d / "checkpoint"), "section": "quant", "pid": 999999999}))
-        (d / "progress.jsonl").write_text(json.dumps({"step": 3, "loss": 0.5}) + "\n")
-    restarted = wb.JobManager(tmp_path)
-    by_id = {j["id"]: j for j in restarted.jobs()}
-    assert by_id["20260101-000001-dead"]["status"] == "interrupted"
-    assert by_id["20260101-000000-done"]["loss"] == 0.5
-    ckpts = restarted.checkpoints("tiny-arch", "quant")
-    assert [c["path"] for c in ckpts] == [str(tmp_path / "jobs" / "20260101-000000-done" / "checkpoint")]
-    assert restarted.checkpoints("shapes") == []
+    assert not (tmp_path / "jobs" / job_id / "job.json").exists()
+
+
+def test_a_dead_worker_and_resume(tmp_path):
+    jobs = _service(tmp_path)
+    job_id = "20260101-000001-dead"
+    with Store(tmp_path) as store:
+        store.create_job("lcd", {"model": "tiny-arch", "settings": {"minutes": 0.05, "max_steps": 2},
+                                 "section": "consistency"},
+                         out_dir=str(tmp_path / "jobs" / job_id / "checkpoint"), job_id=job_id, status="running")
+        store.update_job(job_id, pid=999999999)
+    (tmp_path / "jobs" / job_id).mkdir(parents=True)
+    job = jobs.get(job_id)
+    assert job["status"] == "failed" and "worker" in job["error"]
+    assert not jobs.resumable(job)
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        jobs.resume(job_id)
+    (tmp_path / "jobs" / job_id / "checkpoint.partial").mkdir()
+    assert jobs.resumable(jobs.get(job_id))
+    resumed = jobs.resume(job_id)
+    assert resumed["status"] in ACTIVE and resumed["error"] is None
+    assert jobs.wait(job_id, 90)["status"] in ("done", "failed")

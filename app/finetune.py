@@ -1,0 +1,141 @@
+"""The Fine-tune tab's handlers: start (the job id at once, "starting worker"), follow, cancel and resume jobs
+of backend.runs.jobs.JobService. The tab polls only while a job runs and the tab is open."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from app.controls import coerce
+from backend.runs import knobs
+from backend.runs.jobs import ACTIVE, JOB_KINDS, JobService
+
+FORM_KINDS = ("efficientdm", "lcd")  # rg-lcd shares lcd's settings
+
+
+def _error(exc: BaseException) -> gr.Error:
+    return gr.Error(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")
+
+
+class FinetuneCallbacks:
+    def __init__(self, jobs: JobService):
+        self.jobs = jobs
+
+    def kind_changed(self, kind: str, preset_name: str):
+        """Show the settings of the kind and fill them from the preset."""
+        values = knobs.preset(kind, preset_name)
+        form = "efficientdm" if kind == "efficientdm" else "lcd"
+        out = [gr.update(visible=k == form) for k in FORM_KINDS]
+        for k in FORM_KINDS:
+            out += [gr.update(value=values[p["name"]]) if k == form else gr.skip() for p in knobs.job_params(k)]
+        return out
+
+    def start(self, kind: str, model: str, *values: Any):
+        """Start a fine-tune from the form (values: every efficientdm then every lcd setting): the job id, its
+        state and the timer on."""
+        values = list(values)
+        ft, lcd = knobs.job_params("efficientdm"), knobs.job_params("lcd")
+        params, raw = (ft, values[:len(ft)]) if kind == "efficientdm" else (lcd, values[len(ft):])
+        settings = {p["name"]: coerce(p, v) for p, v in zip(params, raw, strict=True)}
+        try:
+            job_id = self.jobs.start(kind, model, settings)
+        except Exception as exc:
+            raise _error(exc) from exc
+        return (self.choices(job_id), job_id, self.status_line(self.jobs.get(job_id)), gr.Timer(active=True))
+
+    def api_start(self, kind: str, preset: str, model: str, settings_json: str = "{}") -> str:
+        """API: start a fine-tune from a preset with optional overrides (JSON object); returns the job id."""
+        try:
+            overrides = json.loads(settings_json or "{}")
+            if not isinstance(overrides, dict):
+                raise ValueError(f"settings: expected a JSON object, got {settings_json!r}")
+            return self.jobs.start(kind, model, {**knobs.preset(kind, preset), **overrides})
+        except json.JSONDecodeError as exc:
+            raise gr.Error(f"settings: malformed JSON ({exc.msg})") from exc
+        except Exception as exc:
+            raise _error(exc) from exc
+
+    def api_job(self, job_id: str) -> dict:
+        """API: a job's state (status, phase, step, loss, eta_s, checkpoint, error)."""
+        try:
+            return self.jobs.get(job_id)
+        except Exception as exc:
+            raise _error(exc) from exc
+
+    def choices(self, selected: str | None = None):
+        ids = [j["id"] for j in self.jobs.jobs()]
+        return gr.update(choices=ids, value=selected if selected in ids else (ids[0] if ids else None))
+
+    def cancel(self, job_id: str | None) -> str:
+        if not job_id:
+            return "Select a job first."
+        try:
+            job = self.jobs.cancel(job_id)
+        except Exception as exc:
+            raise _error(exc) from exc
+        return f"Cancel requested for {job_id} (now {job['status']}); it saves a checkpoint and stops."
+
+    def resume(self, job_id: str | None):
+        if not job_id:
+            raise gr.Error("Select a job first.")
+        try:
+            job = self.jobs.resume(job_id)
+        except Exception as exc:
+            raise _error(exc) from exc
+        return self.status_line(job), gr.Timer(active=True)
+
+    def status_line(self, job: dict) -> str:
+        line = f"**{job['id']}** · {job['kind']} on {job['model']} — **{job['status']}**"
+        if job["status"] in ACTIVE:
+            if job.get("step"):
+                line += f", step {job['step']}" + (f"/{job['total']}" if job.get("total") else "")
+                line += f", loss {job['loss']:.4g}" if isinstance(job.get("loss"), (int, float)) else ""
+                line += f", ETA {job['eta_s']:.0f} s" if job.get("eta_s") is not None else ""
+            else:
+                line += f" ({job.get('phase') or 'starting worker'}; ETA once the first steps are timed)"
+        if job.get("error"):
+            line += f"\n\nError: {job['error']}"
+        if job["status"] == "done":
+            line += f"\n\nCheckpoint: `{job['checkpoint']}` (selectable in the Playground)"
+        elif self.jobs.resumable(job):
+            line += "\n\nA partial checkpoint is kept: **Resume** continues from it."
+        return line
+
+    def table(self, jobs: list[dict]) -> pd.DataFrame:
+        cols = ["id", "kind", "model", "status", "step", "loss", "eta_s"]
+        return pd.DataFrame([{c: j.get(c) for c in cols} for j in jobs], columns=cols)
+
+    def view(self, job_id: str | None):
+        """The selected job's loss curve (hidden until it has points) and status line."""
+        if not job_id:
+            return gr.update(visible=False), "No job selected."
+        try:
+            job = self.jobs.get(job_id)
+        except ValueError:
+            return gr.update(visible=False), f"Job {job_id} not found."
+        points = [r for r in self.jobs.progress(job_id) if isinstance(r.get("loss"), (int, float))]
+        if not points:
+            return gr.update(visible=False), self.status_line(job)
+        curve = pd.DataFrame({"step": [r["step"] for r in points], "loss": [float(r["loss"]) for r in points]})
+        return gr.update(value=curve, visible=True), self.status_line(job)
+
+    def poll(self, job_id: str | None):
+        """Timer tick: jobs table, the selected job's view; the timer stops once no job is active."""
+        jobs = self.jobs.jobs()
+        curve, line = self.view(job_id)
+        active = any(j["status"] in ACTIVE for j in jobs)
+        return self.table(jobs), curve, line, gr.Timer(active=active)
+
+    def tab_opened(self, job_id: str | None):
+        """The tab is shown: refresh once and poll while a job is active."""
+        return (*self.poll(job_id), self.choices(job_id))
+
+    @staticmethod
+    def tab_closed():
+        return gr.Timer(active=False)
+
+
+__all__ = ["FinetuneCallbacks", "JOB_KINDS"]
