@@ -220,7 +220,7 @@ def test_another_models_checkpoint_on_real_kernels_is_a_clear_error(tmp_path, ti
     ptq(pipe, QuantConfig.from_dict(CALIB))
     ckpt = save_checkpoint(pipe.unet, tmp_path / "tiny")
     variant = Variant.from_dict({"model": "shapes", "quant": {"checkpoint": str(ckpt), "kernels": "real"}})
-    with pytest.raises(CheckpointError, match="was made for model"):
+    with pytest.raises(CheckpointError, match="was made from model"):
         build_pipeline(variant)
 
 

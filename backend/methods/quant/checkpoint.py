@@ -259,16 +259,21 @@ def config_from_meta(meta: dict, path: str | Path) -> QuantConfig:
     return dataclasses.replace(cfg, method=method, checkpoint=str(path))
 
 
+def require_same_base(meta: dict, unet: torch.nn.Module, what: str, base_model: str = "") -> None:
+    """CheckpointError unless the checkpoint ``meta`` was made from this FP ``unet`` (its fingerprint)."""
+    fp = fingerprint(unet)
+    if meta.get("base_fingerprint") != fp:
+        raise CheckpointError(
+            f"{what} was made from model {meta.get('base_model') or '?'!r} (U-Net fingerprint "
+            f"{meta.get('base_fingerprint')}), not from this model {base_model or '?'!r} (fingerprint {fp}); "
+            "allowed: the same base model, or a new --out")
+
+
 def load_checkpoint(unet: torch.nn.Module, path: str | Path, base_model: str = "") -> QuantState:
     """Quantize the FP ``unet`` in place from a checkpoint; CheckpointError on another model's or a bad one."""
     path = Path(path)
     meta = read_meta(path)
-    fp = fingerprint(unet)
-    if meta.get("base_fingerprint") != fp:
-        raise CheckpointError(
-            f"quant checkpoint {str(path)!r} was made for model {meta.get('base_model') or '?'!r} "
-            f"(U-Net fingerprint {meta.get('base_fingerprint')}), not for this model {base_model or '?'!r} "
-            f"(fingerprint {fp}); allowed: a checkpoint fine-tuned from the same base model")
+    require_same_base(meta, unet, f"quant checkpoint {str(path)!r}", base_model)
     tensors = _load_tensors(path, meta, MODEL_FILE)
     config = config_from_meta(meta, path)
     state = quantize_unet(unet, config, meta.get("timesteps"), base_model=meta.get("base_model", base_model))

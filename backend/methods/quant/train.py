@@ -41,10 +41,11 @@ from backend.methods.quant.checkpoint import (
     CheckpointError,
     load_train_state,
     read_meta,
+    require_same_base,
     save_checkpoint,
 )
 from backend.methods.quant.config import LAYER_POLICY_KEYS, FinetuneConfig, QuantConfig
-from backend.methods.quant.model import QuantState, fingerprint, quantize_unet
+from backend.methods.quant.model import QuantState, quantize_unet
 from backend.runs.jobs import JobCancelled, JobControl
 
 RESUME_KEYS = ("method", "weight_bits", "act_bits", "train_steps", "batch_size", "lora_rank", "seed")
@@ -178,14 +179,8 @@ def finetune(
     resuming = resume and (out / CONFIG_FILE).exists() and (out / TRAIN_FILE).exists()
     meta = None
     if resuming:
-        meta = read_meta(out)
-        fp = fingerprint(teacher)
-        if meta.get("base_fingerprint") != fp:
-            raise CheckpointError(
-                f"{out}: cannot resume, the checkpoint was fine-tuned from model {meta.get('base_model') or '?'!r} "
-                f"(U-Net fingerprint {meta.get('base_fingerprint')}), not from this model "
-                f"{getattr(pipe, 'speedlab_source', '?')!r} (fingerprint {fp}); allowed: the same model, "
-                "or a new --out")
+        require_same_base(read_meta(out), teacher, f"{out}: cannot resume, the checkpoint",
+                          getattr(pipe, "speedlab_source", ""))
         meta, tensors = load_train_state(out)
         _refuse_changes(out, meta["training"]["finetune"], ft, RESUME_KEYS)
         from backend.methods.quant.checkpoint import config_from_meta
