@@ -82,7 +82,7 @@ def test_wrong_model_checkpoint(trained):
     other = copy.deepcopy(pipe.unet)
     with torch.no_grad():
         other.conv_in.weight.add_(0.1)
-    with pytest.raises(CheckpointError, match="made for model"):
+    with pytest.raises(CheckpointError, match="made from model"):
         load_checkpoint(other, out)
 
 
