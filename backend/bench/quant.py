@@ -34,8 +34,8 @@ BITS = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4), "W2A8": (2, 8), "W8A4": 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--model", default="shapes", help="model (default shapes; random-weight models give "
-                        "sizes and PSNR only)")
+    parser.add_argument("--model", default=None, help="model (default shapes; --cost: sd15-arch; random-weight "
+                        "models give sizes, PSNR and cost only)")
     parser.add_argument("--n", type=int, default=100, help="evaluation prompts (default 100)")
     parser.add_argument("--set", default=DEFAULT_SET, choices=PROMPT_SETS, help=f"prompt set (default {DEFAULT_SET})")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps at evaluation (default 50)")
@@ -53,6 +53,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-steps", type=int, default=None, help="fine-tune trajectory steps (default: "
                         "FinetuneConfig's)")
     parser.add_argument("--work", default=".cache/bench-quant", help="folder for the checkpoints")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--cost", action="store_true", help="cost of one training iteration, EfficientDM vs full QAT "
+                      "at the lowest --bits (trainable parameters, optimizer state, peak memory, s/iteration)")
+    parser.add_argument("--lora-rank", type=int, default=32, help="--cost: EfficientDM's LoRA rank (default 32)")
+    parser.add_argument("--cost-batch", type=int, default=None, help="--cost: prompts per step (default: 2 on "
+                        "CUDA as in the paper, 1 on the CPU; the U-Net sees 2x with CFG)")
+    parser.add_argument("--resolution", type=int, default=None, help="--cost: image size (default the model's: "
+                        "256 for sd15-arch)")
+    parser.add_argument("--repeats", type=int, default=3, help="--cost: interleaved timing rounds (default 3)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -100,6 +109,15 @@ def time_to(name: str, column: int, goal: float, effdm_curve: list, qat_curve: l
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    if args.cost:
+        from backend.bench.quant_cost import run as run_cost
+
+        return run_cost(args)
+    return run_compare(args)
+
+
+def run_compare(args: argparse.Namespace) -> list[dict]:
+    """FP, PTQ and EfficientDM per bit-width, then full QAT vs EfficientDM time-to-quality (the default mode)."""
     from backend.methods.quant import FinetuneConfig
     from backend.methods.quant.checkpoint import checkpoint_size_mb
     from backend.methods.quant.train import finetune
@@ -110,6 +128,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     from backend.runs.runner import add_quality, eval_prompts, run_variant
     from backend.runs.variant import Variant
 
+    args.model = args.model or "shapes"
     bits = _bits(args.bits)
     for name in ("minutes", "qat_minutes", "eval_every"):
         if getattr(args, name) < 0:

@@ -44,12 +44,13 @@ RESUME_KEYS = ("method", "weight_bits", "act_bits", "train_steps", "batch_size",
 
 
 def build_student(pipe, ft: FinetuneConfig, prompts: list[str] | None = None, calibrate_acts: bool = True,
-                  quant: QuantConfig | None = None):
+                  quant: QuantConfig | None = None, student: torch.nn.Module | None = None):
     """A quantized copy of ``pipe.unet`` ready for fine-tuning (PTQ-initialised); (student, state).
 
-    ``quant`` overrides the layer policy / calibration settings (its bits are replaced by ft's).
+    ``quant`` overrides the layer policy / calibration settings (its bits are replaced by ft's); ``student``:
+    the FP module to quantize in place instead of a deep copy of ``pipe.unet``.
     """
-    student = copy.deepcopy(pipe.unet)
+    student = student if student is not None else copy.deepcopy(pipe.unet)
     base = quant or ft.quant_config()
     qcfg = dataclasses.replace(base, method=ft.method, weight_bits=ft.weight_bits, act_bits=ft.act_bits,
                                checkpoint="")
