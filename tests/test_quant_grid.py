@@ -27,3 +27,36 @@ def test_cost_bench_refuses_a_model_without_quantizable_layers(tiny_pipe):
     tiny_pipe.unet = NoLayers()
     with pytest.raises(ValueError, match="no quantizable layers"):
         measure_cost(tiny_pipe, 4, 4, model="none")
+
+
+def test_grid_on_tiny_arch_gives_paired_rows_with_intervals_and_a_heat_map(tmp_path):
+    from backend.bench.quant_grid import run_grid, write_html
+    from backend.runs.runner import eval_prompts
+
+    prompts = eval_prompts("hard", 4)
+    rows = run_grid("tiny-arch", prompts, [0, 1, 2, 3], [(4, 8, "paper"), (2, 3, "all-same")], steps=2)
+    fp, *ptq, summary = rows
+    assert fp["method"] == "fp" and summary["method"] == "summary" and summary["ptq_breaks_at"] == "none"
+    assert [r["setting"] for r in ptq] == ["W4A8 paper", "W2A3 all-same"]
+    for r in ptq:
+        lo, hi = r["psnr_vs_baseline_ci"]
+        assert lo <= r["psnr_vs_baseline"] <= hi and len(r["ssim_vs_baseline_ci"]) == 2
+        assert r["prompt_accuracy_delta"] is None and r["ptq_breaks"] is False  # random weights: not judged
+    assert ptq[1]["model_size_mb"] < ptq[0]["model_size_mb"] < fp["model_size_mb"]
+    assert ptq[1]["psnr_vs_baseline"] < ptq[0]["psnr_vs_baseline"]
+    page = write_html(rows, tmp_path / "grid.html").read_text()
+    assert "W2" in page and "A3" in page and "plotly" in page
+
+
+def test_a_significant_drop_of_ten_points_breaks_and_recovery_is_paired():
+    import numpy as np
+
+    from backend.bench.quant_grid import breaks, recovery, settings
+
+    assert breaks({"delta": -0.2, "ci": [-0.3, -0.1]}) and not breaks({"delta": -0.2, "ci": [-0.4, 0.01]})
+    assert not breaks({"delta": -0.05, "ci": [-0.08, -0.02]}) and not breaks(None)
+    fp, ptq, tuned = np.ones(20), np.r_[np.zeros(10), np.ones(10)], np.r_[np.zeros(4), np.ones(16)]
+    r = recovery(fp, ptq, tuned)
+    assert r["recovered"]["delta"] == 0.3 and r["recovered_fraction"] == 0.6 and r["recovered"]["ci"][0] > 0
+    with pytest.raises(ValueError, match="no valid setting"):
+        settings([], [4], ["paper"])

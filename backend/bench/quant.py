@@ -56,6 +56,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--cost", action="store_true", help="cost of one training iteration, EfficientDM vs full QAT "
                       "at the lowest --bits (trainable parameters, optimizer state, peak memory, s/iteration)")
+    mode.add_argument("--grid", action="store_true", help="PTQ over --weights x --acts x --policies, each paired "
+                      "vs FP (95%% intervals), names where PTQ's drop is significant and >= 10 points; writes a "
+                      "heat-map HTML next to the page")
+    parser.add_argument("--weights", default="2,3,4,8", help="--grid: weight bit-widths (default 2,3,4,8)")
+    parser.add_argument("--acts", default="3,4,6,8", help="--grid: activation bit-widths (default 3,4,6,8)")
+    parser.add_argument("--policies", default="paper,all-same", help="--grid: layer policies, of paper, default, "
+                        "all-same (default paper,all-same)")
+    parser.add_argument("--efficientdm-minutes", type=float, default=0.0, help="--grid: fine-tune EfficientDM "
+                        "this long at each setting where PTQ breaks and report how much of the drop it recovers "
+                        "(default 0: off)")
+    parser.add_argument("--html", default=None, help="--grid: heat-map file (default docs/bench-quant-grid--"
+                        "MODEL--DEVICE.html)")
     parser.add_argument("--lora-rank", type=int, default=32, help="--cost: EfficientDM's LoRA rank (default 32)")
     parser.add_argument("--cost-batch", type=int, default=None, help="--cost: prompts per step (default: 2 on "
                         "CUDA as in the paper, 1 on the CPU; the U-Net sees 2x with CFG)")
@@ -113,6 +125,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         from backend.bench.quant_cost import run as run_cost
 
         return run_cost(args)
+    if args.grid:
+        from backend.bench.quant_grid import run as run_grid
+
+        return run_grid(args)
     return run_compare(args)
 
 
