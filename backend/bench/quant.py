@@ -59,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--grid", action="store_true", help="PTQ over --weights x --acts x --policies, each paired "
                       "vs FP (95%% intervals), names where PTQ's drop is significant and >= 10 points; writes a "
                       "heat-map HTML next to the page")
+    mode.add_argument("--sensitivity", action="store_true", help="per-layer sensitivity map at the lowest --bits: "
+                      "each layer quantized alone, eps-MSE vs FP on --samples fixed inputs; bar chart HTML")
+    parser.add_argument("--samples", type=int, default=4, help="--sensitivity: fixed (x_t, t, text) inputs "
+                        "(default 4)")
     parser.add_argument("--weights", default="2,3,4,8", help="--grid: weight bit-widths (default 2,3,4,8)")
     parser.add_argument("--acts", default="3,4,6,8", help="--grid: activation bit-widths (default 3,4,6,8)")
     parser.add_argument("--policies", default="paper,all-same", help="--grid: layer policies, of paper, default, "
@@ -66,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--efficientdm-minutes", type=float, default=0.0, help="--grid: fine-tune EfficientDM "
                         "this long at each setting where PTQ breaks and report how much of the drop it recovers "
                         "(default 0: off)")
-    parser.add_argument("--html", default=None, help="--grid: heat-map file (default docs/bench-quant-grid--"
-                        "MODEL--DEVICE.html)")
+    parser.add_argument("--html", default=None, help="--grid / --sensitivity: figure file (default "
+                        "docs/bench-quant-grid--MODEL--DEVICE.html, docs/bench-quant-sensitivity--MODEL--DEVICE.html)")
     parser.add_argument("--lora-rank", type=int, default=32, help="--cost: EfficientDM's LoRA rank (default 32)")
     parser.add_argument("--cost-batch", type=int, default=None, help="--cost: prompts per step (default: 2 on "
                         "CUDA as in the paper, 1 on the CPU; the U-Net sees 2x with CFG)")
@@ -129,6 +133,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         from backend.bench.quant_grid import run as run_grid
 
         return run_grid(args)
+    if args.sensitivity:
+        from backend.bench.quant_sensitivity import run as run_sensitivity
+
+        return run_sensitivity(args)
     return run_compare(args)
 
 
