@@ -92,3 +92,24 @@ def test_mixed_precision_meets_its_size_budget_and_refuses_one_below_the_smalles
     assert smallest < tiny_pipe.speedlab_model_size_mb <= budget
     bits = [m.w_quant.bits for m in get_state(tiny_pipe.unet).layers.values() if m.role == "body"]
     assert 2 in bits and 8 in bits
+
+
+def test_the_fine_tune_watch_warns_when_judged_quality_falls_while_the_loss_falls(shapes_available):
+    import copy
+
+    from backend.methods.quant.watch import QualityWatch
+    from backend.models import load_pipeline
+
+    pipe = load_pipeline("shapes")
+    watch = QualityWatch(pipe, n=8, steps=10)
+    watch.observe({"loss": 0.5})
+    assert watch(pipe.unet, 60.0, 100) is False and not watch.warnings  # the first evaluation is the reference
+    broken = copy.deepcopy(pipe.unet)
+    torch.nn.init.zeros_(broken.conv_out.weight)
+    watch.observe({"loss": 0.4})
+    watch(broken, 120.0, 200)
+    assert watch.curve[0]["prompt_accuracy"] == watch.fp_accuracy > watch.curve[1]["prompt_accuracy"]
+    assert len(watch.warnings) == 1 and "loss 0.5 → 0.4" in watch.warnings[0]
+    watch.observe({"loss": 0.6})  # quality down but the loss up: the loss shows it, no warning
+    watch(broken, 180.0, 300)
+    assert len(watch.warnings) == 1

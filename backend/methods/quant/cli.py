@@ -61,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=_help("quantize_attn_matmul", _POLICY))
     parser.add_argument("--prompts", default=None, help="a text file of prompts, one a line (default: the model's "
                         "prompt set for shapes-sd, a built-in list otherwise)")
+    parser.add_argument("--watch-every", type=float, default=2.0, help="minutes of training between judged "
+                        "evaluations of the student on --watch-n hard prompts, with a warning when its prompt accuracy "
+                        "falls while the loss falls (Shapes-world models; 0: off; default 2)")
+    parser.add_argument("--watch-n", type=int, default=16, help="prompts of the watch's evaluations (default 16)")
     parser.add_argument("--restart", action="store_true", help="ignore a checkpoint already in --out")
     parser.add_argument("--summary", action="store_true", help="print the per-layer precision table at the end")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -101,6 +105,20 @@ def read_prompts(path: str | None) -> list[str] | None:
     return prompts
 
 
+def make_watch(pipe, every_minutes: float, n: int):
+    """A QualityWatch for Shapes-world models with real weights when ``every_minutes`` > 0, else None."""
+    from backend.methods.quant.calibrate import uses_shapes_prompts
+    from backend.models import is_random_weights
+
+    if every_minutes < 0:
+        raise ValueError(f"--watch-every {every_minutes} is out of range; allowed: minutes ≥ 0 (0: off)")
+    if not every_minutes or is_random_weights(pipe) or not uses_shapes_prompts(pipe):
+        return None
+    from backend.methods.quant.watch import QualityWatch
+
+    return QualityWatch(pipe, n)
+
+
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -122,6 +140,7 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"--out {args.out!r} exists and is not a quant checkpoint; will not delete it")
         shutil.rmtree(out)
     pipe = load_pipeline(variant.model, variant.device, variant.dtype)
+    watch = make_watch(pipe, args.watch_every, args.watch_n)
     cancel = threading.Event()
     total = ft.max_iters or None
     bar = tqdm(total=total or int(ft.minutes * 60), unit="it" if total else "s", desc=f"{ft.method} "
@@ -131,6 +150,8 @@ def main(args: argparse.Namespace) -> int:
         bar.n = fields["step"] if total else min(bar.total, int(fields.get("train_s", 0)))
         bar.set_postfix({"step": fields["step"], "loss": fields["loss"]}, refresh=False)
         bar.refresh()
+        if watch is not None:
+            watch.observe(fields)
 
     previous = signal.getsignal(signal.SIGINT)
 
@@ -141,7 +162,7 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_sigint)
     try:
         result = finetune(pipe, ft, out, job=JobControl(on_progress=on_progress, cancel=cancel), prompts=prompts,
-                          quant=quant)
+                          quant=quant, on_eval=watch, eval_every_s=args.watch_every * 60 if watch else None)
     finally:
         signal.signal(signal.SIGINT, previous)
         bar.close()
@@ -150,6 +171,8 @@ def main(args: argparse.Namespace) -> int:
 
     result["model_size_mb"] = round(checkpoint_size_mb(out), 4)
     result["use_with"] = {"model": variant.model, "quant": {"checkpoint": str(out)}}
+    if watch is not None:
+        result["quality_curve"], result["warnings"] = watch.curve, watch.warnings
     if args.summary:
         print(summary(student), file=sys.stderr)
     if args.json:
