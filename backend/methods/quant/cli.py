@@ -105,8 +105,9 @@ def read_prompts(path: str | None) -> list[str] | None:
     return prompts
 
 
-def make_watch(pipe, every_minutes: float, n: int):
-    """A QualityWatch for Shapes-world models with real weights when ``every_minutes`` > 0, else None."""
+def make_watch(pipe, every_minutes: float, n: int, start: QuantConfig | None = None):
+    """A QualityWatch for Shapes-world models with real weights when ``every_minutes`` > 0, else None; with
+    ``start``, its reference is the PTQ model of that config (the fine-tune's starting point)."""
     from backend.methods.quant.calibrate import uses_shapes_prompts
     from backend.models import is_random_weights
 
@@ -114,9 +115,18 @@ def make_watch(pipe, every_minutes: float, n: int):
         raise ValueError(f"--watch-every {every_minutes} is out of range; allowed: minutes ≥ 0 (0: off)")
     if not every_minutes or is_random_weights(pipe) or not uses_shapes_prompts(pipe):
         return None
+    import copy
+
+    from backend.methods.quant import ptq
     from backend.methods.quant.watch import QualityWatch
 
-    return QualityWatch(pipe, n)
+    start_unet = None
+    if start is not None:
+        ptq_pipe = copy.copy(pipe)
+        ptq_pipe.unet = copy.deepcopy(pipe.unet)
+        ptq(ptq_pipe, start)
+        start_unet = ptq_pipe.unet.eval()
+    return QualityWatch(pipe, n, start_unet=start_unet)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -140,7 +150,12 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"--out {args.out!r} exists and is not a quant checkpoint; will not delete it")
         shutil.rmtree(out)
     pipe = load_pipeline(variant.model, variant.device, variant.dtype)
-    watch = make_watch(pipe, args.watch_every, args.watch_n)
+    start = quant or ft.quant_config()
+    if quant is None and (out / "quant_config.json").exists():  # resuming: the checkpoint's own policy
+        from backend.methods.quant.checkpoint import config_from_meta, read_meta
+
+        start = dataclasses.replace(config_from_meta(read_meta(out), out), method="ptq", checkpoint="")
+    watch = make_watch(pipe, args.watch_every, args.watch_n, start)
     cancel = threading.Event()
     total = ft.max_iters or None
     bar = tqdm(total=total or int(ft.minutes * 60), unit="it" if total else "s", desc=f"{ft.method} "

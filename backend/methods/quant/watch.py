@@ -5,8 +5,9 @@
 :class:`QualityWatch` is an ``on_eval`` callback of :func:`backend.methods.quant.train.finetune` (and an
 ``on_progress`` listener, for the loss): every evaluation it samples a few fixed prompts of the ``hard`` set with
 the student, judges them, keeps a curve (minutes, iterations, loss, prompt accuracy; the FP model's accuracy on
-the same prompts and seeds beside it) and warns when the accuracy is at least ``drop_points`` below the first
-evaluation's, paired per prompt, while the loss is lower than it was then.
+the same prompts and seeds beside it) and warns when the accuracy is at least ``drop_points`` below the
+reference's, paired per prompt, while the loss is lower than it was then. The reference is the fine-tune's PTQ
+start when ``start_unet`` is given (at 0 minutes, with the first loss the job reports), else the first evaluation.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 class QualityWatch:
     def __init__(self, pipe, n: int = 16, prompt_set: str = "hard", steps: int | None = None, seed: int = 0,
-                 drop_points: float = 10.0):
+                 drop_points: float = 10.0, start_unet=None):
         from backend.metrics import quality
         from backend.models import model_defaults
         from backend.runs.runner import eval_prompts
@@ -36,6 +37,11 @@ class QualityWatch:
         self.warnings: list[str] = []
         self.loss: float | None = None
         self._first: tuple[np.ndarray, float | None] | None = None
+        if start_unet is not None:
+            verdicts = self._verdicts(start_unet)
+            self._first = (verdicts, None)
+            self.curve.append({"minutes": 0.0, "iters": 0, "loss": None, "prompt_accuracy": float(verdicts.mean()),
+                               "fp_prompt_accuracy": self.fp_accuracy})
 
     def _verdicts(self, unet) -> np.ndarray:
         from backend.metrics import quality
@@ -50,6 +56,9 @@ class QualityWatch:
         """``JobControl`` progress listener: remembers the latest (smoothed) training loss."""
         if fields.get("loss") is not None:
             self.loss = float(fields["loss"])
+            if self._first is not None and self._first[1] is None:  # the PTQ start's loss: the first one reported
+                self._first = (self._first[0], self.loss)
+                self.curve[0]["loss"] = self.loss
 
     def __call__(self, student, train_s: float, iters: int) -> bool:
         from backend.metrics.paired import paired_delta
