@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--act-lr", type=float, default=None, help=_help("act_lr"))
     parser.add_argument("--qat-lr", type=float, default=None, help=_help("qat_lr"))
     parser.add_argument("--guidance", type=float, default=None, help=_help("guidance"))
+    parser.add_argument("--distill-target", choices=("guided", "branches"), default=None,
+                        help=_help("distill_target"))
     parser.add_argument("--checkpoint-every", type=float, default=None, help=_help("checkpoint_every_s"))
     parser.add_argument("--seed", type=int, default=None, help=_help("seed"))
     parser.add_argument("--quantize-skip", choices=SIDE_POLICIES, default=None, help=_help("quantize_skip", _POLICY))
@@ -74,7 +76,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     raw = {"method": args.method, "weight_bits": args.w_bits, "act_bits": args.a_bits, "minutes": args.minutes}
     pairs = {"max_iters": "max_iters", "train_steps": "train_steps", "batch_size": "batch_size",
              "lora_rank": "lora_rank", "lora_lr_scale": "lora_lr_scale", "act_lr": "act_lr", "qat_lr": "qat_lr",
-             "guidance": "guidance", "checkpoint_every": "checkpoint_every_s", "seed": "seed"}
+             "guidance": "guidance", "distill_target": "distill_target", "checkpoint_every": "checkpoint_every_s",
+             "seed": "seed"}
     for arg, key in pairs.items():
         if getattr(args, arg) is not None:
             raw[key] = getattr(args, arg)

@@ -119,6 +119,9 @@ class FinetuneConfig(MethodConfig):
                           "wrecked the PTQ start: accuracy ≤ 0.16 and PSNR 18-19 dB for 10 min; 1e-4 held 34 dB "
                           "from the first 1.5 min, see docs/bench-quant.md)", minimum=0.0)
     guidance: float = param(-1.0, "CFG scale of the teacher trajectory (<0: the model's default)")
+    distill_target: str = param("guided", "guided: MSE of the CFG-combined noise predictions (paper); branches: "
+                                "MSE of the unconditional and conditional predictions separately (keeps the guidance "
+                                "direction; see docs/readings/bench-quant.md)", choices=("guided", "branches"))
     eta: float = param(1.0, "DDIM eta of the teacher trajectory (paper: 1.0)", minimum=0.0, maximum=1.0)
     grad_clip: float = param(1.0, "gradient-norm clip (0: off)", minimum=0.0)
     checkpoint_every_s: float = param(120.0, "seconds of training between checkpoints", minimum=1.0)

@@ -24,11 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from backend.methods.quant.calibrate import (
     calibrate,
-    cfg_eps,
     ddim_scheduler,
     default_prompts,
     encode,
@@ -37,6 +35,7 @@ from backend.methods.quant.calibrate import (
 )
 from backend.methods.quant.checkpoint import CONFIG_FILE, TRAIN_FILE, CheckpointError, load_train_state, save_checkpoint
 from backend.methods.quant.config import LAYER_POLICY_KEYS, FinetuneConfig, QuantConfig
+from backend.methods.quant.distill import distill_loss
 from backend.methods.quant.model import QuantState, quantize_unet
 from backend.runs.jobs import JobCancelled, JobControl
 
@@ -228,10 +227,7 @@ def finetune(
                 frac = max(elapsed / budget if budget > 0 else 1.0, it / ft.max_iters if ft.max_iters else 0.0)
                 for g in opt.param_groups:
                     g["lr"] = g["initial_lr"] * max(0.0, 1.0 - frac)
-                with torch.no_grad():
-                    e_t = cfg_eps(teacher, x, t, cond, unc, guidance)
-                e_s = cfg_eps(student, x, t, cond, unc, guidance)
-                loss = F.mse_loss(e_s, e_t)
+                loss, e_t = distill_loss(teacher, student, x, t, cond, unc, guidance, ft.distill_target)
                 opt.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 if ft.grad_clip > 0:
