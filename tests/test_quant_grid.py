@@ -104,16 +104,17 @@ def test_the_fine_tune_watch_warns_when_judged_quality_falls_while_the_loss_fall
     from backend.models import load_pipeline
 
     pipe = load_pipeline("shapes")
-    watch = QualityWatch(pipe, n=8, steps=10, start_unet=pipe.unet)  # the reference: here the FP model itself
+    watch = QualityWatch(pipe, n=8, steps=10, start_unet=pipe.unet, settle_iters=10)  # reference: the FP model
     assert watch.curve[0]["prompt_accuracy"] == watch.fp_accuracy > 0
-    watch.observe({"loss": 0.5})
-    assert watch.curve[0]["loss"] == 0.5  # the start's loss is the first one the job reports
+    watch.observe({"loss": 0.05, "step": 1})
+    watch.observe({"loss": 0.5, "step": 10})
+    assert watch.curve[0]["loss"] == 0.5  # the start's loss: the running mean after one trajectory
     broken = copy.deepcopy(pipe.unet)
     torch.nn.init.zeros_(broken.conv_out.weight)
-    watch.observe({"loss": 0.4})
+    watch.observe({"loss": 0.4, "step": 200})
     assert watch(broken, 120.0, 200) is False
     assert watch.curve[1]["prompt_accuracy"] < watch.fp_accuracy
     assert len(watch.warnings) == 1 and "loss 0.5 → 0.4" in watch.warnings[0]
-    watch.observe({"loss": 0.6})  # quality down but the loss up: the loss shows it, no warning
+    watch.observe({"loss": 0.6, "step": 300})  # quality down but the loss up: the loss shows it, no warning
     watch(broken, 180.0, 300)
     assert len(watch.warnings) == 1

@@ -108,7 +108,7 @@ def read_prompts(path: str | None) -> list[str] | None:
     return prompts
 
 
-def make_watch(pipe, every_minutes: float, n: int, start: QuantConfig | None = None):
+def make_watch(pipe, every_minutes: float, n: int, start: QuantConfig | None = None, settle_iters: int = 1):
     """A QualityWatch for Shapes-world models with real weights when ``every_minutes`` > 0, else None; with
     ``start``, its reference is the PTQ model of that config (the fine-tune's starting point)."""
     from backend.methods.quant.calibrate import uses_shapes_prompts
@@ -129,7 +129,7 @@ def make_watch(pipe, every_minutes: float, n: int, start: QuantConfig | None = N
         ptq_pipe.unet = copy.deepcopy(pipe.unet)
         ptq(ptq_pipe, start)
         start_unet = ptq_pipe.unet.eval()
-    return QualityWatch(pipe, n, start_unet=start_unet)
+    return QualityWatch(pipe, n, start_unet=start_unet, settle_iters=settle_iters)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -158,7 +158,7 @@ def main(args: argparse.Namespace) -> int:
         from backend.methods.quant.checkpoint import config_from_meta, read_meta
 
         start = dataclasses.replace(config_from_meta(read_meta(out), out), method="ptq", checkpoint="")
-    watch = make_watch(pipe, args.watch_every, args.watch_n, start)
+    watch = make_watch(pipe, args.watch_every, args.watch_n, start, settle_iters=ft.train_steps)
     cancel = threading.Event()
     total = ft.max_iters or None
     bar = tqdm(total=total or int(ft.minutes * 60), unit="it" if total else "s", desc=f"{ft.method} "

@@ -7,7 +7,9 @@
 the student, judges them, keeps a curve (minutes, iterations, loss, prompt accuracy; the FP model's accuracy on
 the same prompts and seeds beside it) and warns when the accuracy is at least ``drop_points`` below the
 reference's, paired per prompt, while the loss is lower than it was then. The reference is the fine-tune's PTQ
-start when ``start_unet`` is given (at 0 minutes, with the first loss the job reports), else the first evaluation.
+start when ``start_unet`` is given (at 0 minutes, with the loss the job reports after ``settle_iters`` iterations:
+the loss is a running mean over trajectory steps whose losses differ by timestep, so the first iterations alone
+are no reference), else the first evaluation.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ import numpy as np
 
 class QualityWatch:
     def __init__(self, pipe, n: int = 16, prompt_set: str = "hard", steps: int | None = None, seed: int = 0,
-                 drop_points: float = 10.0, start_unet=None):
+                 drop_points: float = 10.0, start_unet=None, settle_iters: int = 1):
         from backend.metrics import quality
         from backend.models import model_defaults
         from backend.runs.runner import eval_prompts
         from backend.runs.variant import Variant
 
         quality.require_quality_model(pipe)
-        self.pipe, self.drop_points = pipe, drop_points
+        self.pipe, self.drop_points, self.settle_iters = pipe, drop_points, settle_iters
         self.prompts = eval_prompts(prompt_set, n)
         self.seeds = [seed + i for i in range(n)]
         self.variant = Variant.from_dict({"model": pipe.speedlab_source, "scheduler": "ddim",
@@ -56,7 +58,7 @@ class QualityWatch:
         """``JobControl`` progress listener: remembers the latest (smoothed) training loss."""
         if fields.get("loss") is not None:
             self.loss = float(fields["loss"])
-            if self._first is not None and self._first[1] is None:  # the PTQ start's loss: the first one reported
+            if self._first is not None and self._first[1] is None and fields.get("step", 0) >= self.settle_iters:
                 self._first = (self._first[0], self.loss)
                 self.curve[0]["loss"] = self.loss
 
