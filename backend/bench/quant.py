@@ -13,6 +13,14 @@ to the FP images EfficientDM has at the end of its budget. Where PTQ already mee
 (a model that W4A4 PTQ does not break), only the PSNR comparison says anything, and the row says so.
 QAT stops once it meets both targets. All quantization is simulated (fake-quant): sizes are real, speed
 is not measured here.
+
+Other modes (one per run): --cost (backend/bench/quant_cost.py: EfficientDM vs full QAT per training
+iteration), --grid (quant_grid.py: where PTQ breaks over W x A x layer policy, paired vs FP), --sensitivity
+(quant_sensitivity.py: the per-layer sensitivity map).
+
+    python -m backend bench quant --cost --model sd15-arch --json
+    python -m backend bench quant --grid --set hard --n 100 --json
+    python -m backend bench quant --sensitivity --bits W4A4 --json
 """
 
 from __future__ import annotations

@@ -94,8 +94,8 @@ def measure_cost(pipe, weight_bits: int = 4, act_bits: int = 4, lora_rank: int =
     x = torch.randn(batch, unet.config.in_channels, latent, latent, generator=gen).to(device)
     steps, opts, rows = {}, {}, {}
     for method in ("efficientdm", "qat"):  # efficientdm first: QAT's build makes the shared FP weights trainable
-        ft = FinetuneConfig(method=method, weight_bits=weight_bits, act_bits=act_bits, lora_rank=lora_rank,
-                            batch_size=batch)
+        ft = FinetuneConfig.from_dict({"method": method, "weight_bits": weight_bits, "act_bits": act_bits,
+                                       "lora_rank": lora_rank, "batch_size": batch})
         student, state = build_student(pipe, ft, calibrate_acts=False, student=shared_copy(unet))
         student.train()
         opt = torch.optim.AdamW(param_groups(state, ft), weight_decay=0.0)
