@@ -13,6 +13,14 @@ to the FP images EfficientDM has at the end of its budget. Where PTQ already mee
 (a model that W4A4 PTQ does not break), only the PSNR comparison says anything, and the row says so.
 QAT stops once it meets both targets. All quantization is simulated (fake-quant): sizes are real, speed
 is not measured here.
+
+Other modes (one per run): --cost (backend/bench/quant_cost.py: EfficientDM vs full QAT per training
+iteration), --grid (quant_grid.py: where PTQ breaks over W x A x layer policy, paired vs FP), --sensitivity
+(quant_sensitivity.py: the per-layer sensitivity map).
+
+    python -m backend bench quant --cost --model sd15-arch --json
+    python -m backend bench quant --grid --set hard --n 100 --json
+    python -m backend bench quant --sensitivity --bits W4A4 --json
 """
 
 from __future__ import annotations
@@ -34,8 +42,8 @@ BITS = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4), "W2A8": (2, 8), "W8A4": 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--model", default="shapes", help="model (default shapes; random-weight models give "
-                        "sizes and PSNR only)")
+    parser.add_argument("--model", default=None, help="model (default shapes; --cost: sd15-arch; random-weight "
+                        "models give sizes, PSNR and cost only)")
     parser.add_argument("--n", type=int, default=100, help="evaluation prompts (default 100)")
     parser.add_argument("--set", default=DEFAULT_SET, choices=PROMPT_SETS, help=f"prompt set (default {DEFAULT_SET})")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps at evaluation (default 50)")
@@ -53,6 +61,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-steps", type=int, default=None, help="fine-tune trajectory steps (default: "
                         "FinetuneConfig's)")
     parser.add_argument("--work", default=".cache/bench-quant", help="folder for the checkpoints")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--cost", action="store_true", help="cost of one training iteration, EfficientDM vs full QAT "
+                      "at the lowest --bits (trainable parameters, optimizer state, peak memory, s/iteration)")
+    mode.add_argument("--grid", action="store_true", help="PTQ over --weights x --acts x --policies, each paired "
+                      "vs FP (95%% intervals), names where PTQ's drop is significant and >= 10 points; writes a "
+                      "heat-map HTML next to the page")
+    mode.add_argument("--sensitivity", action="store_true", help="per-layer sensitivity map at the lowest --bits: "
+                      "each layer quantized alone, eps-MSE vs FP on --samples fixed inputs; bar chart HTML")
+    parser.add_argument("--samples", type=int, default=4, help="--sensitivity: fixed (x_t, t, text) inputs "
+                        "(default 4)")
+    parser.add_argument("--weights", default="2,3,4,8", help="--grid: weight bit-widths (default 2,3,4,8)")
+    parser.add_argument("--acts", default="3,4,6,8", help="--grid: activation bit-widths (default 3,4,6,8)")
+    parser.add_argument("--policies", default="paper,all-same", help="--grid: layer policies, of paper, default, "
+                        "all-same (default paper,all-same)")
+    parser.add_argument("--efficientdm-minutes", type=float, default=0.0, help="--grid: fine-tune EfficientDM "
+                        "this long at each setting where PTQ breaks and report how much of the drop it recovers "
+                        "(default 0: off)")
+    parser.add_argument("--html", default=None, help="--grid / --sensitivity: figure file (default "
+                        "docs/bench-quant-grid--MODEL--DEVICE.html, docs/bench-quant-sensitivity--MODEL--DEVICE.html)")
+    parser.add_argument("--lora-rank", type=int, default=32, help="--cost: EfficientDM's LoRA rank (default 32)")
+    parser.add_argument("--cost-batch", type=int, default=None, help="--cost: prompts per step (default: 2 on "
+                        "CUDA as in the paper, 1 on the CPU; the U-Net sees 2x with CFG)")
+    parser.add_argument("--resolution", type=int, default=None, help="--cost: image size (default the model's: "
+                        "256 for sd15-arch)")
+    parser.add_argument("--repeats", type=int, default=3, help="--cost: interleaved timing rounds (default 3)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -100,6 +133,23 @@ def time_to(name: str, column: int, goal: float, effdm_curve: list, qat_curve: l
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    if args.cost:
+        from backend.bench.quant_cost import run as run_cost
+
+        return run_cost(args)
+    if args.grid:
+        from backend.bench.quant_grid import run as run_grid
+
+        return run_grid(args)
+    if args.sensitivity:
+        from backend.bench.quant_sensitivity import run as run_sensitivity
+
+        return run_sensitivity(args)
+    return run_compare(args)
+
+
+def run_compare(args: argparse.Namespace) -> list[dict]:
+    """FP, PTQ and EfficientDM per bit-width, then full QAT vs EfficientDM time-to-quality (the default mode)."""
     from backend.methods.quant import FinetuneConfig
     from backend.methods.quant.checkpoint import checkpoint_size_mb
     from backend.methods.quant.train import finetune
@@ -111,6 +161,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     from backend.runs.runner import add_quality, eval_prompts, run_variant
     from backend.runs.variant import Variant
 
+    args.model = args.model or "shapes"
     bits = _bits(args.bits)
     for name in ("minutes", "qat_minutes", "eval_every"):
         if getattr(args, name) < 0:

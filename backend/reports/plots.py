@@ -231,3 +231,44 @@ def figures(df: pd.DataFrame) -> list[tuple[str, go.Figure]]:
     if quality:
         out.append((QUALITY_METRICS[quality[0]][0], fig_bars(df, quality[0])))
     return out
+
+
+def fig_quant_grid(rows: list[dict]) -> go.Figure:
+    """Heat-maps of ``bench quant --grid`` rows, one panel per layer policy: weight bits × activation bits,
+    coloured by PTQ's paired prompt-accuracy drop vs FP in points (by PSNR vs FP where nothing was judged);
+    a star marks a drop that is significant and at least 10 points."""
+    grid = [r for r in rows if r.get("method") == "ptq"]
+    judged = any(r.get("prompt_accuracy_delta") for r in grid)
+    policies = list(dict.fromkeys(r["policy"] for r in grid))
+    fig = make_subplots(rows=1, cols=max(1, len(policies)), subplot_titles=policies, shared_yaxes=True)
+    for k, policy in enumerate(policies):
+        part = [r for r in grid if r["policy"] == policy]
+        ws = sorted({r["weight_bits"] for r in part})
+        acts = sorted({r["act_bits"] for r in part})
+        z = [[math.nan] * len(acts) for _ in ws]
+        text = [[""] * len(acts) for _ in ws]
+        for r in part:
+            i, j = ws.index(r["weight_bits"]), acts.index(r["act_bits"])
+            value = -100 * r["prompt_accuracy_delta"]["delta"] if judged else r["psnr_vs_baseline"]
+            z[i][j] = _num(value)
+            text[i][j] = f"{z[i][j]:.1f}" + ("*" if r.get("ptq_breaks") else "")
+        fig.add_trace(go.Heatmap(z=z, x=[f"A{a}" for a in acts], y=[f"W{w}" for w in ws], text=text,
+                                 texttemplate="%{text}", colorscale="Reds" if judged else "Blues_r",
+                                 coloraxis="coloraxis"), row=1, col=k + 1)
+    label = "PTQ accuracy drop vs FP (points; * significant and ≥ 10)" if judged else "PTQ PSNR vs FP (dB)"
+    fig.update_layout(title=label, coloraxis={"colorscale": "Reds" if judged else "Blues_r"}, height=380,
+                      margin={"t": 70, "l": 60, "r": 20, "b": 50})
+    return fig
+
+
+def fig_sensitivity(rows: list[dict], metric: str = "eps_rel_mse", top: int = 40) -> go.Figure:
+    """Bars of the per-layer sensitivity map (``backend.methods.quant.sensitivity``): the ``top`` layers by
+    ``metric`` (output change vs FP when only that layer is quantized), coloured by layer role."""
+    rows = sorted(rows, key=lambda r: -_num(r[metric]))[:top]
+    colors = {"first_last": "#d62728", "time_embed": "#9467bd", "skip": "#ff7f0e", "downsample": "#8c564b"}
+    fig = go.Figure(go.Bar(x=[r["layer"] for r in rows], y=[_num(r[metric]) for r in rows],
+                           marker_color=[colors.get(r.get("role"), "#3366cc") for r in rows],
+                           hovertext=[f"{r.get('role')}, {r.get('params', 0):,} weights" for r in rows]))
+    fig.update_layout(title=f"Per-layer sensitivity ({metric}, one layer quantized at a time)",
+                      yaxis_title=metric, height=420, margin={"t": 50, "l": 60, "r": 20, "b": 200})
+    return fig

@@ -18,10 +18,20 @@ __all__ = ["QuantConfig", "FinetuneConfig", "apply", "remove", "summary", "ptq",
 
 
 def ptq(pipe, config: QuantConfig):
-    """Quantize ``pipe.unet`` in place with min/max weights and calibrated activation ranges; the QuantState."""
+    """Quantize ``pipe.unet`` in place with min/max weights and calibrated activation ranges; the QuantState.
+    With ``config.mixed``, the most sensitive layers are raised to W8A8 within its size budget first."""
     from backend.methods.quant.calibrate import calibrate
 
+    raised: list[str] = []
+    if config.mixed:
+        from backend.methods.quant.mixed import plan
+
+        raised, _ = plan(pipe, config)
     state = quantize_unet(pipe.unet, config, base_model=getattr(pipe, "speedlab_source", ""))
+    if raised:
+        from backend.methods.quant.mixed import promote
+
+        promote(pipe.unet, state, raised)
     calibrate(pipe, state, config)
     return state
 

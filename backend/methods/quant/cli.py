@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--act-lr", type=float, default=None, help=_help("act_lr"))
     parser.add_argument("--qat-lr", type=float, default=None, help=_help("qat_lr"))
     parser.add_argument("--guidance", type=float, default=None, help=_help("guidance"))
+    parser.add_argument("--distill-target", choices=("guided", "branches"), default=None,
+                        help=_help("distill_target"))
     parser.add_argument("--checkpoint-every", type=float, default=None, help=_help("checkpoint_every_s"))
     parser.add_argument("--seed", type=int, default=None, help=_help("seed"))
     parser.add_argument("--quantize-skip", choices=SIDE_POLICIES, default=None, help=_help("quantize_skip", _POLICY))
@@ -61,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=_help("quantize_attn_matmul", _POLICY))
     parser.add_argument("--prompts", default=None, help="a text file of prompts, one a line (default: the model's "
                         "prompt set for shapes-sd, a built-in list otherwise)")
+    parser.add_argument("--watch-every", type=float, default=2.0, help="minutes of training between judged "
+                        "evaluations of the student on --watch-n hard prompts, with a warning when its prompt accuracy "
+                        "falls while the loss falls (Shapes-world models; 0: off; default 2)")
+    parser.add_argument("--watch-n", type=int, default=16, help="prompts of the watch's evaluations (default 16)")
     parser.add_argument("--restart", action="store_true", help="ignore a checkpoint already in --out")
     parser.add_argument("--summary", action="store_true", help="print the per-layer precision table at the end")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -70,7 +76,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     raw = {"method": args.method, "weight_bits": args.w_bits, "act_bits": args.a_bits, "minutes": args.minutes}
     pairs = {"max_iters": "max_iters", "train_steps": "train_steps", "batch_size": "batch_size",
              "lora_rank": "lora_rank", "lora_lr_scale": "lora_lr_scale", "act_lr": "act_lr", "qat_lr": "qat_lr",
-             "guidance": "guidance", "checkpoint_every": "checkpoint_every_s", "seed": "seed"}
+             "guidance": "guidance", "distill_target": "distill_target", "checkpoint_every": "checkpoint_every_s",
+             "seed": "seed"}
     for arg, key in pairs.items():
         if getattr(args, arg) is not None:
             raw[key] = getattr(args, arg)
@@ -103,6 +110,30 @@ def read_prompts(path: str | None) -> list[str] | None:
     return prompts
 
 
+def make_watch(pipe, every_minutes: float, n: int, start: QuantConfig | None = None, settle_iters: int = 1):
+    """A QualityWatch for Shapes-world models with real weights when ``every_minutes`` > 0, else None; with
+    ``start``, its reference is the PTQ model of that config (the fine-tune's starting point)."""
+    from backend.methods.quant.calibrate import uses_shapes_prompts
+    from backend.models import is_random_weights
+
+    if every_minutes < 0:
+        raise ValueError(f"--watch-every {every_minutes} is out of range; allowed: minutes ≥ 0 (0: off)")
+    if not every_minutes or is_random_weights(pipe) or not uses_shapes_prompts(pipe):
+        return None
+    import copy
+
+    from backend.methods.quant import ptq
+    from backend.methods.quant.watch import QualityWatch
+
+    start_unet = None
+    if start is not None:
+        ptq_pipe = copy.copy(pipe)
+        ptq_pipe.unet = copy.deepcopy(pipe.unet)
+        ptq(ptq_pipe, start)
+        start_unet = ptq_pipe.unet.eval()
+    return QualityWatch(pipe, n, start_unet=start_unet, settle_iters=settle_iters)
+
+
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -123,6 +154,12 @@ def main(args: argparse.Namespace) -> int:
     pipe = load_model(variant)
     if args.restart and out.exists():
         shutil.rmtree(out)
+    start = quant or ft.quant_config()
+    if quant is None and (out / "quant_config.json").exists():  # resuming: the checkpoint's own policy
+        from backend.methods.quant.checkpoint import config_from_meta, read_meta
+
+        start = dataclasses.replace(config_from_meta(read_meta(out), out), method="ptq", checkpoint="")
+    watch = make_watch(pipe, args.watch_every, args.watch_n, start, settle_iters=ft.train_steps)
     cancel = threading.Event()
     total = ft.max_iters or None
     bar = tqdm(total=total or int(ft.minutes * 60), unit="it" if total else "s", desc=f"{ft.method} "
@@ -132,6 +169,8 @@ def main(args: argparse.Namespace) -> int:
         bar.n = fields["step"] if total else min(bar.total, int(fields.get("train_s", 0)))
         bar.set_postfix({"step": fields["step"], "loss": fields["loss"]}, refresh=False)
         bar.refresh()
+        if watch is not None:
+            watch.observe(fields)
 
     previous = signal.getsignal(signal.SIGINT)
 
@@ -142,7 +181,7 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_sigint)
     try:
         result = finetune(pipe, ft, out, job=JobControl(on_progress=on_progress, cancel=cancel), prompts=prompts,
-                          quant=quant)
+                          quant=quant, on_eval=watch, eval_every_s=args.watch_every * 60 if watch else None)
     finally:
         signal.signal(signal.SIGINT, previous)
         bar.close()
@@ -151,6 +190,8 @@ def main(args: argparse.Namespace) -> int:
 
     result["model_size_mb"] = round(checkpoint_size_mb(out), 4)
     result["use_with"] = {"model": variant.model, "quant": {"checkpoint": str(out)}}
+    if watch is not None:
+        result["quality_curve"], result["warnings"] = watch.curve, watch.warnings
     if args.summary:
         print(summary(student), file=sys.stderr)
     if args.json:

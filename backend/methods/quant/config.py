@@ -61,10 +61,24 @@ class QuantConfig(MethodConfig):
     calib_samples: int = param(32, "PTQ: U-Net inputs (x_t, t, text) drawn from the trajectories for the "
                                "activation-range search (paper: 32)", minimum=1, maximum=4096, ui=False)
     seed: int = param(0, "seed of the calibration prompts and noise", minimum=0, maximum=MAX_SEED, ui=False)
+    mixed: dict = param({}, "mixed precision (PTQ): {\"budget_mb\": X} raises the layers the sensitivity map finds "
+                        "most sensitive to W8A8 while the packed U-Net stays within X MiB (the rest at the target "
+                        "bits); see backend/methods/quant/mixed.py", ui=False)
 
     def validate(self) -> None:
         if not isinstance(self.checkpoint, str):
             raise ValueError(f"quant.checkpoint: expected a directory path (string), got {self.checkpoint!r}")
+        if not isinstance(self.mixed, dict):
+            raise ValueError(f"quant.mixed: expected an object such as {{\"budget_mb\": 1.5}}, got {self.mixed!r}")
+        if self.mixed:
+            budget = self.mixed.get("budget_mb")
+            if set(self.mixed) != {"budget_mb"} or isinstance(budget, bool) or not isinstance(budget, (int, float)) \
+                    or not budget > 0:
+                raise ValueError(f"quant.mixed: {self.mixed!r} is not allowed; allowed: {{\"budget_mb\": X}} with X "
+                                 "a packed U-Net size in MiB > 0")
+            if self.checkpoint or self.method != "ptq":
+                raise ValueError("quant.mixed: applies to PTQ only; a checkpoint carries its own per-layer bits "
+                                 "(leave out quant.mixed or quant.checkpoint)")
         if self.method != "ptq" and not self.checkpoint:
             raise ValueError(f"quant.method: {self.method!r} needs a checkpoint (make one with `python -m backend "
                              f"finetune efficientdm --out DIR`, then give quant.checkpoint: DIR); allowed without "
@@ -106,6 +120,9 @@ class FinetuneConfig(MethodConfig):
                           "wrecked the PTQ start: accuracy ≤ 0.16 and PSNR 18-19 dB for 10 min; 1e-4 held 34 dB "
                           "from the first 1.5 min, see docs/bench-quant.md)", minimum=0.0)
     guidance: float = param(-1.0, "CFG scale of the teacher trajectory (<0: the model's default)")
+    distill_target: str = param("guided", "guided: MSE of the CFG-combined noise predictions (paper); branches: "
+                                "MSE of the unconditional and conditional predictions separately (keeps the guidance "
+                                "direction; see docs/readings/bench-quant.md)", choices=("guided", "branches"))
     eta: float = param(1.0, "DDIM eta of the teacher trajectory (paper: 1.0)", minimum=0.0, maximum=1.0)
     grad_clip: float = param(1.0, "gradient-norm clip (0: off)", minimum=0.0)
     checkpoint_every_s: float = param(120.0, "seconds of training between checkpoints", minimum=1.0)

@@ -24,11 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from backend.methods.quant.calibrate import (
     calibrate,
-    cfg_eps,
     ddim_scheduler,
     default_prompts,
     encode,
@@ -45,6 +43,7 @@ from backend.methods.quant.checkpoint import (
     save_checkpoint,
 )
 from backend.methods.quant.config import LAYER_POLICY_KEYS, FinetuneConfig, QuantConfig
+from backend.methods.quant.distill import distill_loss
 from backend.methods.quant.model import QuantState, quantize_unet
 from backend.runs.jobs import JobCancelled, JobControl
 
@@ -52,12 +51,13 @@ RESUME_KEYS = ("method", "weight_bits", "act_bits", "train_steps", "batch_size",
 
 
 def build_student(pipe, ft: FinetuneConfig, prompts: list[str] | None = None, calibrate_acts: bool = True,
-                  quant: QuantConfig | None = None):
+                  quant: QuantConfig | None = None, student: torch.nn.Module | None = None):
     """A quantized copy of ``pipe.unet`` ready for fine-tuning (PTQ-initialised); (student, state).
 
-    ``quant`` overrides the layer policy / calibration settings (its bits are replaced by ft's).
+    ``quant`` overrides the layer policy / calibration settings (its bits are replaced by ft's); ``student``:
+    the FP module to quantize in place instead of a deep copy of ``pipe.unet``.
     """
-    student = copy.deepcopy(pipe.unet)
+    student = student if student is not None else copy.deepcopy(pipe.unet)
     base = quant or ft.quant_config()
     qcfg = dataclasses.replace(base, method=ft.method, weight_bits=ft.weight_bits, act_bits=ft.act_bits,
                                checkpoint="")
@@ -237,10 +237,7 @@ def finetune(
                 frac = max(elapsed / budget if budget > 0 else 1.0, it / ft.max_iters if ft.max_iters else 0.0)
                 for g in opt.param_groups:
                     g["lr"] = g["initial_lr"] * max(0.0, 1.0 - frac)
-                with torch.no_grad():
-                    e_t = cfg_eps(teacher, x, t, cond, unc, guidance)
-                e_s = cfg_eps(student, x, t, cond, unc, guidance)
-                loss = F.mse_loss(e_s, e_t)
+                loss, e_t = distill_loss(teacher, student, x, t, cond, unc, guidance, ft.distill_target)
                 opt.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 if ft.grad_clip > 0:

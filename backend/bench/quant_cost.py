@@ -1,0 +1,149 @@
+"""``bench quant --cost``: what one training iteration costs, EfficientDM (QALoRA rank r + TALSQ) vs full QAT.
+
+Both students are built by :func:`backend.methods.quant.train.build_student` from the same FP U-Net (their
+frozen tensors shared with it, so memory holds one FP copy) at the same bits, batch and resolution, and take
+the training step of :func:`backend.methods.quant.train.finetune`: the FP teacher's and the student's CFG noise
+predictions on one x_t, MSE, backward, gradient clip, AdamW step. Activation ranges are not calibrated (the cost
+of a step does not depend on them). Timing is the protocol of :func:`backend.metrics.cost.timed_rounds`: the
+two methods' steps in interleaved rounds, with the per-round ratio QAT / EfficientDM as the iteration-cost ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+REPRODUCES = ("the per-iteration part of the paper's 16.2x: trainable parameters, optimizer state, peak memory "
+              "and seconds per iteration at the same batch and resolution")
+NOT_REPRODUCED = ("the iterations each method needs to reach quality on LDM-4 ImageNet (QAT 54.5 GPU-h vs "
+                  "EfficientDM's 16k iterations): that needs LDM-4's weights and ImageNet; 16.2x = per-iteration "
+                  "ratio x ratio of iterations to quality")
+# fp32 copies of the U-Net's parameters held at once by the two interleaved students, beyond the shared FP
+# weights: EfficientDM's frozen W0, QAT's gradients and two Adam moments, and about four weight-sized
+# fake-quantization intermediates that autograd keeps during a step
+COPIES_NEEDED = 8
+
+
+def shared_copy(unet: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``unet`` whose parameters and buffers are the original tensors (modules are new)."""
+    import copy
+
+    return copy.deepcopy(unet, {id(t): t for t in [*unet.parameters(), *unet.buffers()]})
+
+
+def available_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info()[0] / 2**20
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) / 1024
+
+
+def check_memory(unet: torch.nn.Module, model: str, device: str) -> None:
+    """ValueError (one line) when the two students would not fit in the memory free on ``device``."""
+    need = COPIES_NEEDED * sum(p.numel() * p.element_size() for p in unet.parameters()) / 2**20
+    free = available_mb(device)
+    if need > 0.9 * free:
+        raise ValueError(f"--cost on {model!r} needs about {need / 1024:.1f} GiB free on {device} (EfficientDM's "
+                         f"frozen W0, QAT's gradients and Adam state, fake-quantization intermediates), "
+                         f"{free / 1024:.1f} GiB are; allowed: a smaller --model (shapes, tiny-arch) or a machine "
+                         "with more memory (CUDA is used when present)")
+
+
+def defaults(pipe, device: str) -> tuple[int, int]:
+    """(batch, resolution): the paper's batch 2 on CUDA, 1 on the CPU; the model's default image size."""
+    from backend.models import model_defaults
+
+    size = model_defaults(pipe).get("height") or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return (2 if device.startswith("cuda") else 1), int(size)
+
+
+def optimizer_state_mb(opt: torch.optim.Optimizer) -> float:
+    return sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
+               if torch.is_tensor(v)) / 2**20
+
+
+def measure_cost(pipe, weight_bits: int = 4, act_bits: int = 4, lora_rank: int = 32, batch: int = 1,
+                 resolution: int | None = None, repeats: int = 3, model: str = "") -> list[dict]:
+    """Rows for EfficientDM and QAT (trainable_params, optimizer_state_mb, peak_mem_mb, s_per_iter with its
+    interval) and their comparison (iter_cost_ratio = QAT time / EfficientDM time per round, with interval)."""
+    from backend.methods.quant import FinetuneConfig
+    from backend.methods.quant.calibrate import cfg_eps, ddim_scheduler, default_prompts, encode, guidance_of
+    from backend.methods.quant.model import quantize_unet
+    from backend.methods.quant.train import build_student, param_groups
+    from backend.metrics import cost
+
+    unet = pipe.unet
+    device = str(next(unet.parameters()).device)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"--cost-batch {batch!r} is out of range; allowed: a whole number ≥ 1")
+    size = resolution or defaults(pipe, device)[1]
+    if size < 8 * pipe.vae_scale_factor or size % pipe.vae_scale_factor:
+        raise ValueError(f"--resolution {size} is not allowed; allowed: a multiple of {pipe.vae_scale_factor}, "
+                         f"at least {8 * pipe.vae_scale_factor}")
+    quantize_unet(shared_copy(unet), FinetuneConfig().quant_config())  # a model with no quantizable layer: ValueError
+    check_memory(unet, model, device)
+    prompts = default_prompts(pipe, batch)
+    with torch.no_grad():
+        cond, uncond = encode(pipe, prompts)
+    guidance = guidance_of(pipe)
+    gen = torch.Generator("cpu").manual_seed(0)
+    latent = size // pipe.vae_scale_factor
+    x = torch.randn(batch, unet.config.in_channels, latent, latent, generator=gen).to(device)
+    steps, opts, rows = {}, {}, {}
+    for method in ("efficientdm", "qat"):  # efficientdm first: QAT's build makes the shared FP weights trainable
+        ft = FinetuneConfig.from_dict({"method": method, "weight_bits": weight_bits, "act_bits": act_bits,
+                                       "lora_rank": lora_rank, "batch_size": batch})
+        student, state = build_student(pipe, ft, calibrate_acts=False, student=shared_copy(unet))
+        student.train()
+        opt = torch.optim.AdamW(param_groups(state, ft), weight_decay=0.0)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        t = int(ddim_scheduler(pipe, ft.train_steps).timesteps[ft.train_steps // 2])
+
+        def step(student=student, opt=opt, params=params, t=t, clip=ft.grad_clip) -> None:
+            with torch.no_grad():
+                e_t = cfg_eps(unet, x, t, cond, uncond, guidance)
+            loss = F.mse_loss(cfg_eps(student, x, t, cond, uncond, guidance), e_t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+
+        steps[method], opts[method] = step, opt
+        rows[method] = {"trainable_params": sum(p.numel() for p in params)}
+    for method, step in steps.items():  # the first step allocates gradients and optimizer state: its peak counts
+        rows[method]["peak_mem_mb"] = cost.peak_memory_mb(step, device)
+    timing = cost.timed_rounds(steps, repeats=repeats, warmup=0, device=device, baseline="qat")
+    common = {"model": f"{model or pipe.speedlab_source} (cost)", "bits": f"W{weight_bits}A{act_bits}",
+              "batch": batch, "resolution": size, "device": device}
+    out = []
+    for method in steps:
+        t = timing[method]
+        out.append({**common, "method": method, "lora_rank": lora_rank if method == "efficientdm" else 0,
+                    **rows[method], "optimizer_state_mb": optimizer_state_mb(opts[method]),
+                    "s_per_iter": t["latency_s"], "s_per_iter_ci": t["latency_ci"], "repeats": t["repeats"]})
+    e, q = out
+    ratio = timing["efficientdm"]
+    out.append({**common, "method": "efficientdm_vs_qat", "iter_cost_ratio": ratio["speedup"],
+                "iter_cost_ratio_ci": ratio["speedup_ci"], "timing_noisy": ratio["timing_noisy"],
+                "trainable_params_ratio": q["trainable_params"] / e["trainable_params"],
+                "optimizer_state_ratio": q["optimizer_state_mb"] / max(e["optimizer_state_mb"], 1e-9),
+                "peak_mem_ratio": q["peak_mem_mb"] / max(e["peak_mem_mb"], 1e-9),
+                "timing": f"{repeats} interleaved rounds of one training step each, after one step each that "
+                          "measured peak memory; ratio = QAT / EfficientDM per round (median, 95% interval)",
+                "reproduces": REPRODUCES, "not_reproduced": NOT_REPRODUCED})
+    return out
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    from backend.bench.quant import _bits
+    from backend.models import load_pipeline
+
+    model = args.model or "sd15-arch"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = load_pipeline(model, device=device)
+    batch, _ = defaults(pipe, device)
+    _, w, a = _bits(args.bits)[-1]
+    return measure_cost(pipe, w, a, args.lora_rank, args.cost_batch or batch, args.resolution, args.repeats, model)
