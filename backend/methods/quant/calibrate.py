@@ -60,10 +60,16 @@ def ddim_scheduler(pipe, steps: int) -> DDIMScheduler:
     return sched
 
 
-def cfg_eps(unet, x: torch.Tensor, t, cond: TextCond, uncond: TextCond, guidance: float) -> torch.Tensor:
-    """Classifier-free-guided noise prediction; cond and uncond in one batched U-Net call (one timestep)."""
+def branch_eps(unet, x: torch.Tensor, t, cond: TextCond, uncond: TextCond) -> tuple[torch.Tensor, torch.Tensor]:
+    """(e_u, e_c): the unconditional and conditional noise predictions, in one batched U-Net call."""
     out = unet(torch.cat([x, x]), t, **TextCond.cat([uncond, cond]).unet_kwargs()).sample
     e_u, e_c = out.chunk(2)
+    return e_u, e_c
+
+
+def cfg_eps(unet, x: torch.Tensor, t, cond: TextCond, uncond: TextCond, guidance: float) -> torch.Tensor:
+    """Classifier-free-guided noise prediction; cond and uncond in one batched U-Net call (one timestep)."""
+    e_u, e_c = branch_eps(unet, x, t, cond, uncond)
     return e_u + guidance * (e_c - e_u)
 
 

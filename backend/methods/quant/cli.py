@@ -113,12 +113,11 @@ def read_prompts(path: str | None) -> list[str] | None:
 def make_watch(pipe, every_minutes: float, n: int, start: QuantConfig | None = None, settle_iters: int = 1):
     """A QualityWatch for Shapes-world models with real weights when ``every_minutes`` > 0, else None; with
     ``start``, its reference is the PTQ model of that config (the fine-tune's starting point)."""
-    from backend.methods.quant.calibrate import uses_shapes_prompts
-    from backend.models import is_random_weights
+    from backend.models import has_shapes_judge, is_random_weights
 
     if every_minutes < 0:
         raise ValueError(f"--watch-every {every_minutes} is out of range; allowed: minutes ≥ 0 (0: off)")
-    if not every_minutes or is_random_weights(pipe) or not uses_shapes_prompts(pipe):
+    if not every_minutes or is_random_weights(pipe) or not has_shapes_judge(pipe):
         return None
     import copy
 

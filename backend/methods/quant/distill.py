@@ -11,16 +11,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from backend.methods.conditioning import TextCond
+from backend.methods.quant.calibrate import branch_eps
+
 TARGETS = ("guided", "branches")
 
 
-def branch_eps(unet, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(e_u, e_c): the unconditional and conditional noise predictions, in one batched U-Net call."""
-    out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
-    return out.chunk(2)
-
-
-def distill_loss(teacher, student, x: torch.Tensor, t, cond: torch.Tensor, uncond: torch.Tensor, guidance: float,
+def distill_loss(teacher, student, x: torch.Tensor, t, cond: TextCond, uncond: TextCond, guidance: float,
                  target: str = "guided") -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, the teacher's guided noise prediction, which steps the trajectory)."""
     if target not in TARGETS:
