@@ -144,19 +144,10 @@ def cmd_bench_docs(args) -> int:
 
 
 def _add_external(sub, name: str, module_name: str, help: str) -> None:
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        p = sub.add_parser(name, help=f"{help} (not available in this build)")
-        p.set_defaults(func=lambda a: _unavailable(name))
-        return
+    module = importlib.import_module(module_name)  # an import error is a bug, not a missing feature
     p = sub.add_parser(name, help=help, description=module.__doc__)
     module.add_arguments(p)
     p.set_defaults(func=module.main)
-
-
-def _unavailable(name: str) -> int:
-    raise ValueError(f"{name!r} is not available in this build")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,10 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     bp = bsub.add_parser("docs", help="rebuild every docs/bench-NAME.md from its fragments (measures nothing)")
     bp.set_defaults(func=cmd_bench_docs)
     for name in BENCHES:
-        try:
-            module = importlib.import_module(f"backend.bench.{name}")
-        except ImportError:
-            continue
+        module = importlib.import_module(f"backend.bench.{name}")
         bp = bsub.add_parser(name, help=(module.__doc__ or name).strip().splitlines()[0])
         module.add_arguments(bp)
         bp.add_argument("--json", action="store_true", help="JSON rows on stdout")

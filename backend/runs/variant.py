@@ -33,10 +33,7 @@ class VariantError(ValueError):
 
 def method_config_class(section: str) -> type[MethodConfig]:
     module, _, cls = METHOD_SECTIONS[section].partition(":")
-    try:
-        return getattr(importlib.import_module(module), cls)
-    except ImportError as exc:
-        raise VariantError(f"{section}: this method is not available in this build ({exc})") from exc
+    return getattr(importlib.import_module(module), cls)  # an import error is a bug, not a missing method
 
 
 @dataclasses.dataclass
