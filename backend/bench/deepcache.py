@@ -1,13 +1,14 @@
 """DeepCache: baseline vs uniform N ∈ {2, 3, 5} × branch ∈ {0, 1} and nonuniform N = 5, side by side.
 
 Two models: sd15-arch (SD 1.5 architecture, random weights) at 256×256 and 20 DDIM steps, speed only; and
-the embedded shapes-sd at 50 DDIM steps with quality against the same-seed baseline (prompt_accuracy,
-fd_shapes, psnr_vs_baseline, ssim_vs_baseline). Every row: latency per image end to end (median of
---repeats after a warm-up; configurations interleaved round by round so background load hits all alike),
-`speedup`, the denoising loop's wall-clock speedup (`loop_speedup`: first U-Net evaluation to the last
-scheduler step) against the U-Net MACs-predicted one (`macs_speedup`, MACs counted on the model with
-torch's FlopCounterMode), their ratio `loop_vs_macs`, full/partial evaluations, peak memory and the bytes
-the cache holds (`cache_mb`; for sd15-arch also at 512×512 with CFG, `cache_mb_512_cfg`).
+the embedded shapes-sd at 50 DDIM steps with quality against the same-seed baseline (prompt_accuracy with the
+paired `accuracy_delta_points` and its 95% interval `accuracy_delta_ci`, kid_shapes beside its floor,
+psnr_vs_baseline, ssim_vs_baseline). Every row: latency per image end to end (median of --repeats after a warm-up
+and its interval; configurations interleaved round by round so background load hits all alike), `speedup`
+(median of per-round ratios, `speedup_ci`), the denoising loop's wall-clock speedup (`loop_speedup`: first
+U-Net evaluation to the last scheduler step) against the U-Net MACs-predicted one (`macs_speedup`, MACs counted
+on the model with torch's FlopCounterMode), their ratio `loop_vs_macs`, full/partial evaluations, peak memory and
+the bytes the cache holds (`cache_mb`; for sd15-arch also at 512×512 with CFG, `cache_mb_512_cfg`).
 """
 
 from __future__ import annotations
@@ -252,13 +253,14 @@ def run(args) -> list[dict]:
         print(f"deepcache bench: shapes-sd speed, {len(names)} configurations", file=sys.stderr)
         speed = _speed_rows("shapes", args.shapes_steps, None, names, args)
         quality = _quality("shapes", args.shapes_steps, names, args)
-        base_acc = quality["baseline"].get("prompt_accuracy")
         for row in speed:
             q = quality[row["config"]]
-            for key in ("prompt_accuracy", "fd_shapes", "psnr_vs_baseline", "ssim_vs_baseline"):
+            for key in ("prompt_accuracy", "kid_shapes", "kid_shapes_floor", "psnr_vs_baseline", "ssim_vs_baseline"):
                 row[key] = q.get(key)
-            if base_acc is not None and q.get("prompt_accuracy") is not None:
-                row["accuracy_drop_points"] = 100 * (base_acc - q["prompt_accuracy"])
+            delta = q.get("prompt_accuracy_delta")
+            if delta is not None:  # paired per prompt and seed against the baseline, bootstrap 95% interval
+                row["accuracy_delta_points"] = 100 * delta["delta"]
+                row["accuracy_delta_ci"] = [100 * x for x in delta["ci"]] if delta["ci"] else None
         rows += speed
     for model in local:
         print(f"deepcache bench: {model} speed and psnr/ssim, {len(names)} configurations", file=sys.stderr)
