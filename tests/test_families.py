@@ -238,6 +238,8 @@ def test_family_evaluate_prompts_on_sdxl_has_no_judge_metrics(family_dirs, tmp_p
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 2 and result["prompt_set"] == "file"
     assert 0 < result["ssim_vs_baseline"] <= 1 and result["psnr_vs_baseline"] > 0
+    lo, hi = result["psnr_vs_baseline_ci"]  # paired per prompt and seed, bootstrap interval
+    assert lo <= result["psnr_vs_baseline"] <= hi and len(result["ssim_vs_baseline_ci"]) == 2
     for key in ("prompt_accuracy", "attr_accuracy", "fd_shapes", "reward"):
         assert key not in result
     assert "not a Shapes-world model" in result["judge_absent"]

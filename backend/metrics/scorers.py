@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from backend.metrics.quality import QualityUnavailable, psnr_ssim
+from backend.metrics.quality import QualityUnavailable, paired_quality, psnr_ssim
 
 
 class ScorerUnavailable(QualityUnavailable):
@@ -160,8 +160,12 @@ def score(images, prompts: list[str], baseline=None, names: list[str] | None = N
             else:
                 chosen.append(SCORERS[name])
     out: dict = {}
+    pixel = {s.name for s in chosen if isinstance(s, PsnrSsim)}
+    if pixel and baseline is not None:  # one pass, with the paired bootstrap intervals (``..._ci``)
+        paired = paired_quality(images, baseline, prompts)
+        out.update({k: v for k, v in paired.items() if k.removesuffix("_ci") in pixel})
     for scorer in chosen:
-        if scorer.paired and baseline is None:
+        if scorer.name in pixel or (scorer.paired and baseline is None):
             continue
         out[scorer.name] = scorer(images, prompts, baseline)
     if unavailable:
