@@ -47,7 +47,7 @@ def limits_from(args: argparse.Namespace):
     from backend.runs.knobs import ASSETS
 
     for flag, value, low in (("--max-steps", args.max_steps, 1), ("--max-pixels", args.max_pixels, 64),
-                             ("--time-limit", args.time_limit, 1), ("--max-jobs", args.max_jobs, 0),
+                             ("--time-limit", args.time_limit, 1), ("--max-jobs", args.max_jobs, 1),
                              ("--max-job-minutes", args.max_job_minutes, 0.1)):
         if not value >= low or value != value or value == float("inf"):
             raise ValueError(f"{flag} {value} is out of range; allowed: a finite number ≥ {low}")

@@ -2,6 +2,7 @@
 helpers (app.controls, app.images, app.callbacks): tiny-arch, few steps."""
 
 import json
+import math
 import threading
 import time
 import zipfile
@@ -33,7 +34,9 @@ def test_compare_baseline_and_deepcache_same_seed():
     assert (again[0]["image"] == base["image"]).all()
     line = cmp.metrics_line(dc)
     assert "PSNR" in line and "U-Net evals" in line and "×" in line
-    assert json.dumps(cmp.jsonable_rows(rows))  # no images, JSON-safe
+    safe = cmp.jsonable_rows(rows)  # no images, strict JSON (inf → "inf")
+    assert json.loads(json.dumps(safe, allow_nan=False)) == safe and all("image" not in r for r in safe)
+    assert cmp.jsonable_rows([{"psnr_vs_baseline": math.inf, "image": 0}]) == [{"psnr_vs_baseline": "inf"}]
     timing = cmp.time_columns(PROMPT, 3, [BASE, DC], model="tiny-arch", rounds=2)
     assert [t["repeats"] for t in timing] == [2, 2] and timing[1]["speedup_ci"] is not None
     timed = cmp.metrics_line({**dc, "timing": timing[1]})
@@ -102,7 +105,8 @@ def test_curves_run_through_the_sweep_engine(tmp_path):
     df = curves.curve_points(tmp_path, run_id, list(grid))
     assert len(df) == 3 and df["is_baseline"].sum() == 1
     assert sorted(df.loc[~df["is_baseline"], "deepcache.branch"]) == [0, 1]
-    assert len(curves.front(df, "latency_s")) >= 1
+    fastest = df.loc[~df["is_baseline"], "latency_s"].min()
+    assert curves.front(df, "speedup")["latency_s"].min() == fastest  # the fastest point is always on the front
     base, image = curves.point_images(tmp_path, run_id, 1)
     assert base.shape == image.shape and base.dtype == np.uint8
     from app.curves import figure

@@ -11,6 +11,7 @@ two methods' steps in interleaved rounds, with the per-round ratio QAT / Efficie
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -93,10 +94,14 @@ def measure_cost(pipe, weight_bits: int = 4, act_bits: int = 4, lora_rank: int =
     latent = size // pipe.vae_scale_factor
     x = torch.randn(batch, unet.config.in_channels, latent, latent, generator=gen).to(device)
     steps, opts, rows = {}, {}, {}
-    for method in ("efficientdm", "qat"):  # efficientdm first: QAT's build makes the shared FP weights trainable
+    for method in ("efficientdm", "qat"):
         ft = FinetuneConfig.from_dict({"method": method, "weight_bits": weight_bits, "act_bits": act_bits,
                                        "lora_rank": lora_rank, "batch_size": batch})
-        student, state = build_student(pipe, ft, calibrate_acts=False, student=shared_copy(unet))
+        # EfficientDM's W0 stays frozen, so it may share the teacher's tensors; QAT trains (and so marks as
+        # needing gradients, and updates) its FP weights: it gets its own copy, or EfficientDM's timed steps would
+        # also compute those weight gradients and the teacher would drift
+        own = shared_copy(unet) if method == "efficientdm" else copy.deepcopy(unet)
+        student, state = build_student(pipe, ft, calibrate_acts=False, student=own)
         student.train()
         opt = torch.optim.AdamW(param_groups(state, ft), weight_decay=0.0)
         params = [p for g in opt.param_groups for p in g["params"]]

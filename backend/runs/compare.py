@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from backend.core import jsonable
 from backend.runs.variant import Variant, VariantError
 
 MAX_VARIANTS = 4
@@ -226,7 +227,9 @@ def compare(
     with DEVICE_LOCK, stop_inside(cancel, deadline):
         for i, v in enumerate(parsed):
             if isinstance(v, VariantError):
-                rows.append({"name": str(variants[i].get("name") or f"variant {i}"), "variant": variants[i],
+                raw = variants[i]
+                name = raw.get("name") if isinstance(raw, dict) else None
+                rows.append({"name": str(name or f"variant {i}"), "variant": raw,
                              "error": str(v)})
                 continue
 
@@ -318,12 +321,6 @@ def metrics_line(row: dict) -> str:
 
 
 def jsonable_rows(rows: list[dict]) -> list[dict]:
-    """Rows without images, infinities as "inf": what an API or a report stores."""
-    out = []
-    for row in rows:
-        r = {k: v for k, v in row.items() if k not in ("image", "images", "image_path", "baseline_image")}
-        for k, v in list(r.items()):
-            if isinstance(v, float) and math.isinf(v):
-                r[k] = "inf"
-        out.append(r)
-    return out
+    """Rows without images, JSON-safe (backend.core.jsonable: "inf" for identical images): what an API stores."""
+    return [jsonable({k: v for k, v in row.items() if k not in ("image", "images", "image_path", "baseline_image")})
+            for row in rows]

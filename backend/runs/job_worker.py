@@ -14,6 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
+from backend.core import jsonable
 from backend.runs.jobs import FileFlag, JobCancelled, JobControl
 from backend.runs.store import Store
 
@@ -34,7 +35,7 @@ def run(root: Path, job_id: str) -> int:
 
     with (job_dir / "progress.jsonl").open("a") as log:
         def on_progress(fields: dict) -> None:
-            log.write(json.dumps(fields, default=float) + "\n")
+            log.write(json.dumps(jsonable(fields)) + "\n")
             log.flush()
             latest.clear()
             latest.update({k: v for k, v in fields.items() if isinstance(v, (int, float, str)) or v is None})
@@ -65,7 +66,7 @@ def run(root: Path, job_id: str) -> int:
 
                 summary = distill(pipe, DistillConfig.from_dict(params["settings"]), out, control)
             status = "cancelled" if summary.get("status") == "cancelled" else "done"
-            summary = json.loads(json.dumps(summary, default=str))
+            summary = json.loads(json.dumps(jsonable(summary), default=str))
             store.update_job(job_id, status=status, progress={**latest, "phase": status, "summary": summary})
             return 0
         except BaseException as exc:  # the UI shows why; the traceback is in worker.log

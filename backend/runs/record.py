@@ -1,5 +1,5 @@
 """A workbench comparison kept as a run of the results store, and its report (backend.reports.export) under a
-unique name: ``STORE/reports/<run id>/<kind>-<time>.html`` and the same stem ``.zip``."""
+unique name: ``STORE/reports/<kind>-<run id>-<time>/speedlab-<kind>-<time>.html`` and the same stem ``.zip``."""
 
 from __future__ import annotations
 
