@@ -58,21 +58,22 @@ def limits_from(args: argparse.Namespace):
 def create(model: str = "shapes", store: str = "runs/workbench", limits=None, job_limits=None):
     """The Gradio Blocks of the workbench (not launched) and its callbacks."""
     from app.callbacks import Callbacks
-    from app.ui import CSS, build_demo
+    from app.ui import build_demo
 
     if limits is None or job_limits is None:  # the defaults of the flags
         default_limits, default_jobs = limits_from(parse_args([]))
         limits, job_limits = limits or default_limits, job_limits or default_jobs
     cb = Callbacks(model=model, store=store, limits=limits, job_limits=job_limits)
     demo = build_demo(cb)
-    demo.speedlab_css = CSS
     return demo, cb
 
 
 def launch(demo, host: str = "127.0.0.1", port: int | None = 7860, **kwargs):
     # _frontend=False skips Gradio's start-up probe of its own URL (one HEAD request with a 3 s timeout), which
     # fails spuriously on a saturated CPU and then demands a public share link; we never want one.
-    return demo.launch(server_name=host, server_port=port, ssr_mode=False, css=getattr(demo, "speedlab_css", None),
+    from app.ui import CSS
+
+    return demo.launch(server_name=host, server_port=port, ssr_mode=False, css=CSS,
                        footer_links=["api"], quiet=kwargs.pop("quiet", False), share=False, _frontend=False,
                        **kwargs)
 

@@ -24,7 +24,6 @@ from backend.runs.jobs import JobLimits, JobService
 
 log = logging.getLogger("speedlab.app")
 N_COLUMNS = cmp.MAX_VARIANTS + 1  # the baseline and up to 4 variants
-SECTIONS = ("deepcache", "quant", "consistency")
 LOCKED_BY_CHECKPOINT = {"quant": ("method", "weight_bits", "act_bits")}
 
 
@@ -82,7 +81,7 @@ class Callbacks:
 
     def columns_layout(self) -> list[tuple[str, list[dict]]]:
         """(section, declared params) of each method block in a variant column."""
-        return [(s, self.params[s]) for s in SECTIONS if s in self.params]
+        return list(self.params.items())
 
     def checkpoints(self, model: str | None, section: str) -> list[dict]:
         return knobs.asset_checkpoints(model, section) + self.jobs.checkpoints(model, section)

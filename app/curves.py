@@ -19,7 +19,6 @@ from backend.runs import compare as cmp
 from backend.runs import curves
 from backend.world.prompts import PROMPT_SETS
 
-SECTIONS = ("deepcache", "quant", "consistency")
 NONE = "(none)"
 THIS = "this prompt + single set"
 PROMPT_SOURCES = (THIS, *PROMPT_SETS)
@@ -103,7 +102,7 @@ class CurvesCallbacks:
         self.limits = limits
 
     def sections(self) -> list[str]:
-        return ["variant"] + [s for s in SECTIONS if self.numeric(s)]
+        return ["variant"] + [s for s in self.params if self.numeric(s)]
 
     def numeric(self, section: str) -> list[dict]:
         if section == "variant":
@@ -141,7 +140,7 @@ class CurvesCallbacks:
     def _prompts(self, prompt: str, source: str, n: int) -> list[str]:
         """n (≥ 2) prompts: the Playground's prompt first, then prompts spread over the single-object set; or n
         prompts of a named set. The sweep runs them as one batch, each with its own seed."""
-        from backend.runs.runner import eval_prompts
+        from backend.world.prompts import eval_prompts
 
         n = max(MIN_PROMPTS, n)
         if source == THIS:

@@ -11,9 +11,12 @@ import pandas as pd
 
 from app.controls import coerce
 from backend.runs import knobs
-from backend.runs.jobs import ACTIVE, JOB_KINDS, JobService
+from backend.runs.jobs import ACTIVE, JobService
 
-FORM_KINDS = ("efficientdm", "lcd")  # rg-lcd shares lcd's settings
+
+def form_kinds() -> list[str]:
+    """The kinds that own a settings form, in the order the tab lays them out (rg-lcd shares lcd's)."""
+    return list(dict.fromkeys(knobs.finetune_forms().values()))
 
 
 def _error(exc: BaseException) -> gr.Error:
@@ -27,19 +30,27 @@ class FinetuneCallbacks:
     def kind_changed(self, kind: str, preset_name: str):
         """Show the settings of the kind and fill them from the preset."""
         values = knobs.preset(kind, preset_name)
-        form = "efficientdm" if kind == "efficientdm" else "lcd"
-        out = [gr.update(visible=k == form) for k in FORM_KINDS]
-        for k in FORM_KINDS:
+        form = knobs.finetune_forms()[kind]
+        out = [gr.update(visible=k == form) for k in form_kinds()]
+        for k in form_kinds():
             out += [gr.update(value=values[p["name"]]) if k == form else gr.skip() for p in knobs.job_params(k)]
         return out
 
     def start(self, kind: str, model: str, *values: Any):
-        """Start a fine-tune from the form (values: every efficientdm then every lcd setting): the job id, its
-        state and the timer on."""
-        values = list(values)
-        ft, lcd = knobs.job_params("efficientdm"), knobs.job_params("lcd")
-        params, raw = (ft, values[:len(ft)]) if kind == "efficientdm" else (lcd, values[len(ft):])
-        settings = {p["name"]: coerce(p, v) for p, v in zip(params, raw, strict=True)}
+        """Start a fine-tune from the form (values: every setting of each form, in form_kinds() order): the job id,
+        its state and the timer on."""
+        try:
+            form = knobs.finetune_forms()[kind]
+        except KeyError:
+            raise gr.Error(f"fine-tune kind {kind!r} is not allowed; allowed: {', '.join(knobs.finetune_kinds())}"
+                           ) from None
+        values, start = list(values), 0
+        for k in form_kinds():
+            params = knobs.job_params(k)
+            if k == form:
+                break
+            start += len(params)
+        settings = {p["name"]: coerce(p, v) for p, v in zip(params, values[start:start + len(params)], strict=True)}
         try:
             job_id = self.jobs.start(kind, model, settings)
         except Exception as exc:
@@ -138,4 +149,4 @@ class FinetuneCallbacks:
         return gr.Timer(active=False)
 
 
-__all__ = ["FinetuneCallbacks", "JOB_KINDS"]
+__all__ = ["FinetuneCallbacks", "form_kinds"]

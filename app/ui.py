@@ -9,11 +9,11 @@ import gradio as gr
 from app.callbacks import N_COLUMNS, Callbacks
 from app.controls import make_control
 from app.curves import NONE, PROMPT_SOURCES
+from app.finetune import form_kinds
 from app.images import SLIDER_CSS, SLIDER_JS, before_after_html
 from backend.reports.plots import QUALITY_METRICS
 from backend.runs import knobs
-from backend.runs.jobs import JOB_KINDS
-from backend.runs.variant import SCHEDULERS
+from backend.variant import SCHEDULERS
 
 DEFAULT_PROMPT = "a small red circle in the center"
 DEVICE = {"concurrency_id": "device", "concurrency_limit": 1}  # one generation on the device at a time
@@ -73,7 +73,7 @@ def _playground(cb: Callbacks, defaults: dict):
                 for section, params in cb.columns_layout():
                     values = preset.get(section, {})
                     locked = bool(values.get("checkpoint"))
-                    with gr.Accordion(section, open=section in preset):
+                    with gr.Accordion(knobs.method_titles()[section], open=section in preset):
                         on = gr.Checkbox(value=section in preset, label=f"{section} on")
                         comps = []
                         for p in params:
@@ -132,13 +132,13 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
 
         with gr.Tab("Fine-tune") as ft_tab:
             with gr.Row():
-                kind = gr.Radio(list(JOB_KINDS), value="efficientdm", label="method",
+                kind = gr.Radio(knobs.finetune_kinds(), value="efficientdm", label="method",
                                 info="EfficientDM: low-bit quantization-aware LoRA; LCD / RG-LCD: 1-8 step students")
                 preset_c = gr.Radio(list(knobs.PRESET_NAMES), value=knobs.PRESET_NAMES[0], label="preset")
                 ft_model = gr.Textbox(value=cb.model, label="model", max_lines=1)
             with gr.Accordion("advanced settings", open=False):
                 groups, job_controls = [], []
-                for k in ("efficientdm", "lcd"):
+                for k in form_kinds():
                     values = knobs.preset(k, knobs.PRESET_NAMES[0])
                     with gr.Group(visible=k == "efficientdm") as group:
                         job_controls += [make_control(p, values[p["name"]]) for p in knobs.job_params(k)]

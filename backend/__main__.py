@@ -1,4 +1,4 @@
-"""Speedlab command line: python -m backend {generate,evaluate,finetune,sweep,report,bench} ..."""
+"""Speedlab command line: python -m backend {generate,evaluate,schema,finetune,sweep,report,bench} ..."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from safetensors import SafetensorError
 from tqdm import tqdm
 
 from backend.core import jsonable
+from backend.metadata import pipeline_info
+from backend.methods import registry
 from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
 
-# Sub-commands implemented elsewhere: module with add_arguments(parser) and main(args) -> int.
-FINETUNE = {"efficientdm": "backend.methods.quant.cli", "lcd": "backend.methods.consistency.cli"}
+# Sub-commands implemented elsewhere: module with add_arguments(parser) and main(args) -> int. The fine-tune
+# sub-commands are the registry's (backend.methods.registry).
 EXTERNAL = {"sweep": "backend.runs.sweep", "report": "backend.reports.cli"}
 BENCHES = ("world", "deepcache", "quant", "lcm", "deploy")
 
@@ -66,9 +68,10 @@ class LazyBar:
 def cmd_generate(args) -> int:
     from PIL import Image
 
-    from backend.runs.build import build_pipeline, generate
-    from backend.runs.paths import check_out_file
-    from backend.runs.variant import Variant
+    from backend.paths import check_out_file
+    from backend.runs.build import build_pipeline
+    from backend.sampling import generate
+    from backend.variant import Variant
 
     variant = Variant.parse(args.variant)
     if not args.prompt.strip():
@@ -88,20 +91,20 @@ def cmd_generate(args) -> int:
     except BaseException:  # a full disk or a kill: no half-written image left behind
         tmp.unlink(missing_ok=True)
         raise
+    meta = pipeline_info(pipe)
     info = {"out": str(out), "prompt": args.prompt, "seed": args.seed, "latency_s": seconds,
-            "family": pipe.speedlab_family, "variant": variant.to_dict()}
-    kernels = getattr(pipe, "speedlab_kernels", None)
-    if kernels:
-        info["kernels"] = kernels
-    print(json.dumps(info) if args.json else f"wrote {out} in {seconds:.2f} s ({pipe.speedlab_family})"
-          + (f" ({kernels})" if kernels else ""))
+            "family": meta.family, "variant": variant.to_dict()}
+    if meta.kernels:
+        info["kernels"] = meta.kernels
+    print(json.dumps(info) if args.json else f"wrote {out} in {seconds:.2f} s ({meta.family})"
+          + (f" ({meta.kernels})" if meta.kernels else ""))
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from backend.captions import read_prompts
     from backend.runs.runner import evaluate_variant
-    from backend.runs.variant import Variant
+    from backend.variant import Variant
 
     variant = Variant.parse(args.variant)
     baseline = Variant.parse(args.baseline) if args.baseline else None
@@ -118,6 +121,24 @@ def cmd_evaluate(args) -> int:
             if isinstance(value, dict) and "verdict" in value:
                 value = f"{value['delta']:+.4g}: {value['verdict']}"
             print(f"{key:>22}: {value}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from backend.variant import Variant
+
+    schema = Variant.schema()
+    if args.json:
+        print(json.dumps(jsonable(schema)))
+        return 0
+    print("Variant keys: " + ", ".join(f"{k} (default {v!r})" for k, v in schema["keys"].items()))
+    for section, entry in schema["sections"].items():
+        print(f"\n{section}: {entry['title']}")
+        for p in entry["params"]:
+            bounds = "" if p.get("minimum") is None and p.get("maximum") is None else \
+                f" [{p.get('minimum')}, {p.get('maximum')}]"
+            choices = f" one of {', '.join(map(str, p['choices']))}" if p.get("choices") else ""
+            print(f"  {p['name']} ({p['type']}, default {p['default']!r}{bounds}{choices}): {p.get('help', '')}")
     return 0
 
 
@@ -156,8 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "pickled (.bin), with torch weights_only=True (default: safetensors only)")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    variant_help = (f"Variant as JSON text or a JSON file path; method sections: {', '.join(registry.sections())} "
+                    "(`python -m backend schema` lists every key)")
     p = sub.add_parser("generate", help="one image for a prompt and seed")
-    p.add_argument("--variant", required=True, help="Variant as JSON text or a JSON file path")
+    p.add_argument("--variant", required=True, help=variant_help)
     p.add_argument("--prompt", required=True)
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", required=True, help="output image (.png/.jpg)")
@@ -165,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("evaluate", help="quality and cost of a variant on a Shapes prompt set")
-    p.add_argument("--variant", required=True, help="Variant as JSON text or a JSON file path")
+    p.add_argument("--variant", required=True, help=variant_help)
     p.add_argument("--baseline", help="baseline Variant for psnr/ssim_vs_baseline and speedup")
     p.add_argument("--n", type=int, default=200, help="number of prompts (default 200)")
     p.add_argument("--set", default=DEFAULT_SET, choices=PROMPT_SETS,
@@ -180,10 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("finetune", help="fine-tune a student: efficientdm | lcd")
+    p = sub.add_parser("schema", help="every Variant key and method parameter, with defaults and bounds")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=cmd_schema)
+
+    clis = {ft.kind: (m, ft.cli) for m, ft in registry.finetunes().values() if ft.cli}
+    p = sub.add_parser("finetune", help=f"fine-tune a student: {' | '.join(clis)}")
     fsub = p.add_subparsers(dest="method", required=True)
-    for name, module_name in FINETUNE.items():
-        _add_external(fsub, name, module_name, f"{name} fine-tuning")
+    for name, (method, module_name) in clis.items():
+        _add_external(fsub, name, module_name, f"{name} fine-tuning (makes a {method.section!r} checkpoint)")
 
     for name, module_name in EXTERNAL.items():
         _add_external(sub, name, module_name, name)

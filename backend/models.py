@@ -15,6 +15,8 @@ from safetensors import SafetensorError
 from transformers import CLIPTextConfig, CLIPTextModel
 from transformers.utils import logging as transformers_logging
 
+from backend.metadata import PipelineInfo, pipeline_info, set_pipeline_info
+
 diffusers_logging.set_verbosity_error()
 diffusers_logging.disable_progress_bar()
 transformers_logging.set_verbosity_error()
@@ -65,12 +67,12 @@ def _check_no_pickle_only(path: Path) -> None:
 
 def model_defaults(pipe: DiffusionPipeline) -> dict:
     """Default steps / guidance / size a model ships (speedlab.json in its folder), else SD's."""
-    return getattr(pipe, "speedlab_defaults", {"steps": 50, "guidance": 7.5})
+    return pipeline_info(pipe).defaults
 
 
 def is_random_weights(pipe: DiffusionPipeline) -> bool:
     """True for the random-weight architectures (speed only: quality metrics refuse them)."""
-    return getattr(pipe, "speedlab_source", "") in RANDOM_ARCHS
+    return pipeline_info(pipe).source in RANDOM_ARCHS
 
 
 def check_source(source: str) -> None:
@@ -122,7 +124,7 @@ def model_family(pipe: DiffusionPipeline) -> str:
 def has_shapes_judge(pipe: DiffusionPipeline) -> bool:
     """True for models that speak the Shapes world's vocabulary (shapes-sd, tiny-arch): the Shapes judge, FD-Shapes
     and the reward can score them. Any other model is scored against the baseline (PSNR/SSIM) and by scorers."""
-    if getattr(pipe, "speedlab_source", "") in ("shapes", "tiny-arch"):
+    if pipeline_info(pipe).source in ("shapes", "tiny-arch"):
         return True
     try:
         from backend.world.architecture import vocabulary
@@ -148,8 +150,7 @@ def load_pipeline(source: str = "shapes", device: str = "cpu", dtype: str = "flo
     base = _load_cached(source, device, dtype, config, allow_pickle)
     pipe = _direct_device_class(type(base))(**base.components)
     pipe.scheduler = type(base.scheduler).from_config(base.scheduler.config)
-    pipe.speedlab_source, pipe.speedlab_defaults = base.speedlab_source, base.speedlab_defaults
-    pipe.speedlab_family = base.speedlab_family
+    set_pipeline_info(pipe, pipeline_info(base))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -208,7 +209,7 @@ def _load_cached(source: str, device: str, dtype: str, config: str | None = None
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval().requires_grad_(False)
-    pipe.speedlab_source, pipe.speedlab_defaults, pipe.speedlab_family = source, defaults, family
+    set_pipeline_info(pipe, PipelineInfo(source=source, family=family, defaults=defaults))
     return pipe
 
 

@@ -174,9 +174,7 @@ def test_controls_follow_the_declarations():
 
 
 def test_presets_cover_every_kind():
-    from backend.runs.jobs import JOB_KINDS
-
-    for kind in JOB_KINDS:
+    for kind in knobs.finetune_kinds():
         for name in knobs.PRESET_NAMES:
             values = knobs.preset(kind, name)
             assert set(values) == {p["name"] for p in knobs.job_params(kind)}

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from backend.core import JobControl
 from backend.methods.consistency import (
     ConsistencyConfig,
     DistillConfig,
@@ -19,7 +20,6 @@ from backend.methods.consistency import (
 )
 from backend.methods.consistency.distill import distill, latest_state, work_dir_for
 from backend.models import load_pipeline
-from backend.runs.jobs import JobControl
 
 PROMPT = ["a small red circle in the center"]
 
@@ -73,8 +73,9 @@ def test_lora_loads_with_stock_sd_pipeline_offline(lora_ckpt, tmp_path, monkeypa
 def test_variant_with_consistency_section(full_ckpt, lora_ckpt):
     from diffusers import LCMScheduler
 
-    from backend.runs.build import build_pipeline, generate
-    from backend.runs.variant import Variant
+    from backend.runs.build import build_pipeline
+    from backend.sampling import generate
+    from backend.variant import Variant
 
     base = load_pipeline("tiny-arch")
     before = {k: v.clone() for k, v in base.unet.state_dict().items()}
@@ -114,8 +115,9 @@ def test_cancel_then_resume(tmp_path):
 
 
 def test_steps_above_the_distilled_limit(full_ckpt):
-    from backend.runs.build import build_pipeline, generate
-    from backend.runs.variant import Variant
+    from backend.runs.build import build_pipeline
+    from backend.sampling import generate
+    from backend.variant import Variant
 
     meta = read_meta(full_ckpt)
     check_steps(meta, 8)

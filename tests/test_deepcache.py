@@ -298,8 +298,9 @@ def test_unet2dmodel_pipeline():
 
 def test_variant_section_builds_and_generates():
     from backend.models import load_pipeline
-    from backend.runs.build import build_pipeline, generate
-    from backend.runs.variant import Variant
+    from backend.runs.build import build_pipeline
+    from backend.sampling import generate
+    from backend.variant import Variant
 
     v = Variant.from_dict({"model": "tiny-arch", "steps": 6, "deepcache": {"interval": 3, "branch": 0,
                                                                             "schedule": "uniform"}})
@@ -349,7 +350,7 @@ def test_bad_input(pipe):
         transformer = torch.nn.Linear(1, 1)
     with pytest.raises(ValueError, match="transformer"):
         apply(DiTPipe(), {"interval": 3})
-    from backend.runs.variant import Variant, VariantError
+    from backend.variant import Variant, VariantError
 
     with pytest.raises(VariantError, match="deepcache.interval"):
         Variant.from_dict({"model": "tiny-arch", "deepcache": {"interval": 0}})
@@ -359,8 +360,9 @@ def test_bad_input(pipe):
 
 @pytest.mark.slow
 def test_shapes_sd(shapes_available):
-    from backend.runs.build import build_pipeline, generate
-    from backend.runs.variant import Variant
+    from backend.runs.build import build_pipeline
+    from backend.sampling import generate
+    from backend.variant import Variant
 
     base_v = Variant.from_dict({"model": "shapes", "steps": 10})
     base = generate(build_pipeline(base_v), base_v, ["a red circle"], [0])

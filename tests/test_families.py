@@ -28,8 +28,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from backend.__main__ import main
 from backend.models import ModelError, load_pipeline, model_family
-from backend.runs.build import build_pipeline, generate
-from backend.runs.variant import Variant
+from backend.runs.build import build_pipeline
+from backend.sampling import generate
+from backend.variant import Variant
 
 FAMILIES = {"sd1": "sd1", "sd2": "sd2", "sdxl": "sdxl", "two-level": "unet"}
 WORDS = ("a an the of on in with and at by photo painting dog cat car house tree street city red blue green old small "

@@ -91,11 +91,11 @@ def test_sweep_killed_then_resumed(tmp_path, capsys):
 
 
 def test_efficientdm_killed_then_resumed(tmp_path):
+    from backend.core import JobControl
     from backend.methods.quant.checkpoint import read_meta
     from backend.methods.quant.config import FinetuneConfig
     from backend.methods.quant.train import finetune
     from backend.models import load_pipeline
-    from backend.runs.jobs import JobControl
 
     out, prompts = tmp_path / "ckpt", tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")  # one prompt: calibration samples one trajectory
@@ -122,10 +122,10 @@ def test_efficientdm_killed_then_resumed(tmp_path):
 
 def test_lcd_killed_then_resumed(tmp_path):
     from backend.__main__ import build_parser
+    from backend.core import JobControl
     from backend.methods.consistency.cli import config_from_args
     from backend.methods.consistency.distill import distill, latest_state, read_state_meta, work_dir_for
     from backend.models import load_pipeline
-    from backend.runs.jobs import JobControl
 
     out = tmp_path / "student"
     argv = ["finetune", "lcd", "--variant", TINY, "--out", str(out), "--batch-size", "2", "--num-ddim-timesteps", "4"]

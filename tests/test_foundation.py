@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.runs.variant import Variant, VariantError
+from backend.variant import Variant, VariantError
 from backend.world.prompts import PROMPT_SETS, parse_caption, prompt_set
 from backend.world.shapes import HELD_OUT_PAIRS, random_scene, sample_batch
 
@@ -67,7 +67,7 @@ def test_variant_round_trip(tmp_path):
 
 
 def test_tiny_generation_size_and_seed(tiny_pipe):
-    from backend.runs.build import generate
+    from backend.sampling import generate
 
     v = Variant.from_dict({"model": "tiny-arch", "steps": 4})
     a = generate(tiny_pipe, v, ["a red circle", "a blue square"], [1, 2])
@@ -102,7 +102,7 @@ def test_stochastic_sampler_noise_follows_the_seed(tiny_pipe):
     """Multi-step LCM re-noises between steps: that noise must come from the image's seed too."""
     from diffusers import LCMScheduler
 
-    from backend.runs.build import generate
+    from backend.sampling import generate
 
     tiny_pipe.scheduler = LCMScheduler.from_config(tiny_pipe.scheduler.config)
     v = Variant.from_dict({"model": "tiny-arch", "scheduler": "lcm", "steps": 4})

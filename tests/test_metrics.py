@@ -110,8 +110,8 @@ def test_clip_score_reports_unavailable_offline():
 
 
 def test_cost_counters(tiny_pipe):
-    from backend.runs.build import generate
-    from backend.runs.variant import Variant
+    from backend.sampling import generate
+    from backend.variant import Variant
 
     v = Variant.from_dict({"model": "tiny-arch", "steps": 3, "guidance": 5.0})
     with cost.UnetCallCounter(tiny_pipe.unet) as counter:

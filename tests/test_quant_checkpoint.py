@@ -10,8 +10,9 @@ import torch
 from backend.methods.quant import FinetuneConfig, QuantConfig, apply
 from backend.methods.quant.checkpoint import MODEL_FILE, CheckpointError, load_checkpoint, save_checkpoint
 from backend.methods.quant.train import finetune
-from backend.runs.build import build_pipeline, generate
-from backend.runs.variant import Variant, VariantError
+from backend.runs.build import build_pipeline
+from backend.sampling import generate
+from backend.variant import Variant, VariantError
 
 CALIB = {"calib_prompts": 2, "calib_steps": 2, "calib_samples": 2}
 PROMPTS = ["a small red circle in the center", "a large blue square at the top left"]

@@ -31,7 +31,7 @@ def test_cost_bench_refuses_a_model_without_quantizable_layers(tiny_pipe):
 
 def test_grid_on_tiny_arch_gives_paired_rows_with_intervals_and_a_heat_map(tmp_path):
     from backend.bench.quant_grid import run_grid, write_html
-    from backend.runs.runner import eval_prompts
+    from backend.world.prompts import eval_prompts
 
     prompts = eval_prompts("hard", 4)
     rows = run_grid("tiny-arch", prompts, [0, 1, 2, 3], [(4, 8, "paper"), (2, 3, "all-same")], steps=2)

@@ -17,8 +17,9 @@ from backend.methods.quant.kernels import Int8Layer, realize, resident_weight_mb
 from backend.methods.quant.layers import QuantLayer, TimestepIndex
 from backend.methods.quant.model import get_state
 from backend.metrics.quality import psnr_ssim
-from backend.runs.build import build_pipeline, generate
-from backend.runs.variant import Variant
+from backend.runs.build import build_pipeline
+from backend.sampling import generate
+from backend.variant import Variant
 
 pytestmark = pytest.mark.skipif(bool(unavailable_reason("cpu")), reason=unavailable_reason("cpu") or "ok")
 CALIB = {"calib_prompts": 2, "calib_steps": 3, "calib_samples": 4}

@@ -6,11 +6,11 @@ import threading
 import pytest
 import torch
 
+from backend.core import JobControl
 from backend.methods.quant import FinetuneConfig, QuantConfig, apply, ptq
 from backend.methods.quant.calibrate import cfg_eps, ddim_scheduler, encode, latent_shape
 from backend.methods.quant.model import get_state
 from backend.methods.quant.train import finetune
-from backend.runs.jobs import JobControl
 
 CALIB = {"calib_prompts": 2, "calib_steps": 3, "calib_samples": 4}
 PROMPTS = ["a small red circle in the center", "a large blue square at the top left"]

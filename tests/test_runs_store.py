@@ -152,7 +152,7 @@ def test_jobs(tmp_path):
         with pytest.raises(StoreError):
             s.job("nope")
         assert [x["id"] for x in s.jobs(status="running")] == [job]
-        from backend.runs.jobs import JobControl
+        from backend.core import JobControl
 
         JobControl(on_progress=s.job_reporter(job)).report(step=7, total=10)
         assert s.job(job)["progress"]["step"] == 7 and "elapsed_s" in s.job(job)["progress"]

@@ -111,9 +111,10 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
     from backend.methods.deepcache.cost import unet_macs
     from backend.metrics.cost import peak_memory_mb
     from backend.metrics.paired import median_interval
-    from backend.runs.build import build_pipeline, generate, resolved_size
-    from backend.runs.runner import eval_prompts
-    from backend.runs.variant import Variant
+    from backend.runs.build import build_pipeline
+    from backend.sampling import generate, resolved_size
+    from backend.variant import Variant
+    from backend.world.prompts import eval_prompts
 
     base = {"model": model, "scheduler": "ddim", "steps": steps, "device": args.device, "dtype": args.dtype}
     if size:
@@ -196,8 +197,9 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
 def _quality(model: str, steps: int, names: list[str], args) -> dict[str, dict]:
     """Quality metrics of every configuration (images of --n prompts) against the same-seed baseline."""
     from backend.captions import general_captions
-    from backend.runs.runner import add_quality, eval_prompts, run_variant
-    from backend.runs.variant import Variant
+    from backend.runs.runner import add_quality, run_variant
+    from backend.variant import Variant
+    from backend.world.prompts import eval_prompts
 
     judge_absent = None
     if model == "shapes":

@@ -29,6 +29,9 @@ from pathlib import Path
 
 import torch
 
+from backend.metadata import pipeline_info
+from backend.models import model_defaults
+
 MODELS = ("shapes", "sd15-arch")
 BITS = {"W8A8": (8, 8), "W4A8": (4, 8)}
 
@@ -60,11 +63,12 @@ def _choice(text: str, allowed, flag: str) -> list[str]:
 def _measure(pipes: dict, variants: dict, prompts: list[str], seeds: list[int], args) -> dict[str, dict]:
     """U-Net forward and end-to-end times (interleaved), RSS growth and images of every pipeline."""
     from backend.metrics.cost import peak_memory_mb, timed_rounds
-    from backend.runs.build import generate
+    from backend.sampling import generate
 
     ref = next(iter(pipes.values()))
     v0 = next(iter(variants.values()))
-    h, w = v0.height or ref.speedlab_defaults.get("height", 64), v0.width or ref.speedlab_defaults.get("width", 64)
+    defaults = model_defaults(ref)
+    h, w = v0.height or defaults.get("height", 64), v0.width or defaults.get("width", 64)
     f = ref.vae_scale_factor
     x = torch.randn(2, ref.unet.config.in_channels, h // f, w // f, generator=torch.Generator().manual_seed(args.seed))
     ids = ref.tokenizer(prompts[:1] * 2, padding="max_length", max_length=ref.tokenizer.model_max_length,
@@ -114,8 +118,8 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
     from backend.metrics.quality import psnr_ssim
     from backend.models import load_pipeline
     from backend.runs.build import build_pipeline
-    from backend.runs.runner import eval_prompts
-    from backend.runs.variant import Variant
+    from backend.variant import Variant
+    from backend.world.prompts import eval_prompts
 
     base = {"model": model, "scheduler": "ddim", "name": "fp32"}
     if model == "sd15-arch":
@@ -158,7 +162,7 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
                     continue
                 unet, e2e = m[name]["unet"], m[name]["e2e"]
                 row = {"model": model, "config": name, "size": m[name]["size"][0],
-                       "steps": variants[name].steps or pipes[name].speedlab_defaults.get("steps"),
+                       "steps": variants[name].steps or model_defaults(pipes[name]).get("steps"),
                        "unet_ms": 1000 * unet["latency_s"], "unet_speedup": unet["speedup"],
                        "unet_speedup_ci": unet["speedup_ci"], "latency_s": e2e["latency_s"],
                        "latency_ci": e2e["latency_ci"], "speedup": e2e["speedup"], "speedup_ci": e2e["speedup_ci"],
@@ -167,7 +171,7 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
                        "load_peak_mb": load_mb[name],
                        "weights_mb": resident_weight_mb(pipes[name].unet),
                        "disk_mb": model_size_mb(fp_pipe.unet) if name == "fp32" else checkpoint_size_mb(ckpt),
-                       "kernels": getattr(pipes[name], "speedlab_kernels", "fp32"), "isa": isa_name}
+                       "kernels": pipeline_info(pipes[name]).kernels or "fp32", "isa": isa_name}
                 row["weights_vs_fp32"] = row["weights_mb"] / fp_weights
                 if name != "fp32":
                     row["psnr_vs_fp32"] = psnr_ssim(m[name]["images"], m["fp32"]["images"])[0]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.metadata import CONSISTENCY_META_FILE
 from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
 
 # Every student: a 20-point DDIM solver grid (skipping step k = 50), which within the 20-minute budget gave
@@ -72,12 +73,12 @@ def train_student(name: str, args, folder: Path) -> dict:
     """Train one student into ``folder`` unless it is there; its metadata (with train_minutes)."""
     from tqdm import tqdm
 
+    from backend.core import JobControl
     from backend.methods.consistency import DistillConfig, read_meta
     from backend.methods.consistency.distill import distill
     from backend.models import load_pipeline
-    from backend.runs.jobs import JobControl
 
-    if not (folder / "speedlab_consistency.json").is_file():
+    if not (folder / CONSISTENCY_META_FILE).is_file():
         settings = {**COMMON, "minutes": args.minutes, "beta": args.beta, **STUDENTS[name]}
         cfg = DistillConfig.from_dict(settings)
         bar = tqdm(total=int(args.minutes * 60), unit="s", desc=f"train {name}", file=sys.stderr)
@@ -96,9 +97,11 @@ def train_student(name: str, args, folder: Path) -> dict:
 
 def run(args) -> list[dict]:
     from backend.metrics.cost import timed_rounds
-    from backend.runs.build import build_pipeline, generate
-    from backend.runs.runner import add_quality, eval_prompts, run_variant
-    from backend.runs.variant import Variant
+    from backend.runs.build import build_pipeline
+    from backend.runs.runner import add_quality, run_variant
+    from backend.sampling import generate
+    from backend.variant import Variant
+    from backend.world.prompts import eval_prompts
 
     steps = step_list(args.steps) if isinstance(args.steps, str) else args.steps
     names = [s.strip() for s in str(args.students).split(",") if s.strip()]

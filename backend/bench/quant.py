@@ -150,16 +150,17 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def run_compare(args: argparse.Namespace) -> list[dict]:
     """FP, PTQ and EfficientDM per bit-width, then full QAT vs EfficientDM time-to-quality (the default mode)."""
+    from backend.core import JobControl
     from backend.methods.quant import FinetuneConfig
     from backend.methods.quant.checkpoint import checkpoint_size_mb
     from backend.methods.quant.train import finetune
     from backend.metrics import cost, quality
     from backend.metrics.scorers import judge_absent_reason
     from backend.models import is_random_weights, load_pipeline
-    from backend.runs.build import generate
-    from backend.runs.jobs import JobControl
-    from backend.runs.runner import add_quality, eval_prompts, run_variant
-    from backend.runs.variant import Variant
+    from backend.runs.runner import add_quality, run_variant
+    from backend.sampling import generate
+    from backend.variant import Variant
+    from backend.world.prompts import eval_prompts
 
     args.model = args.model or "shapes"
     bits = _bits(args.bits)

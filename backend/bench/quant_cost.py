@@ -16,6 +16,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from backend.metadata import pipeline_info
+
 REPRODUCES = ("the per-iteration part of the paper's 16.2x: trainable parameters, optimizer state, peak memory "
               "and seconds per iteration at the same batch and resolution")
 NOT_REPRODUCED = ("the iterations each method needs to reach quality on LDM-4 ImageNet (QAT 54.5 GPU-h vs "
@@ -121,7 +123,7 @@ def measure_cost(pipe, weight_bits: int = 4, act_bits: int = 4, lora_rank: int =
     for method, step in steps.items():  # the first step allocates gradients and optimizer state: its peak counts
         rows[method]["peak_mem_mb"] = cost.peak_memory_mb(step, device)
     timing = cost.timed_rounds(steps, repeats=repeats, warmup=0, device=device, baseline="qat")
-    common = {"model": f"{model or pipe.speedlab_source} (cost)", "bits": f"W{weight_bits}A{act_bits}",
+    common = {"model": f"{model or pipeline_info(pipe).source} (cost)", "bits": f"W{weight_bits}A{act_bits}",
               "batch": batch, "resolution": size, "device": device}
     out = []
     for method in steps:

@@ -91,7 +91,7 @@ def run_grid(model: str, prompts: list[str], seeds: list[int], grid: list[tuple[
     from backend.metrics import quality
     from backend.models import is_random_weights, load_pipeline
     from backend.runs.runner import run_variant
-    from backend.runs.variant import Variant
+    from backend.variant import Variant
 
     if efficientdm_minutes < 0:
         raise ValueError(f"--efficientdm-minutes {efficientdm_minutes} is out of range; allowed: ≥ 0")
@@ -149,7 +149,7 @@ def _efficientdm_row(base_pipe, fp_variant, quant, policy: str, ptq_row: dict, m
     from backend.methods.quant import FinetuneConfig
     from backend.methods.quant.checkpoint import checkpoint_size_mb
     from backend.methods.quant.train import finetune
-    from backend.runs.variant import Variant
+    from backend.variant import Variant
 
     w, a = quant.weight_bits, quant.act_bits
     out = work / f"grid-efficientdm-w{w}a{a}-{policy}"
@@ -173,7 +173,8 @@ def _efficientdm_row(base_pipe, fp_variant, quant, policy: str, ptq_row: dict, m
 
 def run(args: argparse.Namespace) -> list[dict]:
     from backend.bench.docs import device_label
-    from backend.runs.runner import environment, eval_prompts
+    from backend.runs.runner import environment
+    from backend.world.prompts import eval_prompts
 
     grid = settings(parse_bits(args.weights, "--weights"), parse_bits(args.acts, "--acts"),
                     parse_policies(args.policies))

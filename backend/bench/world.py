@@ -10,9 +10,10 @@ import torch
 
 from backend.metrics import quality
 from backend.models import load_pipeline
-from backend.runs.build import build_pipeline, generate
-from backend.runs.runner import eval_prompts
-from backend.runs.variant import Variant
+from backend.runs.build import build_pipeline
+from backend.sampling import generate
+from backend.variant import Variant
+from backend.world.prompts import eval_prompts
 from backend.world.shapes import COLORS, POSITIONS, SHAPES, Scene, ShapeObject, render, to_tensor_range
 from backend.world.train import evaluator_accuracy, vae_psnr, vae_round_trip
 

@@ -50,6 +50,10 @@ class MethodConfig:
     def validate(self) -> None:
         """Cross-field checks; override in a method config."""
 
+    def check_variant(self, variant: Any) -> None:
+        """Checks against the rest of its Variant (scheduler, steps, other sections); ValueError naming the clash.
+        Override in a method config."""
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from scipy import linalg
 
+from backend.metadata import pipeline_info
 from backend.world.evaluators import Judge, RewardNet, scene_targets
 from backend.world.prompts import parse_caption
 from backend.world.shapes import IMAGE_SIZE, N_CELLS, Scene, render
@@ -53,8 +54,8 @@ def require_quality_model(pipe) -> None:
     from backend.models import is_random_weights
 
     if is_random_weights(pipe):
-        raise QualityUnavailable(f"model {pipe.speedlab_source!r} has random weights: it is for speed measurements "
-                                 "only, quality metrics are refused")
+        raise QualityUnavailable(f"model {pipeline_info(pipe).source!r} has random weights: it is for speed "
+                                 "measurements only, quality metrics are refused")
 
 
 def _scenes(prompts: list[str]) -> list[Scene]:

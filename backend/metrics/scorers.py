@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from backend.metadata import pipeline_info
 from backend.metrics.quality import QualityUnavailable, paired_quality, psnr_ssim
 
 
@@ -179,6 +180,6 @@ def judge_absent_reason(pipe) -> str | None:
 
     if has_shapes_judge(pipe):
         return None
-    return (f"model {getattr(pipe, 'speedlab_source', '?')!r} is not a Shapes-world model: prompt_accuracy, "
+    return (f"model {pipeline_info(pipe).source or '?'!r} is not a Shapes-world model: prompt_accuracy, "
             "attr_accuracy, fd_shapes and reward are absent (the Shapes judge only reads Shapes images); quality is "
             "measured against the same-seed baseline (psnr/ssim) and by the available scorers")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from backend.paths import check_out_file
 from backend.reports import plots
-from backend.runs.paths import check_out_file
 from backend.runs.store import Store, StoreError, open_run
 
 MAX_GRID_PROMPTS = 32

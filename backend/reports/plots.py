@@ -14,6 +14,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from backend.methods import registry
+
 # metric -> (label, higher is better)
 QUALITY_METRICS = {
     "prompt_accuracy": ("prompt accuracy", True),
@@ -39,7 +41,6 @@ TABLE_COLUMNS = ["latency_s", "latency_p90_s", "speedup", "speedup_ci.lo", "spee
                  "prompt_accuracy_delta.ci.lo", "prompt_accuracy_delta.ci.hi", "kid_shapes", "kid_shapes_floor",
                  "reward", "psnr_vs_baseline", "ssim_vs_baseline", "clip_score", "unet_evals", "macs_per_image",
                  "peak_mem_mb", "model_size_mb"]
-FAMILY_KNOB = {"DeepCache": "DeepCache interval N", "quant": "weight bits", "LCM": "steps", "steps": "steps"}
 
 
 def _num(value) -> float:
@@ -52,27 +53,26 @@ def _num(value) -> float:
 
 def family(config: dict, baseline: dict | None = None) -> tuple[str, str, float]:
     """(family, line label, knob value) for the per-method curves; family "stack" for combinations."""
-    on = [s for s in ("deepcache", "quant", "consistency") if config.get(s)]
+    on = [m for m in registry.methods() if config.get(m.section)]
     if not on:
         if baseline is not None and config.get("steps") != baseline.get("steps"):
             sched = config.get("scheduler") or "default"
             return "steps", f"steps ({sched})", float(config.get("steps", math.nan))
         return "base", "base", math.nan
     if len(on) > 1:
-        return "stack", "+".join(on), math.nan
-    section = on[0]
-    cfg = config[section]
-    if section == "deepcache":
-        label = f"DeepCache N (branch {cfg.get('branch', 0)}, {cfg.get('schedule', 'uniform')})" \
-            if isinstance(cfg.get("schedule", "uniform"), str) else "DeepCache N (explicit)"
-        return "DeepCache", label, float(cfg.get("interval", 3))
-    if section == "quant":
-        if cfg.get("checkpoint"):
-            return "quant", f"quant checkpoint ({cfg.get('method', 'ptq')})", float(cfg.get("weight_bits", 8))
-        return "quant", f"{cfg.get('method', 'ptq').upper()} bits (A{cfg.get('act_bits', 8)})", \
-            float(cfg.get("weight_bits", 8))
-    name = str(cfg.get("checkpoint", "")).rstrip("/").split("/")[-1] or "student"
-    return "LCM", f"LCM steps ({name})", float(config.get("steps", math.nan))
+        return "stack", "+".join(m.section for m in on), math.nan
+    method = on[0]
+    cfg = config[method.section]
+    label = registry.resolve(method.curve_label)(cfg) if method.curve_label else method.curve
+    declared = {p["name"]: p["default"] for p in method.config_class().describe()}
+    knob = cfg.get(method.curve_knob, declared[method.curve_knob]) if method.curve_knob in declared \
+        else config.get(method.curve_knob, math.nan)
+    return method.curve, label, _num(knob)
+
+
+def curve_axes() -> dict[str, str]:
+    """Each family of per-method curves -> its x-axis title."""
+    return {"steps": "steps", **{m.curve: m.curve_axis for m in registry.methods() if m.curve}}
 
 
 def _flatten(prefix: str, value, out: dict) -> None:
@@ -187,7 +187,8 @@ def fig_pareto_all(df: pd.DataFrame) -> go.Figure:
 
 def fig_method_curves(df: pd.DataFrame, metric: str = "speedup") -> go.Figure | None:
     """Per-method curves: one line per family (DeepCache N, bit-widths, LCM steps) of ``metric`` vs the knob."""
-    d = df[df["family"].isin(list(FAMILY_KNOB)) & np.isfinite(df["knob"].astype(float))]
+    axes = curve_axes()
+    d = df[df["family"].isin(list(axes)) & np.isfinite(df["knob"].astype(float))]
     d = d[np.isfinite(d[metric].astype(float))]
     if d.empty:
         return None
@@ -198,7 +199,7 @@ def fig_method_curves(df: pd.DataFrame, metric: str = "speedup") -> go.Figure | 
             part = part.sort_values("knob")
             fig.add_trace(go.Scatter(x=part["knob"], y=part[metric], mode="lines+markers", name=line,
                                      hovertext=list(part["variant"])), row=1, col=k + 1)
-        fig.update_xaxes(title_text=FAMILY_KNOB[fam], row=1, col=k + 1)
+        fig.update_xaxes(title_text=axes[fam], row=1, col=k + 1)
     label = {**QUALITY_METRICS, **COST_METRICS}.get(metric, (metric,))[0]
     fig.update_yaxes(title_text=label, row=1, col=1)
     fig.update_layout(title=f"Per-method curves: {label}", height=380, margin={"t": 70, "l": 60, "r": 20, "b": 50})

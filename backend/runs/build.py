@@ -1,41 +1,16 @@
-"""Turn a Variant into a ready pipeline (methods applied) and generate seeded images with it."""
+"""Turn a Variant into a ready pipeline: its model, scheduler and methods, applied in the registry's order."""
 
 from __future__ import annotations
 
 import copy
-import importlib
-from collections.abc import Callable
 
-import numpy as np
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    LCMScheduler,
-    PNDMScheduler,
-)
+from diffusers import DiffusionPipeline
 
-from backend.models import load_pipeline, model_defaults
-from backend.runs.variant import Variant, VariantError
-
-SCHEDULER_CLASSES = {
-    "ddim": DDIMScheduler,
-    "pndm": PNDMScheduler,
-    "dpm++": DPMSolverMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-    "lcm": LCMScheduler,
-}
-# Applied in this order: a consistency student replaces weights, quantization wraps layers,
-# DeepCache hooks the (possibly quantized) U-Net from outside.
-METHOD_ORDER = ("consistency", "quant", "deepcache")
-
-
-def load_model(variant: Variant) -> DiffusionPipeline:
-    """The variant's model (no scheduler change, no methods): a fresh pipeline sharing the cached weights."""
-    return load_pipeline(variant.model, variant.device, variant.dtype, variant.model_config,
-                         bool(variant.allow_pickle))
+from backend.metadata import pipeline_info
+from backend.methods import registry
+from backend.sampling import load_model
+from backend.variant import SCHEDULER_CLASSES, Variant
 
 
 def shared_weights_unet(unet: torch.nn.Module) -> torch.nn.Module:
@@ -52,66 +27,26 @@ def shared_weights_unet(unet: torch.nn.Module) -> torch.nn.Module:
     return view.eval().requires_grad_(False)
 
 
+def private_unet(unet: torch.nn.Module, first: registry.Method, config) -> torch.nn.Module:
+    """The U-Net the methods may change, chosen by the first method applied: a deep copy when it writes weights,
+    the method's own private copy, or a shared-weights view when it only hooks; the cached base stays clean."""
+    if first.unet_access == "copy":
+        return copy.deepcopy(unet)
+    if first.unet_access == "own":
+        return registry.resolve(first.private_unet)(unet, config)
+    return shared_weights_unet(unet)
+
+
 def build_pipeline(variant: Variant) -> DiffusionPipeline:
     """A pipeline for the variant: its model, scheduler and methods; the base weights stay untouched."""
     pipe = load_model(variant)
     if variant.scheduler:
         pipe.scheduler = SCHEDULER_CLASSES[variant.scheduler].from_config(pipe.scheduler.config)
-    configs = {s: variant.method(s) for s in METHOD_ORDER}
-    if configs["quant"] is not None and configs["consistency"] is None:  # may skip copying quantized weights
-        pipe.unet = importlib.import_module("backend.methods.quant").private_unet(pipe.unet, configs["quant"])
-    elif configs["consistency"] is not None:
-        pipe.unet = copy.deepcopy(pipe.unet)  # a fused LCM-LoRA writes weights; keep the shared base clean
-    elif configs["deepcache"] is not None:
-        pipe.unet = shared_weights_unet(pipe.unet)  # hooks only: same tensors, bit-identical at interval 1
-    for section in METHOD_ORDER:
-        if configs[section] is not None:
-            importlib.import_module(f"backend.methods.{section}").apply(pipe, configs[section])
-    pipe.speedlab_variant = variant
+    on = [(registry.method(s), variant.method(s)) for s in variant.on()]
+    if on:
+        pipe.unet = private_unet(pipe.unet, *on[0])
+    for method, config in on:
+        method.apply_to(pipe, config)
+    info = pipeline_info(pipe)
+    info.variant, info.applied = variant, tuple(m.section for m, _ in on)
     return pipe
-
-
-def resolved_size(pipe: DiffusionPipeline, variant: Variant) -> tuple[int, int]:
-    """Height and width for the variant; VariantError unless they fit the VAE's downsampling."""
-    defaults = model_defaults(pipe)
-    factor = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    size = []
-    for key in ("height", "width"):
-        value = getattr(variant, key) or defaults.get(key) or native
-        if value % factor:
-            raise VariantError(f"{key}: {value} must be a multiple of {factor} for this model")
-        size.append(value)
-    return size[0], size[1]
-
-
-def generate(
-    pipe: DiffusionPipeline, variant: Variant, prompts: list[str], seeds: list[int],
-    on_step: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """Images (N×H×W×3 float in [0, 1]) for prompts[i] with seeds[i]; same seed, same initial noise."""
-    if len(prompts) != len(seeds):
-        raise ValueError("prompts and seeds must have the same length")
-    for prompt in prompts:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise VariantError(f"prompt {prompt!r} is empty; give a non-empty text prompt")
-    defaults = model_defaults(pipe)
-    height, width = resolved_size(pipe, variant)
-    guidance = variant.guidance if variant.guidance is not None else defaults.get("guidance", 7.5)
-    device = next(pipe.unet.parameters()).device  # not unet.device: that walks every module (ms per call)
-    gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-    shape = (pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-    latents = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, pipe.unet.dtype)
-
-    def callback(p, i, t, kwargs):  # PNDM (PLMS) and others run more U-Net steps than asked: count what runs
-        if on_step is not None:
-            on_step(i + 1, max(variant.steps, len(p.scheduler.timesteps)))
-        return kwargs
-
-    with torch.inference_mode():
-        out = pipe(
-            prompts, num_inference_steps=variant.steps, guidance_scale=guidance, height=height, width=width,
-            latents=latents, output_type="np", callback_on_step_end=callback,
-            generator=gens,  # the same generators go on to draw any sampler noise (LCM, DDIM eta > 0)
-        )
-    return np.asarray(out.images, dtype=np.float32)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from backend.core import jsonable
-from backend.runs.variant import Variant, VariantError
+from backend.metadata import pipeline_info
+from backend.variant import Variant, VariantError
 
 MAX_VARIANTS = 4
 # One device, one generation at a time (the UI's queue serialises too; this covers every other caller).
@@ -96,7 +97,8 @@ def cached_pipeline(variant: Variant):
 
     A new pipeline makes one 1-step call first, so that a column's latency excludes lazy first-call costs.
     """
-    from backend.runs.build import build_pipeline, generate
+    from backend.runs.build import build_pipeline
+    from backend.sampling import generate
 
     key = _cache_key(variant)
     if key in _PIPES:
@@ -160,7 +162,7 @@ def _deepcache_hook(pipe):
 
 def _generate_column(v: Variant, prompt: str, seed: int, step: Callable[[int, int], None]) -> dict:
     from backend.metrics.cost import UnetCallCounter
-    from backend.runs.build import generate
+    from backend.sampling import generate
 
     pipe = cached_pipeline(v)
     with UnetCallCounter(pipe.unet) as counter:
@@ -171,8 +173,8 @@ def _generate_column(v: Variant, prompt: str, seed: int, step: Callable[[int, in
     hook = _deepcache_hook(pipe)
     if hook is not None:  # DeepCache: how many U-Net calls (denoising steps) ran in full / cached
         row["full_steps"], row["cached_steps"] = hook.full_evals, hook.partial_evals
-    if getattr(pipe, "speedlab_kernels", None):  # quantized: which kernels actually ran
-        row["kernels"] = pipe.speedlab_kernels
+    if pipeline_info(pipe).kernels:  # quantized: which kernels actually ran
+        row["kernels"] = pipeline_info(pipe).kernels
     row.update(_judge(v, image, prompt))
     return row
 
@@ -273,7 +275,7 @@ def time_columns(prompt: str, seed: int, variants: list[dict], model: str | None
     interleaved rounds of one image each, speed-up against the first column. One dict per column (latency_s,
     latency_ci, speedup, speedup_ci, timing_noisy, repeats), None for a column that cannot run."""
     from backend.metrics.cost import timed_rounds
-    from backend.runs.build import generate
+    from backend.sampling import generate
 
     check_count(variants)
     fns = {}

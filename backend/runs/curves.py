@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from backend.core import JobControl
 from backend.reports import plots
 from backend.runs.compare import DEVICE_LOCK, stop_inside
-from backend.runs.jobs import JobControl
 from backend.runs.store import Store
 from backend.runs.sweep import parse_spec, run_sweep
 

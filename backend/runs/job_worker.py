@@ -14,8 +14,8 @@ import time
 import traceback
 from pathlib import Path
 
-from backend.core import jsonable
-from backend.runs.jobs import FileFlag, JobCancelled, JobControl
+from backend.core import JobCancelled, JobControl, jsonable
+from backend.runs.jobs import FileFlag
 from backend.runs.store import Store
 
 PROGRESS_EVERY_S = 1.0  # how often the latest progress is written to the store

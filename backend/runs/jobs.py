@@ -1,15 +1,8 @@
-"""Long work (fine-tunes, sweeps) as a job: progress reports, cooperative cancel, a time budget.
-
-A training loop takes a :class:`JobControl`, calls ``job.report(step=..., loss=...)`` every step
-and ``job.check()`` where stopping is safe (it raises :class:`JobCancelled`, after which the
-loop saves a checkpoint and returns). Whoever runs the job (CLI progress bar, UI worker
-process, results store) passes ``on_progress`` and sets ``cancel`` (any object with ``is_set()``:
-a threading or multiprocessing Event).
-"""
+"""The fine-tune job service: jobs run in worker processes, followed through the results store, cancelled by a
+flag file; the training loops see only :class:`backend.core.JobControl`."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -18,66 +11,20 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
-
-class JobCancelled(Exception):
-    """Raised by JobControl.check() once cancel is set."""
-
-
-class _Flag(Protocol):
-    def is_set(self) -> bool: ...
-
-
-@dataclass
-class JobControl:
-    on_progress: Callable[[dict], None] | None = None
-    cancel: _Flag | None = None
-    budget_s: float | None = None
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def elapsed_s(self) -> float:
-        return time.monotonic() - self.started
-
-    def out_of_time(self) -> bool:
-        return self.budget_s is not None and self.elapsed_s >= self.budget_s
-
-    def check(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise JobCancelled("cancelled")
-
-    def report(self, **fields: Any) -> None:
-        """Send progress (step, total, loss, ...) with elapsed seconds and an ETA from the budget or total."""
-        fields.setdefault("elapsed_s", round(self.elapsed_s, 2))
-        if "eta_s" not in fields:
-            if self.budget_s is not None:
-                fields["eta_s"] = round(max(0.0, self.budget_s - self.elapsed_s), 1)
-            elif fields.get("total") and fields.get("step"):
-                fields["eta_s"] = round(self.elapsed_s * (fields["total"] / fields["step"] - 1), 1)
-        if self.on_progress is not None:
-            self.on_progress(fields)
-
+from backend.methods import registry
 
 # ---- the fine-tune job service ----------------------------------------------------------------------------------
 
-JOB_KINDS = {  # kind -> (config class, the Variant section its checkpoint is used in)
-    "efficientdm": ("backend.methods.quant.config:FinetuneConfig", "quant"),
-    "lcd": ("backend.methods.consistency.config:DistillConfig", "consistency"),
-    "rg-lcd": ("backend.methods.consistency.config:DistillConfig", "consistency"),
-}
 ACTIVE = ("queued", "running")  # store statuses of a job whose worker may still be alive
 STARTING = "starting worker"
 
 
-def job_config_class(kind: str):
-    if kind not in JOB_KINDS:
-        raise ValueError(f"fine-tune kind {kind!r} is not allowed; allowed: {', '.join(JOB_KINDS)}")
-    module, _, cls = JOB_KINDS[kind][0].partition(":")
-    return getattr(importlib.import_module(module), cls)
+def job_config_class(kind: str) -> type:
+    """The settings class of a registered fine-tune kind (ValueError naming the allowed kinds)."""
+    return registry.resolve(registry.finetune(kind)[1].config)
 
 
 class FileFlag:
@@ -189,7 +136,7 @@ class JobService:
             d = self.job_dir(job_id)
             d.mkdir(parents=True)
             params = {"model": model, "settings": cfg.to_dict(), "threads": int(threads),
-                      "section": JOB_KINDS[kind][1]}
+                      "section": registry.finetune(kind)[0].section}
             with self._store() as store:
                 store.create_job(kind, params, out_dir=str(d / "checkpoint"), job_id=job_id, status="queued")
                 store.update_job(job_id, progress={"phase": STARTING})
@@ -264,7 +211,7 @@ class JobService:
     def jobs(self) -> list[dict]:
         """Every fine-tune job, newest first."""
         with self._store() as store:
-            ids = [j["id"] for j in store.jobs() if j["kind"] in JOB_KINDS]
+            ids = [j["id"] for j in store.jobs() if j["kind"] in registry.finetunes()]
         return [self.get(i) for i in ids]
 
     def progress(self, job_id: str) -> list[dict]:

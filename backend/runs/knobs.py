@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backend.runs.jobs import JOB_KINDS, job_config_class
-from backend.runs.variant import METHOD_SECTIONS, VariantError, method_config_class
+from backend.methods import registry
+from backend.runs.jobs import job_config_class
+from backend.variant import method_config_class
 
 MODELS = ("shapes", "tiny-arch", "sd15-arch")
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -35,13 +36,25 @@ def method_params(section: str) -> list[dict]:
 
 
 def all_method_params() -> dict[str, list[dict]]:
-    out = {}
-    for section in METHOD_SECTIONS:
-        try:
-            out[section] = method_params(section)
-        except VariantError:  # a method missing from this build: no controls for it
-            continue
-    return out
+    """Every registered method section's UI-visible parameters, in application order."""
+    return {section: method_params(section) for section in registry.sections()}
+
+
+def method_titles() -> dict[str, str]:
+    """Each method section's UI title."""
+    return {m.section: m.title for m in registry.methods()}
+
+
+def finetune_kinds() -> list[str]:
+    """The registered fine-tune kinds (the workbench's Fine-tune tab offers these)."""
+    return list(registry.finetunes())
+
+
+def finetune_forms() -> dict[str, str]:
+    """Fine-tune kind -> the kind whose settings form it uses (kinds with one settings class share a form)."""
+    first: dict[type, str] = {}
+    return {kind: first.setdefault(registry.resolve(ft.config), kind)
+            for kind, (_, ft) in registry.finetunes().items()}
 
 
 def model_defaults_for(model: str) -> dict:
@@ -58,12 +71,11 @@ def job_params(kind: str) -> list[dict]:
 
 def preset(kind: str, name: str) -> dict:
     """Every setting of ``kind`` with the preset's values over the defaults."""
-    if kind not in JOB_KINDS:
-        raise ValueError(f"fine-tune kind {kind!r} is not allowed; allowed: {', '.join(JOB_KINDS)}")
+    registry.finetune(kind)  # ValueError naming the allowed kinds
     if name not in PRESET_NAMES:
         raise ValueError(f"preset {name!r} is not allowed; allowed: {', '.join(PRESET_NAMES)}")
     values = {p["name"]: p["default"] for p in job_params(kind)}
-    values.update(PRESETS[(kind, name)])
+    values.update(PRESETS.get((kind, name), {}))
     return values
 
 

@@ -12,21 +12,15 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
+from backend.metadata import pipeline_info
 from backend.metrics import cost, quality
 from backend.models import RANDOM_ARCHS
-from backend.runs.build import build_pipeline, generate
-from backend.runs.variant import Variant
-from backend.world.prompts import DEFAULT_SET, prompt_set
+from backend.runs.build import build_pipeline
+from backend.sampling import generate
+from backend.variant import Variant
+from backend.world.prompts import DEFAULT_SET, eval_prompts
 
 ProgressFn = Callable[[int, int], None]
-
-
-def eval_prompts(name: str = DEFAULT_SET, n: int = 200) -> list[str]:
-    """n prompts spread evenly over a Shapes prompt set (deterministic)."""
-    scenes = prompt_set(name)
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(scenes):
-        raise ValueError(f"--n {n!r} is out of range; allowed: 1 to {len(scenes)} for prompt set {name!r}")
-    return [scenes[i * len(scenes) // n].caption for i in range(n)]
 
 
 @dataclass
@@ -65,9 +59,10 @@ def run_variant(
         metrics["peak_mem_mb"] = cost.peak_memory_mb(one_image, str(next(pipe.unet.parameters()).device))
     if measure_macs:
         metrics["macs_per_image"] = cost.count_macs(one_image)
-    metrics["model_size_mb"] = getattr(pipe, "speedlab_model_size_mb", None) or cost.model_size_mb(pipe.unet)
-    if getattr(pipe, "speedlab_kernels", None):
-        metrics["kernels"] = pipe.speedlab_kernels
+    info = pipeline_info(pipe)
+    metrics["model_size_mb"] = info.model_size_mb or cost.model_size_mb(pipe.unet)
+    if info.kernels:
+        metrics["kernels"] = info.kernels
     return VariantResult(variant, np.concatenate(chunks), list(prompts), list(seeds), metrics)
 
 
@@ -117,7 +112,7 @@ def evaluate_variant(
     Shapes model, the built-in general captions otherwise), seeds seed..seed+n-1; with a baseline, quality paired
     per prompt and seed and the end-to-end speedup timed in interleaved rounds."""
     from backend.metrics.scorers import judge_absent_reason, require
-    from backend.runs.build import load_model
+    from backend.sampling import load_model
 
     if variant.model in RANDOM_ARCHS:
         raise quality.QualityUnavailable(f"model {variant.model!r} has random weights: it is for speed measurements "

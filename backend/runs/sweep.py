@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from backend.methods import registry
 from backend.methods.params import MAX_SEED
-from backend.runs.variant import METHOD_SECTIONS, Variant, VariantError, read_text_file
+from backend.variant import Variant, VariantError, fields, read_text_file
 
 SPEC_KEYS = ("name", "base", "baseline", "grid", "variants", "prompts", "seed", "seeds", "runner")
 PROMPT_KEYS = ("set", "n")
@@ -131,8 +132,7 @@ def _variant(data: dict, where: str) -> Variant:
 
 
 def _prompts(spec: dict) -> list[str]:
-    from backend.runs.runner import eval_prompts
-    from backend.world.prompts import DEFAULT_SET
+    from backend.world.prompts import DEFAULT_SET, eval_prompts
 
     raw = spec.get("prompts", {"set": DEFAULT_SET, "n": 16})
     if isinstance(raw, list):
@@ -176,14 +176,14 @@ def parse_spec(spec: dict, limit_prompts: int | None = None) -> Sweep:
         raise SpecError(f"variants: expected a list of variant mappings, got {extra!r}")
     if not grid and not extra:
         raise SpecError("empty grid: give grid (dotted variant keys -> lists of values) and/or variants")
-    fields = Variant.__dataclass_fields__
+    keys_allowed = [k for k in (*fields(), *registry.sections()) if k != "name"]
     for key, values in grid.items():
-        if not isinstance(key, str) or key.split(".")[0] not in fields or key.split(".")[0] == "name":
-            allowed = ", ".join(sorted(f for f in fields if f != "name"))
+        if not isinstance(key, str) or key.split(".")[0] not in keys_allowed:
+            allowed = ", ".join(sorted(keys_allowed))
             raise SpecError(f"grid: unknown key {key!r}; allowed: a variant key ({allowed}) or section.knob "
                             f"(e.g. deepcache.interval)")
-        if "." in key and key.split(".")[0] not in METHOD_SECTIONS:
-            raise SpecError(f"grid: {key!r}: only method sections ({', '.join(METHOD_SECTIONS)}) have sub-keys")
+        if "." in key and key.split(".")[0] not in registry.sections():
+            raise SpecError(f"grid: {key!r}: only method sections ({', '.join(registry.sections())}) have sub-keys")
         if not isinstance(values, list):
             raise SpecError(f"grid.{key}: expected a list of values, got {values!r}")
         if not values:
@@ -192,7 +192,7 @@ def parse_spec(spec: dict, limit_prompts: int | None = None) -> Sweep:
     baseline_over = spec.get("baseline", {})
     if not isinstance(baseline_over, dict):
         raise SpecError(f"baseline: expected a variant mapping, got {baseline_over!r}")
-    baseline_data = {k: v for k, v in base.items() if k not in METHOD_SECTIONS}
+    baseline_data = {k: v for k, v in base.items() if k not in registry.sections()}
     baseline_data = _merge(baseline_data, baseline_over)
     baseline_data["name"] = baseline_over.get("name", "baseline")
     variants = [_variant(baseline_data, "baseline")]
@@ -401,8 +401,8 @@ def run_sweep(sweep: Sweep, rundir: str | Path, executor: str | Any = "local", a
 
     job: an optional ``JobControl`` (progress, cancel between variants). on_progress(done_images, total_images).
     """
+    from backend.core import JobCancelled
     from backend.models import check_source
-    from backend.runs.jobs import JobCancelled
     from backend.runs.runner import environment
     from backend.runs.store import Store, to_uint8
 
@@ -523,7 +523,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from tqdm import tqdm
 
-    from backend.runs.paths import check_out_dir
+    from backend.paths import check_out_dir
 
     if args.limit_prompts is not None and args.limit_prompts < 1:
         raise ValueError(f"--limit-prompts {args.limit_prompts} must be ≥ 1")

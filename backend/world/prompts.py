@@ -60,6 +60,14 @@ def prompt_set(name: str) -> tuple[Scene, ...]:
     raise ValueError(f"unknown prompt set {name!r}; allowed: {', '.join(PROMPT_SETS)}")
 
 
+def eval_prompts(name: str = DEFAULT_SET, n: int = 200) -> list[str]:
+    """n prompts spread evenly over a Shapes prompt set (deterministic)."""
+    scenes = prompt_set(name)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(scenes):
+        raise ValueError(f"--n {n!r} is out of range; allowed: 1 to {len(scenes)} for prompt set {name!r}")
+    return [scenes[i * len(scenes) // n].caption for i in range(n)]
+
+
 def parse_caption(caption: str) -> Scene:
     """The Scene a Shapes-world caption describes; ValueError if it is not one."""
     text = " ".join(caption.lower().split())

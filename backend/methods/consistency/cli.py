@@ -65,11 +65,11 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from backend.core import JobControl
     from backend.methods.consistency.distill import distill
-    from backend.runs.build import load_model
-    from backend.runs.jobs import JobControl
-    from backend.runs.paths import check_out_dir
-    from backend.runs.variant import Variant
+    from backend.paths import check_out_dir
+    from backend.sampling import load_model
+    from backend.variant import Variant
 
     try:
         cfg = config_from_args(args)

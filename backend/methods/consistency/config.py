@@ -23,6 +23,11 @@ class ConsistencyConfig(MethodConfig):
         if not isinstance(self.checkpoint, str) or not self.checkpoint.strip():
             raise ValueError("consistency.checkpoint: a folder written by `python -m backend finetune lcd` is required")
 
+    def check_variant(self, variant) -> None:
+        if variant.scheduler not in (None, "lcm"):
+            raise ValueError(f"consistency and scheduler {variant.scheduler!r} are incompatible: a consistency "
+                             "student samples with the lcm scheduler (omit scheduler or use \"lcm\")")
+
 
 @dataclasses.dataclass
 class DistillConfig(MethodConfig):
@@ -65,3 +70,9 @@ class DistillConfig(MethodConfig):
                              f"{', '.join(REWARDS[1:])})")
         if self.w_min >= 0 and self.w_max >= 0 and self.w_min > self.w_max:
             raise ValueError(f"w_min {self.w_min} is above w_max {self.w_max}")
+
+
+def curve_label(cfg: dict) -> str:
+    """The line of the per-method curves a consistency section belongs to (its checkpoint's folder name)."""
+    name = str(cfg.get("checkpoint", "")).rstrip("/").split("/")[-1] or "student"
+    return f"LCM steps ({name})"

@@ -27,6 +27,8 @@ from diffusers import DiffusionPipeline, UNet2DConditionModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from backend.core import JobCancelled, JobControl
+from backend.metadata import pipeline_info
 from backend.methods.conditioning import TextCond, encode
 from backend.methods.consistency import lcd
 from backend.methods.consistency.config import DistillConfig
@@ -34,7 +36,6 @@ from backend.methods.consistency.data import make_data
 from backend.methods.consistency.model import LORA_TARGETS, base_signature, save_full, save_lora
 from backend.methods.consistency.proxy import LatentProxyReward, pair_agreement, preference_kl
 from backend.models import model_defaults
-from backend.runs.jobs import JobCancelled, JobControl
 
 STATE, STATE_JSON = "state.safetensors", "state.json"
 
@@ -390,7 +391,7 @@ def distill(pipe: DiffusionPipeline, cfg: DistillConfig, out: str | Path, job: J
         summary["resume"] = f"run again with the same settings and out to resume from {work}"
         return summary
     meta = {
-        "kind": summary["kind"], "base_model": getattr(pipe, "speedlab_source", "?"),
+        "kind": summary["kind"], "base_model": pipeline_info(pipe).source or "?",
         "base_signature": base_signature(pipe.unet),
         "original_inference_steps": cfg.num_ddim_timesteps, "max_steps": cfg.num_ddim_timesteps,
         "guidance": round((d.w_min + d.w_max) / 2 + 1.0, 4), "w_range": [d.w_min, d.w_max],

@@ -1,6 +1,6 @@
 """Loading a distilled student into a pipeline (apply), saving students, and checking they fit the base model.
 
-A checkpoint folder holds ``speedlab_consistency.json`` (kind, base model signature, distilled schedule)
+A checkpoint folder holds ``backend.metadata.CONSISTENCY_META_FILE`` (kind, base model signature, distilled schedule)
 and either a whole pipeline with the student U-Net (full student with a w-embedding: a
 ``LatentConsistencyModelPipeline``, or for SDXL, which has no LCM pipeline class, a ``StableDiffusionXLPipeline``
 with the ``LCMScheduler``, as the published LCM-SDXL models are) or an LCM-LoRA
@@ -17,9 +17,10 @@ import torch
 from diffusers import DiffusionPipeline, LCMScheduler, UNet2DConditionModel
 from safetensors import SafetensorError
 
+from backend.metadata import CONSISTENCY_META_FILE, pipeline_info
 from backend.methods.consistency.config import ConsistencyConfig
 
-META = "speedlab_consistency.json"
+META = CONSISTENCY_META_FILE
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 ARCH_KEYS = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "cross_attention_dim",
              "down_block_types", "up_block_types", "attention_head_dim", "sample_size")
@@ -71,11 +72,11 @@ def lcm_scheduler(pipe: DiffusionPipeline, original_inference_steps: int) -> LCM
 class DistilledLCMScheduler(LCMScheduler):
     """The stock LCMScheduler that names the distilled schedule's step limit in its error (used by apply)."""
 
-    speedlab_meta: dict = {}
+    distilled_meta: dict = {}  # the checkpoint's metadata (set by apply)
 
     def set_timesteps(self, num_inference_steps=None, *args, **kwargs):
         if num_inference_steps is not None:
-            check_steps(self.speedlab_meta or {"max_steps": self.config.original_inference_steps}, num_inference_steps)
+            check_steps(self.distilled_meta or {"max_steps": self.config.original_inference_steps}, num_inference_steps)
         return super().set_timesteps(num_inference_steps, *args, **kwargs)
 
 
@@ -100,7 +101,7 @@ def apply(pipe: DiffusionPipeline, config: ConsistencyConfig) -> None:
     if not same_base(meta["base_signature"], pipe.unet):
         raise ValueError(f"consistency.checkpoint: {str(ckpt)!r} was distilled from base model "
                          f"{meta.get('base_model')!r}, not from this model "
-                         f"{getattr(pipe, 'speedlab_source', '?')!r} (the U-Net weights differ)")
+                         f"{pipeline_info(pipe).source or '?'!r} (the U-Net weights differ)")
     device, dtype = pipe.unet.device, pipe.unet.dtype
     if meta["kind"] == "full":
         if not (ckpt / "unet" / "config.json").is_file():
@@ -117,12 +118,11 @@ def apply(pipe: DiffusionPipeline, config: ConsistencyConfig) -> None:
         pipe.unload_lora_weights()
         pipe.unet.eval().requires_grad_(False)
     scheduler = DistilledLCMScheduler.from_config(lcm_scheduler(pipe, int(meta["original_inference_steps"])).config)
-    scheduler.speedlab_meta = meta
+    scheduler.distilled_meta = meta
     pipe.scheduler = scheduler
-    defaults = dict(getattr(pipe, "speedlab_defaults", {}))
-    defaults.update(steps=4, guidance=float(meta["guidance"]))
-    pipe.speedlab_defaults = defaults  # a new dict: the base pipeline's defaults stay as they were
-    pipe.speedlab_consistency = meta
+    info = pipeline_info(pipe)
+    info.defaults = {**info.defaults, "steps": 4, "guidance": float(meta["guidance"])}  # a new dict: the base's stay
+    info.consistency = meta
 
 
 @contextmanager

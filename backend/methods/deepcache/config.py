@@ -73,3 +73,11 @@ class DeepCacheConfig(MethodConfig):
     def enabled(self) -> bool:
         """False when every evaluation is full (interval 1 with a uniform schedule)."""
         return not (self.schedule == "uniform" and self.interval == 1)
+
+
+def curve_label(cfg: dict) -> str:
+    """The line of the per-method curves a DeepCache section belongs to (its branch and schedule)."""
+    schedule = cfg.get("schedule", "uniform")
+    if not isinstance(schedule, str):
+        return "DeepCache N (explicit)"
+    return f"DeepCache N (branch {cfg.get('branch', 0)}, {schedule})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from backend.metadata import pipeline_info
 from backend.methods.quant.config import FinetuneConfig, QuantConfig
 from backend.methods.quant.model import get_state, quantize_unet, summary
 from backend.methods.quant.model import remove as _remove_unet
@@ -27,7 +28,7 @@ def ptq(pipe, config: QuantConfig):
         from backend.methods.quant.mixed import plan
 
         raised, _ = plan(pipe, config)
-    state = quantize_unet(pipe.unet, config, base_model=getattr(pipe, "speedlab_source", ""))
+    state = quantize_unet(pipe.unet, config, base_model=pipeline_info(pipe).source)
     if raised:
         from backend.methods.quant.mixed import promote
 
@@ -58,13 +59,13 @@ def apply(pipe, config: QuantConfig) -> None:
             if given != getattr(default, f.name) and given != getattr(saved, f.name):
                 raise CheckpointError(f"quant.{f.name}: {given!r} conflicts with the checkpoint's "
                                       f"{getattr(saved, f.name)!r}; allowed: leave it out or give the same value")
-        load_checkpoint(pipe.unet, config.checkpoint, base_model=getattr(pipe, "speedlab_source", ""))
+        load_checkpoint(pipe.unet, config.checkpoint, base_model=pipeline_info(pipe).source)
         pipe.unet.eval()
-        pipe.speedlab_model_size_mb = checkpoint_size_mb(config.checkpoint)
+        pipeline_info(pipe).model_size_mb = checkpoint_size_mb(config.checkpoint)
     else:
         ptq(pipe, config)
         pipe.unet.eval()
-        pipe.speedlab_model_size_mb = packed_size_mb(pipe.unet)
+        pipeline_info(pipe).model_size_mb = packed_size_mb(pipe.unet)
     use_kernels(pipe, config.kernels)
 
 
@@ -90,7 +91,7 @@ def use_kernels(pipe, kernels: str) -> None:
     from backend.methods.quant.kernels import realize
 
     report = realize(pipe.unet, kernels)
-    pipe.speedlab_kernels = report.summary()
+    pipeline_info(pipe).kernels = report.summary()
     if report.reason:
         print(f"note: {report.summary()}", file=sys.stderr)
 

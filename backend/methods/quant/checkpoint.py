@@ -150,7 +150,7 @@ def describe(unet: torch.nn.Module) -> dict:
 
 def check_out(out: str | Path) -> Path:
     """A checkpoint destination: a new path in a writable folder, or an earlier checkpoint of this command."""
-    from backend.runs.paths import check_out_dir
+    from backend.paths import check_out_dir
 
     out = check_out_dir(out, "--out")
     _recover(out)

@@ -102,7 +102,7 @@ def read_prompts(path: str | None) -> list[str] | None:
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"--prompts {path!r} is not a file; allowed: a text file with one prompt a line")
-    from backend.runs.variant import read_text_file
+    from backend.variant import read_text_file
 
     prompts = [line.strip() for line in read_text_file(file, "--prompts").splitlines() if line.strip()]
     if not prompts:
@@ -136,12 +136,12 @@ def make_watch(pipe, every_minutes: float, n: int, start: QuantConfig | None = N
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from backend.core import JobControl
     from backend.methods.quant.checkpoint import check_out
     from backend.methods.quant.model import summary
     from backend.methods.quant.train import finetune
-    from backend.runs.build import load_model
-    from backend.runs.jobs import JobControl
-    from backend.runs.variant import Variant
+    from backend.sampling import load_model
+    from backend.variant import Variant
 
     ft = config_from_args(args)
     quant = quant_from_args(args, ft)

@@ -132,3 +132,10 @@ class FinetuneConfig(MethodConfig):
         """The QuantConfig of the student (layer policy at its defaults unless overridden)."""
         data = {"method": "ptq", "weight_bits": self.weight_bits, "act_bits": self.act_bits, **overrides}
         return QuantConfig.from_dict(data)
+
+
+def curve_label(cfg: dict) -> str:
+    """The line of the per-method curves a quant section belongs to (method and activation bits, or checkpoint)."""
+    if cfg.get("checkpoint"):
+        return f"quant checkpoint ({cfg.get('method', 'ptq')})"
+    return f"{cfg.get('method', 'ptq').upper()} bits (A{cfg.get('act_bits', 8)})"

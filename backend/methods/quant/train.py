@@ -10,7 +10,7 @@ guided noise predictions, one optimizer step follows, and x_{t-1} comes from the
 - qat: the latent FP weights of the same layers learn directly (LSQ on all weights, no LoRA).
 
 Runs on accelerate's ``Accelerator`` (``accelerate launch -m backend finetune efficientdm ...`` uses
-several GPUs); progress, cancel and the time budget go through :class:`backend.runs.jobs.JobControl`;
+several GPUs); progress, cancel and the time budget go through :class:`backend.core.JobControl`;
 checkpoints are written every ``checkpoint_every_s`` and on cancel, and a run resumes from its ``out``.
 """
 
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from backend.core import JobCancelled, JobControl
+from backend.metadata import pipeline_info
 from backend.methods.quant.calibrate import (
     calibrate,
     ddim_scheduler,
@@ -45,7 +47,6 @@ from backend.methods.quant.checkpoint import (
 from backend.methods.quant.config import LAYER_POLICY_KEYS, FinetuneConfig, QuantConfig
 from backend.methods.quant.distill import distill_loss
 from backend.methods.quant.model import QuantState, quantize_unet
-from backend.runs.jobs import JobCancelled, JobControl
 
 RESUME_KEYS = ("method", "weight_bits", "act_bits", "train_steps", "batch_size", "lora_rank", "seed")
 
@@ -61,7 +62,7 @@ def build_student(pipe, ft: FinetuneConfig, prompts: list[str] | None = None, ca
     base = quant or ft.quant_config()
     qcfg = dataclasses.replace(base, method=ft.method, weight_bits=ft.weight_bits, act_bits=ft.act_bits,
                                checkpoint="")
-    state = quantize_unet(student, qcfg, base_model=getattr(pipe, "speedlab_source", ""))
+    state = quantize_unet(student, qcfg, base_model=pipeline_info(pipe).source)
     if calibrate_acts:
         calibrate(pipe, state, qcfg, unet=student, prompts=(prompts or [])[: qcfg.calib_prompts] or None)
     state.set_timesteps([int(t) for t in ddim_scheduler(pipe, ft.train_steps).timesteps])
@@ -180,7 +181,7 @@ def finetune(
     meta = None
     if resuming:
         require_same_base(read_meta(out), teacher, f"{out}: cannot resume, the checkpoint",
-                          getattr(pipe, "speedlab_source", ""))
+                          pipeline_info(pipe).source)
         meta, tensors = load_train_state(out)
         _refuse_changes(out, meta["training"]["finetune"], ft, RESUME_KEYS)
         from backend.methods.quant.checkpoint import config_from_meta

@@ -19,20 +19,22 @@ import sys
 
 import numpy as np
 
+from backend.metadata import pipeline_info
+
 
 class QualityWatch:
     def __init__(self, pipe, n: int = 16, prompt_set: str = "hard", steps: int | None = None, seed: int = 0,
                  drop_points: float = 10.0, start_unet=None, settle_iters: int = 1):
         from backend.metrics import quality
         from backend.models import model_defaults
-        from backend.runs.runner import eval_prompts
-        from backend.runs.variant import Variant
+        from backend.variant import Variant
+        from backend.world.prompts import eval_prompts
 
         quality.require_quality_model(pipe)
         self.pipe, self.drop_points, self.settle_iters = pipe, drop_points, settle_iters
         self.prompts = eval_prompts(prompt_set, n)
         self.seeds = [seed + i for i in range(n)]
-        self.variant = Variant.from_dict({"model": pipe.speedlab_source, "scheduler": "ddim",
+        self.variant = Variant.from_dict({"model": pipeline_info(pipe).source, "scheduler": "ddim",
                                           "steps": steps or model_defaults(pipe).get("steps", 50)})
         self.fp_accuracy = float(self._verdicts(pipe.unet).mean())
         self.curve: list[dict] = []
@@ -47,7 +49,7 @@ class QualityWatch:
 
     def _verdicts(self, unet) -> np.ndarray:
         from backend.metrics import quality
-        from backend.runs.build import generate
+        from backend.sampling import generate
 
         pipe = copy.copy(self.pipe)
         pipe.unet = unet

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+    PNDMScheduler,
+)
+
+from backend.methods import registry
 from backend.methods.params import MethodConfig
 
-SCHEDULERS = ("ddim", "pndm", "dpm++", "euler", "lcm")
+# the Variant's scheduler names and the diffusers schedulers they select
+SCHEDULER_CLASSES = {
+    "ddim": DDIMScheduler,
+    "pndm": PNDMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+    "lcm": LCMScheduler,
+}
+SCHEDULERS = tuple(SCHEDULER_CLASSES)
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "float16", "bfloat16")
-# Variant section -> module:Class of its MethodConfig. A section is off when absent.
-METHOD_SECTIONS = {
-    "deepcache": "backend.methods.deepcache.config:DeepCacheConfig",
-    "quant": "backend.methods.quant.config:QuantConfig",
-    "consistency": "backend.methods.consistency.config:ConsistencyConfig",
-}
 # Upper bounds: generous (far above any useful setting) so a typo or a hostile request cannot hold the
 # device for hours; stricter limits for shared use (the app) are applied on top by its caller.
 MAX_STEPS = 1000
@@ -32,12 +42,15 @@ class VariantError(ValueError):
 
 
 def method_config_class(section: str) -> type[MethodConfig]:
-    module, _, cls = METHOD_SECTIONS[section].partition(":")
-    return getattr(importlib.import_module(module), cls)  # an import error is a bug, not a missing method
+    """The MethodConfig class of a registered method section."""
+    return registry.method(section).config_class()
 
 
 @dataclasses.dataclass
 class Variant:
+    """The model and settings (the fields below) plus one section per method that is on (``sections``: each
+    registered method's Variant key -> its raw settings; a section is off when absent)."""
+
     model: str = "shapes"
     model_config: str | None = None  # a single-file model: local diffusers folder of the same family
     allow_pickle: bool | None = None  # a .ckpt single file: opt in to loading a pickle
@@ -49,9 +62,7 @@ class Variant:
     width: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
-    deepcache: dict | None = None
-    quant: dict | None = None
-    consistency: dict | None = None
+    sections: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Any) -> Variant:
@@ -60,13 +71,24 @@ class Variant:
             kind = {list: "a JSON array", str: "a JSON string", bool: "a JSON boolean", type(None): "JSON null"}.get(
                 type(data), "a JSON number")
             raise VariantError(f"a variant must be a JSON object {{...}}, got {kind}")
-        names = [f.name for f in dataclasses.fields(cls)]
+        names = [*fields(), *registry.sections()]
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise VariantError(f"unknown variant key {unknown[0]!r}; allowed: {', '.join(names)}")
-        v = cls(**data)
+        methods = registry.sections()
+        v = cls(**{k: x for k, x in data.items() if k not in methods},
+                sections={k: x for k, x in data.items() if k in methods and x is not None})
         v._validate()
         return v
+
+    @classmethod
+    def schema(cls) -> dict:
+        """What a Variant may hold: its keys with their defaults, and each method section's declared parameters."""
+        defaults = cls()
+        return {"keys": {k: getattr(defaults, k) for k in fields()},
+                "allowed": {"scheduler": list(SCHEDULERS), "device": list(DEVICES), "dtype": list(DTYPES)},
+                "sections": {m.section: {"title": m.title, "params": m.config_class().describe()}
+                             for m in registry.methods()}}
 
     @classmethod
     def parse(cls, text_or_path: str) -> Variant:
@@ -122,15 +144,19 @@ class Variant:
             raise VariantError(f"device: {self.device!r} is not allowed; allowed: {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
             raise VariantError(f"dtype: {self.dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
-        for section in METHOD_SECTIONS:
-            self.method(section)
-        if self.consistency is not None and self.scheduler not in (None, "lcm"):
-            raise VariantError(f"consistency and scheduler {self.scheduler!r} are incompatible: a consistency "
-                               "student samples with the lcm scheduler (omit scheduler or use \"lcm\")")
+        for section in self.sections:
+            config = self.method(section)
+            try:
+                config.check_variant(self)
+            except VariantError:
+                raise
+            except ValueError as exc:
+                raise VariantError(str(exc)) from exc
 
     def method(self, section: str) -> MethodConfig | None:
         """The validated config of a method section, or None when the section is off."""
-        raw = getattr(self, section)
+        registry.method(section)  # ValueError for a section no method registered
+        raw = self.sections.get(section)
         if raw is None:
             return None
         try:
@@ -140,13 +166,23 @@ class Variant:
         except ValueError as exc:
             raise VariantError(str(exc)) from exc
 
+    def on(self) -> list[str]:
+        """The method sections that are on, in application order."""
+        return registry.application_order(list(self.sections))
+
     def to_dict(self) -> dict:
-        """Plain data, without keys left at None."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """Plain data, without keys left at None; the method sections as top-level keys."""
+        out = {k: getattr(self, k) for k in fields() if getattr(self, k) is not None}
+        return {**out, **{k: self.sections[k] for k in self.on()}}
 
     @property
     def label(self) -> str:
         return self.name or json.dumps(self.to_dict(), sort_keys=True)
+
+
+def fields() -> list[str]:
+    """The Variant's own keys (the method sections are the registry's)."""
+    return [f.name for f in dataclasses.fields(Variant) if f.name != "sections"]
 
 
 def read_text_file(path: str | Path, what: str) -> str:

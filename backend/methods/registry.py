@@ -1,0 +1,134 @@
+"""The one place a method is registered: its Variant section, config class, how it is applied (order, U-Net
+access), its fine-tunes (CLI sub-command and workbench job kinds), its curve in the plots and its section in the
+UI. The Variant parser, the pipeline build, the CLI, the workbench and the plots all read this table, so a new
+method is its own package plus one :func:`register` call below.
+
+References are ``"module:attribute"`` strings (imported when first used, so registering costs nothing) or the
+objects themselves.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+UNET_ACCESS = ("copy", "own", "hooks")
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """A fine-tune that makes a checkpoint for its method's section."""
+
+    kind: str  # workbench job kind (and CLI sub-command, when ``cli`` is set)
+    config: Any  # its settings class (a MethodConfig), or "module:Class"
+    cli: str | None = None  # module with add_arguments(parser) / main(args) for ``finetune KIND`` (None: shares one)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method: everything the rest of Speedlab needs to know about it."""
+
+    section: str  # its Variant key; the section is off when absent
+    title: str  # UI section title
+    config: Any  # its MethodConfig class, or "module:Class"
+    apply: Any  # apply(pipe, config) -> None, or "module:function"
+    order: int  # application order, low first: weights replaced, then layers wrapped, then hooks from outside
+    unet_access: str  # when first applied: "copy" (writes weights: a deep copy), "own" (``private_unet``), "hooks"
+    private_unet: Any = None  # private_unet(unet, config) -> U-Net, for unet_access "own"
+    curve: str = ""  # its family of curves in the plots (Curves tab, reports)
+    curve_knob: str = ""  # the key on a curve's x axis: a key of the section, or a Variant key ("steps")
+    curve_axis: str = ""  # that axis' title
+    curve_label: Any = None  # label(section dict) -> the line a variant belongs to, or "module:function"
+    finetunes: tuple[FineTune, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.unet_access not in UNET_ACCESS:
+            raise ValueError(f"method {self.section!r}: unet_access {self.unet_access!r}; allowed: "
+                             f"{', '.join(UNET_ACCESS)}")
+        if self.unet_access == "own" and self.private_unet is None:
+            raise ValueError(f"method {self.section!r}: unet_access 'own' needs private_unet")
+
+    def config_class(self) -> type:
+        return resolve(self.config)
+
+    def apply_to(self, pipe: Any, config: Any) -> None:
+        resolve(self.apply)(pipe, config)
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def resolve(ref: Any) -> Any:
+    """A ``"module:attribute"`` reference imported (an import error is a bug, not a missing method)."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def register(method: Method) -> Method:
+    """Add a method (ValueError when its section or a fine-tune kind is taken)."""
+    if method.section in _METHODS:
+        raise ValueError(f"method section {method.section!r} is registered already")
+    taken = set(finetunes())
+    for ft in method.finetunes:
+        if ft.kind in taken:
+            raise ValueError(f"fine-tune kind {ft.kind!r} is registered already")
+    _METHODS[method.section] = method
+    return method
+
+
+def unregister(section: str) -> None:
+    """Remove a method (for tests that register a toy one)."""
+    _METHODS.pop(section, None)
+
+
+def methods() -> list[Method]:
+    """Every registered method, in the order they were registered (the order forms and tables show them)."""
+    return list(_METHODS.values())
+
+
+def sections() -> list[str]:
+    return [m.section for m in methods()]
+
+
+def application_order(sections_on: list[str]) -> list[str]:
+    """Method sections in the order they are applied to a pipeline (each method's ``order``, low first)."""
+    return sorted(sections_on, key=lambda s: method(s).order)
+
+
+def method(section: str) -> Method:
+    if section not in _METHODS:
+        raise ValueError(f"method {section!r} is not allowed; allowed: {', '.join(sections())}")
+    return _METHODS[section]
+
+
+def finetunes() -> dict[str, tuple[Method, FineTune]]:
+    """Fine-tune kind -> (its method, the fine-tune)."""
+    return {ft.kind: (m, ft) for m in methods() for ft in m.finetunes}
+
+
+def finetune(kind: str) -> tuple[Method, FineTune]:
+    kinds = finetunes()
+    if kind not in kinds:
+        raise ValueError(f"fine-tune kind {kind!r} is not allowed; allowed: {', '.join(kinds)}")
+    return kinds[kind]
+
+
+register(Method(
+    "deepcache", "DeepCache", "backend.methods.deepcache.config:DeepCacheConfig", "backend.methods.deepcache:apply",
+    order=30, unet_access="hooks", curve="DeepCache", curve_knob="interval", curve_axis="DeepCache interval N",
+    curve_label="backend.methods.deepcache.config:curve_label"))
+register(Method(
+    "quant", "Quantization (PTQ / EfficientDM)", "backend.methods.quant.config:QuantConfig",
+    "backend.methods.quant:apply", order=20, unet_access="own", private_unet="backend.methods.quant:private_unet",
+    curve="quant", curve_knob="weight_bits", curve_axis="weight bits",
+    curve_label="backend.methods.quant.config:curve_label",
+    finetunes=(FineTune("efficientdm", "backend.methods.quant.config:FinetuneConfig", "backend.methods.quant.cli"),)))
+register(Method(
+    "consistency", "Consistency (LCM / RG-LCD)", "backend.methods.consistency.config:ConsistencyConfig",
+    "backend.methods.consistency:apply", order=10, unet_access="copy", curve="LCM", curve_knob="steps",
+    curve_axis="steps", curve_label="backend.methods.consistency.config:curve_label",
+    finetunes=(FineTune("lcd", "backend.methods.consistency.config:DistillConfig", "backend.methods.consistency.cli"),
+               FineTune("rg-lcd", "backend.methods.consistency.config:DistillConfig"))))
