@@ -1,5 +1,6 @@
 """DeepCache: exactness, which modules run, schedules, per-call state, CFG branches, schedulers, bad input, cost."""
 
+import contextlib
 import copy
 import math
 
@@ -17,19 +18,25 @@ from diffusers import (
     UNet2DConditionModel,
     UNet2DModel,
 )
+from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
+from backend.metadata import DEEPCACHE_HOOK
 from backend.methods.deepcache import (
     DeepCacheConfig,
     apply,
+    apply_deepcache,
+    cached_tensors,
+    deepcache_call,
     get_hook,
     nonuniform_full_steps,
     plan_branch,
     remove,
+    remove_deepcache,
     uniform_full_steps,
     valid_branches,
 )
 from backend.methods.deepcache.cost import example_inputs, schedule_counts, theoretical_speedup, unet_macs
-from backend.methods.deepcache.hook import capture, partial_forward
+from backend.methods.deepcache.partial import capture, partial_forward
 
 
 @pytest.fixture
@@ -70,21 +77,41 @@ def test_interval_one_is_bit_identical(pipe):
 
 
 def test_apply_twice_equals_once_and_remove_restores(pipe):
-    unet = pipe.unet
+    unet, cls = pipe.unet, type(pipe)
     base = _images(pipe)
     apply(pipe, {"interval": 3, "branch": 1})
+    assert type(pipe).__name__ == cls.__name__ and isinstance(pipe, cls)
     once = _images(pipe)
     apply(pipe, {"interval": 3, "branch": 1})
     apply(pipe, {"interval": 3, "branch": 1})
-    assert list(unet._diffusers_hook.hooks) == ["speedlab_deepcache"]
+    assert list(unet._diffusers_hook.hooks) == [DEEPCACHE_HOOK]
     assert torch.equal(_images(pipe), once)
     assert not torch.equal(once, base)
     remove(pipe)
     remove(pipe)  # no-op
     assert "forward" not in unet.__dict__ and not hasattr(unet, "_diffusers_hook")
     assert unet.forward.__func__ is UNet2DConditionModel.forward
-    assert get_hook(pipe) is None
+    assert get_hook(pipe) is None and type(pipe) is cls
     assert torch.equal(_images(pipe), base)
+
+
+def test_remove_deepcache_restores_a_bare_unet(pipe):
+    unet = pipe.unet
+    kw = example_inputs(unet, batch=2)
+    later = dict(kw, timestep=torch.tensor(400))
+    with torch.inference_mode():
+        base = unet(**later).sample
+        apply_deepcache(unet, DeepCacheConfig(interval=3))
+        with deepcache_call(unet):
+            unet(**kw)
+            partial = unet(**later).sample  # from the feature cached at timestep 500
+        remove_deepcache(unet)
+        remove_deepcache(unet)  # no-op
+        again = unet(**later).sample
+    assert not torch.equal(partial, base)
+    assert "forward" not in unet.__dict__ and not hasattr(unet, "_diffusers_hook")
+    assert unet.forward.__func__ is UNet2DConditionModel.forward
+    assert torch.equal(again, base)
 
 
 def _partial_matches_full(unet, branch, kwargs):
@@ -147,13 +174,12 @@ def _units_run(unet, call) -> set[str]:
 ])
 def test_partial_step_runs_only_the_branch(pipe, branch, extra):
     unet = pipe.unet
-    apply(pipe, {"interval": 3, "branch": branch})
-    pipe.scheduler.set_timesteps(9)
+    apply_deepcache(unet, DeepCacheConfig(interval=3, branch=branch))
     kw = example_inputs(unet, batch=2)
-    with torch.inference_mode():
+    with torch.inference_mode(), deepcache_call(unet) as hook:
         full = _units_run(unet, lambda: unet(**kw))
         partial = _units_run(unet, lambda: unet(**kw))
-    assert get_hook(pipe).stats()["patterns"] == ["Fp"]
+    assert hook.stats()["patterns"] == ["Fp"]
     assert "mid_block" in full and "down_blocks.3.resnets.1" in full
     base = {"time_proj", "time_embedding", "conv_in", "up_blocks.3.resnets.2", "up_blocks.3.attentions.2",
             "conv_norm_out", "conv_act", "conv_out"}
@@ -179,6 +205,9 @@ def test_schedule_inside_a_call_and_img2img(pipe):
     img2img = StableDiffusionImg2ImgPipeline(**pipe.components)
     img2img.set_progress_bar_config(disable=True)
     init = torch.rand(1, 3, 32, 32)
+    with pytest.raises(RuntimeError, match="outside a denoising call"):  # the U-Net's hook, not this pipeline's
+        img2img("a red circle", image=init, strength=0.5, num_inference_steps=10, output_type="np")
+    apply(img2img, {"interval": 3})
     with torch.inference_mode():
         img2img("a red circle", image=init, strength=0.5, num_inference_steps=10, output_type="np")
     assert get_hook(pipe).stats()["patterns"] == ["FppFp"]  # counted from the call's first evaluation
@@ -207,20 +236,34 @@ def test_batch_size_change_between_calls(pipe):
     assert get_hook(pipe).stats()["patterns"] == ["FpFpFp"]
 
 
-def _cfg_loop(pipe, two_calls: bool, shared_context: bool = False, steps: int = 8):
-    unet, sched = pipe.unet, pipe.scheduler
+@contextlib.contextmanager
+def _cache_context(unet, name):
+    """What diffusers' CacheMixin.cache_context(name) does on cache-aware models (the U-Net has no such method)."""
+    if name is None:
+        yield
+        return
+    _set_cache_context(unet, CacheContext(name))
+    try:
+        yield
+    finally:
+        _set_cache_context(unet, None)
+
+
+def _cfg_loop(unet, sched, two_calls: bool, names=(None, None), steps: int | None = 8):
+    """A hand-written CFG loop in one DeepCache call; ``steps=None`` keeps the scheduler's timesteps as they are."""
     g = torch.Generator().manual_seed(3)
     uncond = torch.randn(1, 16, 16, generator=g)
     cond = torch.randn(1, 16, 16, generator=g)
     lat = torch.randn(1, 4, 8, 8, generator=g)
-    sched.set_timesteps(steps)
-    hook = get_hook(pipe)
-    ctx = hook.context("shared") if shared_context else torch.inference_mode()
-    with torch.inference_mode(), ctx:
+    if steps is not None:
+        sched.set_timesteps(steps)
+    with torch.inference_mode(), deepcache_call(unet, sched) as hook:
         for t in sched.timesteps:
             if two_calls:
-                eps_u = unet(lat, t, encoder_hidden_states=uncond).sample
-                eps_c = unet(lat, t, encoder_hidden_states=cond).sample
+                with _cache_context(unet, names[0]):
+                    eps_u = unet(lat, t, encoder_hidden_states=uncond).sample
+                with _cache_context(unet, names[1]):
+                    eps_c = unet(lat, t, encoder_hidden_states=cond).sample
             else:
                 both = unet(torch.cat([lat, lat]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
                 eps_u, eps_c = both.chunk(2)
@@ -229,13 +272,17 @@ def _cfg_loop(pipe, two_calls: bool, shared_context: bool = False, steps: int = 
 
 
 def test_cfg_batched_and_as_two_calls_agree(pipe):
-    apply(pipe, {"interval": 3, "branch": 0})
-    batched, s1 = _cfg_loop(pipe, two_calls=False)
-    split, s2 = _cfg_loop(pipe, two_calls=True)
+    unet, sched = pipe.unet, pipe.scheduler
+    apply_deepcache(unet, DeepCacheConfig(interval=3, branch=0))
+    batched, s1 = _cfg_loop(unet, sched, two_calls=False)
+    split, s2 = _cfg_loop(unet, sched, two_calls=True)
     assert s1["branches"] == 1 and s1["patterns"] == ["FppFppFp"]
     assert s2["branches"] == 2 and s2["patterns"] == ["FppFppFp"] * 2
     assert torch.allclose(batched, split, atol=1e-4)
-    shared, _ = _cfg_loop(pipe, two_calls=True, shared_context=True)  # the official helper's bug
+    named, s3 = _cfg_loop(unet, sched, two_calls=True, names=("uncond", "cond"))  # diffusers' CacheContext
+    assert s3["patterns"] == ["FppFppFp"] * 2 and torch.equal(named, split)
+    shared, s4 = _cfg_loop(unet, sched, two_calls=True, names=("shared", "shared"))  # the official helper's bug
+    assert s4["patterns"] == ["FppFppFppFppFppF"]
     assert (shared - batched).abs().max() > 100 * (split - batched).abs().max()
 
 
@@ -244,8 +291,120 @@ def test_cache_holds_one_tensor_per_cfg_branch(pipe):
     _images(pipe, steps=4)  # batched CFG: one tensor [2, 8, 8, 8] (up_blocks[-1] input channels)
     stats = get_hook(pipe).stats()
     assert stats["branches"] == 1 and stats["cache_bytes"] == 2 * 8 * 8 * 8 * 4
-    _, split = _cfg_loop(pipe, two_calls=True, steps=4)
+    _, split = _cfg_loop(pipe.unet, pipe.scheduler, two_calls=True, steps=4)
     assert split["branches"] == 2 and split["cache_bytes"] == 2 * 8 * 8 * 8 * 4
+
+
+# ------------------------------------------------------------------------------------------------ bare U-Net, calls
+
+def _sd_loop(unet, pipe, prompt: str, steps: int, seed: int, guidance: float = 5.0) -> torch.Tensor:
+    """StableDiffusionPipeline's denoising loop written out by hand around a bare U-Net: its final latents."""
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    with torch.inference_mode():
+        cond, uncond = pipe.encode_prompt(prompt, torch.device("cpu"), 1, True)
+        embeds = torch.cat([uncond, cond])
+        lat = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(seed)) * sched.init_noise_sigma
+        sched.set_timesteps(steps)
+        with deepcache_call(unet, sched):
+            for t in sched.timesteps:
+                x = sched.scale_model_input(torch.cat([lat, lat]), t)
+                eps_u, eps_c = unet(x, t, encoder_hidden_states=embeds, return_dict=False)[0].chunk(2)
+                lat = sched.step(eps_u + guidance * (eps_c - eps_u), t, lat, return_dict=False)[0]
+    return lat
+
+
+@pytest.mark.parametrize("section, pattern", [
+    ({"interval": 3, "branch": 1}, "FppFppFp"),
+    ({"interval": 3, "schedule": "nonuniform", "center": 2, "power": 1.4}, None),
+])
+def test_bare_unet_in_a_hand_written_loop_matches_the_pipeline(pipe, section, pattern):
+    config = DeepCacheConfig.from_dict(section)
+    unet = copy.deepcopy(pipe.unet)
+    apply_deepcache(unet, config)
+    apply(pipe, config)
+    with torch.inference_mode():
+        via_pipe = pipe("a red circle", num_inference_steps=8, guidance_scale=5.0, output_type="latent",
+                        generator=torch.Generator().manual_seed(4)).images
+    by_hand = _sd_loop(unet, pipe, "a red circle", steps=8, seed=4)
+    assert torch.equal(by_hand, via_pipe)
+    patterns = get_hook(unet).stats()["patterns"]
+    assert patterns == get_hook(pipe).stats()["patterns"] and "p" in patterns[0]
+    assert pattern is None or patterns == [pattern]
+    remove(pipe)
+    with torch.inference_mode():
+        base = pipe("a red circle", num_inference_steps=8, guidance_scale=5.0, output_type="latent",
+                    generator=torch.Generator().manual_seed(4)).images
+    assert not torch.equal(base, by_hand)  # the partial evaluations ran
+
+
+def test_the_cache_is_freed_when_a_call_ends(pipe):
+    apply(pipe, {"interval": 3})
+    held = []
+
+    def watch(p, i, t, kwargs):
+        held.append(cached_tensors(p.unet))
+        return kwargs
+
+    _images(pipe, steps=4, callback_on_step_end=watch)
+    assert held == [2] * 4  # during the call: the cached feature and the conditioning it belongs to
+    assert cached_tensors(pipe.unet) == 0 and get_hook(pipe).cache_bytes() == 0
+    assert get_hook(pipe).stats()["cache_bytes"] == 2 * 8 * 8 * 8 * 4  # what it held at most
+
+    def cancel(p, i, t, kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a call that raises frees the cache too, and the next call runs
+        _images(pipe, steps=4, callback_on_step_end=cancel)
+    assert cached_tensors(pipe.unet) == 0
+    _images(pipe, steps=4)
+
+    unet, sched = pipe.unet, pipe.scheduler
+    sched.set_timesteps(4)
+    kw = example_inputs(unet, batch=2)
+    with torch.inference_mode(), deepcache_call(unet, sched):
+        unet(**kw)
+        assert cached_tensors(unet) == 2
+    assert cached_tensors(unet) == 0
+
+
+def test_each_call_of_a_custom_loop_starts_a_fresh_schedule(pipe):
+    # the scheduler's timesteps are set once and reused: the second call must still start at evaluation 0
+    unet, sched = pipe.unet, pipe.scheduler
+    apply_deepcache(unet, DeepCacheConfig(interval=3))
+    sched.set_timesteps(7)
+    first, s1 = _cfg_loop(unet, sched, two_calls=False, steps=None)
+    second, s2 = _cfg_loop(unet, sched, two_calls=False, steps=None)
+    assert s1["patterns"] == s2["patterns"] == ["FppFppF"]
+    assert torch.equal(first, second)
+
+
+def test_call_boundaries_are_required(pipe):
+    unet = pipe.unet
+    kw = example_inputs(unet, batch=1)
+    with pytest.raises(ValueError, match="no DeepCache hook"):
+        with deepcache_call(unet):
+            pass
+    apply_deepcache(unet, DeepCacheConfig(interval=3))
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside a denoising call"):
+        unet(**kw)
+    with deepcache_call(unet), pytest.raises(RuntimeError, match="already running"):
+        with deepcache_call(unet):
+            pass
+    apply_deepcache(unet, DeepCacheConfig(interval=3, schedule="nonuniform"))
+    with torch.inference_mode(), deepcache_call(unet), pytest.raises(ValueError, match="number of U-Net evaluations"):
+        unet(**kw)
+
+
+def test_unsupported_diffusers_version(pipe, monkeypatch):
+    import diffusers
+
+    cls = type(pipe)
+    monkeypatch.setattr(diffusers, "__version__", "0.41.2")
+    with pytest.raises(ValueError, match=r"diffusers 0\.41\.2 is not supported .* allowed: diffusers 0\.42\.x"):
+        apply_deepcache(pipe.unet, DeepCacheConfig())
+    with pytest.raises(ValueError, match="diffusers 0.41.2"):
+        apply(pipe, {"interval": 3})
+    assert get_hook(pipe) is None and type(pipe) is cls
 
 
 def test_sd15_cache_memory_at_512_with_cfg():

@@ -14,7 +14,8 @@ import math
 import torch
 
 from backend.methods.deepcache.config import DeepCacheConfig
-from backend.methods.deepcache.hook import BranchPlan, capture, get_hook, partial_forward, plan_branch
+from backend.methods.deepcache.hook import get_hook
+from backend.methods.deepcache.partial import BranchPlan, capture, partial_forward, plan_branch
 from backend.methods.deepcache.schedule import full_steps_for
 from backend.metrics.cost import mac_counter
 
@@ -109,7 +110,7 @@ def uniform_speedup(total: int, interval: int, partial_fraction: float) -> float
 
 
 def eval_counts(pipe) -> dict:
-    """Full and partial U-Net evaluations of the pipeline's current (or last) call, and the cache's size."""
+    """Full and partial U-Net evaluations of the pipeline's current (or last) call; the most bytes the cache held."""
     hook = get_hook(pipe)
     if hook is None:
         return {"full": None, "partial": None, "evals": None, "branches": 0, "patterns": [], "cache_bytes": 0}
