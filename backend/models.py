@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from transformers import CLIPTextConfig, CLIPTextModel
 from transformers.utils import logging as transformers_logging
 
-from backend.metadata import PipelineInfo, pipeline_info, set_pipeline_info
+from backend.metadata import DEEPCACHE_HOOK, PipelineInfo, pipeline_info, set_pipeline_info
 
 diffusers_logging.set_verbosity_error()
 diffusers_logging.disable_progress_bar()
@@ -168,12 +168,19 @@ def _direct_device_class(cls: type[DiffusionPipeline]) -> type[DiffusionPipeline
     def _execution_device(self) -> torch.device:
         modules = [m for m in self.components.values() if isinstance(m, torch.nn.Module)]
         unet = self.components.get("unet")
-        if unet is None or any(hasattr(m, "_hf_hook") or hasattr(m, "_diffusers_hook") for m in modules):
+        if unet is None or any(_may_offload(m) for m in modules):
             return cls._execution_device.fget(self)
         return next(unet.parameters()).device
 
     return type(cls.__name__, (cls,), {"_execution_device": property(_execution_device),
                                        "__module__": cls.__module__, "__doc__": cls.__doc__})
+
+
+def _may_offload(module: torch.nn.Module) -> bool:
+    """The module carries accelerate hooks, or diffusers hooks other than DeepCache's (which never moves weights:
+    a DeepCache pipeline must not pay diffusers' per-call device search that its baseline does not)."""
+    hooks = getattr(getattr(module, "_diffusers_hook", None), "hooks", {})
+    return hasattr(module, "_hf_hook") or any(name != DEEPCACHE_HOOK for name in hooks)
 
 
 @lru_cache(maxsize=4)
