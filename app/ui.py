@@ -95,9 +95,9 @@ def _playground(cb: Callbacks, defaults: dict):
 
 def build_demo(cb: Callbacks) -> gr.Blocks:
     try:
-        defaults = knobs.model_defaults_for(cb.model)
-    except Exception:  # the page still opens; Generate shows the model's error
-        defaults = {}
+        defaults, model_error = knobs.model_defaults_for(cb.model), ""
+    except Exception as exc:  # the page still opens, saying why the model cannot be used
+        defaults, model_error = {}, f"**Model {cb.model!r} cannot be used:** {exc}"
 
     with gr.Blocks(title="Speedlab workbench") as demo:
         gr.Markdown("## Speedlab workbench — the baseline and accelerated variants, same prompt and seed")
@@ -117,7 +117,7 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                                    info="after generating: interleaved timed rounds for intervals (0: one run)")
                 grid_btn = gr.DownloadButton("Download grid PNG", interactive=False, elem_id="grid-download")
             with gr.Row():
-                status = gr.Markdown(elem_id="status")
+                status = gr.Markdown(model_error, elem_id="status")
                 cancel_note = gr.Markdown(elem_id="cancel-note")  # not the status: a cancel may answer after the run
             ui = _playground(cb, defaults)
             with gr.Row():

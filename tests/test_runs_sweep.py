@@ -22,8 +22,9 @@ def test_grid_to_variants():
             "prompts": {"set": "single", "n": 4}}
     s = parse_spec(spec)
     assert len(s.variants) == 1 + 6 + 1
-    assert s.variants[0].name == "baseline" and s.variants[0].deepcache is None and s.variants[0].steps == 10
-    assert s.variants[1].deepcache == {"interval": 2, "branch": 0} and s.variants[1].name == "interval=2 branch=0"
+    assert s.variants[0].name == "baseline" and "deepcache" not in s.variants[0].sections
+    assert s.variants[0].steps == 10 and s.variants[1].name == "interval=2 branch=0"
+    assert s.variants[1].sections["deepcache"] == {"interval": 2, "branch": 0}
     assert s.variants[-1].steps == 4 and s.variants[-1].scheduler == "dpm++"
     assert len(s.prompts) == 4 and s.seeds == [0, 1, 2, 3]
     assert s.runner["repeats"] == 3
@@ -33,7 +34,7 @@ def test_grid_to_variants():
 def test_base_methods_stay_out_of_the_baseline():
     s = parse_spec({"base": {"model": "tiny-arch", "deepcache": {"interval": 2}},
                     "grid": {"deepcache.interval": [3]}, "prompts": ["a red circle"]})
-    assert s.variants[0].deepcache is None and s.variants[1].deepcache == {"interval": 3}
+    assert "deepcache" not in s.variants[0].sections and s.variants[1].sections["deepcache"] == {"interval": 3}
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -137,7 +138,7 @@ def _fake_run(self, sweep, indices, on_images, on_start=lambda i: None):
 
     for idx in indices:
         v = sweep.variants[idx]
-        if v.deepcache and v.deepcache.get("branch") == 60:
+        if v.sections.get("deepcache", {}).get("branch") == 60:
             yield idx, None, ValueError("deepcache.branch: 60 is out of range for this model")
             continue
         images = np.full((len(sweep.prompts), 8, 8, 3), 100 + idx, np.uint8)

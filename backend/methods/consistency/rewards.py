@@ -71,10 +71,8 @@ def _shapes(device: torch.device) -> FunctionReward:
     if not weights.is_file():
         raise RewardError(f"reward 'shapes' needs the Shapes reward-model weights at {weights}, which are missing; "
                           "train them with python -m backend.world.train --stage reward then --stage export")
-    try:
-        from backend.metrics import quality
-    except ImportError as exc:
-        raise RewardError(f"reward 'shapes' needs backend.metrics.quality, which is not available ({exc})") from exc
+    from backend.metrics import quality
+
     net = quality.reward_model()
     if isinstance(net, torch.nn.Module):
         net.to(device)

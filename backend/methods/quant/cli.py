@@ -146,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
     ft = config_from_args(args)
     quant = quant_from_args(args, ft)
     variant = Variant.parse(args.variant)
-    if variant.quant is not None:
+    if "quant" in variant.sections:
         raise ValueError("--variant already has a quant section; give the FP teacher (drop \"quant\")")
     prompts = read_prompts(args.prompts)
     out = check_out(args.out)
