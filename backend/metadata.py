@@ -41,13 +41,17 @@ class UnetInfo:
     fingerprint: str | None = None  # the fp base weights' fingerprint, kept when the weights are replaced
 
 
+def _record(obj: Any, attr: str, kind: type) -> Any:
+    info = obj.__dict__.get(attr)
+    if info is None:
+        info = kind()
+        object.__setattr__(obj, attr, info)  # object's: nn.Module and ConfigMixin would register or refuse it
+    return info
+
+
 def pipeline_info(pipe: Any) -> PipelineInfo:
     """The pipeline's record, created empty on first use (a pipeline not loaded by Speedlab has defaults)."""
-    info = pipe.__dict__.get(_PIPE_ATTR)
-    if info is None:
-        info = PipelineInfo()
-        object.__setattr__(pipe, _PIPE_ATTR, info)
-    return info
+    return _record(pipe, _PIPE_ATTR, PipelineInfo)
 
 
 def set_pipeline_info(pipe: Any, info: PipelineInfo) -> PipelineInfo:
@@ -60,8 +64,4 @@ def set_pipeline_info(pipe: Any, info: PipelineInfo) -> PipelineInfo:
 
 def unet_info(unet: Any) -> UnetInfo:
     """The U-Net's record, created empty on first use."""
-    info = unet.__dict__.get(_UNET_ATTR)
-    if info is None:
-        info = UnetInfo()
-        object.__setattr__(unet, _UNET_ATTR, info)
-    return info
+    return _record(unet, _UNET_ATTR, UnetInfo)
