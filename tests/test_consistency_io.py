@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from backend.core import JobControl
+from backend.metadata import pipeline_info
 from backend.methods.consistency import (
     ConsistencyConfig,
     DistillConfig,
@@ -87,7 +88,7 @@ def test_variant_with_consistency_section(full_ckpt, lora_ckpt):
         assert generate(pipe, v, PROMPT, [0]).shape == (1, 32, 32, 3)
     fresh = load_pipeline("tiny-arch")
     assert all(torch.equal(before[k], t) for k, t in fresh.unet.state_dict().items())  # shared base untouched
-    assert fresh.speedlab_defaults["steps"] == 20  # defaults of the base are not changed by apply
+    assert pipeline_info(fresh).defaults["steps"] == 20  # defaults of the base are not changed by apply
 
 
 def test_cancel_then_resume(tmp_path):

@@ -27,6 +27,7 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from backend.__main__ import main
+from backend.metadata import pipeline_info
 from backend.models import ModelError, load_pipeline, model_family
 from backend.runs.build import build_pipeline
 from backend.sampling import generate
@@ -126,7 +127,7 @@ def _finite(images: np.ndarray) -> bool:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_is_detected(family_dirs, family):
     pipe = load_pipeline(family_dirs[family])
-    assert model_family(pipe) == FAMILIES[family] == pipe.speedlab_family
+    assert model_family(pipe) == FAMILIES[family] == pipeline_info(pipe).family
 
 
 def test_family_dit_pipeline_is_refused_in_one_line(tmp_path, capsys):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from backend.bench.quant_cost import measure_cost
+from backend.metadata import pipeline_info
 
 
 def test_cost_bench_counts_fewer_trainable_parameters_for_efficientdm_than_for_qat(tiny_pipe):
@@ -90,7 +91,7 @@ def test_mixed_precision_meets_its_size_budget_and_refuses_one_below_the_smalles
         quant.ptq(tiny_pipe, quant.QuantConfig.from_dict({**knobs, "mixed": {"budget_mb": smallest * 0.99}}))
     assert get_state(tiny_pipe.unet) is None  # refused before anything was quantized
     quant.apply(tiny_pipe, quant.QuantConfig.from_dict({**knobs, "mixed": {"budget_mb": budget}}))
-    assert smallest < tiny_pipe.speedlab_model_size_mb <= budget
+    assert smallest < pipeline_info(tiny_pipe).model_size_mb <= budget
     layers = get_state(tiny_pipe.unet).layers
     raised = [n for n, m in layers.items() if m.role == "body" and m.w_quant.bits == 8]
     assert raised and all(m.a_quant.bits == 8 for n, m in layers.items() if n in raised)

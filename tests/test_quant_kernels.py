@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from backend.metadata import pipeline_info
 from backend.methods.quant import QuantConfig, apply
 from backend.methods.quant.isa import cpu_isa, int8_support
 from backend.methods.quant.kernels import Int8Layer, realize, resident_weight_mb, symmetric_int8, unavailable_reason
-from backend.methods.quant.layers import QuantLayer, TimestepIndex
+from backend.methods.quant.layers import QuantLayer, TimestepIndex, wrap_layer
 from backend.methods.quant.model import get_state
 from backend.metrics.quality import psnr_ssim
 from backend.runs.build import build_pipeline
@@ -28,7 +29,7 @@ PROMPTS = ["a small red circle in the center", "a large blue square at the top l
 
 def _layer(base, w_bits=8, a_bits=8, steps=(900, 500, 100)):
     index = TimestepIndex(list(steps))
-    layer = QuantLayer(base, w_bits, a_bits, index)
+    layer = wrap_layer(base, w_bits, a_bits, index)
     per_step = []
     for lo, hi in [(-1.0, 2.0), (-3.0, 3.0), (-0.5, 0.5)]:  # a different range per step
         layer.a_quant.set_range(lo, hi)  # (sets every step's entry)
@@ -43,8 +44,8 @@ def _reduced_reference(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     s, z = layer.a_quant.step_params()
     s, z = 2 * s, min((int(torch.round(z)) + 1) // 2, 127)
     xq = (torch.clamp(torch.round(x / s) + z, 0, 127) - z) * s
-    w, b = layer.weight(), layer.base.bias
-    return layer.base._conv_forward(xq, w, b) if layer.is_conv else F.linear(xq, w, b)
+    w, b = layer.weight(), layer.base_layer.bias
+    return layer.base_layer._conv_forward(xq, w, b) if layer.is_conv else F.linear(xq, w, b)
 
 
 @pytest.mark.parametrize("saturates", [None, True], ids=["this-cpu", "reduce_range"])
@@ -102,8 +103,8 @@ def test_real_pipeline_matches_simulated_images(w8a8_checkpoint):
     p_sim, p_real = build_pipeline(sim), build_pipeline(real)
     support = int8_support()
     tag = ", reduce_range" if support.saturates else ""
-    assert p_real.speedlab_kernels.startswith(f"real int8 kernels (oneDNN, {support.isa.name}{tag}) on ")
-    assert p_sim.speedlab_kernels == "simulated kernels (fake quantization)"
+    assert pipeline_info(p_real).kernels.startswith(f"real int8 kernels (oneDNN, {support.isa.name}{tag}) on ")
+    assert pipeline_info(p_sim).kernels == "simulated kernels (fake quantization)"
     layers = [m for m in p_real.unet.modules() if isinstance(m, Int8Layer)]
     assert len(layers) == len(get_state(p_real.unet).layers)
     assert all(m.reduce_range == support.saturates for m in layers)
@@ -117,7 +118,7 @@ def test_real_pipeline_matches_simulated_images(w8a8_checkpoint):
     assert resident_weight_mb(p_real.unet) < 0.5 * fp
 
 
-def test_reduce_range_on_and_off(w8a8_checkpoint):
+def test_reduce_range_on_and_off(w8a8_checkpoint, caplog):
     sim = Variant.from_dict({"model": "tiny-arch", "quant": {"checkpoint": w8a8_checkpoint}})
     ref_unet = build_pipeline(sim).unet
     x = torch.randn(2, ref_unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -127,8 +128,13 @@ def test_reduce_range_on_and_off(w8a8_checkpoint):
     error = {}
     for on in (False, True):
         unet = build_pipeline(sim).unet
-        report = realize(unet, "real", reduce_range=on)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="backend.methods.quant.kernels"):
+            report = realize(unet, "real", reduce_range=on)
         assert bool(report.reduce_range) == on and ("reduce_range" in report.summary()) == on
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warned == ([f"note: {report.notes[-1]}"] if on else [])  # the user sees why outputs differ
+        assert any(r.getMessage() == report.summary() for r in caplog.records if r.levelname == "INFO")
         with torch.no_grad():
             out = unet(x, 500, encoder_hidden_states=text).sample
         error[on] = float((out - ref).norm() / ref.norm())
@@ -156,14 +162,17 @@ def test_real_kernels_count_the_same_macs_as_fp32(w8a8_checkpoint):
     assert macs[0] > 0 and macs[1] == macs[0]
 
 
-def test_real_kernels_fall_back_loudly_off_cpu(tiny_pipe, monkeypatch, capsys):
+def test_real_kernels_fall_back_loudly_off_cpu(tiny_pipe, monkeypatch, caplog, capsys):
     from backend.methods.quant import kernels
 
     monkeypatch.setattr(kernels, "unavailable_reason", lambda device: "no integer kernels on this test device")
     pipe = copy.copy(tiny_pipe)
-    apply(pipe, QuantConfig.from_dict({**CALIB, "kernels": "real"}))
-    assert "simulated kernels (real kernels asked for, but no integer kernels" in pipe.speedlab_kernels
-    assert "note: simulated kernels" in capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="backend.methods.quant.kernels"):
+        apply(pipe, QuantConfig.from_dict({**CALIB, "kernels": "real"}))
+    assert "simulated kernels (real kernels asked for, but no integer kernels" in pipeline_info(pipe).kernels
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].getMessage().startswith("note: simulated kernels (real kernels asked for")
+    assert capsys.readouterr().err == ""  # logged, not printed
     assert not any(isinstance(m, Int8Layer) for m in pipe.unet.modules())
 
 
@@ -193,7 +202,7 @@ def test_checkpoint_on_real_kernels_without_an_fp32_copy(tmp_path):
     sim = Variant.from_dict({"model": "tiny-arch", "steps": 3, "quant": {"checkpoint": str(ckpt)}})
     real = Variant.from_dict({**sim.to_dict(), "quant": {"checkpoint": str(ckpt), "kernels": "real"}})
     p_real = build_pipeline(real)
-    quantized = [m.base.weight for m in get_state(p_real.unet).layers.values()]
+    quantized = [m.base_layer.weight for m in get_state(p_real.unet).layers.values()]
     assert quantized and all(w.is_meta for w in quantized)  # never copied in fp32
     assert fingerprint(base.unet) == before  # the shared base is untouched
     a = generate(build_pipeline(sim), sim, PROMPTS, [0, 1])

@@ -1,4 +1,5 @@
-"""Fake-quant numerics, packing, STE gradients, TALSQ indexing and bad input (no pipeline sampling)."""
+"""Fake-quant numerics, packing, STE gradients, TALSQ indexing, the peft-style QALoRA layer (base_layer, merge /
+unmerge, old state names), the layer-type dispatcher and bad input (no pipeline sampling)."""
 
 import pytest
 import torch
@@ -6,7 +7,18 @@ from torch import nn
 
 from backend.methods.quant import QuantConfig
 from backend.methods.quant.checkpoint import pack, unpack
-from backend.methods.quant.layers import ActQuantizer, QuantLayer, TimestepIndex, WeightQuantizer
+from backend.methods.quant.layers import (
+    QUANT_LAYERS,
+    ActQuantizer,
+    QuantConv2d,
+    QuantLayer,
+    QuantLinear,
+    TimestepIndex,
+    WeightQuantizer,
+    quant_layer_class,
+    rename_legacy_keys,
+    wrap_layer,
+)
 from backend.methods.quant.model import get_state, layer_role, quantize_unet, remove, resample_timesteps, summary
 
 
@@ -27,13 +39,13 @@ def test_weight_quant_levels_and_error(bits):
 def test_eight_bit_is_close_to_fp():
     torch.manual_seed(0)
     lin = nn.Linear(32, 16)
-    layer = QuantLayer(lin, 8, 8, None)
+    layer = wrap_layer(lin, 8, 8, None)
     x = torch.randn(64, 32)
     layer.a_quant.calibrate(x)
     ref = lin(x)
     rel = float((layer(x) - ref).detach().norm() / ref.detach().norm())
     assert rel < 0.01
-    layer4 = QuantLayer(lin, 4, 4, None)
+    layer4 = wrap_layer(lin, 4, 4, None)
     layer4.a_quant.calibrate(x)
     assert float((layer4(x) - ref).detach().norm() / ref.detach().norm()) > rel
 
@@ -50,7 +62,7 @@ def test_pack_round_trip(bits):
 def test_ste_gradients_reach_lora_and_step_sizes():
     torch.manual_seed(0)
     index = TimestepIndex([801, 401, 1])
-    layer = QuantLayer(nn.Conv2d(4, 8, 3, padding=1), 4, 4, index)
+    layer = wrap_layer(nn.Conv2d(4, 8, 3, padding=1), 4, 4, index)
     layer.a_quant.calibrate(torch.randn(2, 4, 6, 6))
     layer.a_quant.resize(3)
     layer.add_lora(4)
@@ -149,3 +161,109 @@ def test_bad_bits_and_no_quantizable_layers():
         ActQuantizer(9)
     with pytest.raises(ValueError, match="no quantizable layers"):
         quantize_unet(nn.Sequential(nn.ReLU(), nn.GroupNorm(1, 4)), QuantConfig())
+
+
+def _lora_conv(seed: int = 0) -> QuantLayer:
+    """A W4A4 conv wrapper with a rank-3 LoRA whose B is non-zero (so ΔW ≠ 0)."""
+    torch.manual_seed(seed)
+    layer = wrap_layer(nn.Conv2d(4, 8, 3, padding=1).requires_grad_(False), 4, 4, None)  # frozen, as in training
+    layer.a_quant.calibrate(torch.randn(2, 4, 6, 6))
+    layer.add_lora(3)
+    with torch.no_grad():
+        layer.lora_B.normal_(0, 0.05)
+    return layer.eval()
+
+
+def test_peft_style_names():
+    conv = nn.Conv2d(4, 8, 3, padding=1)
+    layer = wrap_layer(conv, 4, 4, None)
+    assert layer.base_layer is conv and layer.lora_A is None and layer.scaling == 1.0
+    layer.add_lora(3)
+    keys = set(layer.state_dict())
+    assert {"base_layer.weight", "base_layer.bias", "lora_A", "lora_B", "w0"} <= keys
+    assert not any(k.startswith("base.") for k in keys) and "w0_unmerged" not in keys
+    assert layer.lora_A.shape == (3, 4, 3, 3) and layer.lora_B.shape == (8, 3)
+    delta = layer.get_delta_weight()
+    assert delta.shape == conv.weight.shape and float(delta.abs().sum()) == 0  # B = 0 at init
+
+
+def test_merge_unmerge_round_trip_is_bit_exact():
+    layer = _lora_conv()
+    x = torch.randn(2, 4, 6, 6)
+    w0 = layer.w0.clone()
+    with torch.no_grad():
+        before = layer(x)
+        codes = layer.int_weight()
+        layer.merge()
+        assert layer.merged and torch.equal(layer.w0, w0 + layer.get_delta_weight())
+        assert torch.equal(layer(x), before) and torch.equal(layer.int_weight(), codes)  # Q(W0 + BA) either way
+        assert float((layer.int_weight() - layer.w_quant.integers(w0)).abs().sum()) > 0  # ΔW moved the codes
+        layer.merge()  # a second merge is a no-op
+        assert torch.equal(layer(x), before)
+        layer.unmerge()
+        assert not layer.merged and torch.equal(layer.w0, w0) and torch.equal(layer(x), before)
+        layer.unmerge()  # and so is a second unmerge
+        assert torch.equal(layer.w0, w0)
+
+
+def test_merge_refusals():
+    plain = wrap_layer(nn.Linear(4, 4), 8, 8, None)
+    with pytest.raises(ValueError, match="no LoRA"):
+        plain.merge()
+    layer = _lora_conv()
+    with torch.no_grad():
+        layer.lora_B[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        layer.merge(safe_merge=True)
+    assert not layer.merged
+    layer = _lora_conv()
+    layer.merge()
+    with pytest.raises(ValueError, match="unmerge"):
+        layer.trainable_state()
+    with pytest.raises(ValueError, match="unmerge"):
+        layer.load_trainable_state({})
+    layer.freeze()  # codes of Q(W0 + BA); the merge copy goes with the float path
+    assert not layer.merged and layer.w0 is None and layer.lora_A is None
+
+
+def test_train_state_round_trip_and_old_names():
+    layer = _lora_conv(0)
+    state = layer.trainable_state()
+    assert set(state) == {"w0", "lora_A", "lora_B", "w_quant.scale", "w_quant.zero_point", "a_quant.scale",
+                          "a_quant.zero_point"}  # the frozen fp base layer is not saved
+    other = _lora_conv(1)
+    other.load_trainable_state(state)
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in state.items())
+    # QAT trains the base weight itself; states written before the peft-style names call it base.weight
+    qat = wrap_layer(nn.Linear(6, 5), 4, 4, None)
+    qat.base_layer.weight.requires_grad_(True)
+    saved = qat.trainable_state()
+    assert "base_layer.weight" in saved and "base_layer.bias" not in saved
+    old = {k.replace("base_layer.", "base."): v for k, v in saved.items()}
+    assert rename_legacy_keys(old) == saved
+    fresh = wrap_layer(nn.Linear(6, 5), 4, 4, None)
+    fresh.base_layer.weight.requires_grad_(True)
+    fresh.load_trainable_state(old)
+    assert torch.equal(fresh.base_layer.weight, qat.base_layer.weight)
+    with pytest.raises(ValueError, match="missing 'base_layer.weight'"):
+        fresh.load_trainable_state({k: v for k, v in old.items() if k != "base.weight"})
+    with pytest.raises(ValueError, match="unexpected 'lora_A'"):
+        fresh.load_trainable_state({**old, "lora_A": torch.zeros(1)})
+
+
+def test_dispatcher_picks_the_wrapper_by_type():
+    class MyLinear(nn.Linear):  # e.g. a library's Linear subclass: wrapped like its base class
+        pass
+
+    assert QUANT_LAYERS == {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+    assert type(wrap_layer(nn.Conv2d(2, 3, 1), 8, 8, None)) is QuantConv2d
+    assert type(wrap_layer(nn.Linear(2, 3), 8, 8, None)) is QuantLinear
+    assert quant_layer_class(MyLinear(2, 3)) is QuantLinear and quant_layer_class(nn.GroupNorm(1, 4)) is None
+    with pytest.raises(TypeError, match=r"cannot quantize a Conv1d layer; allowed: nn.Conv2d, nn.Linear"):
+        wrap_layer(nn.Conv1d(2, 3, 1), 8, 8, None)
+    with pytest.raises(TypeError, match="QuantLinear wraps Linear, not Conv2d"):
+        QuantLinear(nn.Conv2d(2, 3, 1), 8, 8, None)
+    model = nn.Sequential(nn.Conv1d(2, 2, 1), nn.Linear(2, 2), MyLinear(2, 2), nn.Conv2d(2, 2, 1))
+    state = quantize_unet(model, QuantConfig())
+    assert list(state.layers) == ["1", "2", "3"] and isinstance(model[0], nn.Conv1d)
+    assert [type(m) for m in state.layers.values()] == [QuantLinear, QuantLinear, QuantConv2d]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from backend.core import JobControl
+from backend.metadata import pipeline_info
 from backend.methods.quant import FinetuneConfig, QuantConfig, apply, ptq
 from backend.methods.quant.calibrate import cfg_eps, ddim_scheduler, encode, latent_shape
 from backend.methods.quant.model import get_state
@@ -61,7 +62,7 @@ def test_apply_with_attention_matmuls(tiny_pipe):
     pipe = copy.copy(tiny_pipe)
     pipe.unet = copy.deepcopy(tiny_pipe.unet)
     apply(pipe, _quant(weight_bits=8, act_bits=8, quantize_attn_matmul=True))
-    assert get_state(pipe.unet).attn and pipe.speedlab_model_size_mb > 0
+    assert get_state(pipe.unet).attn and pipeline_info(pipe).model_size_mb > 0
     with torch.no_grad():
         out = pipe.unet(torch.randn(1, 4, 8, 8), 10, encoder_hidden_states=torch.randn(1, 16, 16)).sample
     assert torch.isfinite(out).all()

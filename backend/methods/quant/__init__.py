@@ -85,15 +85,11 @@ def private_unet(unet, config: QuantConfig):
 
 
 def use_kernels(pipe, kernels: str) -> None:
-    """Run the quantized U-Net on ``kernels`` ("simulated" or "real"); a fallback to simulated is printed."""
-    import sys
-
+    """Run the quantized U-Net on ``kernels`` ("simulated" or "real"); realize logs a fallback to simulated."""
     from backend.methods.quant.kernels import realize
 
     report = realize(pipe.unet, kernels)
     pipeline_info(pipe).kernels = report.summary()
-    if report.reason:
-        print(f"note: {report.summary()}", file=sys.stderr)
 
 
 def packed_size_mb(unet) -> float:

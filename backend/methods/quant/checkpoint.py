@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -36,6 +37,8 @@ from backend.methods.quant.model import QuantState, fingerprint, get_state, quan
 
 FORMAT, VERSION = "speedlab-quant", 1
 CONFIG_FILE, MODEL_FILE, TRAIN_FILE = "quant_config.json", "quant_model.safetensors", "train_state.safetensors"
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -115,8 +118,8 @@ def model_tensors(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
             packed.setdefault(bits, []).append(pack(layer.int_weight().round(), bits))
             w_scale.append(layer.w_quant.scale.detach().float())
             w_zero.append(layer.w_quant.zero_point.detach().round().to(torch.uint8))
-            if layer.base.bias is not None:
-                bias.append(layer.base.bias.detach().float())
+            if layer.base_layer.bias is not None:
+                bias.append(layer.base_layer.bias.detach().float())
         acts = _act_quantizers(state)
         out = {f"qweight.{b}": torch.cat(v) for b, v in packed.items()}
         out.update({"w_scale": torch.cat(w_scale), "w_zero": torch.cat(w_zero),
@@ -142,7 +145,7 @@ def describe(unet: torch.nn.Module) -> dict:
         "base_model": state.base_model, "base_fingerprint": state.fingerprint,
         "timesteps": list(state.index.timesteps),
         "layers": {n: {"role": m.role, "w_bits": m.w_quant.bits, "a_bits": m.a_quant.bits,
-                       "temporal": m.a_quant.temporal, "shape": list(m.base.weight.shape)}
+                       "temporal": m.a_quant.temporal, "shape": list(m.base_layer.weight.shape)}
                    for n, m in state.layers.items()},
         "fp_layers": list(state.fp_layers), "attn": list(state.attn),
     }
@@ -211,7 +214,9 @@ def save_checkpoint(unet: torch.nn.Module, out: str | Path, training: dict | Non
             meta["training"] = training
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
 
-    return write_dir(Path(out), write)
+    path = write_dir(Path(out), write)
+    logger.info("wrote quant checkpoint %s (%.2f MiB packed)", path, checkpoint_size_mb(path))
+    return path
 
 
 def read_meta(path: str | Path) -> dict:
@@ -283,6 +288,8 @@ def load_checkpoint(unet: torch.nn.Module, path: str | Path, base_model: str = "
         raise
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"quant checkpoint {str(path)!r} does not match this model's layers ({exc})") from None
+    logger.info("loaded quant checkpoint %s (%s W%dA%d, %d layers)", path, config.method, config.weight_bits,
+                config.act_bits, len(state.layers))
     return state
 
 
@@ -320,7 +327,7 @@ def _fill(unet, state: QuantState, meta: dict, tensors: dict[str, torch.Tensor])
         if info["w_bits"] != layer.w_quant.bits or info["a_bits"] != layer.a_quant.bits:
             raise CheckpointError(f"layer {name!r}: checkpoint bits W{info['w_bits']}A{info['a_bits']} differ from "
                                   f"the policy's W{layer.w_quant.bits}A{layer.a_quant.bits}")
-        shape = layer.base.weight.shape
+        shape = layer.base_layer.weight.shape
         if list(shape) != list(info["shape"]):
             raise CheckpointError(f"layer {name!r}: checkpoint shape {info['shape']} differs from {list(shape)}")
         bits = layer.w_quant.bits
@@ -334,12 +341,11 @@ def _fill(unet, state: QuantState, meta: dict, tensors: dict[str, torch.Tensor])
         n = shape[0]
         layer.w_quant.scale.data.copy_(w_scale.take(n))
         layer.w_quant.zero_point.copy_(w_zero.take(n).float())
-        layer.w_int = codes.to(layer.w_quant.scale.device)
-        layer.w0, layer.lora_A, layer.lora_B = None, None, None
-        if layer.base.bias is not None:
+        layer.set_codes(codes.to(layer.w_quant.scale.device))
+        if layer.base_layer.bias is not None:
             if bias is None:
                 raise CheckpointError("tensor 'bias' is missing")
-            layer.base.bias.data.copy_(bias.take(layer.base.bias.numel()))
+            layer.base_layer.bias.data.copy_(bias.take(layer.base_layer.bias.numel()))
     a_scale, a_zero = _Reader(tensors, "a_scale"), _Reader(tensors, "a_zero")
     for q in _act_quantizers(state):
         q.scale.data.copy_(a_scale.take(q.scale.numel()))

@@ -27,14 +27,18 @@ softmax·V have no static-scale integer bmm kernel), and everything on devices o
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from backend.metadata import unet_info
 from backend.methods.quant.isa import INT16_MAX, int8_support
-from backend.methods.quant.layers import ActQuantizer, QuantLayer
-from backend.methods.quant.model import _set_module, get_state
+from backend.methods.quant.layers import ActQuantizer, QuantLayer, quant_layer_class
+from backend.methods.quant.model import _set_module, fingerprint, get_state
+
+logger = logging.getLogger(__name__)
 
 KERNELS = ("simulated", "real")
 
@@ -108,7 +112,7 @@ class Int8Layer(nn.Module):
 
     def __init__(self, layer: QuantLayer, saturates: bool | None = None):
         super().__init__()
-        base = layer.base
+        base = layer.base_layer
         self.is_conv = layer.is_conv
         self.a_quant: ActQuantizer = layer.a_quant
         self.w_bits, self.role = layer.w_quant.bits, layer.role
@@ -172,19 +176,16 @@ def lean_copy(unet: nn.Module, layer_names: list[str]) -> nn.Module:
     For loading a packed checkpoint onto real kernels without materializing a second fp32 U-Net: the
     checkpoint provides those weights as integer codes. Layers the int8 kernels cannot run are copied.
     """
-    from backend.methods.quant.model import fingerprint
-
     memo: dict[int, object] = {}
     for name in layer_names:
         try:
             module = unet.get_submodule(name)
         except AttributeError:  # another model's checkpoint: loading it names the mismatch
             continue
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and not (
-                isinstance(module, nn.Conv2d) and _conv_unsupported(module)):
+        if quant_layer_class(module) is not None and not (isinstance(module, nn.Conv2d) and _conv_unsupported(module)):
             memo[id(module.weight)] = nn.Parameter(module.weight.detach().to("meta"), requires_grad=False)
     copy_ = copy.deepcopy(unet, memo)
-    copy_.speedlab_fingerprint = fingerprint(unet)
+    unet_info(copy_).fingerprint = fingerprint(unet)
     return copy_
 
 
@@ -192,7 +193,8 @@ def realize(unet: nn.Module, kernels: str = "real", reduce_range: bool | None = 
     """Put the quantized U-Net on real int8 kernels in place (``kernels="real"``), or report why not.
 
     Where the device has no integer kernels the U-Net stays simulated and the report says so
-    (``report.kernels == "simulated"`` with a ``reason``): a documented fallback, never a silent one.
+    (``report.kernels == "simulated"`` with a ``reason``, also logged as a warning): a documented fallback, never
+    a silent one. The real-kernel summary and notes are logged too (info; reduce_range: a warning).
     ``reduce_range`` (default: when the CPU's int8 sums saturate) runs 8-bit activations of layers whose
     full-range sums could saturate as 7-bit codes.
     """
@@ -205,12 +207,14 @@ def realize(unet: nn.Module, kernels: str = "real", reduce_range: bool | None = 
         return KernelReport("simulated")
     reason = unavailable_reason(module_device(unet))
     if reason:
-        return KernelReport("simulated", reason=f"real kernels asked for, but {reason}")
+        report = KernelReport("simulated", reason=f"real kernels asked for, but {reason}")
+        logger.warning("note: %s", report.summary())
+        return report
     support = int8_support()
     report = KernelReport("real", isa=support.isa.name)
     saturates = support.saturates if reduce_range is None else reduce_range
     for name, layer in state.layers.items():
-        why = _conv_unsupported(layer.base) if layer.is_conv else ""
+        why = _conv_unsupported(layer.base_layer) if layer.is_conv else ""
         if why:
             report.simulated[name] = why
             continue
@@ -220,20 +224,23 @@ def realize(unet: nn.Module, kernels: str = "real", reduce_range: bool | None = 
         if real.reduce_range:
             report.reduce_range.append(name)
         report.requantized_channels += real.requantized
-        layer.base.weight = nn.Parameter(layer.base.weight.detach().to("meta"), requires_grad=False)
-        layer.w_int = layer.w0 = layer.lora_A = layer.lora_B = layer._cache = None
+        layer.base_layer.weight = nn.Parameter(layer.base_layer.weight.detach().to("meta"), requires_grad=False)
+        layer.set_codes(None)
     for name in state.attn:
         report.simulated[f"{name} (matmuls)"] = "QKᵀ and softmax·V: no static-scale integer bmm kernel"
+    logger.info("%s", report.summary())
     low = sorted({f"W{m.w_bits}A{m.a_quant.bits}" for m in _int8_layers(unet) if m.w_bits < 8 or m.a_quant.bits < 8})
     if low:
         report.notes.append(f"{', '.join(low)} codes run on int8 kernels: exact, but no faster than W8A8 (this CPU "
                             "has no 4-bit integer kernels)")
+        logger.info("note: %s", report.notes[-1])
     if report.reduce_range:
         why = (f"because {support.isa.name} int8 kernels add u8×s8 pairs in int16 with saturation (no VNNI)"
                if support.saturates else "as asked")
         report.notes.append(
             f"reduce_range: {len(report.reduce_range)} layers quantize their 8-bit input to 7-bit codes (step ×2) "
             f"{why}; the simulated model keeps 8 bits, so real and simulated outputs differ by that rounding")
+        logger.warning("note: %s", report.notes[-1])
     state.kernels = report
     return report
 

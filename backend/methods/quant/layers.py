@@ -7,8 +7,10 @@
   that the U-Net wrapper sets from the timestep the U-Net is called with (never a call counter).
 - Rounding is straight-through (a custom autograd function, so the forward value is exactly
   ``round(x)`` and a saved integer model reproduces the live one bit for bit).
-- QALoRA: an optional rank-r LoRA (A: k×k conv or linear, B: 1×1 / linear, B = 0 at init) merged into
-  the weight *before* fake quantization: Ŵ = Q(W0 + BA, s_w).
+- QALoRA: an optional rank-r LoRA (peft names: ``lora_A`` k×k conv or linear, ``lora_B`` 1×1 / linear,
+  B = 0 at init) added to the weight *before* fake quantization: Ŵ = Q(W0 + BA, s_w); ``merge`` /
+  ``unmerge`` fold it into W0 and back, as peft's LoRA layers do.
+- One wrapper class per layer type (:data:`QUANT_LAYERS`: Conv2d, Linear); :func:`wrap_layer` dispatches.
 """
 
 from __future__ import annotations
@@ -236,49 +238,77 @@ def _interp(new_ts: list[int], old_ts: list[int], values: torch.Tensor) -> torch
     return torch.stack(out)
 
 
+LEGACY_KEYS = {"base.": "base_layer."}  # state-dict names before the peft-style naming → today's
+
+
+def rename_legacy_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A layer's state dict with names written before the peft-style naming (``base.weight``) renamed
+    (``base_layer.weight``); other keys unchanged."""
+    out = {}
+    for key, value in state.items():
+        old = next((o for o in LEGACY_KEYS if key.startswith(o)), None)
+        out[LEGACY_KEYS[old] + key[len(old):] if old else key] = value
+    return out
+
+
 class QuantLayer(nn.Module):
-    """A fake-quantized wrapper of an ``nn.Conv2d`` or ``nn.Linear`` (the original is kept as ``base``).
+    """A fake-quantized wrapper of a layer (peft style: the original is kept as ``base_layer``).
 
     Weight sources, in order: frozen integer codes ``w_int`` (a loaded checkpoint), else
     ``w0`` + LoRA (QALoRA; w0 is the dequantized PTQ weight), else the base weight (PTQ, and QAT where
-    it is the trainable latent weight).
+    it is the trainable latent weight). The LoRA factors are peft's ``lora_A`` (r × the weight's input
+    dims: a k×k conv or linear) and ``lora_B`` (out × r: 1×1 / linear), ΔW = ``scaling`` · B·A; they are
+    parameters rather than peft's sub-layers because ΔW is always added to the weight before fake
+    quantization, never run as a side branch. :meth:`merge` folds ΔW into ``w0``, :meth:`unmerge` restores it.
+
+    One subclass per wrapped type (:data:`QUANT_LAYERS`); :func:`wrap_layer` picks it.
     """
 
-    def __init__(self, base: nn.Module, w_bits: int, a_bits: int, index: TimestepIndex | None, role: str = "body",
-                 symmetric_weights: bool = False):
+    base_type: type[nn.Module] = nn.Module  # the layer type a subclass wraps
+
+    def __init__(self, base_layer: nn.Module, w_bits: int, a_bits: int, index: TimestepIndex | None,
+                 role: str = "body", symmetric_weights: bool = False):
         super().__init__()
-        if not isinstance(base, (nn.Conv2d, nn.Linear)):
-            raise TypeError(f"QuantLayer wraps nn.Conv2d or nn.Linear, not {type(base).__name__}")
-        self.base = base
+        if not isinstance(base_layer, self.base_type) or self.base_type is nn.Module:
+            raise TypeError(f"{type(self).__name__} wraps {self.base_type.__name__}, not {type(base_layer).__name__}; "
+                            "use wrap_layer to pick the wrapper by type")
+        self.base_layer = base_layer
         self.role = role
-        self.w_quant = WeightQuantizer(base.weight.shape[0], w_bits, symmetric_weights)
+        self.w_quant = WeightQuantizer(base_layer.weight.shape[0], w_bits, symmetric_weights)
         self.a_quant = ActQuantizer(a_bits, index)
         self.register_buffer("w0", None)
         self.register_buffer("w_int", None)
+        self.register_buffer("w0_unmerged", None, persistent=False)  # W0 while ΔW is merged into w0
         self.lora_A: nn.Parameter | None = None
         self.lora_B: nn.Parameter | None = None
+        self.scaling = 1.0  # EfficientDM's ΔW = BA (peft's lora_alpha / r)
         self.quantize = True
         self._cache: torch.Tensor | None = None
-        device = base.weight.device if not base.weight.is_meta else torch.device("cpu")
+        device = base_layer.weight.device if not base_layer.weight.is_meta else torch.device("cpu")
         self.w_quant.to(device)
         self.a_quant.to(device)
-        self.w_quant.init_minmax(base.weight)
+        self.w_quant.init_minmax(base_layer.weight)
 
     @property
     def is_conv(self) -> bool:
-        return isinstance(self.base, nn.Conv2d)
+        return isinstance(self.base_layer, nn.Conv2d)
 
     @property
     def in_features(self) -> int:  # read by diffusers (SDXL checks add_embedding.linear_1.in_features)
-        return self.base.weight.shape[1]
+        return self.base_layer.weight.shape[1]
 
     @property
     def lora_rank(self) -> int:
         return 0 if self.lora_A is None else self.lora_A.shape[0]
 
+    @property
+    def merged(self) -> bool:
+        """Whether the LoRA update is folded into ``w0`` (:meth:`merge`)."""
+        return self.w0_unmerged is not None
+
     def add_lora(self, rank: int) -> None:
         """QALoRA: freeze W0 = dequantized current integer weight and add a rank-r LoRA (B = 0)."""
-        w = self.base.weight
+        w = self.base_layer.weight
         fan_in = w[0].numel()
         rank = max(1, min(rank, w.shape[0], fan_in))
         with torch.no_grad():
@@ -287,12 +317,39 @@ class QuantLayer(nn.Module):
         nn.init.kaiming_uniform_(a.view(rank, -1), a=math.sqrt(5))
         self.lora_A = nn.Parameter(a)
         self.lora_B = nn.Parameter(torch.zeros(w.shape[0], rank, device=w.device, dtype=w.dtype))
+        self.w0_unmerged = None
+
+    def get_delta_weight(self) -> torch.Tensor:
+        """ΔW = scaling · B·A in the weight's shape (peft's name)."""
+        if self.lora_A is None:
+            raise ValueError(f"{type(self).__name__} has no LoRA; add_lora(rank) first")
+        delta = self.lora_B @ self.lora_A.reshape(self.lora_A.shape[0], -1)
+        return (delta * self.scaling).view(self.lora_B.shape[0], *self.lora_A.shape[1:])
+
+    @torch.no_grad()
+    def merge(self, safe_merge: bool = False) -> None:
+        """Fold ΔW into ``w0`` (the weight is then quantized as Q(W0 + BA) with no LoRA term per call); the
+        forward output is unchanged bit for bit. ``safe_merge``: ValueError instead of merging a non-finite
+        weight. A merged layer's LoRA gets no gradients (as in peft); merging twice is a no-op."""
+        if self.merged:
+            return
+        w = self.w0 + self.get_delta_weight()
+        if safe_merge and not bool(torch.isfinite(w).all()):
+            raise ValueError(f"{type(self).__name__}: merging the LoRA gives non-finite weights; not merged")
+        self.w0_unmerged, self.w0 = self.w0, w
+        self._cache = None
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Undo :meth:`merge`: W0 exactly as it was (a kept copy, not a subtraction); no-op when not merged."""
+        if self.merged:
+            self.w0, self.w0_unmerged = self.w0_unmerged, None
+            self._cache = None
 
     def merged_weight(self) -> torch.Tensor:
-        w = self.w0 if self.w0 is not None else self.base.weight
-        if self.lora_A is not None:
-            delta = (self.lora_B @ self.lora_A.reshape(self.lora_A.shape[0], -1)).view_as(w)
-            w = w + delta
+        w = self.w0 if self.w0 is not None else self.base_layer.weight
+        if self.lora_A is not None and not self.merged:
+            w = w + self.get_delta_weight()
         return w
 
     def int_weight(self) -> torch.Tensor:
@@ -309,16 +366,53 @@ class QuantLayer(nn.Module):
             return self.w_quant.dequantize(self.w_int.to(self.w_quant.scale.dtype))
         return self.w_quant(self.merged_weight())
 
+    def set_codes(self, codes: torch.Tensor | None) -> None:
+        """Make the integer ``codes`` the weight (None: no float weight path left at all); drops W0 and LoRA."""
+        self.w_int = codes
+        self.w0 = self.w0_unmerged = self.lora_A = self.lora_B = None
+        self._cache = None
+
     def freeze(self) -> None:
         """Replace the float weight path by the integer codes (what a checkpoint stores); drops LoRA."""
-        q = self.int_weight().round().to(torch.uint8)
-        self.w_int = q
-        self.w0, self.lora_A, self.lora_B = None, None, None
+        self.set_codes(self.int_weight().round().to(torch.uint8))
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What resuming a fine-tune needs: the state dict without the frozen base layer (its weight is kept
+        when it trains: QAT's latent weight). ValueError while merged (W0 would be lost)."""
+        if self.merged:
+            raise ValueError("a merged QALoRA layer has no separate W0 to save; unmerge() first")
+        return {k: v.detach().clone() for k, v in self.state_dict().items() if self._trains(k)}
+
+    def _trains(self, key: str) -> bool:
+        """Whether state-dict ``key`` is part of :meth:`trainable_state`."""
+        if key.startswith("base_layer."):
+            return key == "base_layer.weight" and self.base_layer.weight.requires_grad
+        return True
+
+    @torch.no_grad()
+    def load_trainable_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`trainable_state` (old names renamed by :func:`rename_legacy_keys`); ValueError
+        naming the first missing or unexpected key."""
+        if self.merged:
+            raise ValueError("cannot load W0 into a merged QALoRA layer; unmerge() first")
+        tensors = rename_legacy_keys(tensors)
+        own = self.state_dict()
+        missing = sorted(k for k in own if self._trains(k) and k not in tensors)
+        unexpected = sorted(set(tensors) - set(own))
+        if missing or unexpected:
+            what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+            raise ValueError(f"{type(self).__name__} state does not fit this layer: {what}")
+        for key, value in tensors.items():
+            own[key].copy_(value)
         self._cache = None
 
     def train(self, mode: bool = True):
         self._cache = None
         return super().train(mode)
+
+    def _layer_forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The base layer's operation with the weight ``w`` (and the base layer's own bias)."""
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantize or self.a_quant.observed is not None:
@@ -330,15 +424,49 @@ class QuantLayer(nn.Module):
         else:
             self._cache = None
             w = self.weight()
-        b = self.base
-        if self.is_conv:
-            return b._conv_forward(x, w, b.bias)
-        return F.linear(x, w, b.bias)
+        return self._layer_forward(x, w)
 
     def extra_repr(self) -> str:
         t = len(self.a_quant.index) if self.a_quant.temporal else 1
         return (f"{self.role}, W{self.w_quant.bits}A{self.a_quant.bits}, lora_rank={self.lora_rank}, "
-                f"act_steps={t}, frozen={self.w_int is not None}")
+                f"merged={self.merged}, act_steps={t}, frozen={self.w_int is not None}")
+
+
+class QuantConv2d(QuantLayer):
+    """A fake-quantized ``nn.Conv2d`` (its padding mode, stride, dilation and groups)."""
+
+    base_type = nn.Conv2d
+
+    def _layer_forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.base_layer._conv_forward(x, w, self.base_layer.bias)
+
+
+class QuantLinear(QuantLayer):
+    """A fake-quantized ``nn.Linear``."""
+
+    base_type = nn.Linear
+
+    def _layer_forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w, self.base_layer.bias)
+
+
+# the dispatcher: layer type -> its fake-quantized wrapper (subclasses of a type use its wrapper)
+QUANT_LAYERS: dict[type[nn.Module], type[QuantLayer]] = {cls.base_type: cls for cls in (QuantConv2d, QuantLinear)}
+
+
+def quant_layer_class(module: nn.Module) -> type[QuantLayer] | None:
+    """The wrapper class for ``module``'s type (the nearest registered base class), or None."""
+    return next((QUANT_LAYERS[t] for t in type(module).__mro__ if t in QUANT_LAYERS), None)
+
+
+def wrap_layer(module: nn.Module, w_bits: int, a_bits: int, index: TimestepIndex | None, role: str = "body",
+               symmetric_weights: bool = False) -> QuantLayer:
+    """``module`` wrapped by its type's :class:`QuantLayer` subclass; TypeError naming an unsupported type."""
+    cls = quant_layer_class(module)
+    if cls is None:
+        allowed = ", ".join(f"nn.{t.__name__}" for t in QUANT_LAYERS)
+        raise TypeError(f"cannot quantize a {type(module).__name__} layer; allowed: {allowed} (and subclasses)")
+    return cls(module, w_bits, a_bits, index, role, symmetric_weights)
 
 
 class QuantAttnProcessor(nn.Module):

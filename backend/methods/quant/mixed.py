@@ -58,11 +58,11 @@ def plan(pipe, config: QuantConfig, samples: int = 4) -> tuple[list[str], float]
 
 def promote(unet: nn.Module, state: QuantState, names: list[str]) -> None:
     """Re-wrap the named quantized layers at W8A8 (same role and timestep index), in place."""
-    from backend.methods.quant.layers import QuantLayer
+    from backend.methods.quant.layers import wrap_layer
 
     symmetric = state.config.symmetric_8bit_weights
     for name in names:
         old = state.layers[name]
-        new = QuantLayer(old.base, 8, 8, old.a_quant.index, old.role, symmetric)
+        new = wrap_layer(old.base_layer, 8, 8, old.a_quant.index, old.role, symmetric)
         _set_module(unet, name, new)
         state.layers[name] = new

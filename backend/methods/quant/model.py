@@ -1,6 +1,6 @@
 """Inject fake-quantized layers into a diffusers U-Net (and remove them), the layer policy, the timestep hook.
 
-The state lives in one :class:`QuantState` attached to the U-Net as ``unet.speedlab_quant``; a forward
+The state lives in one :class:`QuantState` in the U-Net's metadata (``unet_info(unet).quant``); a forward
 pre-hook on the U-Net reads the ``timestep`` argument of every call and sets the shared
 :class:`TimestepIndex`, so per-step activation scales follow the denoising step (diffusers-hooks style).
 """
@@ -14,10 +14,18 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from backend.metadata import unet_info
 from backend.methods.quant.config import QuantConfig
-from backend.methods.quant.layers import ActQuantizer, QuantAttnProcessor, QuantLayer, TimestepIndex, check_bits
-
-ATTR = "speedlab_quant"
+from backend.methods.quant.layers import (
+    QUANT_LAYERS,
+    ActQuantizer,
+    QuantAttnProcessor,
+    QuantLayer,
+    TimestepIndex,
+    check_bits,
+    quant_layer_class,
+    wrap_layer,
+)
 
 
 def layer_role(name: str) -> str:
@@ -94,9 +102,9 @@ class QuantState:
         rows = []
         for name, m in self.layers.items():
             a_steps = len(self.index) if m.a_quant.temporal else 1
-            rows.append({"layer": name, "type": type(m.base).__name__, "role": m.role,
+            rows.append({"layer": name, "type": type(m.base_layer).__name__, "role": m.role,
                          "weight": f"int{m.w_quant.bits}/channel", "act": f"int{m.a_quant.bits}/tensor",
-                         "act_steps": a_steps, "lora_rank": m.lora_rank, "params": m.base.weight.numel(),
+                         "act_steps": a_steps, "lora_rank": m.lora_rank, "params": m.base_layer.weight.numel(),
                          "kernel": self.kernel_of(name)})
         for name in self.fp_layers:
             rows.append({"layer": name, "type": "Conv2d", "role": layer_role(name), "weight": "fp32", "act": "fp32",
@@ -110,7 +118,8 @@ class QuantState:
 
 
 def get_state(unet: nn.Module) -> QuantState | None:
-    return getattr(unet, ATTR, None)
+    """The U-Net's quantization state (None: not quantized)."""
+    return unet_info(unet).quant
 
 
 def fingerprint(unet: nn.Module) -> str:
@@ -118,8 +127,8 @@ def fingerprint(unet: nn.Module) -> str:
 
     A lean copy (weights left on the meta device for a checkpoint to fill) carries its base's hash.
     """
-    if getattr(unet, "speedlab_fingerprint", None):
-        return unet.speedlab_fingerprint
+    if unet_info(unet).fingerprint:
+        return unet_info(unet).fingerprint
     h = hashlib.sha256()
     config = dict(getattr(unet, "config", {}) or {})
     h.update(json.dumps({k: v for k, v in config.items() if not k.startswith("_")}, sort_keys=True,
@@ -140,17 +149,19 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def quantize_unet(unet: nn.Module, config: QuantConfig, timesteps: list[int] | None = None,
                   base_model: str = "") -> QuantState:
-    """Wrap the U-Net's Conv2d/Linear layers in place by the layer policy; ValueError when none can be."""
+    """Wrap the U-Net's layers of a type in :data:`~backend.methods.quant.layers.QUANT_LAYERS` in place by the
+    layer policy; ValueError when none can be."""
     check_bits(config.weight_bits, "quant.weight_bits")
     check_bits(config.act_bits, "quant.act_bits")
-    if get_state(unet) is not None:
-        raise ValueError("this U-Net is already quantized; quantize a fresh copy")
     if not isinstance(unet, nn.Module):
         raise ValueError(f"expected a U-Net module, got {type(unet).__name__}")
-    candidates = [(n, m) for n, m in unet.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n]
+    if get_state(unet) is not None:
+        raise ValueError("this U-Net is already quantized; quantize a fresh copy")
+    candidates = [(n, m) for n, m in unet.named_modules() if n and quant_layer_class(m) is not None]
     if not candidates:
-        raise ValueError(f"model {type(unet).__name__} has no quantizable layers (no nn.Conv2d or nn.Linear in its "
-                         "U-Net); quantization needs a U-Net with convolution or linear layers")
+        allowed = " or ".join(f"nn.{t.__name__}" for t in QUANT_LAYERS)
+        raise ValueError(f"model {type(unet).__name__} has no quantizable layers (no {allowed} in its U-Net); "
+                         "quantization needs a U-Net with convolution or linear layers")
     fp = fingerprint(unet)
     index = TimestepIndex(timesteps)
     layers, fp_layers = {}, []
@@ -162,7 +173,7 @@ def quantize_unet(unet: nn.Module, config: QuantConfig, timesteps: list[int] | N
             continue
         w_bits, a_bits, temporal = bits
         symmetric = w_bits == 8 and config.symmetric_8bit_weights
-        layers[name] = QuantLayer(module, w_bits, a_bits, index if temporal else None, role, symmetric)
+        layers[name] = wrap_layer(module, w_bits, a_bits, index if temporal else None, role, symmetric)
     if not layers:
         raise ValueError("the layer policy leaves no layer to quantize; allowed: a policy that quantizes at least one")
     for name, layer in layers.items():
@@ -187,7 +198,7 @@ def quantize_unet(unet: nn.Module, config: QuantConfig, timesteps: list[int] | N
         state.index.set_timestep(t)
 
     state.hook = unet.register_forward_pre_hook(hook, with_kwargs=True)
-    setattr(unet, ATTR, state)
+    unet_info(unet).quant = state
     return state
 
 
@@ -197,11 +208,11 @@ def remove(unet: nn.Module) -> None:
     if state is None:
         return
     for name, layer in state.layers.items():
-        _set_module(unet, name, layer.base)
+        _set_module(unet, name, layer.base_layer)
     for name, proc in state.original_procs.items():
         unet.get_submodule(name).set_processor(proc)
     state.hook.remove()
-    delattr(unet, ATTR)
+    unet_info(unet).quant = None
 
 
 def resample_timesteps(state: QuantState, timesteps: list[int]) -> None:

@@ -67,6 +67,6 @@ def sensitivity_map(pipe, config: QuantConfig, samples: int = 4, steps: int = 10
         mse = float(torch.stack([(o - r).pow(2).mean() for o, r in zip(outputs(), reference, strict=True)]).mean())
         layer.quantize, layer._cache = False, None
         rows.append({"layer": name, "role": layer.role, "weight_bits": layer.w_quant.bits,
-                     "act_bits": layer.a_quant.bits, "params": layer.base.weight.numel(), "eps_mse": mse,
+                     "act_bits": layer.a_quant.bits, "params": layer.base_layer.weight.numel(), "eps_mse": mse,
                      "eps_rel_mse": mse / max(power, 1e-30)})
     return rows

@@ -71,7 +71,7 @@ def build_student(pipe, ft: FinetuneConfig, prompts: list[str] | None = None, ca
         if ft.method == "efficientdm":
             layer.add_lora(ft.lora_rank)
         else:
-            layer.base.weight.requires_grad_(True)
+            layer.base_layer.weight.requires_grad_(True)
         layer.w_quant.scale.requires_grad_(True)
     for q in state.act_quantizers(temporal_only=True).values():
         q.scale.requires_grad_(True)
@@ -89,7 +89,7 @@ def param_groups(state: QuantState, ft: FinetuneConfig) -> list[dict]:
             lr = ft.lora_lr_scale * float(layer.w_quant.scale.detach().mean())
             groups.append({"params": [layer.lora_A, layer.lora_B], "lr": lr, "name": f"lora:{name}"})
     if ft.method == "qat":
-        groups.append({"params": [m.base.weight for m in layers.values()], "lr": ft.qat_lr, "name": "weights"})
+        groups.append({"params": [m.base_layer.weight for m in layers.values()], "lr": ft.qat_lr, "name": "weights"})
     groups.append({"params": [m.w_quant.scale for m in layers.values()], "lr": ft.weight_scale_lr,
                    "name": "weight_scales"})
     for name, q in state.act_quantizers(temporal_only=True).items():  # scale-aware: relative to the step size
@@ -104,9 +104,7 @@ def param_groups(state: QuantState, ft: FinetuneConfig) -> list[dict]:
 def _train_tensors(state: QuantState, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     out = {}
     for name, layer in state.layers.items():
-        for key, value in layer.state_dict().items():
-            if not key.startswith("base.") or (key == "base.weight" and layer.base.weight.requires_grad):
-                out[f"layer.{name}.{key}"] = value.detach().clone()
+        out.update({f"layer.{name}.{key}": value for key, value in layer.trainable_state().items()})
     for name, proc in state.attn.items():
         for key, value in proc.state_dict().items():
             out[f"attn.{name}.{key}"] = value.detach().clone()
@@ -122,11 +120,11 @@ def _train_tensors(state: QuantState, opt: torch.optim.Optimizer) -> dict[str, t
 def _restore(state: QuantState, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups_meta) -> None:
     with torch.no_grad():
         for name, layer in state.layers.items():
-            own = layer.state_dict()
-            for key in own:
-                full = f"layer.{name}.{key}"
-                if full in tensors:
-                    own[key].copy_(tensors[full])
+            prefix = f"layer.{name}."
+            try:
+                layer.load_trainable_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            except ValueError as exc:
+                raise CheckpointError(f"the saved layer {name!r} does not match this fine-tune ({exc})") from None
         for name, proc in state.attn.items():
             for key, value in proc.state_dict().items():
                 value.copy_(tensors[f"attn.{name}.{key}"])

@@ -15,11 +15,13 @@ are no reference), else the first evaluation.
 from __future__ import annotations
 
 import copy
-import sys
+import logging
 
 import numpy as np
 
 from backend.metadata import pipeline_info
+
+logger = logging.getLogger(__name__)
 
 
 class QualityWatch:
@@ -83,5 +85,5 @@ class QualityWatch:
                     f"({delta['verdict']}), loss {first_loss:.4g} → {self.loss:.4g}, at {point['minutes']} min; "
                     f"the FP model scores {self.fp_accuracy:.2f} there")
             self.warnings.append(text)
-            print(text, file=sys.stderr)
+            logger.warning("%s", text)
         return False
