@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 import time
 
@@ -240,6 +241,7 @@ def describe_error(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)  # the library's warnings: one line each
     from backend.models import allow_pickle
 
     allow_pickle(args.allow_pickle)

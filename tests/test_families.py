@@ -276,11 +276,18 @@ def test_family_single_file_shapes_sd_draws_the_same_image(shapes_available, tmp
 
 
 def test_family_single_file_sd2_loads_with_a_config_folder(family_dirs, tmp_path):
+    from backend.models import load_pipeline
     from backend.single_file import to_single_file
 
     path = to_single_file(family_dirs["sd2"], tmp_path / "sd2.safetensors")
-    single = _images({"model": str(path), "model_config": family_dirs["sd2"]})
-    assert np.array_equal(single, _images({"model": family_dirs["sd2"]}))
+    folder, single = load_pipeline(family_dirs["sd2"]), load_pipeline(str(path), config=family_dirs["sd2"])
+    for name in ("unet", "vae", "text_encoder"):  # the very same weights
+        a, b = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k].reshape(a[k].shape)) for k in a), name
+    # the same images up to fp32 rounding: on some CPUs (AMD EPYC, AVX2) oneDNN picks another kernel for the
+    # converted tensors' memory layout and the images differ in the 6th decimal (2e-6 measured)
+    single_images = _images({"model": str(path), "model_config": family_dirs["sd2"]})
+    np.testing.assert_allclose(single_images, _images({"model": family_dirs["sd2"]}), rtol=0, atol=1e-5)
 
 
 def test_family_single_file_refusals(family_dirs, tmp_path):
