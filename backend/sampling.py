@@ -19,7 +19,6 @@ def load_model(variant: Variant) -> DiffusionPipeline:
                          bool(variant.allow_pickle))
 
 
-
 def resolved_size(pipe: DiffusionPipeline, variant: Variant) -> tuple[int, int]:
     """Height and width for the variant; VariantError unless they fit the VAE's downsampling."""
     defaults = model_defaults(pipe)
