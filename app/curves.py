@@ -1,6 +1,7 @@
 """The Curves tab: one parameter swept (and optionally a second, drawn as colour / series) through
 backend.runs.curves, plotted latency vs a chosen quality metric with the Pareto front; hover names the variant
-and its metrics; selecting a point compares it with the baseline."""
+and its metrics; selecting a point compares it with the baseline. Below, the quantization maps of the model from
+the newest ``bench quant`` fragments (backend.bench.docs.quant_maps)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from app.images import before_after_html
+from backend.bench import docs
 from backend.reports.plots import COST_METRICS, QUALITY_METRICS
 from backend.runs import compare as cmp
 from backend.runs import curves
@@ -196,6 +198,18 @@ class CurvesCallbacks:
             if identical > 0 and metric == "psnr_vs_baseline" else ""
         status = f"{len(df)} points ({n_front} on the Pareto front){note}."
         return (figure(df, run["keys"], metric), table, run, status, gr.update(choices=metrics, value=metric))
+
+    @staticmethod
+    def quant_maps(model: str) -> list:
+        """Per quantization map: its plot (hidden when no fragment has it) and its caption."""
+        try:
+            maps = docs.quant_maps(model)
+        except Exception as exc:
+            raise gr.Error(f"quantization maps of {model!r}: {type(exc).__name__}: {exc}") from exc
+        out = []
+        for m in maps:
+            out += [gr.update(value=m["figure"], visible=m["figure"] is not None), f"**{m['title']}** — {m['caption']}"]
+        return out
 
     def point_selected(self, run: dict | None, evt: gr.SelectData):
         if not run or evt is None:

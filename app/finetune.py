@@ -1,5 +1,6 @@
 """The Fine-tune tab's handlers: start (the job id at once, "starting worker"), follow, cancel and resume jobs
-of backend.runs.jobs.JobService. The tab polls only while a job runs and the tab is open."""
+of backend.runs.jobs.JobService. The tab polls only while a job runs and the tab is open. A job with a quality
+watch shows its judged accuracy beside the loss, with the FP model and the PTQ start as references."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
+import plotly.graph_objects as go
 
 from app.controls import coerce
 from backend.runs import knobs
@@ -21,6 +23,26 @@ def form_kinds() -> list[str]:
 
 def _error(exc: BaseException) -> gr.Error:
     return gr.Error(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")
+
+
+def accuracy_figure(points: list[dict], minutes: float | None) -> go.Figure:
+    """The quality watch's points: the fine-tune's judged accuracy by minute of training, with the FP model's and
+    the PTQ start's accuracy as flat references across the job's budget."""
+    end = max([p["minutes"] for p in points] + [float(minutes or 0)])
+    fig = go.Figure()
+    for name, value, line in (("FP model", points[0]["fp_prompt_accuracy"], {"dash": "dash", "color": "grey"}),
+                              ("PTQ start", points[0]["prompt_accuracy"], {"dash": "dot", "color": "#d62728"})):
+        fig.add_trace(go.Scatter(x=[0.0, end], y=[value, value], mode="lines", name=name, line=line,
+                                 hovertemplate=f"{name}: {value:.2f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[p["minutes"] for p in points], y=[p["prompt_accuracy"] for p in points],
+                             mode="lines+markers", name="fine-tune", line={"color": "#1f77b4"}, marker={"size": 9},
+                             hovertext=[f"{p['iters']} iterations, accuracy {p['prompt_accuracy']:.2f}"
+                                        + (f", loss {p['loss']:.4g}" if p.get("loss") is not None else "")
+                                        for p in points], hoverinfo="text"))
+    fig.update_layout(title="judged accuracy (hard prompts)", xaxis_title="minutes of training",
+                      yaxis_title="prompt accuracy", yaxis_range=[0, 1.05], height=320,
+                      margin={"t": 40, "l": 60, "r": 20, "b": 40}, legend={"orientation": "h", "y": -0.3, "x": 0})
+    return fig
 
 
 class FinetuneCallbacks:
@@ -104,9 +126,14 @@ class FinetuneCallbacks:
             if job.get("step"):
                 line += f", step {job['step']}" + (f"/{job['total']}" if job.get("total") else "")
                 line += f", loss {job['loss']:.4g}" if isinstance(job.get("loss"), (int, float)) else ""
-                line += f", ETA {job['eta_s']:.0f} s" if job.get("eta_s") is not None else ""
+                if job.get("phase") in (None, "training"):
+                    line += f", ETA {job['eta_s']:.0f} s" if job.get("eta_s") is not None else ""
+                else:
+                    line += f" ({job['phase']})"
             else:
                 line += f" ({job.get('phase') or 'starting worker'}; ETA once the first steps are timed)"
+        if job.get("warning"):
+            line += f"\n\n**Quality watch {job['warning']}**"
         if job.get("error"):
             line += f"\n\nError: {job['error']}"
         if job["status"] == "done":
@@ -120,33 +147,40 @@ class FinetuneCallbacks:
         return pd.DataFrame([{c: j.get(c) for c in cols} for j in jobs], columns=cols)
 
     def view(self, job_id: str | None):
-        """The selected job's loss curve (hidden until it has points) and status line."""
+        """The selected job's loss curve and judged-accuracy curve (each hidden until it has points) and status
+        line."""
+        hidden = gr.update(visible=False)
         if not job_id:
-            return gr.update(visible=False), "No job selected."
+            return hidden, hidden, "No job selected."
         try:
             job = self.jobs.get(job_id)
         except ValueError:
-            return gr.update(visible=False), f"Job {job_id} not found."
+            return hidden, hidden, f"Job {job_id} not found."
         points = [r for r in self.jobs.progress(job_id) if isinstance(r.get("loss"), (int, float))]
-        if not points:
-            return gr.update(visible=False), self.status_line(job)
-        curve = pd.DataFrame({"step": [r["step"] for r in points], "loss": [float(r["loss"]) for r in points]})
-        return gr.update(value=curve, visible=True), self.status_line(job)
+        loss = hidden if not points else gr.update(
+            value=pd.DataFrame({"step": [r["step"] for r in points], "loss": [float(r["loss"]) for r in points]}),
+            visible=True)
+        watch = self.jobs.quality_watch(job_id)
+        accuracy = hidden if not watch else gr.update(value=accuracy_figure(watch, job["settings"].get("minutes")),
+                                                      visible=True)
+        return loss, accuracy, self.status_line(job)
 
     def poll(self, job_id: str | None):
         """Timer tick: jobs table, the selected job's view; the timer stops once no job is active."""
         jobs = self.jobs.jobs()
-        curve, line = self.view(job_id)
+        loss, accuracy, line = self.view(job_id)
         active = any(j["status"] in ACTIVE for j in jobs)
-        return self.table(jobs), curve, line, gr.Timer(active=active)
+        return self.table(jobs), loss, accuracy, line, gr.Timer(active=active)
 
     def tab_opened(self, job_id: str | None):
-        """The tab is shown: refresh once and poll while a job is active."""
-        return (*self.poll(job_id), self.choices(job_id))
+        """The tab is shown: refresh once, showing the selected job or else the newest (after a restart), and poll
+        while a job is active."""
+        choices = self.choices(job_id)
+        return (*self.poll(choices["value"]), choices)
 
     @staticmethod
     def tab_closed():
         return gr.Timer(active=False)
 
 
-__all__ = ["FinetuneCallbacks", "form_kinds"]
+__all__ = ["FinetuneCallbacks", "accuracy_figure", "form_kinds"]

@@ -11,6 +11,7 @@ from app.controls import make_control
 from app.curves import NONE, PROMPT_SOURCES
 from app.finetune import form_kinds
 from app.images import SLIDER_CSS, SLIDER_JS, before_after_html
+from backend.bench.docs import QUANT_MAPS
 from backend.reports.plots import QUALITY_METRICS
 from backend.runs import knobs
 from backend.variant import SCHEDULERS
@@ -150,7 +151,10 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                 cancel_job_btn = gr.Button("Cancel job", variant="stop")
                 resume_btn = gr.Button("Resume job")
             job_status = gr.Markdown(elem_id="job-status")
-            loss_plot = gr.LinePlot(x="step", y="loss", label="loss", height=260, visible=False)
+            with gr.Row():
+                loss_plot = gr.LinePlot(x="step", y="loss", label="loss", height=320, visible=False)
+                accuracy_plot = gr.Plot(label="judged accuracy (hard prompts)", show_label=False, visible=False,
+                                        elem_id="accuracy-plot")
             jobs_df = gr.Dataframe(label="jobs (kept in the results store)", interactive=False)
             timer = gr.Timer(2.0, active=False)
 
@@ -179,6 +183,11 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
             table = gr.Dataframe(label="points (select a row to compare it with the baseline)", interactive=False)
             point_md = gr.Markdown()
             point_pair = gr.HTML(before_after_html(None, None), js_on_load=SLIDER_JS)
+            gr.Markdown("### Quantization: where PTQ breaks")
+            quant_maps = []
+            for part, *_ in QUANT_MAPS:
+                quant_maps += [gr.Plot(visible=False, show_label=False, elem_id=f"quant-{part}"),
+                               gr.Markdown(elem_id=f"quant-{part}-caption")]
 
         with gr.Tab("Report") as rp_tab:
             export_source = gr.Radio(["Playground comparison", "Curves sweep"], value="Playground comparison",
@@ -219,8 +228,8 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                         api_name="finetune", **AT_ONCE)
         cancel_job_btn.click(ft.cancel, job_sel, job_status, api_name="cancel_finetune", **AT_ONCE)
         resume_btn.click(ft.resume, job_sel, [job_status, timer], api_name="resume_finetune", **AT_ONCE)
-        job_sel.input(ft.view, job_sel, [loss_plot, job_status], api_visibility="private")
-        poll_out = [jobs_df, loss_plot, job_status, timer]
+        job_sel.input(ft.view, job_sel, [loss_plot, accuracy_plot, job_status], api_visibility="private")
+        poll_out = [jobs_df, loss_plot, accuracy_plot, job_status, timer]
         timer.tick(ft.poll, job_sel, poll_out, show_progress="hidden", api_visibility="private", **AT_ONCE)
         ft_tab.select(ft.tab_opened, job_sel, [*poll_out, job_sel], api_visibility="private", **AT_ONCE)
         for tab in (pg_tab, cv_tab, rp_tab):
@@ -241,6 +250,7 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
         metric.input(cv.outputs, [curves_run, metric], [plot, table, curves_run, curves_status, metric],
                      api_visibility="private")
         table.select(cv.point_selected, curves_run, [point_pair, point_md], api_visibility="private")
+        cv_tab.select(cv.quant_maps, model, quant_maps, api_visibility="private", **AT_ONCE)
 
         gr.api(ft.api_start, api_name="finetune_preset")
         gr.api(ft.api_job, api_name="job")

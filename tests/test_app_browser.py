@@ -1,7 +1,7 @@
 """The workbench end to end in headless Chromium (Debian's chromium package, driven by Playwright with
 executable_path; browser downloads are impossible here, so `playwright install` is never used), on the embedded
 model with the checkpoints shipped in assets/: the default page's four methods, columns that stay true, the
-aligned before/after comparison, the grid PNG, and Cancel."""
+aligned before/after comparison, the grid PNG, Cancel, and the Curves tab's quantization maps."""
 
 import shutil
 import time
@@ -143,4 +143,22 @@ def test_cancel_stops_a_long_generation(browser, page_url):
     print(f"cancel took {took:.2f} s")
     assert took < 15  # the three columns would need far longer
     expect(page.locator("#cancel-note")).to_contain_text("Cancelling")
+    page.close()
+
+
+def test_curves_tab_shows_the_ptq_heat_map(browser, page_url):
+    """The quantization maps come from the newest `bench quant` fragments of the model in docs/bench/quant/."""
+    from playwright.sync_api import expect
+
+    from backend.bench.docs import latest_fragment
+
+    fragment = latest_fragment("quant", "shapes", "grid")
+    if fragment is None:
+        pytest.skip("no `bench quant --grid` fragment of shapes in docs/bench/quant/")
+    page = _open(browser, page_url)
+    page.get_by_role("tab", name="Curves").click()
+    expect(page.locator("#quant-grid g.hm image").first).to_be_visible(timeout=60_000)  # a drawn heat-map
+    expect(page.locator("#quant-grid")).to_contain_text("PTQ accuracy drop vs FP")
+    expect(page.locator("#quant-grid-caption")).to_contain_text(fragment["command"])
+    expect(page.locator("#quant-grid-caption")).to_contain_text(f"commit {fragment['environment']['git_commit']}")
     page.close()

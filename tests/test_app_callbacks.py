@@ -283,3 +283,149 @@ def test_a_dead_worker_and_resume(tmp_path):
     resumed = jobs.resume(job_id)
     assert resumed["status"] in ACTIVE and resumed["error"] is None
     assert jobs.wait(job_id, 90)["status"] in ("done", "failed")
+
+
+def _fragment(folder, name: str, model: str, rows: list[dict], date: str, commit: str) -> None:
+    env = {"cpu": "x86_64", "cpu_threads": 1, "cpu_isa": "AVX512", "gpu": None, "git_commit": commit}
+    (folder / name).write_text(json.dumps({"bench": "quant", "model": model, "device": "cpu-avx512", "date": date,
+                                           "command": f"python -m backend bench quant {name}", "environment": env,
+                                           "rows": rows}))
+
+
+def test_quant_maps_show_the_newest_fragments_or_the_command(tmp_path, monkeypatch):
+    from app.curves import CurvesCallbacks
+    from backend.bench import docs
+
+    folder = tmp_path / "quant"
+    folder.mkdir()
+    monkeypatch.setattr(docs, "FRAGMENTS", tmp_path)
+    ptq = [{"model": "shapes (grid)", "method": "ptq", "policy": policy, "weight_bits": w, "act_bits": a,
+            "prompt_accuracy_delta": {"delta": -0.01 * w * a}, "ptq_breaks": w == 2}
+           for policy in ("paper", "all-same") for w in (2, 4) for a in (4, 8)]
+    _fragment(folder, "shapes-grid--old.json", "shapes (grid)", ptq[:2], "2026-01-01", "old1234")
+    _fragment(folder, "shapes-grid--new.json", "shapes (grid)", ptq, "2026-12-02", "new5678")
+    layers = [{"layer": f"down_blocks.{i}.conv", "role": "first_last" if i == 0 else "body", "params": 100 * i,
+               "eps_rel_mse": 0.1 * i} for i in range(5)]
+    _fragment(folder, "shapes-sensitivity-w4a4--x.json", "shapes (sensitivity W4A4)", layers, "2026-12-01", "sens000")
+    _fragment(folder, "other-grid--x.json", "other (grid)", ptq, "2026-12-03", "other00")
+
+    grid, grid_caption, sens, sens_caption = CurvesCallbacks.quant_maps("shapes")
+    assert grid["visible"] and sens["visible"]
+    heatmaps = grid["value"].data
+    assert [t.type for t in heatmaps] == ["heatmap", "heatmap"]  # one panel per layer policy: the newest fragment
+    assert heatmaps[0].z[0][0] == pytest.approx(8.0) and heatmaps[0].text[0][0] == "8.0*"  # W2A4: drop in points
+    assert "bench quant shapes-grid--new.json" in grid_caption and "2026-12-02" in grid_caption
+    assert "CPU ISA AVX512" in grid_caption and "commit new5678" in grid_caption and "\n" not in grid_caption
+    bars = sens["value"]
+    assert [(t.type, t.name) for t in bars.data] == [("bar", "body"), ("bar", "first_last")]  # one per layer role
+    assert list(bars.layout.yaxis.categoryarray) == [f"down_blocks.{i}.conv" for i in range(5)]  # top: the most
+    assert "commit sens000" in sens_caption
+
+    grid, grid_caption, sens, sens_caption = CurvesCallbacks.quant_maps("tiny-arch")
+    assert not grid["visible"] and not sens["visible"]
+    assert "`python -m backend bench quant --grid --set hard --n 100 --model tiny-arch`" in grid_caption
+    assert "`python -m backend bench quant --sensitivity --bits W4A4 --model tiny-arch`" in sens_caption
+
+
+class _FakeWatch:
+    """A QualityWatch's interface: the PTQ start judged at construction, one point per call, a warning when the
+    accuracy falls 10 points below the start."""
+
+    def __init__(self, accuracies: list[float]):
+        self.accuracies = list(accuracies)
+        self.curve = [{"minutes": 0.0, "iters": 0, "loss": None, "prompt_accuracy": self.accuracies.pop(0),
+                       "fp_prompt_accuracy": 0.9}]
+        self.warnings: list[str] = []
+
+    def __call__(self, student, train_s: float, iters: int) -> bool:
+        accuracy = self.accuracies.pop(0)
+        self.curve.append({"minutes": round(train_s / 60, 3), "iters": iters, "loss": 0.1,
+                           "prompt_accuracy": accuracy, "fp_prompt_accuracy": 0.9})
+        if accuracy <= self.curve[0]["prompt_accuracy"] - 0.1:
+            self.warnings.append(f"warning: judged quality fell while the loss fell: {accuracy:.2f}")
+        return False
+
+    def observe(self, fields: dict) -> None:
+        self.losses = [*getattr(self, "losses", []), fields["loss"]]
+
+
+def test_a_watched_job_records_accuracy_points_and_its_warning(tmp_path):
+    """The worker's quality-watch hook writes each point as a progress row and the warning as the job's; the
+    service reads them back after a restart and the Fine-tune tab plots them with the FP and PTQ references."""
+    from app.finetune import FinetuneCallbacks
+    from backend.runs.job_worker import JobLog, WatchRecorder
+
+    job_id = "20260101-000002-watch"
+    (tmp_path / "jobs" / job_id).mkdir(parents=True)
+    with Store(tmp_path) as store:
+        store.create_job("efficientdm", {"model": "shapes", "settings": {"minutes": 3.0}, "section": "quant"},
+                         out_dir=str(tmp_path / "jobs" / job_id / "checkpoint"), job_id=job_id, status="running")
+        with (tmp_path / "jobs" / job_id / "progress.jsonl").open("a") as file:
+            log = JobLog(store, job_id, file)
+            recorder = WatchRecorder(_FakeWatch([0.8, 0.75, 0.6]), log)
+            for step in (1, 2):
+                log.report({"step": step, "loss": 0.2 / step, "train_s": 60.0 * step})
+            assert recorder(None, 120.0, 2) is False
+            recorder.final(None, 120.0, 2)  # judged at its last iteration already: no second point
+            recorder.final(None, 150.0, 3)
+        store.update_job(job_id, status="done", progress={**log.latest, "phase": "done"})
+
+    fresh = JobService(tmp_path)  # a restarted UI
+    points = fresh.quality_watch(job_id)
+    assert [(p["iters"], p["prompt_accuracy"]) for p in points] == [(0, 0.8), (2, 0.75), (3, 0.6)]
+    assert [r["step"] for r in fresh.progress(job_id)] == [1, 2]  # the loss curve has no watch rows
+    job = fresh.get(job_id)
+    assert job["warning"] == "warning: judged quality fell while the loss fell: 0.60"
+
+    loss, accuracy, line = FinetuneCallbacks(fresh).view(job_id)
+    assert loss["visible"] and accuracy["visible"]
+    traces = {t.name: t for t in accuracy["value"].data}
+    assert list(traces["fine-tune"].y) == [0.8, 0.75, 0.6] and list(traces["fine-tune"].x) == [0.0, 2.0, 2.5]
+    assert list(traces["FP model"].y) == [0.9, 0.9] and list(traces["PTQ start"].y) == [0.8, 0.8]
+    assert list(traces["PTQ start"].x) == [0.0, 3.0]  # the references span the job's budget
+    assert "Quality watch warning: judged quality fell" in line and "\n\n" in line
+
+    other = "20260101-000003-nowatch"
+    (tmp_path / "jobs" / other).mkdir()
+    with Store(tmp_path) as store:
+        store.create_job("efficientdm", {"model": "tiny-arch", "settings": {"minutes": 1.0}, "section": "quant"},
+                         out_dir=str(tmp_path / "jobs" / other / "checkpoint"), job_id=other, status="done")
+    loss, accuracy, line = FinetuneCallbacks(fresh).view(other)
+    assert not loss["visible"] and not accuracy["visible"] and "warning" not in line.lower()
+
+
+def test_a_workbench_efficientdm_fine_tune_runs_the_watch(tmp_path, monkeypatch):
+    """The worker's EfficientDM fine-tune builds the watch the CLI builds (every 2 min on 16 hard prompts from the
+    PTQ start), feeds it the losses and judges the finished student once more (a fake watch on tiny-arch)."""
+    from backend.core import JobControl
+    from backend.methods.quant import cli
+    from backend.models import load_pipeline
+    from backend.runs import job_worker
+
+    made = {}
+
+    def make_watch(pipe, every_minutes, n, start=None, settle_iters=1):
+        made.update(every=every_minutes, n=n, bits=(start.weight_bits, start.act_bits), settle=settle_iters)
+        made["watch"] = _FakeWatch([0.5, 0.7])
+        return made["watch"]
+
+    monkeypatch.setattr(cli, "make_watch", make_watch)
+    job_id = "20260101-000004-real"
+    (tmp_path / "jobs" / job_id).mkdir(parents=True)
+    settings = {"weight_bits": 4, "act_bits": 8, "minutes": 1.0, "max_iters": 3, "train_steps": 2, "batch_size": 1,
+                "lora_rank": 2}
+    with Store(tmp_path) as store:
+        store.create_job("efficientdm", {"model": "tiny-arch", "settings": settings, "section": "quant"},
+                         out_dir=str(tmp_path / "jobs" / job_id / "checkpoint"), job_id=job_id, status="running")
+        with (tmp_path / "jobs" / job_id / "progress.jsonl").open("a") as file:
+            log = job_worker.JobLog(store, job_id, file)
+            summary = job_worker.finetune_efficientdm(load_pipeline("tiny-arch"), settings,
+                                                      tmp_path / "jobs" / job_id / "checkpoint",
+                                                      JobControl(on_progress=log.report), log)
+    assert summary["status"] == "done" and summary["iters"] == 3
+    assert {k: made[k] for k in ("every", "n", "bits", "settle")} == {
+        "every": job_worker.WATCH_EVERY_MIN, "n": job_worker.WATCH_N, "bits": (4, 8), "settle": 2}
+    assert len(made["watch"].losses) == 3  # every report reached the watch
+    points = JobService(tmp_path).quality_watch(job_id)
+    assert [(p["iters"], p["prompt_accuracy"]) for p in points] == [(0, 0.5), (3, 0.7)]
+    assert points[1]["minutes"] == round(summary["elapsed_s"] / 60, 3)  # training time, not the watch's

@@ -57,7 +57,8 @@ def fragments(name: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((FRAGMENTS / name).glob("*.json"))]
 
 
-def _provenance(f: dict) -> str:
+def provenance(f: dict) -> str:
+    """One line: the command, date, machine (CPU ISA / GPU), versions and commit a fragment came from."""
     env = f.get("environment", {})
     where = ", ".join(str(x) for x in (
         env.get("gpu") or env.get("cpu"), f"{env.get('cpu_threads')} threads" if env.get("cpu_threads") else None,
@@ -75,7 +76,7 @@ def build_page(name: str) -> str:
              f"(`python -m backend bench {name} ...`; rebuild with `python -m backend bench docs`). Do not edit: "
              f"readings of these numbers are in [readings/bench-{name}.md](readings/bench-{name}.md).\n"]
     for f in fragments(name):
-        parts.append(f"## {f['model']} on {f['device']}\n\n{_provenance(f)}\n\n{markdown_table(f['rows'])}\n\n"
+        parts.append(f"## {f['model']} on {f['device']}\n\n{provenance(f)}\n\n{markdown_table(f['rows'])}\n\n"
                      f"<details><summary>JSON rows</summary>\n\n```json\n{json.dumps(f['rows'], indent=1)}\n```\n"
                      f"</details>\n")
     return "\n".join(parts)
@@ -88,6 +89,46 @@ def write_page(name: str) -> Path:
     tmp.write_text(build_page(name))
     tmp.replace(path)
     return path
+
+
+def latest_fragment(name: str, model: str, part: str) -> dict | None:
+    """The newest fragment of bench ``name`` measured on ``model`` as ``part``: its model reads "MODEL (PART...)",
+    e.g. "shapes (grid)" or "shapes (sensitivity W4A4)"; the later date wins, then the later file. None if none."""
+    label = re.compile(rf"{re.escape(model)} \({re.escape(part)}\b[^)]*\)")
+    best = None
+    for path in sorted((FRAGMENTS / name).glob("*.json"), key=lambda p: p.stat().st_mtime):
+        fragment = json.loads(path.read_text())
+        if label.fullmatch(str(fragment.get("model"))) and (best is None or fragment["date"] >= best["date"]):
+            best = fragment
+    return best
+
+
+# The quantization maps the workbench's Curves tab shows: the part of `bench quant` a fragment comes from, what
+# it shows, its figure in backend.reports.plots and the command that makes one.
+QUANT_MAPS = (
+    ("grid", "where PTQ breaks (weight × activation bits, per layer policy)", "fig_quant_grid",
+     "python -m backend bench quant --grid --set hard --n 100"),
+    ("sensitivity", "per-layer sensitivity", "fig_sensitivity",
+     "python -m backend bench quant --sensitivity --bits W4A4"),
+)
+
+
+def quant_maps(model: str) -> list[dict]:
+    """For each of QUANT_MAPS on ``model``: its title, the plotly figure from the newest fragment (None when there
+    is none) and a one-line caption: where the fragment came from, or the command that makes one."""
+    from backend.reports import plots
+
+    out = []
+    for part, title, figure, command in QUANT_MAPS:
+        fragment = latest_fragment("quant", model, part)
+        if fragment is None:
+            command += "" if model == "shapes" else f" --model {model}"
+            out.append({"title": title, "figure": None, "caption": f"No {part} map of {model} yet: `{command}` "
+                        "makes one."})
+        else:
+            out.append({"title": title, "figure": getattr(plots, figure)(fragment["rows"]),
+                        "caption": provenance(fragment)})
+    return out
 
 
 def benches_with_fragments() -> list[str]:

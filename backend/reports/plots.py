@@ -250,7 +250,8 @@ def fig_quant_grid(rows: list[dict]) -> go.Figure:
         text = [[""] * len(acts) for _ in ws]
         for r in part:
             i, j = ws.index(r["weight_bits"]), acts.index(r["act_bits"])
-            value = -100 * r["prompt_accuracy_delta"]["delta"] if judged else r["psnr_vs_baseline"]
+            # 0.0 - …: no drop reads "0.0", not "-0.0"
+            value = 0.0 - 100 * r["prompt_accuracy_delta"]["delta"] if judged else r["psnr_vs_baseline"]
             z[i][j] = _num(value)
             text[i][j] = f"{z[i][j]:.1f}" + ("*" if r.get("ptq_breaks") else "")
         fig.add_trace(go.Heatmap(z=z, x=[f"A{a}" for a in acts], y=[f"W{w}" for w in ws], text=text,
@@ -263,13 +264,19 @@ def fig_quant_grid(rows: list[dict]) -> go.Figure:
 
 
 def fig_sensitivity(rows: list[dict], metric: str = "eps_rel_mse", top: int = 40) -> go.Figure:
-    """Bars of the per-layer sensitivity map (``backend.methods.quant.sensitivity``): the ``top`` layers by
-    ``metric`` (output change vs FP when only that layer is quantized), coloured by layer role."""
+    """Horizontal bars of the per-layer sensitivity map (``backend.methods.quant.sensitivity``): the ``top`` layers by
+    ``metric`` (output change vs FP when only that layer is quantized), the most sensitive on top, one colour (and
+    legend entry) per layer role."""
     rows = sorted(rows, key=lambda r: -_num(r[metric]))[:top]
     colors = {"first_last": "#d62728", "time_embed": "#9467bd", "skip": "#ff7f0e", "downsample": "#8c564b"}
-    fig = go.Figure(go.Bar(x=[r["layer"] for r in rows], y=[_num(r[metric]) for r in rows],
-                           marker_color=[colors.get(r.get("role"), "#3366cc") for r in rows],
-                           hovertext=[f"{r.get('role')}, {r.get('params', 0):,} weights" for r in rows]))
-    fig.update_layout(title=f"Per-layer sensitivity ({metric}, one layer quantized at a time)",
-                      yaxis_title=metric, height=420, margin={"t": 50, "l": 60, "r": 20, "b": 200})
+    fig = go.Figure()
+    for role in dict.fromkeys(r.get("role") for r in rows):
+        part = [r for r in rows if r.get("role") == role]
+        fig.add_trace(go.Bar(y=[r["layer"] for r in part], x=[_num(r[metric]) for r in part], orientation="h",
+                             name=str(role), marker_color=colors.get(role, "#3366cc"),
+                             hovertext=[f"{r['layer']}: {role}, {r.get('params', 0):,} weights" for r in part]))
+    fig.update_layout(title=f"Per-layer sensitivity ({metric}, one layer quantized at a time)", xaxis_title=metric,
+                      yaxis={"categoryorder": "array", "categoryarray": [r["layer"] for r in reversed(rows)]},
+                      height=140 + 18 * len(rows), margin={"t": 50, "l": 320, "r": 20, "b": 50},
+                      legend={"title": "layer role"})
     return fig

@@ -3,22 +3,114 @@
 It reads the job from the results store at STORE, trains (resuming from the job's checkpoint when one is
 there), appends every progress report to ``jobs/<id>/progress.jsonl`` and writes its state (running, then
 done / cancelled / failed with the error) to the store. A traceback goes to ``worker.log``.
+
+An EfficientDM job on a model the Shapes judge can score runs the quality watch
+(:mod:`backend.methods.quant.watch`): the FP model and the PTQ start judged on ``WATCH_N`` ``hard`` prompts
+before training, the student every ``WATCH_EVERY_MIN`` minutes of training (the watch's time is not training
+time) and once more at the end. Each point is a ``{"watch": point}`` row of ``progress.jsonl``; the latest
+warning is the job's ``warning``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import IO
 
 from backend.core import JobCancelled, JobControl, jsonable
 from backend.runs.jobs import FileFlag
 from backend.runs.store import Store
 
 PROGRESS_EVERY_S = 1.0  # how often the latest progress is written to the store
+WATCH_EVERY_MIN = 2.0  # the quality watch of EfficientDM jobs: minutes of training between evaluations,
+WATCH_N = 16  # and the hard prompts each evaluation judges (the CLI's defaults)
+
+
+class JobLog:
+    """Where a worker writes: ``progress.jsonl`` rows, and the job's progress in the store (the newest report,
+    at most every PROGRESS_EVERY_S; the phase; the warning)."""
+
+    def __init__(self, store: Store, job_id: str, file: IO[str]):
+        self.store, self.job_id, self.file = store, job_id, file
+        self.latest: dict = {}  # the newest report, written with the final state even when the throttle skipped it
+        self._last = 0.0
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(jsonable(row)) + "\n")
+        self.file.flush()
+
+    def report(self, fields: dict) -> None:
+        """``JobControl.on_progress``: every report a row, the newest in the store."""
+        self.write(fields)
+        self.latest = {k: v for k, v in fields.items() if isinstance(v, (int, float, str)) or v is None}
+        self.latest.setdefault("loss", fields.get("distill"))
+        if time.monotonic() - self._last >= PROGRESS_EVERY_S:
+            self._last = time.monotonic()
+            self.store.update_job(self.job_id, progress=self.latest)
+
+    def phase(self, text: str) -> None:
+        self.store.update_job(self.job_id, progress={**self.latest, "phase": text})
+
+    def warn(self, text: str) -> None:
+        self.store.update_job(self.job_id, progress={"warning": text})
+
+
+class WatchRecorder:
+    """A quality watch as ``finetune``'s ``on_eval``: after each evaluation its new points become
+    ``{"watch": point}`` rows of the log and a new warning the job's warning."""
+
+    def __init__(self, watch, log: JobLog):
+        self.watch, self.log = watch, log
+        self._points = self._warnings = 0
+        self.flush()  # the references judged before training
+
+    def flush(self) -> None:
+        for point in self.watch.curve[self._points:]:
+            self.log.write({"watch": point})
+        for text in self.watch.warnings[self._warnings:]:
+            self.log.warn(text)
+        self._points, self._warnings = len(self.watch.curve), len(self.watch.warnings)
+
+    def __call__(self, student, train_s: float, iters: int) -> bool:
+        stop = self.watch(student, train_s, iters)
+        self.flush()
+        return stop
+
+    def final(self, student, train_s: float, iters: int) -> None:
+        """Judge the finished student unless the last evaluation was at its last iteration."""
+        if self.watch.curve[-1]["iters"] != iters:
+            self(student, train_s, iters)
+
+
+def finetune_efficientdm(pipe, settings: dict, out: Path, control: JobControl, log: JobLog) -> dict:
+    """A job's EfficientDM fine-tune, with the quality watch when the model has the Shapes judge."""
+    from backend.methods.quant.cli import make_watch
+    from backend.methods.quant.config import FinetuneConfig
+    from backend.methods.quant.train import finetune
+
+    ft = FinetuneConfig.from_dict(settings)
+    log.phase(f"quality watch: judging the FP model and the PTQ start on {WATCH_N} hard prompts")
+    watch = make_watch(pipe, WATCH_EVERY_MIN, WATCH_N, ft.quant_config(), settle_iters=ft.train_steps)
+    log.phase("training")
+    if watch is None:
+        return finetune(pipe, ft, out, job=control)
+    recorder = WatchRecorder(watch, log)
+
+    def observed(fields: dict) -> None:
+        control.on_progress(fields)
+        watch.observe(fields)
+
+    summary = finetune(pipe, ft, out, job=dataclasses.replace(control, on_progress=observed), on_eval=recorder,
+                       eval_every_s=WATCH_EVERY_MIN * 60)
+    if summary["status"] == "done":
+        log.phase("quality watch: judging the fine-tuned model")
+        recorder.final(summary["student"], summary["elapsed_s"], summary["iters"])
+    return summary
 
 
 def run(root: Path, job_id: str) -> int:
@@ -30,20 +122,9 @@ def run(root: Path, job_id: str) -> int:
     torch.set_num_threads(max(1, int(params.get("threads", 1))))
     job_dir = root / "jobs" / job_id
     flag = FileFlag(job_dir / "cancel")
-    last = [0.0]
-    latest: dict = {}  # the newest report, written with the final state even when the throttle skipped it
 
-    with (job_dir / "progress.jsonl").open("a") as log:
-        def on_progress(fields: dict) -> None:
-            log.write(json.dumps(jsonable(fields)) + "\n")
-            log.flush()
-            latest.clear()
-            latest.update({k: v for k, v in fields.items() if isinstance(v, (int, float, str)) or v is None})
-            latest.setdefault("loss", fields.get("distill"))
-            if time.monotonic() - last[0] >= PROGRESS_EVERY_S:
-                last[0] = time.monotonic()
-                store.update_job(job_id, progress=latest)
-
+    with (job_dir / "progress.jsonl").open("a") as file:
+        log = JobLog(store, job_id, file)
         try:
             from backend.models import load_pipeline
 
@@ -52,13 +133,10 @@ def run(root: Path, job_id: str) -> int:
             if flag.is_set():
                 raise JobCancelled("cancelled before training started")
             store.update_job(job_id, progress={"phase": "training"})
-            control = JobControl(on_progress=on_progress, cancel=flag)
+            control = JobControl(on_progress=log.report, cancel=flag)
             out = Path(job["out_dir"])
             if job["kind"] == "efficientdm":
-                from backend.methods.quant.config import FinetuneConfig
-                from backend.methods.quant.train import finetune
-
-                summary = finetune(pipe, FinetuneConfig.from_dict(params["settings"]), out, job=control)
+                summary = finetune_efficientdm(pipe, params["settings"], out, control, log)
                 summary.pop("student", None)
             else:
                 from backend.methods.consistency.config import DistillConfig
@@ -67,14 +145,14 @@ def run(root: Path, job_id: str) -> int:
                 summary = distill(pipe, DistillConfig.from_dict(params["settings"]), out, control)
             status = "cancelled" if summary.get("status") == "cancelled" else "done"
             summary = json.loads(json.dumps(jsonable(summary), default=str))
-            store.update_job(job_id, status=status, progress={**latest, "phase": status, "summary": summary})
+            store.update_job(job_id, status=status, progress={**log.latest, "phase": status, "summary": summary})
             return 0
         except BaseException as exc:  # the UI shows why; the traceback is in worker.log
             traceback.print_exc()
             cancelled = flag.is_set()
             store.update_job(job_id, status="cancelled" if cancelled else "failed",
                              error=None if cancelled else f"{type(exc).__name__}: {exc}",
-                             progress={**latest, "phase": "cancelled" if cancelled else "failed"})
+                             progress={**log.latest, "phase": "cancelled" if cancelled else "failed"})
             return 1
         finally:
             store.close()

@@ -71,8 +71,8 @@ class JobService:
     """Fine-tunes as jobs in their own worker process (``python -m backend.runs.job_worker``).
 
     The job's state (status, pid, progress, error, settings) lives in one place: the results store's ``jobs``
-    table at ``root``; ``root/jobs/<id>/`` holds the checkpoint, ``progress.jsonl`` (the loss curve) and
-    ``worker.log``. A cancel is a flag file the worker checks between steps.
+    table at ``root``; ``root/jobs/<id>/`` holds the checkpoint, ``progress.jsonl`` (the loss curve and the
+    quality watch's points) and ``worker.log``. A cancel is a flag file the worker checks between steps.
     """
 
     def __init__(self, root, limits: JobLimits | None = None):
@@ -185,7 +185,8 @@ class JobService:
         return True  # recorded, pid not written yet: its launcher is still starting it
 
     def get(self, job_id: str) -> dict:
-        """The job as the UI shows it: id, kind, model, settings, status, phase, step, loss, eta_s, error."""
+        """The job as the UI shows it: id, kind, model, settings, status, phase, step, loss, eta_s, error and the
+        quality watch's latest warning."""
 
         self.job_dir(job_id)
         with self._store() as store:
@@ -204,7 +205,7 @@ class JobService:
                "checkpoint": row["out_dir"],
                "pid": row["pid"], "error": row["error"] or None, "created": row["created"],
                "phase": progress.get("phase"), "step": progress.get("step"), "total": progress.get("total"),
-               "loss": progress.get("loss"), "summary": progress.get("summary")}
+               "loss": progress.get("loss"), "summary": progress.get("summary"), "warning": progress.get("warning")}
         job["eta_s"] = eta_s(row["status"], progress, job["settings"], time.time() - row["updated"])
         return job
 
@@ -214,22 +215,31 @@ class JobService:
             ids = [j["id"] for j in store.jobs() if j["kind"] in registry.finetunes()]
         return [self.get(i) for i in ids]
 
-    def progress(self, job_id: str) -> list[dict]:
-        """The job's progress reports (step, loss, ...), in order."""
-
+    def _rows(self, job_id: str) -> list[dict]:
         path = self.job_dir(job_id) / "progress.jsonl"
         if not path.is_file():
             return []
         rows = []
         for line in path.read_text().splitlines():
             try:
-                row = json.loads(line)
+                rows.append(json.loads(line))
             except json.JSONDecodeError:
                 continue  # the line being written
+        return rows
+
+    def progress(self, job_id: str) -> list[dict]:
+        """The job's progress reports (step, loss, ...), in order."""
+        rows = [r for r in self._rows(job_id) if "watch" not in r]
+        for row in rows:
             if "loss" not in row and "distill" in row:
                 row["loss"] = row["distill"]
-            rows.append(row)
         return rows
+
+    def quality_watch(self, job_id: str) -> list[dict]:
+        """The quality watch's points (minutes, iters, loss, prompt_accuracy, fp_prompt_accuracy) by iteration, the
+        PTQ start (iteration 0) first, one per iteration (a resumed job judges its start again); [] without a watch."""
+        points = {r["watch"]["iters"]: r["watch"] for r in self._rows(job_id) if "watch" in r}
+        return [points[i] for i in sorted(points)]
 
     def cancel(self, job_id: str) -> dict:
         """Cooperative cancel: the trainer saves a checkpoint and stops; a worker still starting up is ended."""
