@@ -75,9 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--acts", default="3,4,6,8", help="--grid: activation bit-widths (default 3,4,6,8)")
     parser.add_argument("--policies", default="paper,all-same", help="--grid: layer policies, of paper, default, "
                         "all-same (default paper,all-same)")
-    parser.add_argument("--efficientdm-minutes", type=float, default=0.0, help="--grid: fine-tune EfficientDM "
-                        "this long at each setting where PTQ breaks and report how much of the drop it recovers "
-                        "(default 0: off)")
+    parser.add_argument("--efficientdm-minutes", type=float, default=15.0, help="--grid: fine-tune EfficientDM "
+                        "this long (training time) at the --efficientdm-at settings where PTQ breaks and report how "
+                        "much of the drop it recovers (default 15; 0: off). A finished fine-tune of the same "
+                        "setting in --work is reused")
+    parser.add_argument("--efficientdm-at", default="mildest", help="--grid: which breaking settings EfficientDM "
+                        "fine-tunes: mildest (per policy, the breaking setting with the smallest drop: where a "
+                        "fine-tune can recover most; default), all, or a comma list such as W3A4:all-same")
     parser.add_argument("--html", default=None, help="--grid / --sensitivity: figure file (default "
                         "docs/bench-quant-grid--MODEL--DEVICE.html, docs/bench-quant-sensitivity--MODEL--DEVICE.html)")
     parser.add_argument("--lora-rank", type=int, default=32, help="--cost: EfficientDM's LoRA rank (default 32)")

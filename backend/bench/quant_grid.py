@@ -10,7 +10,6 @@ next to the bench page.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -52,6 +51,38 @@ def settings(weights: list[int], acts: list[int], policies: list[str]) -> list[t
     return grid
 
 
+def parse_at(text: str, grid: list[tuple[int, int, str]]) -> str | list[tuple[int, int, str]]:
+    """--efficientdm-at: "mildest", "all", or explicit W<w>A<a>:<policy> settings that are in the grid."""
+    text = str(text).strip()
+    if text in ("mildest", "all"):
+        return text
+    out = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        bits, _, policy = item.partition(":")
+        w, _, a = bits.upper().lstrip("W").partition("A")
+        setting = (int(w), int(a), policy) if w.isdigit() and a.isdigit() else None
+        if setting not in grid:
+            raise ValueError(f"--efficientdm-at {item!r} is not allowed; allowed: mildest, all, or settings of the "
+                             "grid such as W3A4:all-same")
+        out.append(setting)
+    return out
+
+
+def efficientdm_settings(rows: list[dict], at: str | list[tuple[int, int, str]]) -> list[dict]:
+    """The PTQ rows EfficientDM fine-tunes: breaking ones; "mildest" keeps, per policy, the smallest drop."""
+    broken = [r for r in rows if r.get("ptq_breaks")]
+    if at == "all":
+        return broken
+    if at == "mildest":
+        mildest: dict[str, dict] = {}
+        for r in broken:
+            best = mildest.get(r["policy"])
+            if best is None or r["prompt_accuracy_delta"]["delta"] > best["prompt_accuracy_delta"]["delta"]:
+                mildest[r["policy"]] = r
+        return list(mildest.values())
+    return [r for r in broken if (r["weight_bits"], r["act_bits"], r["policy"]) in at]
+
+
 def breaks(delta: dict | None) -> bool:
     """A paired accuracy delta that is a significant drop of at least BREAK_POINTS points."""
     return bool(delta and delta.get("ci") and delta["delta"] <= -BREAK_POINTS / 100 and delta["ci"][1] < 0)
@@ -84,9 +115,11 @@ def write_html(rows: list[dict], path: Path) -> Path:
 
 
 def run_grid(model: str, prompts: list[str], seeds: list[int], grid: list[tuple[int, int, str]], steps: int = 50,
-             efficientdm_minutes: float = 0.0, work: str | Path = ".cache/bench-quant", seed: int = 0) -> list[dict]:
+             efficientdm_minutes: float = 0.0, work: str | Path = ".cache/bench-quant", seed: int = 0,
+             efficientdm_at: str | list[tuple[int, int, str]] = "mildest") -> list[dict]:
     """An FP row, a PTQ row per setting (paired quality vs FP, packed size, ``ptq_breaks``) and, with
-    ``efficientdm_minutes`` > 0, an EfficientDM row per breaking setting (its recovery of PTQ's drop)."""
+    ``efficientdm_minutes`` > 0, an EfficientDM row per breaking setting chosen by ``efficientdm_at`` (its
+    recovery of PTQ's drop)."""
     from backend.methods.quant.config import QuantConfig
     from backend.metrics import quality
     from backend.models import is_random_weights, load_pipeline
@@ -121,6 +154,7 @@ def run_grid(model: str, prompts: list[str], seeds: list[int], grid: list[tuple[
     rows = [{"model": label, "method": "fp", "setting": "FP", "prompt_accuracy": None if fp_v is None else
              float(fp_v.mean()), "model_size_mb": fp_size, "n": len(prompts)}]
     print(f"fp: {rows[-1]}", file=sys.stderr)
+    ptq_verdicts = {}
     for w, a, policy in grid:
         quant = {"method": "ptq", "weight_bits": w, "act_bits": a, **POLICIES[policy]}
         images, size = images_of(Variant.from_dict({**fp_variant.to_dict(), "name": f"ptq-w{w}a{a}-{policy}",
@@ -133,10 +167,13 @@ def run_grid(model: str, prompts: list[str], seeds: list[int], grid: list[tuple[
         rows.append(row)
         print(f"ptq W{w}A{a} {policy}: accuracy {row['prompt_accuracy']}, psnr {row['psnr_vs_baseline']:.2f} dB, "
               f"breaks: {row['ptq_breaks']}", file=sys.stderr)
-        if row["ptq_breaks"] and efficientdm_minutes > 0:
-            rows.append(_efficientdm_row(base_pipe, fp_variant, QuantConfig.from_dict(quant), policy, row,
-                                         efficientdm_minutes, Path(work), seed, images_of, verdicts, versus_fp,
-                                         fp_v, v))
+        ptq_verdicts[row["setting"]] = v
+    if efficientdm_minutes > 0 and judged:
+        for row in efficientdm_settings(rows, efficientdm_at):
+            w, a, policy = row["weight_bits"], row["act_bits"], row["policy"]
+            quant = QuantConfig.from_dict({"method": "ptq", "weight_bits": w, "act_bits": a, **POLICIES[policy]})
+            rows.append(_efficientdm_row(base_pipe, fp_variant, quant, policy, row, efficientdm_minutes, Path(work),
+                                         seed, images_of, verdicts, versus_fp, fp_v, ptq_verdicts[row["setting"]]))
     broken = [r["setting"] for r in rows if r.get("ptq_breaks")]
     rows.append({"model": label, "method": "summary", "ptq_breaks_at": broken or "none",
                  "break_rule": f"paired prompt-accuracy drop vs FP ≥ {BREAK_POINTS:g} points with its 95% interval "
@@ -152,12 +189,11 @@ def _efficientdm_row(base_pipe, fp_variant, quant, policy: str, ptq_row: dict, m
     from backend.variant import Variant
 
     w, a = quant.weight_bits, quant.act_bits
-    out = work / f"grid-efficientdm-w{w}a{a}-{policy}"
-    if out.exists():
-        shutil.rmtree(out)
+    out = grid_checkpoint(work, w, a, policy, minutes, seed)
     ft = FinetuneConfig.from_dict({"method": "efficientdm", "weight_bits": w, "act_bits": a, "minutes": minutes,
                                    "seed": seed})
-    result = finetune(base_pipe, ft, out, quant=quant, resume=False)
+    # a finished fine-tune of this very setting is reused (resuming it trains no further); a partial one continues
+    result = finetune(base_pipe, ft, out, quant=quant, resume=True)
     result.pop("student")
     images, _ = images_of(Variant.from_dict({**fp_variant.to_dict(), "name": f"efficientdm-w{w}a{a}-{policy}",
                                              "quant": {"checkpoint": str(out)}}))
@@ -171,6 +207,11 @@ def _efficientdm_row(base_pipe, fp_variant, quant, policy: str, ptq_row: dict, m
     return row
 
 
+def grid_checkpoint(work: str | Path, w: int, a: int, policy: str, minutes: float, seed: int) -> Path:
+    """Where the grid keeps EfficientDM's checkpoint of a setting (named by everything that decides it)."""
+    return Path(work) / f"grid-efficientdm-w{w}a{a}-{policy}-{minutes:g}min-seed{seed}"
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     from backend.bench.docs import device_label
     from backend.runs.runner import environment
@@ -181,7 +222,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     model = args.model or "shapes"
     prompts = eval_prompts(args.set, args.n)
     seeds = [args.seed + i for i in range(len(prompts))]
-    rows = run_grid(model, prompts, seeds, grid, args.steps, args.efficientdm_minutes, args.work, args.seed)
+    at = parse_at(args.efficientdm_at, grid)
+    rows = run_grid(model, prompts, seeds, grid, args.steps, args.efficientdm_minutes, args.work, args.seed, at)
     path = Path(args.html) if args.html else html_path(model, device_label(environment()))
     print(f"heat-map written to {write_html(rows, path)}", file=sys.stderr)
     return rows
