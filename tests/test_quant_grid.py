@@ -119,3 +119,23 @@ def test_the_fine_tune_watch_warns_when_judged_quality_falls_while_the_loss_fall
     watch.observe({"loss": 0.6, "step": 300})  # quality down but the loss up: the loss shows it, no warning
     watch(broken, 180.0, 300)
     assert len(watch.warnings) == 1
+
+
+def test_efficientdm_runs_at_the_mildest_break_per_policy_or_as_asked():
+    from backend.bench.quant_grid import efficientdm_settings, parse_at
+
+    def row(w, a, policy, delta, breaks=True):
+        return {"weight_bits": w, "act_bits": a, "policy": policy, "ptq_breaks": breaks,
+                "prompt_accuracy_delta": {"delta": delta}}
+
+    rows = [row(2, 4, "paper", -0.8), row(3, 4, "paper", -0.1), row(4, 4, "paper", -0.05, breaks=False),
+            row(3, 4, "all-same", -0.23), row(2, 8, "all-same", -0.75)]
+    grid = [(r["weight_bits"], r["act_bits"], r["policy"]) for r in rows]
+    chosen = efficientdm_settings(rows, parse_at("mildest", grid))
+    assert [(r["weight_bits"], r["policy"]) for r in chosen] == [(3, "paper"), (3, "all-same")]
+    assert len(efficientdm_settings(rows, "all")) == 4  # every breaking setting, never a non-breaking one
+    assert efficientdm_settings(rows, parse_at("W2A8:all-same", grid)) == [rows[4]]
+    assert efficientdm_settings(rows, parse_at("W4A4:paper", grid)) == []  # asked for, but PTQ does not break
+    for bad in ("W9A4:paper", "W3A4", "fastest"):
+        with pytest.raises(ValueError, match="--efficientdm-at .* allowed: mildest, all"):
+            parse_at(bad, grid)
