@@ -34,12 +34,22 @@ def accuracy_figure(points: list[dict], minutes: float | None) -> go.Figure:
                               ("PTQ start", points[0]["prompt_accuracy"], {"dash": "dot", "color": "#d62728"})):
         fig.add_trace(go.Scatter(x=[0.0, end], y=[value, value], mode="lines", name=name, line=line,
                                  hovertemplate=f"{name}: {value:.2f}<extra></extra>"))
+    # error bars: each point's paired 95% interval against the PTQ start (same prompts and seeds)
+    cis = [(p.get("vs_start") or {}).get("ci") or [0.0, 0.0] for p in points]
+    deltas = [(p.get("vs_start") or {}).get("delta", 0.0) for p in points]
     fig.add_trace(go.Scatter(x=[p["minutes"] for p in points], y=[p["prompt_accuracy"] for p in points],
-                             mode="lines+markers", name="fine-tune", line={"color": "#1f77b4"}, marker={"size": 9},
+                             mode="lines+markers", name="fine-tune",
+                             line={"color": "#1f77b4"}, marker={"size": 9},
+                             error_y={"type": "data", "symmetric": False,
+                                      "array": [hi - d for (_, hi), d in zip(cis, deltas, strict=True)],
+                                      "arrayminus": [d - lo for (lo, _), d in zip(cis, deltas, strict=True)]},
                              hovertext=[f"{p['iters']} iterations, accuracy {p['prompt_accuracy']:.2f}"
+                                        + (f" ({p['vs_start']['verdict']} vs the PTQ start)" if p.get("vs_start")
+                                           else "")
                                         + (f", loss {p['loss']:.4g}" if p.get("loss") is not None else "")
                                         for p in points], hoverinfo="text"))
-    fig.update_layout(title="judged accuracy (hard prompts)", xaxis_title="minutes of training",
+    fig.update_layout(title="judged accuracy (hard prompts; bars: paired 95% interval vs the PTQ start)",
+                      xaxis_title="minutes of training",
                       yaxis_title="prompt accuracy", yaxis_range=[0, 1.05], height=320,
                       margin={"t": 40, "l": 60, "r": 20, "b": 40}, legend={"orientation": "h", "y": -0.3, "x": 0})
     return fig

@@ -115,6 +115,9 @@ def test_the_fine_tune_watch_warns_when_judged_quality_falls_while_the_loss_fall
     watch.observe({"loss": 0.4, "step": 200})
     assert watch(broken, 120.0, 200) is False
     assert watch.curve[1]["prompt_accuracy"] < watch.fp_accuracy
+    vs = watch.curve[1]["vs_start"]  # paired against the start, with its interval
+    assert vs["delta"] == watch.curve[1]["prompt_accuracy"] - watch.curve[0]["prompt_accuracy"]
+    assert vs["ci"][0] <= vs["delta"] <= vs["ci"][1] and vs["n"] == 8
     assert len(watch.warnings) == 1 and "loss 0.5 → 0.4" in watch.warnings[0]
     watch.observe({"loss": 0.6, "step": 300})  # quality down but the loss up: the loss shows it, no warning
     watch(broken, 180.0, 300)

@@ -78,6 +78,7 @@ class QualityWatch:
             return False
         first, first_loss = self._first
         delta = paired_delta(verdicts, first, unit=" points", scale=100)
+        point["vs_start"] = delta  # paired per prompt against the PTQ start, with its bootstrap interval
         if delta["delta"] * 100 <= -self.drop_points and None not in (self.loss, first_loss) \
                 and self.loss < first_loss:
             text = (f"warning: judged quality fell while the loss fell: prompt accuracy on {len(self.prompts)} hard "
