@@ -17,6 +17,32 @@ def test_cost_bench_counts_fewer_trainable_parameters_for_efficientdm_than_for_q
     assert "16.2x" in versus["reproduces"] and "LDM-4" in versus["not_reproduced"]
 
 
+def test_cost_bench_one_student_at_a_time_gives_the_same_rows(tiny_pipe):
+    effdm, qat, versus = measure_cost(tiny_pipe, 4, 4, lora_rank=2, batch=1, repeats=2, model="tiny-arch",
+                                      timing_mode="sequential")
+    assert versus["timing_mode"] == "sequential" and "independent" in versus["timing"]
+    assert 0 < effdm["trainable_params"] < qat["trainable_params"] and effdm["peak_mem_mb"] >= 0
+    assert versus["iter_cost_ratio"] > 0 and len(versus["iter_cost_ratio_ci"]) == 2
+
+
+def test_cost_memory_plan_picks_interleaved_sequential_or_refuses(tiny_pipe):
+    from backend.bench.quant_cost import plan_memory
+
+    mib = sum(p.numel() * p.element_size() for p in tiny_pipe.unet.parameters()) / 2**20
+    assert plan_memory(tiny_pipe.unet, "tiny-arch", "cpu", free_mb=100 * mib) == "interleaved"
+    assert plan_memory(tiny_pipe.unet, "tiny-arch", "cpu", free_mb=6 * mib) == "sequential"
+    with pytest.raises(ValueError, match="needs about .* GiB free on cpu"):
+        plan_memory(tiny_pipe.unet, "tiny-arch", "cpu", free_mb=2 * mib)
+
+
+def test_ratio_interval_of_independent_samples():
+    from backend.metrics.paired import ratio_interval
+
+    ratio, ci = ratio_interval([2.0, 2.1, 1.9, 2.0], [1.0, 1.05, 0.95, 1.0])
+    assert ratio == pytest.approx(2.0) and ci[0] < 2.0 < ci[1] and ci[1] < 2.3
+    assert ratio_interval([2.0], [1.0]) == (2.0, None)
+
+
 def test_cost_bench_refuses_a_model_without_quantizable_layers(tiny_pipe):
     class NoLayers(torch.nn.Module):
         config = tiny_pipe.unet.config
@@ -124,7 +150,7 @@ def test_the_fine_tune_watch_warns_when_judged_quality_falls_while_the_loss_fall
     assert len(watch.warnings) == 1
 
 
-def test_efficientdm_runs_at_the_mildest_break_per_policy_or_as_asked():
+def test_efficientdm_runs_at_the_mildest_weight_or_any_break_per_policy_or_as_asked():
     from backend.bench.quant_grid import efficientdm_settings, parse_at
 
     def row(w, a, policy, delta, breaks=True):
@@ -136,9 +162,11 @@ def test_efficientdm_runs_at_the_mildest_break_per_policy_or_as_asked():
     grid = [(r["weight_bits"], r["act_bits"], r["policy"]) for r in rows]
     chosen = efficientdm_settings(rows, parse_at("mildest", grid))
     assert [(r["weight_bits"], r["policy"]) for r in chosen] == [(3, "paper"), (3, "all-same")]
+    # the default: per policy, the mildest break at the widest activations (8 bits here; paper has none)
+    assert efficientdm_settings(rows, parse_at("weights", grid)) == [rows[4]]
     assert len(efficientdm_settings(rows, "all")) == 4  # every breaking setting, never a non-breaking one
     assert efficientdm_settings(rows, parse_at("W2A8:all-same", grid)) == [rows[4]]
     assert efficientdm_settings(rows, parse_at("W4A4:paper", grid)) == []  # asked for, but PTQ does not break
     for bad in ("W9A4:paper", "W3A4", "fastest"):
-        with pytest.raises(ValueError, match="--efficientdm-at .* allowed: mildest, all"):
+        with pytest.raises(ValueError, match="--efficientdm-at .* allowed: weights, mildest, all"):
             parse_at(bad, grid)

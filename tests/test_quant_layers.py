@@ -36,6 +36,27 @@ def test_weight_quant_levels_and_error(bits):
     assert err <= float(q.scale.detach().max()) / 2 + 1e-6  # min/max range: no clipping, at most half a step
 
 
+@pytest.mark.parametrize("shape", [(8, 4, 3, 3), (16, 7)])
+def test_lean_weight_fake_quant_equals_autograd_of_the_expression(shape):
+    """The memory-lean fake quantizer gives, bit for bit, the value and gradients (clamped weights included)
+    that autograd gives the plain expression dequantize(integers(w))."""
+    torch.manual_seed(0)
+    q = WeightQuantizer(shape[0], 3)
+    q.init_minmax(torch.randn(*shape))
+    with torch.no_grad():
+        q.scale.mul_(0.8)  # a narrower range: some weights clamp
+    w = torch.randn(*shape, requires_grad=True)
+    grad = torch.randn(*shape)
+    out = q(w)
+    out.backward(grad)
+    lean = out.detach(), w.grad.clone(), q.scale.grad.clone()
+    w.grad, q.scale.grad = None, None
+    ref = q.dequantize(q.integers(w))
+    ref.backward(grad)
+    assert torch.equal(lean[0], ref.detach()) and torch.equal(lean[1], w.grad) and torch.equal(lean[2], q.scale.grad)
+    assert (lean[1] == 0).any()  # the clamp mask took part
+
+
 def test_eight_bit_is_close_to_fp():
     torch.manual_seed(0)
     lin = nn.Linear(32, 16)

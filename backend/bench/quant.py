@@ -79,9 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "this long (training time) at the --efficientdm-at settings where PTQ breaks and report how "
                         "much of the drop it recovers (default 15; 0: off). A finished fine-tune of the same "
                         "setting in --work is reused")
-    parser.add_argument("--efficientdm-at", default="mildest", help="--grid: which breaking settings EfficientDM "
-                        "fine-tunes: mildest (per policy, the breaking setting with the smallest drop: where a "
-                        "fine-tune can recover most; default), all, or a comma list such as W3A4:all-same")
+    parser.add_argument("--efficientdm-at", default="weights", help="--grid: which breaking settings EfficientDM "
+                        "fine-tunes: weights (per policy, the smallest drop among the breaks at the widest --acts: "
+                        "accuracy lost to the weights, which the LoRA changes; default), mildest (per policy, the "
+                        "smallest drop of any break), all, or a comma list such as W3A4:all-same")
     parser.add_argument("--html", default=None, help="--grid / --sensitivity: figure file (default "
                         "docs/bench-quant-grid--MODEL--DEVICE.html, docs/bench-quant-sensitivity--MODEL--DEVICE.html)")
     parser.add_argument("--lora-rank", type=int, default=32, help="--cost: EfficientDM's LoRA rank (default 32)")
@@ -89,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "CUDA as in the paper, 1 on the CPU; the U-Net sees 2x with CFG)")
     parser.add_argument("--resolution", type=int, default=None, help="--cost: image size (default the model's: "
                         "256 for sd15-arch)")
-    parser.add_argument("--repeats", type=int, default=3, help="--cost: interleaved timing rounds (default 3)")
+    parser.add_argument("--repeats", type=int, default=3, help="--cost: timed training steps per method, in "
+                        "interleaved rounds when both students fit in memory (default 3)")
     parser.add_argument("--seed", type=int, default=0)
 
 

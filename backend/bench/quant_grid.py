@@ -51,10 +51,13 @@ def settings(weights: list[int], acts: list[int], policies: list[str]) -> list[t
     return grid
 
 
+AT_CHOICES = ("weights", "mildest", "all")
+
+
 def parse_at(text: str, grid: list[tuple[int, int, str]]) -> str | list[tuple[int, int, str]]:
-    """--efficientdm-at: "mildest", "all", or explicit W<w>A<a>:<policy> settings that are in the grid."""
+    """--efficientdm-at: "weights", "mildest", "all", or explicit W<w>A<a>:<policy> settings of the grid."""
     text = str(text).strip()
-    if text in ("mildest", "all"):
+    if text in AT_CHOICES:
         return text
     out = []
     for item in (t.strip() for t in text.split(",") if t.strip()):
@@ -62,24 +65,33 @@ def parse_at(text: str, grid: list[tuple[int, int, str]]) -> str | list[tuple[in
         w, _, a = bits.upper().lstrip("W").partition("A")
         setting = (int(w), int(a), policy) if w.isdigit() and a.isdigit() else None
         if setting not in grid:
-            raise ValueError(f"--efficientdm-at {item!r} is not allowed; allowed: mildest, all, or settings of the "
-                             "grid such as W3A4:all-same")
+            raise ValueError(f"--efficientdm-at {item!r} is not allowed; allowed: {', '.join(AT_CHOICES)}, or "
+                             "settings of the grid such as W3A4:all-same")
         out.append(setting)
     return out
 
 
+def _mildest_per_policy(rows: list[dict]) -> list[dict]:
+    mildest: dict[str, dict] = {}
+    for r in rows:
+        best = mildest.get(r["policy"])
+        if best is None or r["prompt_accuracy_delta"]["delta"] > best["prompt_accuracy_delta"]["delta"]:
+            mildest[r["policy"]] = r
+    return list(mildest.values())
+
+
 def efficientdm_settings(rows: list[dict], at: str | list[tuple[int, int, str]]) -> list[dict]:
-    """The PTQ rows EfficientDM fine-tunes: breaking ones; "mildest" keeps, per policy, the smallest drop."""
+    """The PTQ rows EfficientDM fine-tunes, all breaking ones. "weights": per policy, the smallest drop among the
+    breaks at the grid's widest activations (accuracy lost to the weights, which the LoRA changes); "mildest":
+    per policy, the smallest drop of any break; "all"; or the listed settings."""
     broken = [r for r in rows if r.get("ptq_breaks")]
     if at == "all":
         return broken
+    if at == "weights":
+        widest = max((r["act_bits"] for r in rows if "act_bits" in r), default=None)
+        return _mildest_per_policy([r for r in broken if r["act_bits"] == widest])
     if at == "mildest":
-        mildest: dict[str, dict] = {}
-        for r in broken:
-            best = mildest.get(r["policy"])
-            if best is None or r["prompt_accuracy_delta"]["delta"] > best["prompt_accuracy_delta"]["delta"]:
-                mildest[r["policy"]] = r
-        return list(mildest.values())
+        return _mildest_per_policy(broken)
     return [r for r in broken if (r["weight_bits"], r["act_bits"], r["policy"]) in at]
 
 
@@ -116,7 +128,7 @@ def write_html(rows: list[dict], path: Path) -> Path:
 
 def run_grid(model: str, prompts: list[str], seeds: list[int], grid: list[tuple[int, int, str]], steps: int = 50,
              efficientdm_minutes: float = 0.0, work: str | Path = ".cache/bench-quant", seed: int = 0,
-             efficientdm_at: str | list[tuple[int, int, str]] = "mildest") -> list[dict]:
+             efficientdm_at: str | list[tuple[int, int, str]] = "weights") -> list[dict]:
     """An FP row, a PTQ row per setting (paired quality vs FP, packed size, ``ptq_breaks``) and, with
     ``efficientdm_minutes`` > 0, an EfficientDM row per breaking setting chosen by ``efficientdm_at`` (its
     recovery of PTQ's drop)."""

@@ -63,19 +63,22 @@ def _p90(sorted_times: list[float]) -> float:
     return sorted_times[min(len(sorted_times) - 1, round(0.9 * (len(sorted_times) - 1)))]
 
 
-def _noisy(median: float, ci: list[float] | None) -> bool:
+def noisy(median: float, ci: list[float] | None) -> bool:
+    """Whether a timing (or ratio) interval's half-width is over NOISY_HALF_WIDTH of its median."""
     return ci is not None and (ci[1] - ci[0]) / 2 > NOISY_HALF_WIDTH * median
 
 
 def timed_rounds(fns: dict[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1, device: str = "cpu",
-                 baseline: str | None = None, clock: Callable[[], float] = time.perf_counter) -> dict[str, dict]:
+                 baseline: str | None = None, clock: Callable[[], float] = time.perf_counter,
+                 keep_times: bool = False) -> dict[str, dict]:
     """The timing protocol: warm-up, then the functions in interleaved rounds (a, b, c, a, b, c, ...), so that
     background load on a shared machine hits all of them alike.
 
     Per name: ``latency_s`` (median), ``latency_ci`` (95% interval, None for one repeat), ``latency_p90_s``,
     ``repeats``, ``timing_noisy`` (the interval's half-width over 15% of the median: of the speedup when there
     is a baseline, else of the latency); with ``baseline``, also ``speedup`` (median of the per-round ratios
-    baseline time / this time — end to end when fns are whole generations) and ``speedup_ci``.
+    baseline time / this time — end to end when fns are whole generations) and ``speedup_ci``; with
+    ``keep_times``, the measured ``times_s``.
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats {repeats!r} is out of range; allowed: a whole number ≥ 1")
@@ -96,11 +99,13 @@ def timed_rounds(fns: dict[str, Callable[[], Any]], repeats: int = 5, warmup: in
     for name, t in times.items():
         median, ci = median_interval(t)
         row = {"latency_s": median, "latency_ci": ci, "latency_p90_s": _p90(sorted(t)), "repeats": repeats,
-               "timing_noisy": _noisy(median, ci)}
+               "timing_noisy": noisy(median, ci)}
         if baseline is not None:
             ratio, ratio_ci = median_interval([b / v for b, v in zip(times[baseline], t)])
             # paired per round, the ratio cancels load shared by both: its interval decides "noisy"
-            row.update(speedup=ratio, speedup_ci=ratio_ci, timing_noisy=_noisy(ratio, ratio_ci))
+            row.update(speedup=ratio, speedup_ci=ratio_ci, timing_noisy=noisy(ratio, ratio_ci))
+        if keep_times:
+            row["times_s"] = t
         out[name] = row
     return out
 
@@ -124,7 +129,7 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
-def _release_freed_memory() -> None:
+def release_freed_memory() -> None:
     """Give memory that the allocator keeps after earlier work back to the OS (glibc), so that RSS growth
     measures this call's own peak."""
     try:
@@ -145,7 +150,7 @@ def peak_memory_mb(fn: Callable[[], Any], device: str = "cpu") -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    _release_freed_memory()
+    release_freed_memory()
     before = rss_mb()
     peak, done = [before], threading.Event()
 

@@ -109,9 +109,10 @@ class FinetuneConfig(MethodConfig):
                             minimum=1, maximum=256)
     lora_rank: int = param(32, "QALoRA rank r in every quantized layer (paper: 32; capped at the layer's size)",
                            minimum=1, maximum=1024)
-    lora_lr_scale: float = param(0.08, "scale-aware LoRA lr: each layer's Adam lr = this × mean weight step size "
-                                 "(paper code: 1/2500 over 16k iterations; 0.08 was best of 0.005/0.02/0.08 in a "
-                                 "160-iteration W4A4 sweep on a shapes-sd proxy)", minimum=0.0)
+    lora_lr_scale: float = param(0.02, "scale-aware LoRA lr: each layer's Adam lr = this × mean weight step size "
+                                 "(paper code: 1/2500 over 16k iterations; on shapes-sd W2A8, 5 min: 0.02 recovered "
+                                 "79% of PTQ's accuracy drop, 0.08 destroyed the model, see docs/readings/"
+                                 "bench-quant.md)", minimum=0.0)
     weight_scale_lr: float = param(1e-6, "lr of the LSQ weight step sizes (paper: 1e-6)", minimum=0.0)
     act_lr: float = param(0.01, "relative lr of the per-step activation step sizes: each quantizer's Adam lr = "
                           "this × its mean step size (zero points: this, in integer codes). An absolute lr (paper: "
