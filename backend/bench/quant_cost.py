@@ -133,10 +133,10 @@ def measure_cost(pipe, weight_bits: int = 4, act_bits: int = 4, lora_rank: int =
         t = int(ddim_scheduler(pipe, ft.train_steps).timesteps[ft.train_steps // 2])
 
         def step() -> None:
+            opt.zero_grad(set_to_none=True)  # as finetune does: the old gradients are freed before the forward pass
             with torch.no_grad():
                 e_t = cfg_eps(unet, x, t, cond, uncond, guidance)
             loss = F.mse_loss(cfg_eps(student, x, t, cond, uncond, guidance), e_t)
-            opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, ft.grad_clip)
             opt.step()

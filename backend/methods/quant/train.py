@@ -236,8 +236,8 @@ def finetune(
                 frac = max(elapsed / budget if budget > 0 else 1.0, it / ft.max_iters if ft.max_iters else 0.0)
                 for g in opt.param_groups:
                     g["lr"] = g["initial_lr"] * max(0.0, 1.0 - frac)
+                opt.zero_grad(set_to_none=True)  # before the forward pass: the old gradients are not held beside it
                 loss, e_t = distill_loss(teacher, student, x, t, cond, unc, guidance, ft.distill_target)
-                opt.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 if ft.grad_clip > 0:
                     accelerator.clip_grad_norm_(params, ft.grad_clip)
