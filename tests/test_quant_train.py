@@ -119,3 +119,30 @@ def test_cli_layer_policy_flags():
     quant = cli.quant_from_args(args, cli.config_from_args(args))
     assert (quant.weight_bits, quant.act_bits, quant.first_last_8bit, quant.quantize_skip,
             quant.quantize_downsample, quant.quantize_attn_matmul) == (4, 4, False, "same", "w8a8", True)
+
+
+def test_first_last_layers_can_stay_untrained_at_the_target_bits(tiny_pipe):
+    """With every layer at the target bits, train_first_last=False gives conv_in / conv_out / the time embedding no
+    LoRA, no trainable step size and no optimizer group; every other target-bit layer trains as before."""
+    from backend.methods.quant import cli
+    from backend.methods.quant.model import layer_role
+    from backend.methods.quant.train import build_student, param_groups
+
+    policy = _quant(first_last_8bit=False)
+    ends = ("first_last", "time_embed")
+    for train_ends in (True, False):
+        ft = _ft(train_first_last=train_ends)
+        _, state = build_student(tiny_pipe, ft, calibrate_acts=False, quant=policy)
+        layers = state.trainable_layers()
+        assert {layer_role(n) for n in layers} >= set(ends)
+        for name, layer in layers.items():
+            trained = train_ends or layer_role(name) not in ends
+            assert (layer.lora_rank > 0) == trained and layer.w_quant.scale.requires_grad == trained
+            assert layer.a_quant.scale.requires_grad == trained
+        grouped = {id(p) for g in param_groups(state, ft) for p in g["params"]}
+        trainable = {id(p) for layer in layers.values() for p in layer.parameters() if p.requires_grad}
+        assert grouped == trainable
+    parser = __import__("argparse").ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["--variant", "{}", "--out", "x", "--no-train-first-last"])
+    assert cli.config_from_args(args).train_first_last is False

@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-lr-scale", type=float, default=None, help=_help("lora_lr_scale"))
     parser.add_argument("--act-lr", type=float, default=None, help=_help("act_lr"))
     parser.add_argument("--qat-lr", type=float, default=None, help=_help("qat_lr"))
+    parser.add_argument("--train-first-last", action=argparse.BooleanOptionalAction, default=None,
+                        help=_help("train_first_last"))
     parser.add_argument("--guidance", type=float, default=None, help=_help("guidance"))
     parser.add_argument("--distill-target", choices=("guided", "branches"), default=None,
                         help=_help("distill_target"))
@@ -77,7 +79,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
     pairs = {"max_iters": "max_iters", "train_steps": "train_steps", "batch_size": "batch_size",
              "lora_rank": "lora_rank", "lora_lr_scale": "lora_lr_scale", "act_lr": "act_lr", "qat_lr": "qat_lr",
              "guidance": "guidance", "distill_target": "distill_target", "checkpoint_every": "checkpoint_every_s",
-             "seed": "seed"}
+             "seed": "seed", "train_first_last": "train_first_last"}
     for arg, key in pairs.items():
         if getattr(args, arg) is not None:
             raw[key] = getattr(args, arg)

@@ -120,6 +120,11 @@ class FinetuneConfig(MethodConfig):
     qat_lr: float = param(1e-4, "qat only: Adam lr of the latent full-precision weights (on shapes-sd W4A4, 1e-3 "
                           "wrecked the PTQ start: accuracy ≤ 0.16 and PSNR 18-19 dB for 10 min; 1e-4 held 34 dB "
                           "from the first 1.5 min, see docs/bench-quant.md)", minimum=0.0)
+    train_first_last: bool = param(True, "train conv_in, conv_out and the time embedding when the layer policy puts "
+                                   "them at the target bits (the paper keeps them at W8A8, untrained). Off: they keep "
+                                   "their PTQ weights and step sizes; on shapes-sd W3A4 with every layer at the "
+                                   "target bits that held the accuracy that training them lost (docs/readings/"
+                                   "bench-quant.md)")
     guidance: float = param(-1.0, "CFG scale of the teacher trajectory (<0: the model's default)")
     distill_target: str = param("guided", "guided: MSE of the CFG-combined noise predictions (paper); branches: "
                                 "MSE of the unconditional and conditional predictions separately (keeps the guidance "

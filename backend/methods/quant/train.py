@@ -46,9 +46,17 @@ from backend.methods.quant.checkpoint import (
 )
 from backend.methods.quant.config import LAYER_POLICY_KEYS, FinetuneConfig, QuantConfig
 from backend.methods.quant.distill import distill_loss
-from backend.methods.quant.model import QuantState, quantize_unet
+from backend.methods.quant.model import QuantState, layer_role, quantize_unet
 
-RESUME_KEYS = ("method", "weight_bits", "act_bits", "train_steps", "batch_size", "lora_rank", "seed")
+RESUME_KEYS = ("method", "weight_bits", "act_bits", "train_steps", "batch_size", "lora_rank", "seed",
+               "train_first_last")
+FIRST_LAST_ROLES = ("first_last", "time_embed")
+
+
+def trains(name: str, ft: FinetuneConfig) -> bool:
+    """Whether a fine-tune trains the target-bit layer, or the layer input quantizer, ``name``: all of them, less
+    conv_in / conv_out / the time embedding when ``ft.train_first_last`` is off."""
+    return ft.train_first_last or layer_role(name.removesuffix(".a_quant")) not in FIRST_LAST_ROLES
 
 
 def build_student(pipe, ft: FinetuneConfig, prompts: list[str] | None = None, calibrate_acts: bool = True,
@@ -67,15 +75,18 @@ def build_student(pipe, ft: FinetuneConfig, prompts: list[str] | None = None, ca
         calibrate(pipe, state, qcfg, unet=student, prompts=(prompts or [])[: qcfg.calib_prompts] or None)
     state.set_timesteps([int(t) for t in ddim_scheduler(pipe, ft.train_steps).timesteps])
     student.requires_grad_(False)
-    for layer in state.trainable_layers().values():
+    for name, layer in state.trainable_layers().items():
+        if not trains(name, ft):
+            continue
         if ft.method == "efficientdm":
             layer.add_lora(ft.lora_rank)
         else:
             layer.base_layer.weight.requires_grad_(True)
         layer.w_quant.scale.requires_grad_(True)
-    for q in state.act_quantizers(temporal_only=True).values():
-        q.scale.requires_grad_(True)
-        q.zero_point.requires_grad_(True)
+    for name, q in state.act_quantizers(temporal_only=True).items():
+        if trains(name, ft):
+            q.scale.requires_grad_(True)
+            q.zero_point.requires_grad_(True)
     return student, state
 
 
@@ -83,7 +94,7 @@ def param_groups(state: QuantState, ft: FinetuneConfig) -> list[dict]:
     """Adam groups: scale-aware LoRA lr per layer (or the QAT weight lr), weight scales, and per quantizer the
     activation step-size table (lr relative to its mean step size) and zero points (lr in integer codes)."""
     groups = []
-    layers = state.trainable_layers()
+    layers = {name: layer for name, layer in state.trainable_layers().items() if trains(name, ft)}
     for name, layer in layers.items():
         if ft.method == "efficientdm":
             lr = ft.lora_lr_scale * float(layer.w_quant.scale.detach().mean())
@@ -92,7 +103,8 @@ def param_groups(state: QuantState, ft: FinetuneConfig) -> list[dict]:
         groups.append({"params": [m.base_layer.weight for m in layers.values()], "lr": ft.qat_lr, "name": "weights"})
     groups.append({"params": [m.w_quant.scale for m in layers.values()], "lr": ft.weight_scale_lr,
                    "name": "weight_scales"})
-    for name, q in state.act_quantizers(temporal_only=True).items():  # scale-aware: relative to the step size
+    quantizers = {name: q for name, q in state.act_quantizers(temporal_only=True).items() if trains(name, ft)}
+    for name, q in quantizers.items():  # scale-aware: relative to the step size
         groups.append({"params": [q.scale], "lr": ft.act_lr * float(q.scale.detach().abs().mean()),
                        "name": f"act_scale:{name}"})
         groups.append({"params": [q.zero_point], "lr": ft.act_lr, "name": f"act_zero:{name}"})
@@ -147,8 +159,9 @@ def _restore(state: QuantState, opt: torch.optim.Optimizer, tensors: dict[str, t
 
 def _refuse_changes(out: Path, saved: dict, now, keys: tuple[str, ...]) -> None:
     """CheckpointError naming the first of ``keys`` whose value in ``now`` differs from the checkpoint's."""
+    defaults = type(now)()  # a key that an older checkpoint lacks had its default then
     for key in keys:
-        if saved.get(key) != getattr(now, key):
+        if saved.get(key, getattr(defaults, key)) != getattr(now, key):
             raise CheckpointError(f"{out}: cannot resume, {key} was {saved.get(key)!r} and is now "
                                   f"{getattr(now, key)!r}; allowed: the same settings, or a new --out")
 
