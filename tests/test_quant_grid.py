@@ -17,7 +17,7 @@ def test_cost_bench_counts_fewer_trainable_parameters_for_efficientdm_than_for_q
     assert "16.2x" in versus["reproduces"] and "LDM-4" in versus["not_reproduced"]
 
 
-def test_cost_bench_one_student_at_a_time_gives_the_same_rows(tiny_pipe):
+def test_cost_bench_one_student_at_a_time_gives_rows_and_an_independent_samples_ratio(tiny_pipe):
     effdm, qat, versus = measure_cost(tiny_pipe, 4, 4, lora_rank=2, batch=1, repeats=2, model="tiny-arch",
                                       timing_mode="sequential")
     assert versus["timing_mode"] == "sequential" and "independent" in versus["timing"]

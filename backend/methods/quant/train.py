@@ -161,8 +161,9 @@ def _refuse_changes(out: Path, saved: dict, now, keys: tuple[str, ...]) -> None:
     """CheckpointError naming the first of ``keys`` whose value in ``now`` differs from the checkpoint's."""
     defaults = type(now)()  # a key that an older checkpoint lacks had its default then
     for key in keys:
-        if saved.get(key, getattr(defaults, key)) != getattr(now, key):
-            raise CheckpointError(f"{out}: cannot resume, {key} was {saved.get(key)!r} and is now "
+        was = saved.get(key, getattr(defaults, key))
+        if was != getattr(now, key):
+            raise CheckpointError(f"{out}: cannot resume, {key} was {was!r} and is now "
                                   f"{getattr(now, key)!r}; allowed: the same settings, or a new --out")
 
 
