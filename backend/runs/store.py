@@ -186,7 +186,10 @@ class Store:
             if readonly:
                 self._check_version()
                 return
-            self.conn.execute("PRAGMA journal_mode = WAL")
+            # WAL persists in the file: setting it again takes a lock that SQLite refuses at once (no busy
+            # wait) while other connections read, so a store opened beside a running job set it only when new
+            if self.conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA foreign_keys = ON")
             self.conn.execute("PRAGMA synchronous = NORMAL")
             self._init_schema()
