@@ -225,8 +225,9 @@ def test_cli_reward_the_prompts_cannot_be_scored_by(tmp_path, capsys):
     cli.add_arguments(parser)
     out, prompts = tmp_path / "s", tmp_path / "prompts.txt"
     prompts.write_text("a photo of a cat on a sofa\n")
-    args = parser.parse_args(["--variant", '{"model": "tiny-arch"}', "--reward", "shapes", "--data", f"teacher:{prompts}",
-                              "--batch-size", "2", "--max-steps", "2", "--out", str(out)])
+    args = parser.parse_args(["--variant", '{"model": "tiny-arch"}', "--reward", "shapes",
+                              "--data", f"teacher:{prompts}", "--batch-size", "2", "--max-steps", "2",
+                              "--out", str(out)])
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "reward 'shapes' scores Shapes-world prompts only" in err and len(err.splitlines()) == 1

@@ -161,8 +161,9 @@ def shapes_prompts(n: int = 2000, seed: int = 0) -> list[str]:
 
 def make_data(pipe: DiffusionPipeline, spec: str, guidance: float, seed: int = 0, pool: int = 0):
     """``auto`` (Shapes renders for a Shapes-world model; otherwise teacher samples of the built-in general
-    captions), ``shapes`` or ``shapes:MIX`` (MIX in SHAPES_MIXES; ``shapes`` = ``shapes:train``), ``teacher`` (Shapes captions for a Shapes model, the general captions otherwise),
-    ``teacher:PROMPTS.txt`` or a folder of captioned images. The result's ``describe`` says which."""
+    captions), ``shapes`` or ``shapes:MIX`` (MIX in SHAPES_MIXES; ``shapes`` = ``shapes:train``), ``teacher``
+    (Shapes captions for a Shapes model, the general captions otherwise), ``teacher:PROMPTS.txt`` or a folder
+    of captioned images. The result's ``describe`` says which."""
     from backend.captions import CAPTIONS_FILE, general_captions, read_prompts
     from backend.models import has_shapes_judge
 
