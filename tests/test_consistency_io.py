@@ -267,3 +267,21 @@ def test_bench_lcm_contrasts_pair_students_trained_alike_but_for_the_reward():
     assert row["acc_verdict"] == "no measurable difference at n=6"
     (claim,) = lcm.claims([row], [1, 2])
     assert claim["verdict"].startswith("not shown") and "RG-LCM beats plain LCM" in claim["variant"]
+
+
+def test_cli_student_of_another_base_model_exits_2_and_writes_nothing(tmp_path, capsys):
+    """The shipped shapes-sd student on tiny-arch: generate and bench lcm refuse in one line, nothing written."""
+    from backend.__main__ import main
+    from backend.bench.docs import FRAGMENTS
+
+    variant = json.dumps({"model": "tiny-arch", "scheduler": "lcm", "steps": 2,
+                          "consistency": {"checkpoint": "assets/rg-lcm-lora"}})
+    fragments = sorted((FRAGMENTS / "lcm").glob("*"))
+    for argv in (["generate", "--variant", variant, "--prompt", "a", "--out", str(tmp_path / "x.png")],
+                 ["bench", "lcm", "--model", "tiny-arch", "--cache", "assets", "--students", "rg-lcm-lora",
+                  "--n", "2", "--steps", "2", "--repeats", "1"]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "distilled from base model 'shapes'" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x.png").exists() and sorted((FRAGMENTS / "lcm").glob("*")) == fragments
