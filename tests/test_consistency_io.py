@@ -259,8 +259,9 @@ def test_bench_lcm_contrasts_pair_students_trained_alike_but_for_the_reward():
         "lora": {"reward": "shapes", "beta": 0.1, "proxy": False,
                  "config": {**base, "lora": True, "reward": "shapes", "beta": 0.1}},
     }
-    pairs = {(a, b) for _, a, b in lcm.contrasts(metas)}
-    assert pairs == {("rg", "plain"), ("px", "plain"), ("px", "rg")}  # the LoRA differs in more than the reward
+    found = {label.split(" (")[0]: (a, b) for label, a, b in lcm.contrasts(metas)}
+    assert found == {"rg-lcm − lcm": ("rg", "plain"), "proxy − lcm": ("px", "plain"), "proxy − direct": ("px", "rg"),
+                     "lora": ("lora", "rg")}  # LoRA vs plain or proxy differs in more than one thing: no row
     same = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
     row = {"variant": "rg-lcm − lcm (rg − plain)", "steps": 2, "contrast": "rg-lcm − lcm",
            **lcm._delta_fields("acc", same, same)}

@@ -5,8 +5,8 @@ fd_shapes, hf_energy (share of image spectral power above half the Nyquist frequ
 shows up as high-frequency patterns), unet_evals, latency_s (one image end to end, median of --repeats,
 all rows timed round by round with timed_rounds, with intervals) and speedup vs the teacher, and each
 student's training minutes. Every student row carries its paired deltas vs the teacher (accuracy, reward,
-hf_energy: bootstrap 95% intervals over prompts); contrast rows pair students trained with the same settings
-but for the reward (RG-LCM − LCM, proxy − direct) at equal steps; claim rows say in one line whether each of
+hf_energy: bootstrap 95% intervals over prompts); contrast rows pair, at equal steps, students whose settings
+differ in one thing: the reward (RG-LCM − LCM, proxy − direct) or one setting (lora, beta, data, grid, w range); claim rows say in one line whether each of
 the paper's claims reproduces here. Students named in STUDENTS are trained first when they are not in --cache;
 any other name is a student folder already in --cache (e.g. ones trained elsewhere with `finetune lcd`).
 """
@@ -122,21 +122,27 @@ def role(meta: dict) -> str:
 
 
 def contrasts(metas: dict[str, dict]) -> list[tuple[str, str, str]]:
-    """(label, a, b) for each pair of students trained alike but for the reward: a − b is RG-LCM − LCM,
-    proxy − LCM or proxy − direct (same reward and β)."""
-    def rest(meta: dict) -> dict:
-        return {k: v for k, v in meta.get("config", {}).items() if k not in REWARD_KEYS + BUDGET_KEYS}
+    """(label, a, b) for each pair of students whose settings differ in one thing (budgets aside), a − b paired:
+    the reward (RG-LCM − LCM, proxy − LCM, proxy − direct with the same reward and β), or one setting such as
+    lora, beta, data, num_ddim_timesteps or the w range (a listed after b in ``metas``)."""
+    def settings(meta: dict) -> dict:
+        return {k: v for k, v in meta.get("config", {}).items() if k not in BUDGET_KEYS}
 
     labels = {("direct", "lcm"): "rg-lcm − lcm", ("proxy", "lcm"): "proxy − lcm", ("proxy", "direct"): "proxy − direct"}
-    out = []
-    for a, ma in metas.items():
-        for b, mb in metas.items():
-            label = labels.get((role(ma), role(mb)))
-            if a == b or label is None or rest(ma) != rest(mb):
-                continue
-            if label == "proxy − direct" and (ma.get("reward"), ma.get("beta")) != (mb.get("reward"), mb.get("beta")):
-                continue
-            out.append((f"{label} ({a} − {b})", a, b))
+    names, out = list(metas), []
+    for i, b in enumerate(names):
+        for a in names[i + 1:]:
+            sa, sb = settings(metas[a]), settings(metas[b])
+            diff = sorted(k for k in sa.keys() | sb.keys() if sa.get(k) != sb.get(k))
+            ra, rb = role(metas[a]), role(metas[b])
+            if ra != rb:
+                label, a2, b2 = (labels[(ra, rb)], a, b) if (ra, rb) in labels else (labels.get((rb, ra)), b, a)
+                same_reward = ra == "lcm" or rb == "lcm" or sa.get("reward") == sb.get("reward") and \
+                    sa.get("beta") == sb.get("beta")
+                if label and same_reward and set(diff) <= set(REWARD_KEYS):
+                    out.append((f"{label} ({a2} − {b2})", a2, b2))
+            elif diff and (len(diff) == 1 or diff == ["w_max", "w_min"]):
+                out.append((f"{'/'.join(diff)} ({a} − {b})", a, b))
     return out
 
 
