@@ -7,8 +7,9 @@ all rows timed round by round with timed_rounds, with intervals) and speedup vs 
 student's training minutes. Every student row carries its paired deltas vs the teacher (accuracy, reward,
 hf_energy: bootstrap 95% intervals over prompts); contrast rows pair, at equal steps, students whose settings
 differ in one thing: the reward (RG-LCM − LCM, proxy − direct) or one setting (lora, beta, data, grid, w range);
-claim rows say in one line whether each of the paper's claims reproduces here. Students named in STUDENTS are trained first when they are not in --cache;
-any other name is a student folder already in --cache (e.g. ones trained elsewhere with `finetune lcd`).
+claim rows say in one line whether each of the paper's claims reproduces here. Students named in STUDENTS are
+trained first when they are not in --cache; any other name is a student folder already in --cache (e.g. ones
+trained elsewhere with `finetune lcd`).
 """
 
 from __future__ import annotations
