@@ -124,3 +124,19 @@ def test_proxy_distillation_step(tiny_pipe):
     assert "proxy_kl" in first and "proxy_reward" not in first  # warm-up: the proxy trains first
     second = d.step()
     assert "proxy_reward" in second and 0 <= second["proxy_agree"] <= 1
+
+
+def test_shapes_hard_mix_and_bad_mix(tiny_pipe):
+    from backend.methods.consistency.data import make_data
+    from backend.world.prompts import parse_caption
+    from backend.world.shapes import HELD_OUT_PAIRS
+
+    data = make_data(tiny_pipe, "shapes:hard", guidance=5.0, seed=0, pool=0)
+    lat, caps = data.batch(8, 0, torch.Generator().manual_seed(0))
+    assert lat.shape[0] == 8 and "hard mix" in data.describe
+    scenes = [parse_caption(c) for c in caps]
+    held = [any((o.shape, o.color) in HELD_OUT_PAIRS for o in sc.objects) for sc in scenes]
+    assert all(len(sc.objects) == 2 and not h for sc, h in zip(scenes[::2], held[::2]))  # two-object, train split
+    assert all(held[1::2])  # compositional half: a held-out (shape, colour) pair in each scene
+    with pytest.raises(ValueError, match="shapes:hard"):
+        make_data(tiny_pipe, "shapes:nope", guidance=5.0)

@@ -190,3 +190,99 @@ def test_cli_trains_a_lora(tmp_path, capsys):
     assert cli.main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["status"] == "done" and summary["kind"] == "lora" and (out / "speedlab_consistency.json").is_file()
+
+
+@pytest.mark.parametrize("reward,proxy", [(name, False) for name in rewards.REWARD_NAMES] + [("shapes", True)])
+def test_each_reward_trains_a_student_that_loads_in_stock_lcm_pipeline(reward, proxy, tmp_path, monkeypatch):
+    """Each reward this machine can build (and the proxy) writes a stock LCM pipeline folder; a reward whose
+    weights are missing is refused in one RewardError before anything is written."""
+    from diffusers import LatentConsistencyModelPipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "student"
+    settings = cfg(reward=reward, beta=0.1, proxy=proxy, proxy_warmup=0, data="shapes:hard", data_pool=0)
+    try:
+        rewards.load_reward(reward)
+    except rewards.RewardError:
+        with pytest.raises(rewards.RewardError, match=reward):
+            distill(load_pipeline("tiny-arch"), settings, out)
+        assert not out.exists() and not work_dir_for(out).exists()
+        return
+    summary = distill(load_pipeline("tiny-arch"), settings, out)
+    assert summary["status"] == "done" and ("proxy_kl" in summary) == proxy
+    meta = read_meta(out)
+    assert (meta["reward"], meta["proxy"]) == (reward, proxy)
+    pipe = LatentConsistencyModelPipeline.from_pretrained(out, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(PROMPT, num_inference_steps=2, height=16, width=16, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 16, 16, 3)
+
+
+def test_cli_reward_the_prompts_cannot_be_scored_by(tmp_path, capsys):
+    """The Shapes reward on general captions (teacher samples of tiny-arch): one line, exit 2, nothing written."""
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    out, prompts = tmp_path / "s", tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a cat on a sofa\n")
+    args = parser.parse_args(["--variant", '{"model": "tiny-arch"}', "--reward", "shapes",
+                              "--data", f"teacher:{prompts}", "--batch-size", "2", "--max-steps", "2",
+                              "--out", str(out)])
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "reward 'shapes' scores Shapes-world prompts only" in err and len(err.splitlines()) == 1
+    assert not out.exists() and not work_dir_for(out).exists()
+
+
+def test_student_compared_with_itself_is_no_measurable_difference():
+    from backend.runs.runner import evaluate_variant
+    from backend.variant import Variant
+
+    v = Variant.from_dict({"model": "shapes", "scheduler": "lcm", "steps": 1,
+                           "consistency": {"checkpoint": "assets/rg-lcm-lora"}})
+    out = evaluate_variant(v, v, n=6, prompt_set_name="hard", repeats=1)
+    for key in ("prompt_accuracy_delta", "reward_delta"):
+        assert out[key]["delta"] == 0 and out[key]["verdict"] == "no measurable difference at n=6"
+
+
+def test_bench_lcm_contrasts_pair_students_trained_alike_but_for_the_reward():
+    import numpy as np
+
+    from backend.bench import lcm
+
+    base = {"lora": False, "num_ddim_timesteps": 20, "data": "shapes:hard", "minutes": 7.0}
+    metas = {
+        "plain": {"reward": "none", "beta": 0.0, "proxy": False, "config": {**base, "reward": "none", "beta": 0.0}},
+        "rg": {"reward": "shapes", "beta": 0.1, "proxy": False, "config": {**base, "reward": "shapes", "beta": 0.1}},
+        "px": {"reward": "shapes", "beta": 0.1, "proxy": True,
+               "config": {**base, "reward": "shapes", "beta": 0.1, "proxy": True, "minutes": 6.5}},
+        "lora": {"reward": "shapes", "beta": 0.1, "proxy": False,
+                 "config": {**base, "lora": True, "reward": "shapes", "beta": 0.1}},
+    }
+    found = {label.split(" (")[0]: (a, b) for label, a, b in lcm.contrasts(metas)}
+    assert found == {"rg-lcm − lcm": ("rg", "plain"), "proxy − lcm": ("px", "plain"), "proxy − direct": ("px", "rg"),
+                     "lora": ("lora", "rg")}  # LoRA vs plain or proxy differs in more than one thing: no row
+    same = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    row = {"variant": "rg-lcm − lcm (rg − plain)", "steps": 2, "contrast": "rg-lcm − lcm",
+           **lcm._delta_fields("acc", same, same)}
+    assert row["acc_verdict"] == "no measurable difference at n=6"
+    (claim,) = lcm.claims([row], [1, 2])
+    assert claim["verdict"].startswith("not shown") and "RG-LCM beats plain LCM" in claim["variant"]
+
+
+def test_cli_student_of_another_base_model_exits_2_and_writes_nothing(tmp_path, capsys):
+    """The shipped shapes-sd student on tiny-arch: generate and bench lcm refuse in one line, nothing written."""
+    from backend.__main__ import main
+    from backend.bench.docs import FRAGMENTS
+
+    variant = json.dumps({"model": "tiny-arch", "scheduler": "lcm", "steps": 2,
+                          "consistency": {"checkpoint": "assets/rg-lcm-lora"}})
+    fragments = sorted((FRAGMENTS / "lcm").glob("*"))
+    for argv in (["generate", "--variant", variant, "--prompt", "a", "--out", str(tmp_path / "x.png")],
+                 ["bench", "lcm", "--model", "tiny-arch", "--cache", "assets", "--students", "rg-lcm-lora",
+                  "--n", "2", "--steps", "2", "--repeats", "1"]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "distilled from base model 'shapes'" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x.png").exists() and sorted((FRAGMENTS / "lcm").glob("*")) == fragments

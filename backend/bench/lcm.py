@@ -3,8 +3,13 @@
 Same prompts and seeds for every row: prompt_accuracy (the judge, which training never sees), reward,
 fd_shapes, hf_energy (share of image spectral power above half the Nyquist frequency: reward hacking
 shows up as high-frequency patterns), unet_evals, latency_s (one image end to end, median of --repeats,
-all rows timed round by round so background load hits them alike) and speedup vs the teacher, and each
-student's training minutes. Students are trained first when they are not in --cache.
+all rows timed round by round with timed_rounds, with intervals) and speedup vs the teacher, and each
+student's training minutes. Every student row carries its paired deltas vs the teacher (accuracy, reward,
+hf_energy: bootstrap 95% intervals over prompts); contrast rows pair, at equal steps, students whose settings
+differ in one thing: the reward (RG-LCM − LCM, proxy − direct) or one setting (lora, beta, data, grid, w range);
+claim rows say in one line whether each of the paper's claims reproduces here. Students named in STUDENTS are
+trained first when they are not in --cache; any other name is a student folder already in --cache (e.g. ones
+trained elsewhere with `finetune lcd`).
 """
 
 from __future__ import annotations
@@ -51,14 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=step_list, default="1,2,4,8", help="student step counts (default 1,2,4,8)")
     parser.add_argument("--teacher-steps", type=int, default=50, help="teacher DDIM steps (default 50)")
     parser.add_argument("--cache", default=".cache/lcm-students", help="folder of trained students (re-used)")
-    parser.add_argument("--students", default=",".join(STUDENTS), help=f"subset of {', '.join(STUDENTS)}")
+    parser.add_argument("--students", default=",".join(STUDENTS), help=f"comma-separated: {', '.join(STUDENTS)} "
+                        "(trained into --cache when missing) or names of student folders already in --cache")
     parser.add_argument("--repeats", type=int, default=5, help="timed one-image repeats per row (rows interleaved "
                         "round by round)")
     parser.add_argument("--seed", type=int, default=0, help="first seed; prompt i uses seed+i")
 
 
-def hf_energy(images: np.ndarray, cutoff: float = 0.25) -> float:
-    """Mean share of spectral power (grey level, mean removed) above ``cutoff`` cycles/pixel (Nyquist = 0.5)."""
+def hf_energy_per_image(images: np.ndarray, cutoff: float = 0.25) -> np.ndarray:
+    """Per image: share of spectral power (grey level, mean removed) above ``cutoff`` cycles/pixel (Nyquist 0.5)."""
     grey = np.asarray(images, dtype=np.float64).mean(-1)
     grey = grey - grey.mean(axis=(1, 2), keepdims=True)
     power = np.abs(np.fft.fft2(grey)) ** 2
@@ -66,7 +72,12 @@ def hf_energy(images: np.ndarray, cutoff: float = 0.25) -> float:
     fx = np.fft.fftfreq(grey.shape[2])[None, :]
     high = np.sqrt(fx**2 + fy**2) > cutoff
     total = power.sum(axis=(1, 2)) + 1e-12
-    return float((power[:, high].sum(-1) / total).mean())
+    return power[:, high].sum(-1) / total
+
+
+def hf_energy(images: np.ndarray, cutoff: float = 0.25) -> float:
+    """Mean of :func:`hf_energy_per_image`."""
+    return float(hf_energy_per_image(images, cutoff).mean())
 
 
 def train_student(name: str, args, folder: Path) -> dict:
@@ -79,6 +90,10 @@ def train_student(name: str, args, folder: Path) -> dict:
     from backend.models import load_pipeline
 
     if not (folder / CONSISTENCY_META_FILE).is_file():
+        if name not in STUDENTS:
+            raise ValueError(f"--students: {name!r} is not a student folder in {str(folder.parent)!r} (no "
+                             f"{CONSISTENCY_META_FILE}); allowed: {', '.join(STUDENTS)} or a folder written by "
+                             "`python -m backend finetune lcd`")
         settings = {**COMMON, "minutes": args.minutes, "beta": args.beta, **STUDENTS[name]}
         cfg = DistillConfig.from_dict(settings)
         bar = tqdm(total=int(args.minutes * 60), unit="s", desc=f"train {name}", file=sys.stderr)
@@ -95,6 +110,103 @@ def train_student(name: str, args, folder: Path) -> dict:
     return read_meta(folder)
 
 
+# Settings that make a student RG-LCM (vs LCM) or proxy (vs direct); students alike in all else are contrasted.
+REWARD_KEYS = ("reward", "beta", "proxy", "proxy_lr", "proxy_batch", "proxy_warmup")
+BUDGET_KEYS = ("minutes", "max_steps", "checkpoint_every_s")
+
+
+def role(meta: dict) -> str:
+    """lcm (no reward), direct (reward through the decoder) or proxy (the latent proxy reward model)."""
+    if meta.get("reward", "none") == "none" or not meta.get("beta"):
+        return "lcm"
+    return "proxy" if meta.get("proxy") else "direct"
+
+
+def contrasts(metas: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """(label, a, b) for each pair of students whose settings differ in one thing (budgets aside), a − b paired:
+    the reward (RG-LCM − LCM, proxy − LCM, proxy − direct with the same reward and β), or one setting such as
+    lora, beta, data, num_ddim_timesteps or the w range (a listed after b in ``metas``)."""
+    def settings(meta: dict) -> dict:
+        return {k: v for k, v in meta.get("config", {}).items() if k not in BUDGET_KEYS}
+
+    labels = {("direct", "lcm"): "rg-lcm − lcm", ("proxy", "lcm"): "proxy − lcm", ("proxy", "direct"): "proxy − direct"}
+    names, out = list(metas), []
+    for i, b in enumerate(names):
+        for a in names[i + 1:]:
+            sa, sb = settings(metas[a]), settings(metas[b])
+            diff = sorted(k for k in sa.keys() | sb.keys() if sa.get(k) != sb.get(k))
+            ra, rb = role(metas[a]), role(metas[b])
+            if ra != rb:
+                label, a2, b2 = (labels[(ra, rb)], a, b) if (ra, rb) in labels else (labels.get((rb, ra)), b, a)
+                same_reward = ra == "lcm" or rb == "lcm" or sa.get("reward") == sb.get("reward") and \
+                    sa.get("beta") == sb.get("beta")
+                if label and same_reward and set(diff) <= set(REWARD_KEYS):
+                    out.append((f"{label} ({a2} − {b2})", a2, b2))
+            elif diff and (len(diff) == 1 or diff == ["w_max", "w_min"]):
+                out.append((f"{'/'.join(diff)} ({a} − {b})", a, b))
+    return out
+
+
+def _delta_fields(prefix: str, values: np.ndarray, base: np.ndarray) -> dict:
+    from backend.metrics.paired import paired_delta
+
+    points = {"scale": 100, "unit": " points"} if prefix == "acc" else {}
+    d = paired_delta(values, base, **points)
+    return {f"{prefix}_delta": d["delta"], f"{prefix}_delta_ci": d["ci"], f"{prefix}_verdict": d["verdict"]}
+
+
+def per_image(images: np.ndarray, prompts: list[str], judged: bool) -> dict[str, np.ndarray]:
+    """Per-image judge verdict (prompt right), reward and hf_energy of 8-bit images (hf only without the judge)."""
+    import torch
+
+    from backend.metrics import quality
+
+    images = quality.as_8bit(images)
+    out = {"hf": hf_energy_per_image(images)}
+    if judged:
+        out["acc"] = quality.judge_verdicts(images, prompts)["prompt"].astype(float)
+        with torch.no_grad():
+            out["reward"] = quality.reward(torch.as_tensor(images), prompts).double().numpy()
+    return out
+
+
+def claims(rows: list[dict], steps: list[int], teacher_steps: int = 50) -> list[dict]:
+    """One row per paper claim, its verdict in plain words from the paired rows (at 2 steps, else the fewest)."""
+    at = 2 if 2 in steps else min(steps)
+    students = [r for r in rows if r.get("role") in ("direct", "proxy") and r["steps"] == at and "acc_delta" in r]
+    pairs = [r for r in rows if r.get("contrast") and r["steps"] == at and "acc_delta" in r]
+    out = []
+
+    def claim(text: str, verdict: str) -> None:
+        out.append({"variant": f"claim: {text}", "steps": at, "verdict": verdict})
+
+    if students:
+        best = max(students, key=lambda r: r["acc_delta"])
+        ok = best["acc_delta_ci"] is not None and best["acc_delta_ci"][1] >= 0
+        picked = f" (best of {len(students)} RG-LCM students, picked on these prompts)" if len(students) > 1 else ""
+        claim(f"{at}-step RG-LCM is no worse than the {teacher_steps}-step teacher (paper: preferred by humans)",
+              f"{'yes' if ok else 'no'}: {best['variant']}{picked}, accuracy {best['acc_verdict']}")
+    for label, key, text in (("rg-lcm − lcm", "acc", "RG-LCM beats plain LCM at equal steps"),
+                             ("proxy − lcm", "acc", "RG-LCM with the latent proxy beats plain LCM"),
+                             ("proxy − direct", "hf", "the latent proxy avoids the direct reward's "
+                                                      "high-frequency artefacts (lower hf_energy)")):
+        for r in (r for r in pairs if r["contrast"] == label):
+            d, ci = r[f"{key}_delta"], r[f"{key}_delta_ci"]
+            better = ci is not None and (ci[0] > 0 if key == "acc" else ci[1] < 0)
+            worse = ci is not None and (ci[1] < 0 if key == "acc" else ci[0] > 0)
+            word = "yes" if better else "no" if worse else "not shown"
+            claim(text, f"{word}: {r['variant']}, {'accuracy' if key == 'acc' else 'hf_energy'} "
+                        f"{r[f'{key}_verdict']}" + (f" (delta {d:+.4f})" if key == "hf" else ""))
+    close = [f"{r['variant']} at {r['steps']}" for r in rows if r.get("role") and r["steps"] in (2, 4)
+             and "acc_delta" in r and r["acc_delta_ci"] is not None
+             and r["acc_delta"] >= -0.02 and r["acc_delta_ci"][1] >= 0]
+    if any(r.get("role") and "acc_delta" in r for r in rows):
+        out.append({"variant": "rule: a 2- or 4-step student within 2 points of the teacher, interval reaching 0 "
+                               "(issue 29's shipping rule)", "steps": "2,4",
+                    "verdict": f"yes: {', '.join(close)}" if close else "no student at 2 or 4 steps"})
+    return out
+
+
 def run(args) -> list[dict]:
     from backend.metrics.cost import timed_rounds
     from backend.runs.build import build_pipeline
@@ -105,9 +217,8 @@ def run(args) -> list[dict]:
 
     steps = step_list(args.steps) if isinstance(args.steps, str) else args.steps
     names = [s.strip() for s in str(args.students).split(",") if s.strip()]
-    unknown = [s for s in names if s not in STUDENTS]
-    if unknown:
-        raise ValueError(f"--students: {unknown[0]!r} is unknown; allowed: {', '.join(STUDENTS)}")
+    if not names:
+        raise ValueError("--students is empty; give student names, e.g. lcm,rg-lcm")
     if args.beta < 0:
         raise ValueError(f"--beta {args.beta} is not allowed; the reward weight must be ≥ 0")
     from backend.metrics.scorers import judge_absent_reason
@@ -126,31 +237,45 @@ def run(args) -> list[dict]:
 
     teacher = Variant.from_dict({"model": args.model, "name": "teacher", "scheduler": "ddim",
                                  "steps": args.teacher_steps})
-    specs = [(f"teacher DDIM {args.teacher_steps} + CFG", teacher, {"train_minutes": None})]
+    specs = [(f"teacher DDIM {args.teacher_steps} + CFG", None, teacher, {"train_minutes": None})]
     for name in names:
         for n_steps in steps:
             v = Variant.from_dict({"model": args.model, "name": f"{name}-{n_steps}", "scheduler": "lcm",
                                    "steps": n_steps, "consistency": {"checkpoint": str(cache / name)}})
-            specs.append((name, v, {"train_minutes": metas[name].get("train_minutes")}))
-    variants = [v for _, v, _ in specs]
+            specs.append((name, name, v, {"role": role(metas[name]), "train_minutes": metas[name].get("train_minutes"),
+                                          "train_steps": metas[name].get("steps")}))
+    variants = [v for _, _, v, _ in specs]
     pipes = [build_pipeline(v) for v in variants]  # one per row: quality and timing use the same pipeline
+    judged = judge_absent is None
+    images: dict[tuple[str | None, int], dict[str, np.ndarray]] = {}
 
-    def measure(label: str, variant: Variant, pipe, extra: dict) -> dict:
+    def measure(label: str, name: str | None, variant: Variant, pipe, extra: dict) -> dict:
         result = run_variant(variant, prompts, seeds, measure_macs=False, measure_memory=False, pipe=pipe)
         add_quality(result, None, judge_absent)
         m = result.metrics
         row = {"variant": label, "steps": variant.steps, **extra}
-        for key in ("prompt_accuracy", "reward", "fd_shapes") if judge_absent is None else ("clip_score", "pickscore"):
+        for key in ("prompt_accuracy", "reward", "fd_shapes") if judged else ("clip_score", "pickscore"):
             row[key] = m.get(key)
-        row["hf_energy"] = hf_energy(result.images)
+        images[(name, variant.steps)] = per_image(result.images, prompts, judged)
+        row["hf_energy"] = float(images[(name, variant.steps)]["hf"].mean())
         row["unet_evals"] = m.get("unet_evals")
+        if name is not None:  # paired against the teacher, same prompts and seeds
+            base = images[(None, args.teacher_steps)]
+            for key, values in images[(name, variant.steps)].items():
+                row.update(_delta_fields(key, values, base[key]))
         return row
 
-    rows = [measure(label, v, p, extra) for (label, v, extra), p in zip(specs, pipes, strict=True)]
+    rows = [measure(label, name, v, p, extra) for (label, name, v, extra), p in zip(specs, pipes, strict=True)]
     print(f"lcm bench: timing {len(variants)} rows, one image each, interleaved", file=sys.stderr)
     fns = {i: (lambda p=p, v=v: generate(p, v, prompts[:1], seeds[:1]))
            for i, (p, v) in enumerate(zip(pipes, variants, strict=True))}
     timing = timed_rounds(fns, repeats=args.repeats, baseline=0)
     for i, row in enumerate(rows):
         row.update({k: timing[i][k] for k in ("latency_s", "latency_ci", "speedup", "speedup_ci", "timing_noisy")})
-    return rows
+    for label, a, b in contrasts(metas):
+        for n_steps in steps:
+            row = {"variant": label, "steps": n_steps, "contrast": label.split(" (")[0]}
+            for key, values in images[(a, n_steps)].items():
+                row.update(_delta_fields(key, values, images[(b, n_steps)][key]))
+            rows.append(row)
+    return rows + claims(rows, steps, args.teacher_steps)

@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--w-max", type=float, default=None, help="highest CFG scale w")
     parser.add_argument("--num-ddim-timesteps", type=int, default=None, help="solver grid size N (default 50)")
     parser.add_argument("--loss", choices=LOSSES, default=None, help="distillation loss (default huber)")
-    parser.add_argument("--data", default=None, help="auto | shapes | teacher[:PROMPTS.txt] | folder of images+.txt "
-                        "(auto: Shapes renders for a Shapes model, else teacher samples of the built-in general "
+    parser.add_argument("--data", default=None, help="auto | shapes[:train|two|hard] | teacher[:PROMPTS.txt] | "
+                        "folder of images+.txt (shapes:hard: the `hard` set's mix of two-object and compositional "
+                        "scenes; auto: Shapes renders for a Shapes model, else teacher samples of the built-in general "
                         "captions, backend/data/general_captions.txt)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=float, default=None,

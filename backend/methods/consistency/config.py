@@ -54,7 +54,8 @@ class DistillConfig(MethodConfig):
     loss: str = param("huber", "distillation loss", choices=LOSSES)
     huber_c: float = param(0.001, "Huber constant c", minimum=0.0)
     time_cond_proj_dim: int = param(256, "size of the student's w-embedding", minimum=8, maximum=2048)
-    data: str = param("auto", "training latents: auto | shapes | teacher | a folder of images with .txt captions")
+    data: str = param("auto", "training latents: auto | shapes[:train|two|hard] | teacher[:PROMPTS.txt] | a folder "
+                       "of images with .txt captions")
     data_pool: int = param(2048, "encoded Shapes latents kept and re-used (0: fresh renders every step)", minimum=0)
     proxy_lr: float = param(1e-3, "AdamW learning rate of the latent proxy reward model", minimum=0.0, maximum=1.0)
     proxy_batch: int = param(8, "items per proxy update (three latents each: student, target, real)", minimum=1)

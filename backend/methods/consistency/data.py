@@ -12,6 +12,11 @@ from diffusers import DDIMScheduler, DiffusionPipeline
 from backend.methods.conditioning import TextCond, encode
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Scene mixes of ``shapes:MIX``: train = one or two objects, never a held-out (shape, colour) pair (the teacher's
+# own training distribution); two = two objects, train split; hard = the `hard` evaluation mix: half two-object
+# train-split scenes, half "compositional" scenes (one or two objects, one with a held-out pair), drawn from other
+# seeds than the evaluation sets.
+SHAPES_MIXES = ("train", "two", "hard")
 
 
 def pixel_size(pipe: DiffusionPipeline) -> int:
@@ -39,17 +44,28 @@ class ShapesData:
     """
 
     name = "shapes"
-    describe = "Shapes world renders with their captions"
 
-    def __init__(self, pipe: DiffusionPipeline, seed: int = 0, pool: int = 0):
-        self.pipe, self.seed, self.pool_size = pipe, seed, pool
+    def __init__(self, pipe: DiffusionPipeline, seed: int = 0, pool: int = 0, mix: str = "train"):
+        if mix not in SHAPES_MIXES:
+            raise ValueError(f"data: shapes:{mix} is not a Shapes mix; allowed: "
+                             f"{', '.join(f'shapes:{m}' for m in SHAPES_MIXES)}")
+        self.pipe, self.seed, self.pool_size, self.mix = pipe, seed, pool, mix
         self.lat: torch.Tensor | None = None
         self.caps: list[str] = []
+        self.describe = "Shapes world renders with their captions" + ("" if mix == "train" else f" ({mix} mix)")
 
     def _fresh(self, n: int, step: int, gen: torch.Generator) -> tuple[torch.Tensor, list[str]]:
-        from backend.world.shapes import sample_batch, to_tensor_range
+        from backend.world.shapes import random_scene, render, sample_batch, to_tensor_range
 
-        images, scenes = sample_batch(n, seed=5_000_000 + 10_007 * self.seed + step)
+        seed = 5_000_000 + 10_007 * self.seed + step
+        if self.mix == "train":
+            images, scenes = sample_batch(n, seed=seed)
+        else:
+            rng = random.Random(seed)
+            held = self.mix == "hard"
+            scenes = [random_scene(rng, None, "compositional") if held and i % 2 else random_scene(rng, 2, "train")
+                      for i in range(n)]
+            images = np.stack([render(sc, rng) for sc in scenes])
         return encode_images(self.pipe, to_tensor_range(images), gen), [s.caption for s in scenes]
 
     def batch(self, n: int, step: int, gen: torch.Generator) -> tuple[torch.Tensor, list[str]]:
@@ -63,11 +79,11 @@ class ShapesData:
             self.caps += caps
         else:
             slots = torch.randint(0, have, (fresh_n,), generator=gen)
-            self.lat[slots] = lat
+            self.lat[slots.to(self.lat.device)] = lat
             for i, s in enumerate(slots.tolist()):
                 self.caps[s] = caps[i]
         idx = torch.randint(0, len(self.lat), (n,), generator=gen)
-        return self.lat[idx], [self.caps[i] for i in idx.tolist()]
+        return self.lat[idx.to(self.lat.device)], [self.caps[i] for i in idx.tolist()]
 
 
 class FolderData:
@@ -78,8 +94,8 @@ class FolderData:
     def __init__(self, pipe: DiffusionPipeline, folder: str | Path, seed: int = 0):
         self.pipe, self.folder = pipe, Path(folder)
         if not self.folder.is_dir():
-            raise ValueError(f"data: {str(folder)!r} is not a folder; allowed: auto, shapes, teacher, or a folder "
-                             "of images with .txt captions")
+            raise ValueError(f"data: {str(folder)!r} is not a folder; allowed: auto, shapes[:{'|'.join(SHAPES_MIXES)}]"
+                             ", teacher[:PROMPTS.txt], or a folder of images with .txt captions")
         self.items = [(p, p.with_suffix(".txt")) for p in sorted(self.folder.iterdir())
                       if p.suffix.lower() in IMAGE_EXTS and p.with_suffix(".txt").is_file()]
         if not self.items:
@@ -145,16 +161,17 @@ def shapes_prompts(n: int = 2000, seed: int = 0) -> list[str]:
 
 def make_data(pipe: DiffusionPipeline, spec: str, guidance: float, seed: int = 0, pool: int = 0):
     """``auto`` (Shapes renders for a Shapes-world model; otherwise teacher samples of the built-in general
-    captions), ``shapes``, ``teacher`` (Shapes captions for a Shapes model, the general captions otherwise),
-    ``teacher:PROMPTS.txt`` or a folder of captioned images. The result's ``describe`` says which."""
+    captions), ``shapes`` or ``shapes:MIX`` (MIX in SHAPES_MIXES; ``shapes`` = ``shapes:train``), ``teacher``
+    (Shapes captions for a Shapes model, the general captions otherwise), ``teacher:PROMPTS.txt`` or a folder
+    of captioned images. The result's ``describe`` says which."""
     from backend.captions import CAPTIONS_FILE, general_captions, read_prompts
     from backend.models import has_shapes_judge
 
     shapes_model = has_shapes_judge(pipe)
     if spec == "auto":
         spec = "shapes" if shapes_model else "teacher"
-    if spec == "shapes":
-        return ShapesData(pipe, seed, pool)
+    if spec == "shapes" or spec.startswith("shapes:"):
+        return ShapesData(pipe, seed, pool, spec.split(":", 1)[1] if ":" in spec else "train")
     if spec == "teacher" or spec.startswith("teacher:"):
         if spec.startswith("teacher:"):
             path = spec.split(":", 1)[1]

@@ -224,7 +224,7 @@ class Distiller:
         kl.backward()
         torch.nn.utils.clip_grad_norm_(self.proxy.parameters(), 1.0)
         self.proxy_opt.step()
-        return {"proxy_kl": float(kl), "proxy_agree": pair_agreement(scores.detach(), expert),
+        return {"proxy_kl": kl.item(), "proxy_agree": pair_agreement(scores.detach(), expert),
                 "reward": float(expert[:, 0].mean())}
 
     # --- checkpoints ----------------------------------------------------------------------------------------------

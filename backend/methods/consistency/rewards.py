@@ -78,7 +78,12 @@ def _shapes(device: torch.device) -> FunctionReward:
         net.to(device)
 
     def fn(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        return quality.reward(images, prompts)
+        try:
+            return quality.reward(images, prompts)
+        except quality.QualityUnavailable as exc:
+            raise RewardError(f"reward 'shapes' scores Shapes-world prompts only ({exc}); train on Shapes data "
+                              f"(--data shapes) or pick another reward; allowed: {', '.join(REWARD_NAMES)}, "
+                              "none") from None
 
     return FunctionReward("shapes", fn, (net,))
 
