@@ -33,10 +33,10 @@ from backend.world.shapes import sample_batch, to_tensor_range
 from backend.world.train import ASSETS, timeboxed_train
 
 SHAPES_SD = ASSETS / "shapes-sd"
-PRESETS = {  # width (heads × 32), blocks; both ≤ 14 MiB of fp32 weights
-    "a": {"width": 128, "heads": 4, "layers": 12},  # deeper: caching the middle blocks saves more
-    "b": {"width": 160, "heads": 5, "layers": 8},  # wider
-    "tiny": {"width": 32, "heads": 2, "layers": 2},  # tests
+PRESETS = {  # width (heads × 32), blocks, peak lr; a and b ≤ 14 MiB of fp32 weights
+    "a": {"width": 128, "heads": 4, "layers": 12, "lr": 1e-3},  # deeper: caching the middle blocks saves more
+    "b": {"width": 160, "heads": 5, "layers": 8, "lr": 5e-4},  # wider, gentler
+    "tiny": {"width": 32, "heads": 2, "layers": 2, "lr": 1e-3},  # tests
 }
 CHUNK = 500  # scenes per rendering job
 SEED0 = 6_000_000  # render seeds of this trainer (shapes-sd used 1M–4M and 9M)
@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--minutes", type=float, default=6.5, help="wall-clock training budget")
     p.add_argument("--n-scenes", type=int, default=200_000, help="training scenes rendered and encoded")
     p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--lr", type=float, default=5e-4, help="peak lr (warm-up 500 steps, cosine to 1/10)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak lr (warm-up 500 steps, cosine to 1/10); default: the preset's")
     p.add_argument("--grounding", type=float, default=0.01, help="cross-attention grounding loss weight; 0 = off")
     p.add_argument("--two-object-frac", type=float, default=0.65)
     p.add_argument("--guidance", type=float, default=5.0, help="default guidance written to speedlab.json")
@@ -264,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(str(e))
     if args.work is None:
         p.error("--work is required to train (or give --ship / --install)")
+    args.lr = PRESETS[args.config]["lr"] if args.lr is None else args.lr
     if not 0 <= args.two_object_frac <= 1 or args.grounding < 0 or args.lr <= 0 or args.minutes <= 0:
         p.error(f"--two-object-frac {args.two_object_frac} (0 to 1), --grounding {args.grounding} (≥ 0), "
                 f"--lr {args.lr} and --minutes {args.minutes} (> 0): out of range")
