@@ -3,6 +3,7 @@
     python -m backend.world.train_dit --work DIR [--config a|b|tiny] [--minutes 6.5] [--device cuda]
     python -m backend.world.train_dit --ship DIR --runs WORK [WORK ...]   # the best run's files, for the trip home
     python -m backend.world.train_dit --install DIR                      # DIR (shipped) -> assets/shapes-dit
+    python -m backend.world.train_dit --evaluate FOLDER [--eval-n 100]   # hard-set accuracy of an exported folder
 
 One shot, built for one GPU: scenes of the training split are rendered in worker processes, encoded by
 the frozen VAE on the device and kept in its memory with the caption embeddings; the transformer is
@@ -255,12 +256,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ship", type=Path, help="copy the best of --runs to this folder (SHIPPED files + runs.json)")
     p.add_argument("--runs", type=Path, nargs="+", default=[])
     p.add_argument("--install", type=Path, help="a --ship folder: write assets/shapes-dit and docs/training")
+    p.add_argument("--evaluate", type=Path, help="an exported folder: print its hard-set judge metrics (JSON)")
     args = p.parse_args(argv)
     try:
         if args.install:
             return install(args.install, ASSETS / "shapes-dit", ASSETS.parent / "docs" / "training")
         if args.ship:
             return ship(args.runs, args.ship)
+        if args.evaluate:
+            return print(json.dumps(evaluate(args.evaluate, args.eval_n, torch.device(args.device)), indent=2))
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     if args.work is None:
