@@ -270,11 +270,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.work is None:
         p.error("--work is required to train (or give --ship / --install)")
     args.lr = PRESETS[args.config]["lr"] if args.lr is None else args.lr
-    if not 0 <= args.two_object_frac <= 1 or args.grounding < 0 or args.lr <= 0 or args.minutes <= 0:
-        p.error(f"--two-object-frac {args.two_object_frac} (0 to 1), --grounding {args.grounding} (≥ 0), "
-                f"--lr {args.lr} and --minutes {args.minutes} (> 0): out of range")
-    if args.n_scenes < args.batch or args.batch < 1 or not 0 <= args.eval_n <= 500:
-        p.error(f"--n-scenes {args.n_scenes} must be ≥ --batch {args.batch} ≥ 1, --eval-n {args.eval_n} 0 to 500")
+    for flag, value, ok, allowed in (
+        ("--two-object-frac", args.two_object_frac, 0 <= args.two_object_frac <= 1, "0 to 1"),
+        ("--grounding", args.grounding, args.grounding >= 0, "≥ 0"), ("--lr", args.lr, args.lr > 0, "> 0"),
+        ("--minutes", args.minutes, args.minutes > 0, "> 0"),
+        ("--eval-n", args.eval_n, 0 <= args.eval_n <= 500, "0 to 500"),
+        ("--batch", args.batch, 1 <= args.batch <= args.n_scenes, f"1 to --n-scenes ({args.n_scenes})"),
+    ):
+        if not ok:
+            p.error(f"{flag} {value} is not allowed; allowed: {allowed}")
     try:  # fail before the data and the training, not after them
         import diffusers  # noqa: F401
 
