@@ -48,7 +48,7 @@ class CrossAttentionRecorder:
     """Attention processor for cross-attention layers that also keeps their attention probabilities.
 
     Wraps the layer's existing processor (its output is unchanged) and appends (B, heads, HW, T) maps
-    to ``maps``; ``install`` puts it on every ``attn2`` of a U-Net.
+    to ``maps``; ``install`` puts it on every ``attn2`` of a U-Net (or of a PixArt transformer).
     """
 
     def __init__(self, inner, maps: list[torch.Tensor]):
@@ -58,7 +58,10 @@ class CrossAttentionRecorder:
         b, hw, _ = hidden_states.shape
         q = attn.to_q(hidden_states).view(b, hw, attn.heads, -1).transpose(1, 2)
         k = attn.to_k(encoder_hidden_states).view(b, encoder_hidden_states.shape[1], attn.heads, -1).transpose(1, 2)
-        self.maps.append((q @ k.transpose(-1, -2) * attn.scale).softmax(-1))
+        logits = q @ k.transpose(-1, -2) * attn.scale
+        if attention_mask is not None:  # an additive (B, 1, T) bias over the text tokens (PixArt's padding mask)
+            logits = logits + attention_mask.reshape(b, 1, -1, k.shape[2])
+        self.maps.append(logits.softmax(-1))
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
 
     @classmethod
