@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # RG-LCD on the `hard` set (issue 29): eight shapes-sd students distilled side by side on one CUDA GPU.
 #
-#   OUT=DIR bash examples/lcd-gpu-students.sh [MINUTES]     (repo root; MINUTES per student, default 7)
+#   OUT=DIR [RUNS='lcm rg ...'] bash examples/lcd-gpu-students.sh [MINUTES]   (repo root; MINUTES per student, default 7;
+#   RUNS: a subset of the eight names below, default all)
 #
 # Every student: full U-Net (unless --lora), a 20-point DDIM grid, lr decayed to 0 over the budget, batch 64,
 # data = the `hard` mix of Shapes scenes (shapes:hard). What each tests:
@@ -32,14 +33,15 @@ train() {  # NAME ARGS...
 }
 
 # 1. The eight students, concurrently (a run that fails, fails in its first steps: its log says why).
-train lcm &
-train rg "${RG[@]}" &
-train rg-proxy "${RG[@]}" --proxy &
-train rg-lora "${RG[@]}" --lora &
-train rg-b03 --reward shapes --beta 0.3 &
-train rg-train "${RG[@]}" --data shapes:train &
-train rg-n50 "${RG[@]}" --num-ddim-timesteps 50 &
-train rg-wfix "${RG[@]}" --w-min 4 --w-max 4 &
+declare -A ARGS=(
+  [lcm]="" [rg]="${RG[*]}" [rg-proxy]="${RG[*]} --proxy" [rg-lora]="${RG[*]} --lora"
+  [rg-b03]="--reward shapes --beta 0.3" [rg-train]="${RG[*]} --data shapes:train"
+  [rg-n50]="${RG[*]} --num-ddim-timesteps 50" [rg-wfix]="${RG[*]} --w-min 4 --w-max 4"
+)
+for name in ${RUNS:-lcm rg rg-proxy rg-lora rg-b03 rg-train rg-n50 rg-wfix}; do
+  # shellcheck disable=SC2086  # the flags are words
+  train "$name" ${ARGS[$name]} &
+done
 (sleep 120; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv) &
 wait
 
