@@ -148,6 +148,7 @@ def cmd_bench(args) -> int:
     from backend.bench.docs import write_fragments, write_page
 
     module = importlib.import_module(f"backend.bench.{args.bench}")
+    check_bench_outputs(args)
     rows = module.run(args)
     fragments = write_fragments(args.bench, rows, " ".join(["python -m backend"] + sys.argv[1:]),
                                 default_model=getattr(args, "model", None) or "shapes")
@@ -155,6 +156,18 @@ def cmd_bench(args) -> int:
     print_rows(rows, as_json=args.json)
     print(f"rows written to {', '.join(str(f) for f in fragments)}; page rebuilt: {page}", file=sys.stderr)
     return 0
+
+
+def check_bench_outputs(args) -> None:
+    """Every file a bench writes, checked before it measures anything: its fragment folder and page under docs/,
+    and its own --html figure where it has one."""
+    from backend.bench.docs import DOCS, FRAGMENTS
+    from backend.paths import check_out_dir, check_out_file
+
+    check_out_dir(FRAGMENTS / args.bench, "bench fragments")
+    check_out_file(DOCS / f"bench-{args.bench}.md", "bench page")
+    if getattr(args, "html", None):
+        check_out_file(args.html, "--html", (".html", ".htm"))
 
 
 def cmd_bench_docs(args) -> int:
