@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 from safetensors import SafetensorError
 from tqdm import tqdm
@@ -186,7 +187,8 @@ def _add_external(sub, name: str, module_name: str, help: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m backend", description=__doc__)
+    prog = "speedlab" if Path(sys.argv[0]).name == "speedlab" else "python -m backend"  # the console script
+    parser = Parser(prog=prog, description=__doc__)
     parser.add_argument("--allow-pickle", action="store_true", help="load local models whose weights are only "
                         "pickled (.bin), with torch weights_only=True (default: safetensors only)")
     sub = parser.add_subparsers(dest="command", required=True)
