@@ -305,7 +305,11 @@ def test_app_bad_arguments(argv, fragment, work, tmp_path, monkeypatch, capsys):
 
 def test_unknown_finetune_setting_is_refused(tmp_path):
     """A setting no fine-tune declares (a preset's typo) is named, never dropped."""
+    from backend.runs import knobs
     from backend.runs.jobs import JobService
 
+    jobs = JobService(tmp_path)
     with pytest.raises(ValueError, match="unknown key 'minutez'"):
-        JobService(tmp_path).validate("lcd", "tiny-arch", {"minutes": 1.0, "minutez": 5})
+        jobs.validate("lcd", "tiny-arch", {"minutes": 1.0, "minutez": 5})
+    for kind, name in knobs.PRESETS:  # every preset's keys are declared settings of its kind
+        jobs.validate(kind, "tiny-arch", knobs.preset(kind, name))
