@@ -9,8 +9,10 @@
     outcome = speedlab.sweep("spec.yaml", "runs/my-sweep")          # or a spec dict; rerun to resume
     speedlab.report("runs/my-sweep", "report.html")
 
-On a pipeline you hold: ``speedlab.apply_deepcache(pipe, {"interval": 3})``, ``speedlab.quantize(pipe,
-{"weight_bits": 8, "act_bits": 8})`` (in place; give a pipeline from ``build`` so the shared weights stay clean).
+On a pipeline you hold: ``speedlab.apply_deepcache(pipe, {"interval": 3})`` (a hook; ``remove`` in
+``backend.methods.deepcache``), ``speedlab.quantize(pipe, {"weight_bits": 8, "act_bits": 8})`` (rewrites the U-Net in
+place: ``load`` shares weights with every pipeline of the process, so first ``pipe.unet = copy.deepcopy(pipe.unet)``
+— or put ``"quant"`` in the Variant and ``build`` it, which does that for you).
 
 Every name here is the backend's own function or class (no logic of its own beyond reading a sweep spec): bad input
 raises ``ValueError`` with one line naming the value and what is allowed, as on the command line.
