@@ -55,6 +55,15 @@ def limits_from(args: argparse.Namespace):
             JobLimits(args.max_jobs, args.max_job_minutes, (str(ASSETS), *args.data_root)))
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """ValueError naming --port out of range or a --store folder that cannot be written (a file, read-only)."""
+    from backend.paths import check_out_dir
+
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port} is out of range; allowed: 1 to 65535")
+    check_out_dir(args.store, "--store")
+
+
 def create(model: str = "shapes", store: str = "runs/workbench", limits=None, job_limits=None):
     """The Gradio Blocks of the workbench (not launched) and its callbacks."""
     from app.callbacks import Callbacks
@@ -87,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         limits, job_limits = limits_from(args)
+        check_args(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 from safetensors import SafetensorError
 from tqdm import tqdm
@@ -148,6 +149,7 @@ def cmd_bench(args) -> int:
     from backend.bench.docs import write_fragments, write_page
 
     module = importlib.import_module(f"backend.bench.{args.bench}")
+    check_bench_outputs(args)
     rows = module.run(args)
     fragments = write_fragments(args.bench, rows, " ".join(["python -m backend"] + sys.argv[1:]),
                                 default_model=getattr(args, "model", None) or "shapes")
@@ -155,6 +157,18 @@ def cmd_bench(args) -> int:
     print_rows(rows, as_json=args.json)
     print(f"rows written to {', '.join(str(f) for f in fragments)}; page rebuilt: {page}", file=sys.stderr)
     return 0
+
+
+def check_bench_outputs(args) -> None:
+    """Every file a bench writes, checked before it measures anything: its fragment folder and page under docs/,
+    and its own --html figure where it has one."""
+    from backend.bench.docs import DOCS, FRAGMENTS
+    from backend.paths import check_out_dir, check_out_file
+
+    check_out_dir(FRAGMENTS / args.bench, "bench fragments")
+    check_out_file(DOCS / f"bench-{args.bench}.md", "bench page")
+    if getattr(args, "html", None):
+        check_out_file(args.html, "--html", (".html", ".htm"))
 
 
 def cmd_bench_docs(args) -> int:
@@ -173,7 +187,8 @@ def _add_external(sub, name: str, module_name: str, help: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m backend", description=__doc__)
+    prog = "speedlab" if Path(sys.argv[0]).name == "speedlab" else "python -m backend"  # the console script
+    parser = Parser(prog=prog, description=__doc__)
     parser.add_argument("--allow-pickle", action="store_true", help="load local models whose weights are only "
                         "pickled (.bin), with torch weights_only=True (default: safetensors only)")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -16,13 +16,13 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from transformers.utils import logging as transformers_logging
 
 from backend.metadata import DEEPCACHE_HOOK, PipelineInfo, pipeline_info, set_pipeline_info
+from backend.paths import ASSETS
 
 diffusers_logging.set_verbosity_error()
 diffusers_logging.disable_progress_bar()
 transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
 SHAPES_DIR = ASSETS / "shapes-sd"
 RANDOM_ARCHS = ("sd15-arch", "tiny-arch")
 SINGLE_FILE_EXTS = (".safetensors", ".ckpt")

@@ -10,6 +10,18 @@ import os
 from pathlib import Path
 
 
+def _assets_dir() -> Path:
+    """The embedded models and evaluators: ``$SPEEDLAB_ASSETS``, else the wheel's ``backend/assets`` (an installed
+    package, see setup.py), else the source tree's ``assets/``."""
+    if os.environ.get("SPEEDLAB_ASSETS"):
+        return Path(os.environ["SPEEDLAB_ASSETS"]).expanduser().resolve()
+    package = Path(__file__).resolve().parent
+    return package / "assets" if (package / "assets").is_dir() else package.parent / "assets"
+
+
+ASSETS = _assets_dir()
+
+
 class OutputError(ValueError):
     """An output location that cannot be written; the message names the flag and the path."""
 

@@ -93,6 +93,11 @@ def variant_with(**over) -> str:
     return json.dumps({"model": "tiny-arch", "steps": 2, **over})
 
 
+def made_dir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
 # (id, argv given the inputs folder w and the output folder o, a fragment the message must hold)
 CASES = [
     ("argparse-missing", lambda w, o: ["generate", "--prompt", "a"], "--variant, --out"),
@@ -166,6 +171,20 @@ CASES = [
     ("report-out-under-file", lambda w, o: ["report", str(w / "foreign"), "--out", str(w / "file.txt" / "r.html")],
      "is a file"),
     ("bench-lcm-steps", lambda w, o: ["bench", "lcm", "--steps", "a,b"], "'a'"),
+    # issue 31: silent input changes are refused, outputs are checked before any work
+    ("evaluate-seed-plus-i-past-2**53", lambda w, o: ["evaluate", "--variant", TINY, "--seed", str(2**53 - 1),
+                                                      "--n", "2"], "--seed 9007199254740991 with --n 2"),
+    ("evaluate-n-0", lambda w, o: ["evaluate", "--variant", TINY, "--n", "0"], "--n 0"),
+    ("steps-0", lambda w, o: ["generate", "--variant", variant_with(steps=0), "--prompt", "a", "--out",
+                              str(o / "x.png")], "steps: 0"),
+    ("steps-100000", lambda w, o: ["generate", "--variant", variant_with(steps=100000), "--prompt", "a", "--out",
+                                   str(o / "x.png")], "steps: 100000"),
+    ("bench-quant-cost-resolution-0", lambda w, o: ["bench", "quant", "--cost", "--resolution", "0"],
+     "--resolution 0"),
+    ("bench-quant-grid-html-under-file", lambda w, o: ["bench", "quant", "--grid", "--html",
+                                                       str(w / "file.txt" / "grid.html")], "is a file"),
+    ("report-zip-is-a-folder", lambda w, o: ["report", str(w / "foreign"), "--out", str(o / "r.html")]
+     if made_dir(o / "r.zip") else [], "r.zip"),
 ]
 
 
@@ -262,3 +281,35 @@ def test_report_reads_images_only_inside_the_run(tmp_path):
     with zipfile.ZipFile(paths.zip) as z:
         assert not any(name.endswith("secret.png") for name in z.namelist())
     assert set(rundir.iterdir()) == wal  # the report opened the store read-only
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--port", "99999"], "--port 99999 is out of range; allowed: 1 to 65535"),
+    (["--store", "FILE"], "exists and is not a folder"),
+    (["--store", "READONLY/store"], "is not writable"),
+])
+def test_app_bad_arguments(argv, fragment, work, tmp_path, monkeypatch, capsys):
+    """python -m app: one line and exit 2 before anything starts (a read-only mount: os.access says so)."""
+    import backend.paths
+    from app.__main__ import main as app_main
+
+    readonly = made_dir(tmp_path / "ro")
+    real_access = os.access
+    monkeypatch.setattr(backend.paths.os, "access", lambda p, mode: Path(p) != readonly and real_access(p, mode))
+    argv = [a.replace("FILE", str(work / "file.txt")).replace("READONLY", str(readonly)) for a in argv]
+    rc = app_main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+    assert not any(readonly.iterdir())
+
+
+def test_unknown_finetune_setting_is_refused(tmp_path):
+    """A setting no fine-tune declares (a preset's typo) is named, never dropped."""
+    from backend.runs import knobs
+    from backend.runs.jobs import JobService
+
+    jobs = JobService(tmp_path)
+    with pytest.raises(ValueError, match="unknown key 'minutez'"):
+        jobs.validate("lcd", "tiny-arch", {"minutes": 1.0, "minutez": 5})
+    for kind, name in knobs.PRESETS:  # every preset's keys are declared settings of its kind
+        jobs.validate(kind, "tiny-arch", knobs.preset(kind, name))

@@ -106,6 +106,9 @@ def test_atomic_variant_write(tmp_path):
                     raise Boom()
                 return self.conn.execute(sql, *args)
 
+            def __getattr__(self, name):  # in_transaction, close, ...: the real connection's
+                return getattr(self.conn, name)
+
         s.conn = Failing(original)
         with pytest.raises(Boom):
             s.save_variant("r1", 1, images, ["a", "b"], [0, 1], {"latency_s": 1.0})

@@ -100,7 +100,7 @@ def measure_cost(pipe, weight_bits: int = 4, act_bits: int = 4, lora_rank: int =
     device = str(next(unet.parameters()).device)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"--cost-batch {batch!r} is out of range; allowed: a whole number ≥ 1")
-    size = resolution or defaults(pipe, device)[1]
+    size = defaults(pipe, device)[1] if resolution is None else resolution
     if size < 8 * pipe.vae_scale_factor or size % pipe.vae_scale_factor:
         raise ValueError(f"--resolution {size} is not allowed; allowed: a multiple of {pipe.vae_scale_factor}, "
                          f"at least {8 * pipe.vae_scale_factor}")
@@ -207,9 +207,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     from backend.models import load_pipeline
 
     model = args.model or "sd15-arch"
+    for flag, value in (("--resolution", args.resolution), ("--cost-batch", args.cost_batch)):
+        if value is not None and value < 1:  # refused before the model loads (0 is not "the default")
+            raise ValueError(f"{flag} {value} is out of range; allowed: a whole number ≥ 1")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = load_pipeline(model, device=device)
     batch, _ = defaults(pipe, device)
     _, w, a = _bits(args.bits)[-1]
-    return measure_cost(pipe, w, a, args.lora_rank, args.cost_batch or batch, args.resolution, args.repeats, model,
+    batch = batch if args.cost_batch is None else args.cost_batch
+    return measure_cost(pipe, w, a, args.lora_rank, batch, args.resolution, args.repeats, model,
                         release_encoders=True)

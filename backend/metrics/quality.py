@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import random
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,11 +17,12 @@ from safetensors.torch import load_file
 from scipy import linalg
 
 from backend.metadata import pipeline_info
+from backend.paths import ASSETS
 from backend.world.evaluators import Judge, RewardNet, scene_targets
 from backend.world.prompts import parse_caption
 from backend.world.shapes import IMAGE_SIZE, N_CELLS, Scene, render
 
-EVALUATORS = Path(__file__).resolve().parents[2] / "assets" / "evaluators"
+EVALUATORS = ASSETS / "evaluators"
 ATTRIBUTES = ("shape", "color", "size", "position", "count")
 
 

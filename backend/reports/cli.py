@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +25,12 @@ def main(args) -> int:
     from backend.reports.export import export_report
 
     paths = export_report(args.rundir, args.out, run_id=args.run_id, max_prompts=args.max_prompts)
-    info = {k: str(v) for k, v in vars(paths).items()}
+    info = {k: v if k == "unfinished" else str(v) for k, v in vars(paths).items()}
     if args.json:
         print(json.dumps(info))
     else:
         print(f"wrote {paths.html} (+ {paths.csv.name}, {paths.json.name}, {paths.zip.name})")
+    if paths.unfinished:
+        print(f"warning: {len(paths.unfinished)} variant(s) not measured, missing from the report: "
+              f"{', '.join(paths.unfinished)}; run the sweep again to measure them", file=sys.stderr)
     return 0

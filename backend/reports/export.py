@@ -9,7 +9,7 @@ import json
 import math
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +27,7 @@ class ReportPaths:
     csv: Path
     json: Path
     zip: Path
+    unfinished: list[str] = field(default_factory=list)  # "name (status)" of every variant not measured
 
 
 def _jsonable(value):
@@ -210,17 +211,6 @@ psnr/ssim_vs_baseline compare each image with the baseline's image of the same p
 """
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def metrics_records(run: dict, variants: list[dict], df: pd.DataFrame) -> dict:
     by_idx = {v["idx"]: v for v in variants}
     rows = []
@@ -237,6 +227,9 @@ def export_report(rundir: str | Path, out: str | Path, run_id: str | None = None
                   max_prompts: int = MAX_GRID_PROMPTS) -> ReportPaths:
     """Write OUT (html), metrics.csv and metrics.json beside it, and OUT's stem + .zip (everything plus images)."""
     out = check_out_file(out, "--out", (".html", ".htm"))
+    paths = ReportPaths(out, out.parent / "metrics.csv", out.parent / "metrics.json", out.with_suffix(".zip"))
+    for path in (paths.csv, paths.json, paths.zip):  # every output, before any work (nothing half-written)
+        check_out_file(path, f"--out (its {path.suffix} beside it)")
     if max_prompts < 1:
         raise ValueError(f"--max-prompts {max_prompts} must be ≥ 1")
     store = open_run(rundir, readonly=True)
@@ -247,16 +240,18 @@ def export_report(rundir: str | Path, out: str | Path, run_id: str | None = None
         csv_text = table.assign(config=[json.dumps(next(v["config"] for v in variants if v["name"] == name),
                                                    sort_keys=True) for name in table["variant"]]).to_csv(index=False)
         records = json.dumps(metrics_records(run, variants, df), indent=2, sort_keys=False)
-        paths = ReportPaths(out, out.parent / "metrics.csv", out.parent / "metrics.json", out.with_suffix(".zip"))
-        _write_text(paths.html, page)
-        _write_text(paths.csv, csv_text)
-        _write_text(paths.json, records)
-        tmp = paths.zip.with_name(paths.zip.name + ".tmp")
-        try:
-            _write_zip(tmp, store, out, page, csv_text, records, run, variants)
-            tmp.replace(paths.zip)
+        paths.unfinished = [f"{v['name']} ({v['status']})" for v in variants if v["status"] != "done"]
+        tmps = {path: path.with_name(path.name + ".tmp") for path in (paths.html, paths.csv, paths.json, paths.zip)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:  # all four under temporary names, then renamed: a failure leaves none of them
+            for path, text in ((paths.html, page), (paths.csv, csv_text), (paths.json, records)):
+                tmps[path].write_text(text, encoding="utf-8")
+            _write_zip(tmps[paths.zip], store, out, page, csv_text, records, run, variants)
+            for path, tmp in tmps.items():
+                tmp.replace(path)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            for tmp in tmps.values():
+                tmp.unlink(missing_ok=True)
             raise
         return paths
     finally:

@@ -97,8 +97,7 @@ class JobService:
     def validate(self, kind: str, model: str, settings: dict | None):
         """The job's config; ValueError naming the first setting this server refuses."""
         cls = job_config_class(kind)
-        names = {p["name"] for p in cls.describe()}
-        cfg = cls.from_dict({k: v for k, v in (settings or {}).items() if k in names})
+        cfg = cls.from_dict(settings or {})  # an unknown key is refused, never dropped
         if kind == "rg-lcd" and getattr(cfg, "reward", "none") == "none":
             raise ValueError("rg-lcd needs a reward model; allowed: shapes, clip")
         minutes = float(getattr(cfg, "minutes", 0) or 0)

@@ -3,14 +3,12 @@ their presets, model defaults, and the checkpoints shipped in ``assets/``."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from backend.methods import registry
+from backend.paths import ASSETS
 from backend.runs.jobs import job_config_class
 from backend.variant import method_config_class
 
 MODELS = ("shapes", "tiny-arch", "sd15-arch")
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 # Checkpoints shipped with the repository (made by the commands in their COMMAND.md): (label, section, folder).
 ASSET_CHECKPOINTS = (
     ("EfficientDM W4A4 (assets)", "quant", "efficientdm-w4a4"),

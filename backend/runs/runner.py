@@ -13,6 +13,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from backend.metadata import pipeline_info
+from backend.methods.params import MAX_SEED
 from backend.metrics import cost, quality
 from backend.models import RANDOM_ARCHS
 from backend.runs.build import build_pipeline
@@ -114,6 +115,11 @@ def evaluate_variant(
     from backend.metrics.scorers import judge_absent_reason, require
     from backend.sampling import load_model
 
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"--n {n!r} is out of range; allowed: a whole number ≥ 1")
+    if not 0 <= seed <= MAX_SEED - n + 1:  # prompt i uses seed + i: the last seed must be in range too
+        raise ValueError(f"--seed {seed} with --n {n}: prompt i uses seed + i, up to {seed + n - 1}; allowed: seeds "
+                         f"0 to {MAX_SEED}, so --seed 0 to {MAX_SEED - n + 1}")
     if variant.model in RANDOM_ARCHS:
         raise quality.QualityUnavailable(f"model {variant.model!r} has random weights: it is for speed measurements "
                                          "only, quality metrics are refused")

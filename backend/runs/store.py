@@ -17,6 +17,7 @@ JSON, created/updated, out dir: fine-tunes and sweeps that the UI follows) and `
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -159,6 +160,7 @@ class Store:
         self.path = self.root / DB_NAME if self.root.suffix != ".db" else self.root
         if self.root.suffix == ".db":
             self.root = self.path.parent
+        self.created, self.made_root = not self.path.exists(), not self.root.exists()  # for discard()
         if not self.path.exists():
             if not create:
                 raise StoreError(f"{self.root} is not a Speedlab run: {self.path.name} is missing "
@@ -210,8 +212,10 @@ class Store:
         if header != b"SQLite format 3\x00":
             raise StoreError(f"{self.path} is not a SQLite database (a Speedlab results store is expected)")
 
-    def _wrap(self, exc: sqlite3.DatabaseError) -> StoreError:
+    def _wrap(self, exc: sqlite3.DatabaseError) -> StoreError | OSError:
         text = str(exc)
+        if "disk is full" in text:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
         if "locked" in text or "busy" in text:
             return StoreError(f"{self.path} is locked by another process for more than {self.timeout_s:g} s; "
                               "wait for it to finish or close it")
@@ -256,18 +260,38 @@ class Store:
             raise self._wrap(exc) from exc
         try:
             yield self.conn
+        except sqlite3.DatabaseError as exc:
+            self._rollback()
+            raise self._wrap(exc) from exc
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise
         else:
             try:
                 self.conn.execute("COMMIT")
             except sqlite3.OperationalError as exc:
-                self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise self._wrap(exc) from exc
+
+    def _rollback(self) -> None:
+        """ROLLBACK unless SQLite already rolled the transaction back itself (it does on a full disk)."""
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
         self.conn.close()
+
+    def discard(self) -> None:
+        """Close and delete what this store made (a new one that measured nothing): the database, its journal
+        files, images/, and the run folder when it made it and nothing else is there."""
+        import shutil
+
+        self.close()
+        for path in (self.path, *(self.path.with_name(self.path.name + s) for s in ("-wal", "-shm", "-journal"))):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.root / "images", ignore_errors=True)
+        if self.made_root and not any(self.root.iterdir()):
+            self.root.rmdir()
 
     def __enter__(self) -> Store:
         return self
@@ -355,6 +379,11 @@ class Store:
             d["images"] = images.get(r["idx"], [])
             out.append(d)
         return out
+
+    def variants_done(self, run_id: str) -> int:
+        """How many of the run's variants are measured (by any process)."""
+        return self.conn.execute("SELECT COUNT(*) FROM variants WHERE run_id=? AND status='done'",
+                                 (run_id,)).fetchone()[0]
 
     def pending(self, run_id: str) -> list[int]:
         """Indices of the variants not finished yet (a rerun does only these)."""

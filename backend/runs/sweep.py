@@ -26,6 +26,7 @@ import copy
 import hashlib
 import itertools
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -393,6 +394,7 @@ class SweepOutcome:
     done: list[int]
     failed: dict[int, str]
     skipped: list[int]
+    unfinished: dict[int, str] = field(default_factory=dict)  # idx -> why it is not measured (another process has it)
 
 
 def run_sweep(sweep: Sweep, rundir: str | Path, executor: str | Any = "local", address: str | None = None,
@@ -413,6 +415,7 @@ def run_sweep(sweep: Sweep, rundir: str | Path, executor: str | Any = "local", a
             raise SpecError(str(exc)) from None
     ex = make_executor(executor, address) if isinstance(executor, str) else executor
     store = Store(rundir)
+    saved = [False]  # whether anything was measured into the store (else a new store is removed on failure)
     try:
         settings = {**sweep.runner, "warmup": WARMUP, "timing": TIMING, "executor": ex.name}
         run_id = store.create_run(sweep.run_id, [v.to_dict() for v in sweep.variants], sweep.prompts, sweep.seeds,
@@ -447,50 +450,73 @@ def run_sweep(sweep: Sweep, rundir: str | Path, executor: str | Any = "local", a
         if 0 not in pending:
             baseline = (to_uint8(store.load_images(run_id, 0)), store.variants(run_id)[0]["metrics"])
         order = ([0] if 0 in pending else []) + [i for i in pending if i != 0]
-        try:
-            batches = [order[:1], order[1:]] if order[:1] == [0] else [order]
-            for batch in batches:
-                if not batch:
-                    continue
-                if baseline is None and batch[0] != 0:  # another process has the baseline: wait for it
-                    baseline = _await_baseline(store, run_id, job)
-                for idx, payload, exc in ex.run(sweep, batch, images_progress,
-                                                on_start=lambda i: store.claim(run_id, i)):
-                    if job is not None:
-                        job.check()
-                    if exc is not None:
-                        message = (f"{type(exc).__name__}: {exc}".strip().splitlines() or ["error"])[0]
-                        store.mark_failed(run_id, idx, message)
-                        outcome.failed[idx] = message
-                        if idx == 0:
-                            raise ValueError(f"the baseline variant failed, nothing to compare with: {message}")
-                        report()
-                        continue
-                    images, metrics = payload
-                    variant = sweep.variants[idx]
-                    metrics = _quality(variant, images, metrics, sweep.prompts, sweep.seeds,
-                                       None if idx == 0 else baseline)
-                    store.save_variant(run_id, idx, images, sweep.prompts, sweep.seeds, metrics)
+
+        def measure_batch(batch: list[int]) -> None:
+            nonlocal baseline
+            if baseline is None and batch[0] != 0:  # another process has the baseline: wait for it
+                baseline = _await_baseline(store, run_id, job)
+            for idx, payload, exc in ex.run(sweep, batch, images_progress, on_start=lambda i: store.claim(run_id, i)):
+                if job is not None:
+                    job.check()
+                if exc is not None:
+                    message = (f"{type(exc).__name__}: {exc}".strip().splitlines() or ["error"])[0]
+                    store.mark_failed(run_id, idx, message)
+                    outcome.failed[idx] = message
                     if idx == 0:
-                        baseline = (images, metrics)
-                    outcome.done.append(idx)
+                        raise ValueError(f"the baseline variant failed, nothing to compare with: {message}")
                     report()
+                    continue
+                images, metrics = payload
+                metrics = _quality(sweep.variants[idx], images, metrics, sweep.prompts, sweep.seeds,
+                                   None if idx == 0 else baseline)
+                store.save_variant(run_id, idx, images, sweep.prompts, sweep.seeds, metrics)
+                saved[0] = True
+                if idx == 0:
+                    baseline = (images, metrics)
+                outcome.done.append(idx)
+                report()
+
+        try:
+            for batch in [order[:1], order[1:]] if order[:1] == [0] else [order]:
+                if batch:
+                    measure_batch(batch)
+            # variants another process claimed while it ran: those it left when killed are measured here; those
+            # it still holds are named (the run is done when every variant is)
+            stale = [i for i in order if store.holder(run_id, i)[0] == "stale"]
+            if stale:
+                measure_batch(stale)
+            for i in range(len(sweep.variants)):
+                status, worker = store.holder(run_id, i)
+                if status not in ("done", "failed"):
+                    outcome.unfinished[i] = f"{status} in process {worker}" if worker else status
         except JobCancelled:
-            store.set_run_status(run_id, "cancelled")
-            report("cancelled")
-            store.reset_running(run_id)
+            _after_failure(store, run_id, job_id, "cancelled", report)
             raise
         except BaseException:
-            store.reset_running(run_id)
-            store.set_run_status(run_id, "failed")
-            store.update_job(job_id, status="failed")
+            _after_failure(store, run_id, job_id, "failed")
+            if not saved[0] and store.created and not store.variants_done(run_id):
+                store.discard()  # a new store with nothing measured: nothing is left behind
             raise
-        status = "done" if not outcome.failed else "failed"
+        status = "failed" if outcome.failed else "running" if outcome.unfinished else "done"
         store.set_run_status(run_id, status)
         report(status)
         return outcome
     finally:
         store.close()
+
+
+def _after_failure(store, run_id: str, job_id: str, status: str, report: Callable | None = None) -> None:
+    """Mark the run and this process's claims after a failure or cancel; a failure to do so (a full disk) is
+    logged, never raised over the error that stopped the sweep."""
+    try:
+        store.reset_running(run_id)
+        store.set_run_status(run_id, status)
+        if report is not None:
+            report(status)
+        else:
+            store.update_job(job_id, status=status)
+    except (OSError, ValueError) as exc:
+        logging.getLogger(__name__).warning("could not mark run %s %s: %s", run_id, status, exc)
 
 
 def _await_baseline(store, run_id: str, job=None, poll_s: float = 0.5) -> tuple[np.ndarray, dict]:
@@ -546,7 +572,8 @@ def main(args) -> int:
             bar.close()
     info = {"run_id": outcome.run_id, "rundir": str(outcome.rundir), "variants": len(sweep.variants),
             "measured": len(outcome.done), "resumed_skipped": len(outcome.skipped),
-            "failed": {sweep.variants[i].name: m for i, m in outcome.failed.items()}}
+            "failed": {sweep.variants[i].name: m for i, m in outcome.failed.items()},
+            "unfinished": {sweep.variants[i].name: m for i, m in outcome.unfinished.items()}}
     if args.json:
         print(json.dumps(info))
     else:
@@ -554,4 +581,8 @@ def main(args) -> int:
               f"{len(outcome.skipped)} already done, {len(outcome.failed)} failed")
         for name, message in info["failed"].items():
             print(f"  failed: {name}: {message}", file=sys.stderr)
+    if outcome.unfinished:
+        print(f"warning: run not complete, {len(outcome.unfinished)} of {len(sweep.variants)} variants not measured "
+              f"here: {', '.join(f'{n} ({m})' for n, m in info['unfinished'].items())}; run the same command again "
+              "once that process ends (a killed one's variants are taken back)", file=sys.stderr)
     return 1 if outcome.failed else 0

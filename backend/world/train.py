@@ -24,12 +24,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from backend.paths import ASSETS
 from backend.world import architecture as arch
 from backend.world.evaluators import Judge, RewardNet, cell_loss, exact_match, scene_targets
 from backend.world.grounding import CrossAttentionRecorder, grounding_loss, object_masks
 from backend.world.shapes import sample_batch, to_tensor_range
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 SAVE_EVERY_S = 120
 N_LATENTS = 48_000
 
