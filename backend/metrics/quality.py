@@ -101,7 +101,11 @@ def judge_verdicts(images, prompts: list[str]) -> dict[str, np.ndarray]:
 
 def judge_metrics(images, prompts: list[str]) -> dict:
     """prompt_accuracy (every cell right, GenEval-style) and attr_accuracy per attribute."""
-    v = judge_verdicts(images, prompts)
+    return metrics_of_verdicts(judge_verdicts(images, prompts), prompts)
+
+
+def metrics_of_verdicts(v: dict[str, np.ndarray], prompts: list[str]) -> dict:
+    """:func:`judge_metrics` from verdicts already computed by :func:`judge_verdicts` (no second judge pass)."""
     weights = np.array([len(s.objects) for s in _scenes(prompts)], dtype=float)  # attributes pool over objects
     attr = {k: float((v[k] * weights).sum() / weights.sum()) for k in ("shape", "color", "size", "position")}
     attr["count"] = float(v["count"].mean())
