@@ -68,6 +68,14 @@ class MethodConfig:
         return out
 
 
+def cli_help(config: type[MethodConfig], name: str) -> str:
+    """The help of a declared parameter for an argparse flag: its help text and default, with every ``%``
+    escaped (argparse %-formats help strings, so a bare "79%" would end ``--help`` in a traceback)."""
+    f = {f.name: f for f in dataclasses.fields(config)}[name]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return f"{f.metadata['help']} (default {default})".replace("%", "%%")
+
+
 def _check(section: str, f: dataclasses.Field, value: Any) -> Any:
     meta = f.metadata
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -21,15 +21,12 @@ import sys
 import threading
 from pathlib import Path
 
+from backend.methods.params import cli_help
 from backend.methods.quant.config import LAYER_POLICY_KEYS, SIDE_POLICIES, FinetuneConfig, QuantConfig
 
-_FIELDS = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
-_POLICY = {f.name: f for f in dataclasses.fields(QuantConfig) if f.name in LAYER_POLICY_KEYS}
 
-
-def _help(name: str, fields: dict = _FIELDS) -> str:
-    f = fields[name]
-    return f"{f.metadata['help']} (default {f.default})"
+def _help(name: str, config: type = FinetuneConfig) -> str:
+    return cli_help(config, name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,13 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=_help("distill_target"))
     parser.add_argument("--checkpoint-every", type=float, default=None, help=_help("checkpoint_every_s"))
     parser.add_argument("--seed", type=int, default=None, help=_help("seed"))
-    parser.add_argument("--quantize-skip", choices=SIDE_POLICIES, default=None, help=_help("quantize_skip", _POLICY))
+    parser.add_argument("--quantize-skip", choices=SIDE_POLICIES, default=None, help=_help("quantize_skip", QuantConfig))
     parser.add_argument("--quantize-downsample", choices=SIDE_POLICIES, default=None,
-                        help=_help("quantize_downsample", _POLICY))
+                        help=_help("quantize_downsample", QuantConfig))
     parser.add_argument("--first-last-8bit", action=argparse.BooleanOptionalAction, default=None,
-                        help=_help("first_last_8bit", _POLICY))
+                        help=_help("first_last_8bit", QuantConfig))
     parser.add_argument("--quantize-attn-matmul", action=argparse.BooleanOptionalAction, default=None,
-                        help=_help("quantize_attn_matmul", _POLICY))
+                        help=_help("quantize_attn_matmul", QuantConfig))
     parser.add_argument("--prompts", default=None, help="a text file of prompts, one a line (default: the model's "
                         "prompt set for shapes-sd, a built-in list otherwise)")
     parser.add_argument("--watch-every", type=float, default=2.0, help="minutes of training between judged "
@@ -94,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
 def quant_from_args(args: argparse.Namespace, ft: FinetuneConfig) -> QuantConfig | None:
     """The student's layer policy from the policy flags (QuantConfig defaults for the others); None when no
     flag is given (the paper's policy, or the resumed checkpoint's)."""
-    given = {key: getattr(args, key) for key in _POLICY if getattr(args, key) is not None}
+    given = {key: getattr(args, key) for key in LAYER_POLICY_KEYS if getattr(args, key) is not None}
     return ft.quant_config(**given) if given else None
 
 
