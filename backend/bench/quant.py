@@ -4,7 +4,8 @@
     python -m backend bench quant --n 20 --minutes 1 --bits W4A4 --qat-minutes 2   # a smoke run
 
 Rows: FP; for each bit-width a PTQ row and an EfficientDM row (fine-tuned for --minutes) with
-prompt_accuracy, fd_shapes, psnr_vs_baseline (vs FP, same seeds), model_size_mb (the packed checkpoint),
+prompt_accuracy and its paired delta vs FP (``prompt_accuracy_delta``: delta, 95% interval, verdict), kid_shapes
+(+ ``_ci``), psnr_vs_baseline (+ ``_ci``; vs FP, same seeds), model_size_mb (the packed checkpoint),
 finetune_minutes; then full QAT at the lowest bit-width against EfficientDM as time-to-quality.
 Both are evaluated every --eval-every minutes of training on the first --curve-n prompts (curve points:
 [minutes, prompt_accuracy, psnr_vs_baseline]) and compared on two targets: prompt_accuracy = FP minus
@@ -199,8 +200,9 @@ def run_compare(args: argparse.Namespace) -> list[dict]:
         return result.metrics, result
 
     def pick(metrics: dict) -> dict:
-        keys = ("prompt_accuracy", "fd_shapes", "psnr_vs_baseline", "model_size_mb")
-        return {k: metrics.get(k) for k in keys}
+        keys = ("prompt_accuracy", "prompt_accuracy_delta", "kid_shapes", "kid_shapes_ci", "psnr_vs_baseline",
+                "psnr_vs_baseline_ci", "model_size_mb")
+        return {k: metrics.get(k) for k in keys if k in metrics or k in ("psnr_vs_baseline", "model_size_mb")}
 
     fp_metrics, fp_result = evaluate(fp_variant)
     fp_metrics["model_size_mb"] = cost.model_size_mb(base_pipe.unet)
