@@ -18,8 +18,9 @@ from app.controls import checkpoint_choices, coerce
 from app.curves import CurvesCallbacks
 from app.finetune import FinetuneCallbacks
 from app.images import before_after_html, grid_png, upscale
+from backend.reports import record
 from backend.runs import compare as cmp
-from backend.runs import knobs, record
+from backend.runs import knobs
 from backend.runs.jobs import JobLimits, JobService
 
 log = logging.getLogger("speedlab.app")

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from backend.methods.quant.kernels import unavailable_reason
+from backend.reports import curves, record
 from backend.runs import compare as cmp
-from backend.runs import curves, knobs, record
+from backend.runs import knobs
 from backend.runs.jobs import ACTIVE, JobLimits, JobService
 from backend.runs.store import Store
 

@@ -35,9 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.bench.quant_bits import BITS, parse_bits
 from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
-
-BITS = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4), "W2A8": (2, 8), "W8A4": (8, 4), "W6A6": (6, 6)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,17 +93,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="--cost: timed training steps per method, in "
                         "interleaved rounds when both students fit in memory (default 3)")
     parser.add_argument("--seed", type=int, default=0)
-
-
-def _bits(text: str) -> list[tuple[str, int, int]]:
-    out = []
-    for item in [t.strip().upper() for t in text.split(",") if t.strip()]:
-        if item not in BITS:
-            raise ValueError(f"--bits {item!r} is not allowed; allowed: {', '.join(BITS)}")
-        out.append((item, *BITS[item]))
-    if not out:
-        raise ValueError("--bits is empty; allowed: a comma list such as W8A8,W4A4")
-    return out
 
 
 def _progress(desc: str):
@@ -170,7 +158,7 @@ def run_compare(args: argparse.Namespace) -> list[dict]:
     from backend.world.prompts import eval_prompts
 
     args.model = args.model or "shapes"
-    bits = _bits(args.bits)
+    bits = parse_bits(args.bits)
     for name in ("minutes", "qat_minutes", "eval_every"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} must be ≥ 0")

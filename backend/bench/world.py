@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @torch.no_grad()
 def vae_shape_recall(vae, shape: str, size: str = "small", n: int = 100) -> np.ndarray:
-    """Per render (1.0 / 0.0), for the share of n renders of one shape whose shape the judge still reads after a VAE round trip (encode, decode):
+    """Per render (1.0 / 0.0): whether the judge still reads the render's shape after a VAE round trip (encode, decode):
     the ceiling the VAE puts on any U-Net's accuracy for that shape."""
     rng = random.Random(5_000_000)
     scenes = [Scene((ShapeObject(shape, rng.choice(list(COLORS)), size, rng.choice(list(POSITIONS.values()))),))

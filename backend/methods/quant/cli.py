@@ -19,8 +19,8 @@ import shutil
 import signal
 import sys
 import threading
-from pathlib import Path
 
+from backend.captions import read_prompts
 from backend.methods.params import cli_help
 from backend.methods.quant.config import LAYER_POLICY_KEYS, SIDE_POLICIES, FinetuneConfig, QuantConfig
 
@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=_help("distill_target"))
     parser.add_argument("--checkpoint-every", type=float, default=None, help=_help("checkpoint_every_s"))
     parser.add_argument("--seed", type=int, default=None, help=_help("seed"))
-    parser.add_argument("--quantize-skip", choices=SIDE_POLICIES, default=None, help=_help("quantize_skip", QuantConfig))
+    parser.add_argument("--quantize-skip", choices=SIDE_POLICIES, default=None,
+                        help=_help("quantize_skip", QuantConfig))
     parser.add_argument("--quantize-downsample", choices=SIDE_POLICIES, default=None,
                         help=_help("quantize_downsample", QuantConfig))
     parser.add_argument("--first-last-8bit", action=argparse.BooleanOptionalAction, default=None,
@@ -95,18 +96,17 @@ def quant_from_args(args: argparse.Namespace, ft: FinetuneConfig) -> QuantConfig
     return ft.quant_config(**given) if given else None
 
 
-def read_prompts(path: str | None) -> list[str] | None:
-    if path is None:
-        return None
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"--prompts {path!r} is not a file; allowed: a text file with one prompt a line")
-    from backend.variant import read_text_file
+def judged_sampler(pipe, steps: int | None = None):
+    """``(pipe, prompts, seeds) -> images`` for the QualityWatch: seeded DDIM sampling (backend.sampling) at
+    ``steps`` (default: the model's)."""
+    from backend.metadata import pipeline_info
+    from backend.models import model_defaults
+    from backend.sampling import generate
+    from backend.variant import Variant
 
-    prompts = [line.strip() for line in read_text_file(file, "--prompts").splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"--prompts {path!r} holds no prompts; allowed: a text file with one prompt a line")
-    return prompts
+    variant = Variant.from_dict({"model": pipeline_info(pipe).source, "scheduler": "ddim",
+                                 "steps": steps or model_defaults(pipe).get("steps", 50)})
+    return lambda p, prompts, seeds: generate(p, variant, prompts, seeds)
 
 
 def make_watch(pipe, every_minutes: float, n: int, start: QuantConfig | None = None, settle_iters: int = 1):
@@ -129,7 +129,7 @@ def make_watch(pipe, every_minutes: float, n: int, start: QuantConfig | None = N
         ptq_pipe.unet = copy.deepcopy(pipe.unet)
         ptq(ptq_pipe, start)
         start_unet = ptq_pipe.unet.eval()
-    return QualityWatch(pipe, n, start_unet=start_unet, settle_iters=settle_iters)
+    return QualityWatch(pipe, judged_sampler(pipe), n, start_unet=start_unet, settle_iters=settle_iters)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -147,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
     variant = Variant.parse(args.variant)
     if "quant" in variant.sections:
         raise ValueError("--variant already has a quant section; give the FP teacher (drop \"quant\")")
-    prompts = read_prompts(args.prompts)
+    prompts = read_prompts(args.prompts) if args.prompts is not None else None
     out = check_out(args.out)
     pipe = load_model(variant)
     if args.restart and out.exists():

@@ -16,28 +16,29 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 
 import numpy as np
-
-from backend.metadata import pipeline_info
 
 logger = logging.getLogger(__name__)
 
 
+Sampler = Callable[[object, list[str], list[int]], np.ndarray]
+
+
 class QualityWatch:
-    def __init__(self, pipe, n: int = 16, prompt_set: str = "hard", steps: int | None = None, seed: int = 0,
+    """``sample(pipe, prompts, seeds) -> images`` draws the judged images (the caller's seeded sampling: the
+    watch, like every method, receives what it needs rather than reaching up for the Variant)."""
+
+    def __init__(self, pipe, sample: Sampler, n: int = 16, prompt_set: str = "hard", seed: int = 0,
                  drop_points: float = 10.0, start_unet=None, settle_iters: int = 1):
         from backend.metrics import quality
-        from backend.models import model_defaults
-        from backend.variant import Variant
         from backend.world.prompts import eval_prompts
 
         quality.require_quality_model(pipe)
-        self.pipe, self.drop_points, self.settle_iters = pipe, drop_points, settle_iters
+        self.pipe, self.sample, self.drop_points, self.settle_iters = pipe, sample, drop_points, settle_iters
         self.prompts = eval_prompts(prompt_set, n)
         self.seeds = [seed + i for i in range(n)]
-        self.variant = Variant.from_dict({"model": pipeline_info(pipe).source, "scheduler": "ddim",
-                                          "steps": steps or model_defaults(pipe).get("steps", 50)})
         self.fp_accuracy = float(self._verdicts(pipe.unet).mean())
         self.curve: list[dict] = []
         self.warnings: list[str] = []
@@ -51,11 +52,10 @@ class QualityWatch:
 
     def _verdicts(self, unet) -> np.ndarray:
         from backend.metrics import quality
-        from backend.sampling import generate
 
         pipe = copy.copy(self.pipe)
         pipe.unet = unet
-        images = generate(pipe, self.variant, self.prompts, self.seeds)
+        images = self.sample(pipe, self.prompts, self.seeds)
         return quality.judge_verdicts(quality.as_8bit(images), self.prompts)["prompt"]
 
     def observe(self, fields: dict) -> None:
