@@ -96,42 +96,6 @@ def quant_from_args(args: argparse.Namespace, ft: FinetuneConfig) -> QuantConfig
     return ft.quant_config(**given) if given else None
 
 
-def judged_sampler(pipe, steps: int | None = None):
-    """``(pipe, prompts, seeds) -> images`` for the QualityWatch: seeded DDIM sampling (backend.sampling) at
-    ``steps`` (default: the model's)."""
-    from backend.metadata import pipeline_info
-    from backend.models import model_defaults
-    from backend.sampling import generate
-    from backend.variant import Variant
-
-    variant = Variant.from_dict({"model": pipeline_info(pipe).source, "scheduler": "ddim",
-                                 "steps": steps or model_defaults(pipe).get("steps", 50)})
-    return lambda p, prompts, seeds: generate(p, variant, prompts, seeds)
-
-
-def make_watch(pipe, every_minutes: float, n: int, start: QuantConfig | None = None, settle_iters: int = 1):
-    """A QualityWatch for Shapes-world models with real weights when ``every_minutes`` > 0, else None; with
-    ``start``, its reference is the PTQ model of that config (the fine-tune's starting point)."""
-    from backend.models import has_shapes_judge, is_random_weights
-
-    if every_minutes < 0:
-        raise ValueError(f"--watch-every {every_minutes} is out of range; allowed: minutes ≥ 0 (0: off)")
-    if not every_minutes or is_random_weights(pipe) or not has_shapes_judge(pipe):
-        return None
-    import copy
-
-    from backend.methods.quant import ptq
-    from backend.methods.quant.watch import QualityWatch
-
-    start_unet = None
-    if start is not None:
-        ptq_pipe = copy.copy(pipe)
-        ptq_pipe.unet = copy.deepcopy(pipe.unet)
-        ptq(ptq_pipe, start)
-        start_unet = ptq_pipe.unet.eval()
-    return QualityWatch(pipe, judged_sampler(pipe), n, start_unet=start_unet, settle_iters=settle_iters)
-
-
 def main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -139,7 +103,8 @@ def main(args: argparse.Namespace) -> int:
     from backend.methods.quant.checkpoint import check_out
     from backend.methods.quant.model import summary
     from backend.methods.quant.train import finetune
-    from backend.sampling import load_model
+    from backend.methods.quant.watch import make_watch
+    from backend.sampling import load_model, seeded_sampler
     from backend.variant import Variant
 
     ft = config_from_args(args)
@@ -157,7 +122,7 @@ def main(args: argparse.Namespace) -> int:
         from backend.methods.quant.checkpoint import config_from_meta, read_meta
 
         start = dataclasses.replace(config_from_meta(read_meta(out), out), method="ptq", checkpoint="")
-    watch = make_watch(pipe, args.watch_every, args.watch_n, start, settle_iters=ft.train_steps)
+    watch = make_watch(pipe, seeded_sampler(pipe), args.watch_every, args.watch_n, start, settle_iters=ft.train_steps)
     cancel = threading.Event()
     total = ft.max_iters or None
     bar = tqdm(total=total or int(ft.minutes * 60), unit="it" if total else "s", desc=f"{ft.method} "

@@ -31,12 +31,13 @@ class QualityWatch:
     watch, like every method, receives what it needs rather than reaching up for the Variant)."""
 
     def __init__(self, pipe, sample: Sampler, n: int = 16, prompt_set: str = "hard", seed: int = 0,
-                 drop_points: float = 10.0, start_unet=None, settle_iters: int = 1):
+                 drop_points: float = 10.0, start_unet=None, settle_iters: int = 1, every_s: float | None = None):
         from backend.metrics import quality
         from backend.world.prompts import eval_prompts
 
         quality.require_quality_model(pipe)
         self.pipe, self.sample, self.drop_points, self.settle_iters = pipe, sample, drop_points, settle_iters
+        self.every_s = every_s  # seconds of training between evaluations, for whoever runs the fine-tune
         self.prompts = eval_prompts(prompt_set, n)
         self.seeds = [seed + i for i in range(n)]
         self.fp_accuracy = float(self._verdicts(pipe.unet).mean())
@@ -88,3 +89,33 @@ class QualityWatch:
             self.warnings.append(text)
             logger.warning("%s", text)
         return False
+
+
+JOB_WATCH_EVERY_MIN = 2.0  # the workbench's EfficientDM jobs: minutes of training between evaluations,
+JOB_WATCH_N = 16  # and the hard prompts each evaluation judges (the CLI's defaults)
+
+
+def make_watch(pipe, sample: Sampler, every_minutes: float, n: int, start=None, settle_iters: int = 1):
+    """A QualityWatch for Shapes-world models with real weights when ``every_minutes`` > 0, else None; with
+    ``start`` (a QuantConfig), its reference is the PTQ model of that config (the fine-tune's starting point)."""
+    from backend.models import has_shapes_judge, is_random_weights
+
+    if every_minutes < 0:
+        raise ValueError(f"--watch-every {every_minutes} is out of range; allowed: minutes ≥ 0 (0: off)")
+    if not every_minutes or is_random_weights(pipe) or not has_shapes_judge(pipe):
+        return None
+    from backend.methods.quant import ptq
+
+    start_unet = None
+    if start is not None:
+        ptq_pipe = copy.copy(pipe)
+        ptq_pipe.unet = copy.deepcopy(pipe.unet)
+        ptq(ptq_pipe, start)
+        start_unet = ptq_pipe.unet.eval()
+    return QualityWatch(pipe, sample, n, start_unet=start_unet, settle_iters=settle_iters,
+                        every_s=every_minutes * 60)
+
+
+def job_watch(pipe, ft, sample: Sampler):
+    """The registry's ``watch`` of the EfficientDM fine-tune: what the workbench's job runs beside training."""
+    return make_watch(pipe, sample, JOB_WATCH_EVERY_MIN, JOB_WATCH_N, ft.quant_config(), settle_iters=ft.train_steps)
