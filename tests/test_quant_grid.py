@@ -127,13 +127,13 @@ def test_mixed_precision_meets_its_size_budget_and_refuses_one_below_the_smalles
 def test_the_fine_tune_watch_warns_when_judged_quality_falls_while_the_loss_falls(shapes_available):
     import copy
 
-    from backend.methods.quant.cli import judged_sampler
     from backend.methods.quant.watch import QualityWatch
     from backend.models import load_pipeline
+    from backend.sampling import seeded_sampler
 
     pipe = load_pipeline("shapes")
     # reference: the FP model
-    watch = QualityWatch(pipe, judged_sampler(pipe, steps=10), n=8, start_unet=pipe.unet, settle_iters=10)
+    watch = QualityWatch(pipe, seeded_sampler(pipe, steps=10), n=8, start_unet=pipe.unet, settle_iters=10)
     assert watch.curve[0]["prompt_accuracy"] == watch.fp_accuracy > 0
     watch.observe({"loss": 0.05, "step": 1})
     watch.observe({"loss": 0.5, "step": 10})

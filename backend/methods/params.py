@@ -46,14 +46,16 @@ class MethodConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"{cls.section}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(names))}")
-        return cls(**data)  # __post_init__ checks every value against its declaration
+        obj = cls(**data)  # __post_init__ checks every value against its declaration
+        obj.validate()
+        return obj
 
     def __post_init__(self) -> None:
-        """A config built any way (``from_dict``, directly, ``dataclasses.replace``) holds only declared values:
-        ValueError naming the key and what is allowed, as for a Variant section."""
+        """A config built any way (``from_dict``, directly, ``dataclasses.replace``) holds only declared values
+        (types, bounds, choices): ValueError naming the key and what is allowed, as for a Variant section. The
+        cross-field rules of a user's section (:meth:`validate`) are checked by ``from_dict``."""
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _check(self.section, f, getattr(self, f.name)))
-        self.validate()
 
     def validate(self) -> None:
         """Cross-field checks; override in a method config."""
