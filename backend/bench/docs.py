@@ -167,7 +167,7 @@ def latest_fragment(name: str, model: str, part: str) -> dict | None:
     label = re.compile(rf"{re.escape(model)} \({re.escape(part)}\b[^)]*\)")
     best = None
     for path in sorted((FRAGMENTS / name).glob("*.json"), key=lambda p: p.stat().st_mtime):
-        fragment = read_fragment(path)
+        fragment = json.loads(path.read_text())
         if label.fullmatch(str(fragment.get("model"))) and (best is None or fragment["date"] >= best["date"]):
             best = fragment
     return best
