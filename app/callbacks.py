@@ -18,13 +18,13 @@ from app.controls import checkpoint_choices, coerce
 from app.curves import CurvesCallbacks
 from app.finetune import FinetuneCallbacks
 from app.images import before_after_html, grid_png, upscale
+from backend.reports import record
 from backend.runs import compare as cmp
-from backend.runs import knobs, record
+from backend.runs import knobs
 from backend.runs.jobs import JobLimits, JobService
 
 log = logging.getLogger("speedlab.app")
 N_COLUMNS = cmp.MAX_VARIANTS + 1  # the baseline and up to 4 variants
-LOCKED_BY_CHECKPOINT = {"quant": ("method", "weight_bits", "act_bits")}
 
 
 def user_error(exc: BaseException) -> gr.Error:
@@ -115,7 +115,7 @@ class Callbacks:
         """A checkpoint picked in a column: its section on, and the settings it implies set (and locked), e.g.
         a quant checkpoint's method and bits, a consistency student's lcm scheduler and 4 steps."""
         params = self.params[section]
-        locked = LOCKED_BY_CHECKPOINT.get(section, ())
+        locked = knobs.locked_by_checkpoint(section)
         try:
             implied = knobs.checkpoint_implies(section, path or "")
         except ValueError as exc:
@@ -128,7 +128,7 @@ class Callbacks:
                 updates.append(gr.update(value=fixed[p["name"]], interactive=False) if p["name"] in fixed
                                else gr.update(interactive=True))
         scheduler = gr.update(value=implied["scheduler"], interactive=False) if "scheduler" in implied \
-            else gr.update(interactive=True) if section == "consistency" else gr.skip()
+            else gr.update(interactive=True) if "scheduler" in knobs.checkpoint_sets(section) else gr.skip()
         steps = gr.update(value=implied["steps"]) if "steps" in implied else gr.skip()
         return (*updates, scheduler, steps)
 

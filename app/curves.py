@@ -1,5 +1,5 @@
 """The Curves tab: one parameter swept (and optionally a second, drawn as colour / series) through
-backend.runs.curves, plotted latency vs a chosen quality metric with the Pareto front; hover names the variant
+backend.reports.curves, plotted latency vs a chosen quality metric with the Pareto front; hover names the variant
 and its metrics; selecting a point compares it with the baseline. Below, the quantization maps of the model from
 the newest ``bench quant`` fragments (backend.bench.docs.quant_maps)."""
 
@@ -16,9 +16,9 @@ import plotly.graph_objects as go
 
 from app.images import before_after_html
 from backend.bench import docs
+from backend.reports import curves
 from backend.reports.plots import COST_METRICS, QUALITY_METRICS
 from backend.runs import compare as cmp
-from backend.runs import curves
 from backend.world.prompts import PROMPT_SETS
 
 NONE = "(none)"

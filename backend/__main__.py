@@ -172,10 +172,10 @@ def check_bench_outputs(args) -> None:
 
 
 def cmd_bench_docs(args) -> int:
-    from backend.bench.docs import benches_with_fragments, write_page
+    from backend.bench.docs import bench_pages, write_pages
 
-    for name in benches_with_fragments():
-        print(f"rebuilt {write_page(name)}")
+    for page in write_pages(bench_pages()):
+        print(f"rebuilt {page}")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""Small helpers shared by every layer of the library (no imports from the rest of backend): JSON-safe values
-and job control.
+"""Small helpers shared by every layer of the library (no imports from the rest of backend): JSON-safe values,
+job control and the error of a model that cannot be loaded.
 
 Long work (fine-tunes, sweeps) runs as a job: a training loop takes a :class:`JobControl`, calls
 ``job.report(step=..., loss=...)`` every step and ``job.check()`` where stopping is safe (it raises
@@ -15,6 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+
+class ModelError(ValueError):
+    """A model source that cannot be loaded; the message names it and what is allowed (backend.models raises it)."""
 
 
 def jsonable(value):

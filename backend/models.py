@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from transformers import CLIPTextConfig, CLIPTextModel
 from transformers.utils import logging as transformers_logging
 
+from backend.core import ModelError
 from backend.metadata import DEEPCACHE_HOOK, PipelineInfo, pipeline_info, set_pipeline_info
 from backend.paths import ASSETS
 
@@ -41,10 +42,6 @@ SD_UP = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _allow_pickle = False  # set by the CLI's --allow-pickle; pickled weights then load with torch weights_only=True
-
-
-class ModelError(ValueError):
-    """A model source that cannot be loaded; the message names it and what is allowed."""
 
 
 def allow_pickle(enabled: bool) -> None:

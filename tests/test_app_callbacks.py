@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from backend.methods.quant.kernels import unavailable_reason
+from backend.reports import curves, record
 from backend.runs import compare as cmp
-from backend.runs import curves, knobs, record
+from backend.runs import knobs
 from backend.runs.jobs import ACTIVE, JobLimits, JobService
 from backend.runs.store import Store
 
@@ -398,18 +399,19 @@ def test_a_workbench_efficientdm_fine_tune_runs_the_watch(tmp_path, monkeypatch)
     """The worker's EfficientDM fine-tune builds the watch the CLI builds (every 2 min on 16 hard prompts from the
     PTQ start), feeds it the losses and judges the finished student once more (a fake watch on tiny-arch)."""
     from backend.core import JobControl
-    from backend.methods.quant import cli
+    from backend.methods.quant import watch
     from backend.models import load_pipeline
     from backend.runs import job_worker
 
     made = {}
 
-    def make_watch(pipe, every_minutes, n, start=None, settle_iters=1):
+    def make_watch(pipe, sample, every_minutes, n, start=None, settle_iters=1):
         made.update(every=every_minutes, n=n, bits=(start.weight_bits, start.act_bits), settle=settle_iters)
         made["watch"] = _FakeWatch([0.5, 0.7])
+        made["watch"].every_s = every_minutes * 60
         return made["watch"]
 
-    monkeypatch.setattr(cli, "make_watch", make_watch)
+    monkeypatch.setattr(watch, "make_watch", make_watch)
     job_id = "20260101-000004-real"
     (tmp_path / "jobs" / job_id).mkdir(parents=True)
     settings = {"weight_bits": 4, "act_bits": 8, "minutes": 1.0, "max_iters": 3, "train_steps": 2, "batch_size": 1,
@@ -419,12 +421,12 @@ def test_a_workbench_efficientdm_fine_tune_runs_the_watch(tmp_path, monkeypatch)
                          out_dir=str(tmp_path / "jobs" / job_id / "checkpoint"), job_id=job_id, status="running")
         with (tmp_path / "jobs" / job_id / "progress.jsonl").open("a") as file:
             log = job_worker.JobLog(store, job_id, file)
-            summary = job_worker.finetune_efficientdm(load_pipeline("tiny-arch"), settings,
-                                                      tmp_path / "jobs" / job_id / "checkpoint",
-                                                      JobControl(on_progress=log.report), log)
+            summary = job_worker.run_finetune("efficientdm", load_pipeline("tiny-arch"), settings,
+                                              tmp_path / "jobs" / job_id / "checkpoint",
+                                              JobControl(on_progress=log.report), log)
     assert summary["status"] == "done" and summary["iters"] == 3
     assert {k: made[k] for k in ("every", "n", "bits", "settle")} == {
-        "every": job_worker.WATCH_EVERY_MIN, "n": job_worker.WATCH_N, "bits": (4, 8), "settle": 2}
+        "every": watch.JOB_WATCH_EVERY_MIN, "n": watch.JOB_WATCH_N, "bits": (4, 8), "settle": 2}
     assert len(made["watch"].losses) == 3  # every report reached the watch
     points = JobService(tmp_path).quality_watch(job_id)
     assert [(p["iters"], p["prompt_accuracy"]) for p in points] == [(0, 0.5), (3, 0.7)]

@@ -1,5 +1,6 @@
-"""The library's layers import one way: methods/ never reaches up into runs, reports, bench, the app or the CLI, and
-no modules import each other in a cycle."""
+"""The library's layers import one way (docs/ARCHITECTURE.md): methods/ never reaches up into the Variant, sampling,
+runs, reports, bench, the app or the CLI (a method's ``cli.py`` is an entry point, like the CLI); runs/ never reaches
+up into reports, bench, the app or the CLI; and no modules import each other in a cycle, lazy imports included."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # what backend/methods may not import (directly, at any point in a module: lazy imports count too)
-ABOVE_METHODS = ("backend.runs", "backend.reports", "backend.bench", "backend.__main__", "app")
+ABOVE_RUNS = ("backend.reports", "backend.bench", "backend.__main__", "app")
+ABOVE_METHODS = ("backend.variant", "backend.sampling", "backend.runs", *ABOVE_RUNS)
 
 
 def module_name(path: Path) -> str:
@@ -39,29 +41,47 @@ def sources(*folders: str) -> dict[str, Path]:
     return {module_name(p): p for folder in folders for p in sorted((ROOT / folder).rglob("*.py"))}
 
 
-def test_methods_import_nothing_above_them():
+def upward_imports(folder: str, above: tuple[str, ...], entry_points: str | None = None) -> list[str]:
+    """``module imports name`` for every import (lazy ones too) from ``folder`` into a layer ``above`` it;
+    modules whose last name is ``entry_points`` (a method's cli.py) are skipped."""
     offenders = []
-    for name, path in sources("backend/methods").items():
+    for name, path in sources(folder).items():
+        if entry_points and name.rpartition(".")[2] == entry_points:
+            continue
         for imported in imports(path, top_level_only=False):
-            if any(imported == up or imported.startswith(up + ".") for up in ABOVE_METHODS):
+            if any(imported == up or imported.startswith(up + ".") for up in above):
                 offenders.append(f"{name} imports {imported}")
+    return offenders
+
+
+def test_methods_import_nothing_above_them():
+    offenders = upward_imports("backend/methods", ABOVE_METHODS, entry_points="cli")
     assert not offenders, "\n".join(offenders)
 
 
-def test_no_import_cycle_between_modules():
-    """Module-level imports of backend/ and app/ form no cycle (a cycle makes import order matter)."""
+def test_runs_import_nothing_above_them():
+    offenders = upward_imports("backend/runs", ABOVE_RUNS)
+    assert not offenders, "\n".join(offenders)
+
+
+def import_graph(top_level_only: bool = False) -> dict[str, set[str]]:
+    """Module → the modules of backend/ and app/ it imports (lazy imports inside functions included)."""
     mods = sources("backend", "app")
-    graph = {name: {m for m in imports(path, top_level_only=True) if m in mods and m != name}
+    graph = {name: {m for m in imports(path, top_level_only) if m in mods and m != name}
              for name, path in mods.items()}
     # a package's __init__ importing its own submodules is how packages work, not a cycle of layers
-    graph = {n: {m for m in deps if not n.startswith(m + ".")} for n, deps in graph.items()}
-    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+    return {n: {m for m in deps if not n.startswith(m + ".")} for n, deps in graph.items()}
 
-    def visit(node: str) -> None:  # Tarjan's strongly connected components
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
         index[node] = low[node] = len(index)
         stack.append(node)
         on_stack.add(node)
-        for nxt in graph[node]:
+        for nxt in sorted(graph.get(node, ())):
             if nxt not in index:
                 visit(nxt)
                 low[node] = min(low[node], low[nxt])
@@ -76,12 +96,26 @@ def test_no_import_cycle_between_modules():
                 if top == node:
                     break
             if len(component) > 1:
-                cycles.append(sorted(component))
+                found.append(sorted(component))
 
-    for name in graph:
+    for name in sorted(graph):
         if name not in index:
             visit(name)
-    assert not cycles, f"import cycles: {cycles}"
+    return found
+
+
+def test_no_import_cycle_between_modules():
+    """No cycle among backend/ and app/ modules, counting imports inside functions too: a lazy import hides a
+    cycle from the interpreter, not from the design."""
+    assert not cycles(import_graph()), f"import cycles: {cycles(import_graph())}"
+
+
+def test_the_cycle_finder_sees_a_cycle_through_a_lazy_import(tmp_path):
+    lazy = tmp_path / "lazy.py"
+    lazy.write_text("import backend.b\n\ndef f():\n    from backend.a import g\n    return g\n")
+    assert "backend.a" in imports(lazy, top_level_only=False) and "backend.a" not in imports(lazy, True)
+    assert cycles({"backend.a": {"backend.b"}, "backend.b": {"backend.a"}, "backend.c": {"backend.a"}}) == [
+        ["backend.a", "backend.b"]]
 
 
 def test_the_checker_sees_a_forbidden_import(tmp_path):

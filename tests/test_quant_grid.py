@@ -129,9 +129,11 @@ def test_the_fine_tune_watch_warns_when_judged_quality_falls_while_the_loss_fall
 
     from backend.methods.quant.watch import QualityWatch
     from backend.models import load_pipeline
+    from backend.sampling import seeded_sampler
 
     pipe = load_pipeline("shapes")
-    watch = QualityWatch(pipe, n=8, steps=10, start_unet=pipe.unet, settle_iters=10)  # reference: the FP model
+    # reference: the FP model
+    watch = QualityWatch(pipe, seeded_sampler(pipe, steps=10), n=8, start_unet=pipe.unet, settle_iters=10)
     assert watch.curve[0]["prompt_accuracy"] == watch.fp_accuracy > 0
     watch.observe({"loss": 0.05, "step": 1})
     watch.observe({"loss": 0.5, "step": 10})

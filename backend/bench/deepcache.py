@@ -3,12 +3,13 @@
 Two models: sd15-arch (SD 1.5 architecture, random weights) at 256×256 and 20 DDIM steps, speed only; and
 the embedded shapes-sd at 50 DDIM steps with quality against the same-seed baseline (prompt_accuracy with the
 paired `accuracy_delta_points` and its 95% interval `accuracy_delta_ci`, kid_shapes beside its floor,
-psnr_vs_baseline, ssim_vs_baseline). Every row: latency per image end to end (median of --repeats after a warm-up
-and its interval; configurations interleaved round by round so background load hits all alike), `speedup`
-(median of per-round ratios, `speedup_ci`), the denoising loop's wall-clock speedup (`loop_speedup`: first
-U-Net evaluation to the last scheduler step) against the U-Net MACs-predicted one (`macs_speedup`, MACs counted
-on the model with torch's FlopCounterMode), their ratio `loop_vs_macs`, full/partial evaluations, peak memory and
-the bytes the cache holds (`cache_mb`; for sd15-arch also at 512×512 with CFG, `cache_mb_512_cfg`).
+psnr_vs_baseline, ssim_vs_baseline). Every row: latency per image end to end timed by the protocol
+(backend.metrics.cost.timed_rounds: median of --repeats interleaved rounds after a warm-up, with its interval),
+`speedup` (median of per-round ratios, `speedup_ci`, `timing_noisy`), the denoising loop's wall-clock speedup
+(`loop_speedup`: first U-Net evaluation to the last scheduler step) against the U-Net MACs-predicted one
+(`macs_speedup`, MACs counted on the model with torch's FlopCounterMode), their ratio `loop_vs_macs`,
+full/partial evaluations, peak memory and the bytes the cache holds (`cache_mb`; for sd15-arch also at 512×512
+with CFG, `cache_mb_512_cfg`).
 """
 
 from __future__ import annotations
@@ -100,17 +101,11 @@ class _LoopTimer:
         return self.end - self.start
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args) -> list[dict]:
     """Latency, loop time, MACs, memory of every configuration on one private U-Net, interleaved."""
     from backend.methods import deepcache
     from backend.methods.deepcache.cost import unet_macs
-    from backend.metrics.cost import peak_memory_mb
-    from backend.metrics.paired import median_interval
+    from backend.metrics.cost import peak_memory_mb, timed_rounds
     from backend.runs.build import build_pipeline
     from backend.sampling import generate, resolved_size
     from backend.variant import Variant
@@ -127,21 +122,19 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
     latent = resolved_size(pipe, variant)[0] // pipe.vae_scale_factor  # what generate() draws
     seq_len = getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77)
     macs_by_branch: dict[int, dict] = {}
-    stats: dict[str, dict] = {n: {"e2e": [], "loop": []} for n in names}
+    stats: dict[str, dict] = {n: {"loop": []} for n in names}
 
     def one(name: str) -> None:
+        """Configure the U-Net for ``name`` (hooks only: microseconds beside an image) and draw one image."""
         section = _section(name, steps)
         if section is None:
             deepcache.remove(pipe)
         else:
             deepcache.apply(pipe, deepcache.DeepCacheConfig.from_dict(section))
         timer.reset()
-        _sync(args.device)
-        t0 = time.perf_counter()
         generate(pipe, variant, [prompt], [args.seed], on_step=timer.on_step)
-        _sync(args.device)
         st = stats[name]
-        st["last_e2e"], st["last_loop"] = time.perf_counter() - t0, timer.seconds()
+        st["loop"].append(timer.seconds())
         st["counts"] = deepcache.get_hook(pipe).stats() if section is not None else None
         st["evals"], st["rows"] = timer.evals, timer.rows
 
@@ -156,25 +149,22 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
     try:
         for name in names:  # warm-up, peak memory, evaluation counts
             stats[name]["peak_mem_mb"] = peak_memory_mb(lambda name=name: one(name), args.device)
-        for _ in range(max(1, args.repeats)):
-            for name in names:
-                one(name)
-                stats[name]["e2e"].append(stats[name]["last_e2e"])
-                stats[name]["loop"].append(stats[name]["last_loop"])
+            stats[name]["loop"].clear()
+        # the timing protocol: interleaved rounds, per-round speedup vs the baseline (the first configuration)
+        timing = timed_rounds({n: (lambda n=n: one(n)) for n in names}, repeats=max(1, args.repeats), warmup=0,
+                              device=args.device, baseline=names[0])
         rows = []
         for name in names:
             section = _section(name, steps)
             branch = (section or {}).get("branch", 0)
             m, st = macs_by_branch[branch], stats[name]
             counts = st["counts"] or {"full": st["evals"], "partial": 0, "cache_bytes": 0}
-            e2e = sorted(st["e2e"])
-            latency, latency_ci = median_interval(st["e2e"])
             row = {"model": model, "config": name, "steps": steps, "size": latent * pipe.vae_scale_factor,
                    "interval": (section or {}).get("interval", 1), "branch": (section or {}).get("branch"),
                    "schedule": (section or {}).get("schedule", "uniform") if section else None,
                    "full_evals": counts["full"], "partial_evals": counts["partial"],
-                   "latency_s": latency, "latency_ci": latency_ci,
-                   "latency_p90_s": e2e[min(len(e2e) - 1, round(0.9 * (len(e2e) - 1)))],
+                   **{k: timing[name][k] for k in ("latency_s", "latency_ci", "latency_p90_s", "speedup",
+                                                    "speedup_ci", "timing_noisy")},
                    "loop_s": statistics.median(st["loop"]),
                    "unet_gmacs_per_image": (counts["full"] * m["full"] + counts["partial"] * m["partial"])
                    * st["rows"] / 1e9,
@@ -185,9 +175,8 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
     finally:
         deepcache.remove(pipe)
         timer.handle.remove()
-    base, base_e2e = rows[0], stats[names[0]]["e2e"]
-    for row, name in zip(rows, names):  # per-round ratios: the rounds were interleaved
-        row["speedup"], row["speedup_ci"] = median_interval([b / v for b, v in zip(base_e2e, stats[name]["e2e"])])
+    base = rows[0]
+    for row in rows:
         row["loop_speedup"] = base["loop_s"] / row["loop_s"]
         row["macs_speedup"] = base["unet_gmacs_per_image"] / row["unet_gmacs_per_image"]
         row["loop_vs_macs"] = row["loop_speedup"] / row["macs_speedup"]

@@ -2,7 +2,10 @@
 (bench, model, device) under docs/bench/NAME/, and docs/bench-NAME.md is generated from the fragments only.
 
 Hand-written readings of the numbers live in docs/readings/bench-NAME.md, which no bench writes.
-``python -m backend bench docs`` rebuilds every page from the fragments without measuring anything.
+``python -m backend bench docs`` rebuilds every page from the fragments without measuring anything. A page shows
+per fragment a short table (backend/bench/summary.py) and links the fragment's full rows; its one plot
+(backend/bench/plot.py) is docs/bench-NAME.svg beside it. A fragment without the measurement protocol's fields
+(where, when, how it was made, and 95% intervals) is refused with one line naming the file and the field.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import json
 import re
 from pathlib import Path
 
-from backend.bench.common import markdown_table
+from backend.bench.plot import figure_svg
+from backend.bench.summary import interval_keys, short_table
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 FRAGMENTS = DOCS / "bench"
@@ -52,9 +56,38 @@ def write_fragments(name: str, rows: list[dict], command: str, default_model: st
     return paths
 
 
+REQUIRED = ("bench", "model", "device", "command", "date", "environment", "rows")
+
+
+def check_fragment(path: Path, fragment) -> dict:
+    """The fragment if it has the protocol's fields, else ValueError: one line naming the file and the field."""
+    where = path.relative_to(DOCS.parent) if path.is_relative_to(DOCS.parent) else path
+    missing = next((k for k in REQUIRED if not isinstance(fragment, dict) or k not in fragment), None)
+    if missing is None and not (fragment["environment"] or {}).get("cpu_isa") and \
+            not (fragment["environment"] or {}).get("gpu"):
+        missing = "environment.cpu_isa"
+    if missing is None and (not isinstance(fragment["rows"], list) or not fragment["rows"]
+                            or not all(isinstance(r, dict) for r in fragment["rows"])):
+        missing = "rows (a non-empty list of objects)"
+    if missing is None and not interval_keys(fragment["rows"]):
+        missing = "KEY_ci (no row has a 95% interval)"
+    if missing is not None:
+        raise ValueError(f"{where}: missing field {missing}: a fragment from before the measurement protocol; "
+                         "re-run its bench or delete it")
+    return fragment
+
+
+def read_fragment(path: Path) -> dict:
+    try:
+        fragment = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return check_fragment(path, fragment)
+
+
 def fragments(name: str) -> list[dict]:
-    """The fragments of one bench, ordered by model and device."""
-    return [json.loads(p.read_text()) for p in sorted((FRAGMENTS / name).glob("*.json"))]
+    """The fragments of one bench, ordered by model and device; ValueError on one without the protocol's fields."""
+    return [read_fragment(p) for p in sorted((FRAGMENTS / name).glob("*.json"))]
 
 
 def provenance(f: dict) -> str:
@@ -70,25 +103,62 @@ def provenance(f: dict) -> str:
     return text
 
 
-def build_page(name: str) -> str:
-    """The text of docs/bench-NAME.md from its fragments (deterministic: no clock, no machine)."""
+def build_page(name: str, plot: bool | None = None) -> str:
+    """The text of docs/bench-NAME.md from its fragments (deterministic: no clock, no machine). ``plot``: whether
+    the page shows docs/bench-NAME.svg (default: whether the fragments make one)."""
+    found = sorted((FRAGMENTS / name).glob("*.json"))
+    frags = [read_fragment(p) for p in found]
+    if plot is None:
+        plot = build_plot(name, frags) is not None
     parts = [f"# Benchmark: {name}\n\nGenerated from `docs/bench/{name}/*.json` by the bench itself "
              f"(`python -m backend bench {name} ...`; rebuild with `python -m backend bench docs`). Do not edit: "
-             f"readings of these numbers are in [readings/bench-{name}.md](readings/bench-{name}.md).\n"]
-    for f in fragments(name):
-        parts.append(f"## {f['model']} on {f['device']}\n\n{provenance(f)}\n\n{markdown_table(f['rows'])}\n\n"
-                     f"<details><summary>JSON rows</summary>\n\n```json\n{json.dumps(f['rows'], indent=1)}\n```\n"
-                     f"</details>\n")
+             f"readings of these numbers are in [readings/bench-{name}.md](readings/bench-{name}.md). Each "
+             "number is shown with its 95% interval, rounded to what the interval supports.\n"]
+    if not found:
+        parts.append(f"No measurement under the protocol yet: `python -m backend bench {name}` makes one.\n")
+    if plot:
+        parts.append(f"![{name}: latency vs quality, with 95% intervals](bench-{name}.svg)\n")
+    for path, f in zip(found, frags, strict=True):
+        link = path.relative_to(DOCS).as_posix()
+        parts.append(f"## {f['model']} on {f['device']}\n\n{provenance(f)}\n\n{short_table(f['rows'])}\n\n"
+                     f"Every row, every column: [{link}]({link}).\n")
     return "\n".join(parts)
 
 
+def build_plot(name: str, frags: list[dict] | None = None) -> str | None:
+    """The SVG text of docs/bench-NAME.svg (None when no fragment has a quality column to plot)."""
+    return figure_svg(name, fragments(name) if frags is None else frags)
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_page(name: str) -> Path:
-    """Write docs/bench-NAME.md from the fragments."""
+    """Write docs/bench-NAME.md and its plot docs/bench-NAME.svg from the fragments (both built before either is
+    written: a refused fragment leaves the old page as it was)."""
+    svg = build_plot(name)
+    page = build_page(name, plot=svg is not None)
     path = DOCS / f"bench-{name}.md"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(build_page(name))
-    tmp.replace(path)
+    if svg is not None:
+        _replace(DOCS / f"bench-{name}.svg", svg)
+    else:
+        (DOCS / f"bench-{name}.svg").unlink(missing_ok=True)
+    _replace(path, page)
     return path
+
+
+def write_pages(names: list[str]) -> list[Path]:
+    """Rebuild several pages; every fragment is checked before any page is written."""
+    for name in names:
+        fragments(name)
+    return [write_page(name) for name in names]
 
 
 def latest_fragment(name: str, model: str, part: str) -> dict | None:
@@ -133,3 +203,9 @@ def quant_maps(model: str) -> list[dict]:
 
 def benches_with_fragments() -> list[str]:
     return sorted(p.name for p in FRAGMENTS.iterdir() if p.is_dir()) if FRAGMENTS.is_dir() else []
+
+
+def bench_pages() -> list[str]:
+    """Every bench with fragments or a page (a page whose fragments were all deleted is rebuilt, saying so)."""
+    pages = {p.name[len("bench-"):-len(".md")] for p in DOCS.glob("bench-*.md")}
+    return sorted(pages | set(benches_with_fragments()))

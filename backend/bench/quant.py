@@ -4,7 +4,8 @@
     python -m backend bench quant --n 20 --minutes 1 --bits W4A4 --qat-minutes 2   # a smoke run
 
 Rows: FP; for each bit-width a PTQ row and an EfficientDM row (fine-tuned for --minutes) with
-prompt_accuracy, fd_shapes, psnr_vs_baseline (vs FP, same seeds), model_size_mb (the packed checkpoint),
+prompt_accuracy and its paired delta vs FP (``prompt_accuracy_delta``: delta, 95% interval, verdict), kid_shapes
+(+ ``_ci``), psnr_vs_baseline (+ ``_ci``; vs FP, same seeds), model_size_mb (the packed checkpoint),
 finetune_minutes; then full QAT at the lowest bit-width against EfficientDM as time-to-quality.
 Both are evaluated every --eval-every minutes of training on the first --curve-n prompts (curve points:
 [minutes, prompt_accuracy, psnr_vs_baseline]) and compared on two targets: prompt_accuracy = FP minus
@@ -34,9 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.bench.quant_bits import BITS, parse_bits
 from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
-
-BITS = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4), "W2A8": (2, 8), "W8A4": (8, 4), "W6A6": (6, 6)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,17 +93,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="--cost: timed training steps per method, in "
                         "interleaved rounds when both students fit in memory (default 3)")
     parser.add_argument("--seed", type=int, default=0)
-
-
-def _bits(text: str) -> list[tuple[str, int, int]]:
-    out = []
-    for item in [t.strip().upper() for t in text.split(",") if t.strip()]:
-        if item not in BITS:
-            raise ValueError(f"--bits {item!r} is not allowed; allowed: {', '.join(BITS)}")
-        out.append((item, *BITS[item]))
-    if not out:
-        raise ValueError("--bits is empty; allowed: a comma list such as W8A8,W4A4")
-    return out
 
 
 def _progress(desc: str):
@@ -169,7 +158,7 @@ def run_compare(args: argparse.Namespace) -> list[dict]:
     from backend.world.prompts import eval_prompts
 
     args.model = args.model or "shapes"
-    bits = _bits(args.bits)
+    bits = parse_bits(args.bits)
     for name in ("minutes", "qat_minutes", "eval_every"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} must be ≥ 0")
@@ -199,8 +188,9 @@ def run_compare(args: argparse.Namespace) -> list[dict]:
         return result.metrics, result
 
     def pick(metrics: dict) -> dict:
-        keys = ("prompt_accuracy", "fd_shapes", "psnr_vs_baseline", "model_size_mb")
-        return {k: metrics.get(k) for k in keys}
+        keys = ("prompt_accuracy", "prompt_accuracy_delta", "kid_shapes", "kid_shapes_ci", "psnr_vs_baseline",
+                "psnr_vs_baseline_ci", "model_size_mb")
+        return {k: metrics.get(k) for k in keys if k in metrics or k in ("psnr_vs_baseline", "model_size_mb")}
 
     fp_metrics, fp_result = evaluate(fp_variant)
     fp_metrics["model_size_mb"] = cost.model_size_mb(base_pipe.unet)

@@ -203,7 +203,7 @@ def measure_cost(pipe, weight_bits: int = 4, act_bits: int = 4, lora_rank: int =
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from backend.bench.quant import _bits
+    from backend.bench.quant_bits import parse_bits
     from backend.models import load_pipeline
 
     model = args.model or "sd15-arch"
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = load_pipeline(model, device=device)
     batch, _ = defaults(pipe, device)
-    _, w, a = _bits(args.bits)[-1]
+    _, w, a = parse_bits(args.bits)[-1]
     batch = batch if args.cost_batch is None else args.cost_batch
     return measure_cost(pipe, w, a, args.lora_rank, batch, args.resolution, args.repeats, model,
                         release_encoders=True)

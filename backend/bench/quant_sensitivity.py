@@ -11,14 +11,14 @@ from pathlib import Path
 
 def run(args: argparse.Namespace) -> list[dict]:
     from backend.bench.docs import DOCS, _slug, device_label
-    from backend.bench.quant import _bits
+    from backend.bench.quant_bits import parse_bits
     from backend.methods.quant.sensitivity import sensitivity_map, target_config
     from backend.models import load_pipeline
     from backend.reports.plots import fig_sensitivity
     from backend.runs.runner import environment
 
     model = args.model or "shapes"
-    label, w, a = _bits(args.bits)[-1]
+    label, w, a = parse_bits(args.bits)[-1]
     pipe = load_pipeline(model)
     rows = sensitivity_map(pipe, target_config(w, a, seed=args.seed), samples=args.samples, seed=args.seed)
     rows = [{"model": f"{model} (sensitivity {label})", **r, "rank": i + 1}

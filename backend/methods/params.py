@@ -29,6 +29,12 @@ class MethodConfig:
     """Base class of method configs; ``section`` is the Variant key the config lives under."""
 
     section: ClassVar[str] = ""
+    # What a checkpoint of this section decides, for forms built from the declaration: the section's keys a
+    # checkpoint fixes (the UI locks them), the Variant keys it sets (e.g. a consistency student's scheduler), and
+    # "module:function" reading them from a checkpoint folder: implies(path) -> {section: {key: value}, key: value}.
+    locked_by_checkpoint: ClassVar[tuple[str, ...]] = ()
+    checkpoint_sets: ClassVar[tuple[str, ...]] = ()
+    checkpoint_implies: ClassVar[str | None] = None
 
     @classmethod
     def from_dict(cls, data: dict | None) -> MethodConfig:
@@ -40,12 +46,16 @@ class MethodConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"{cls.section}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(names))}")
-        for f in dataclasses.fields(cls):
-            if f.name in data:
-                data[f.name] = _check(cls.section, f, data[f.name])
-        obj = cls(**data)
+        obj = cls(**data)  # __post_init__ checks every value against its declaration
         obj.validate()
         return obj
+
+    def __post_init__(self) -> None:
+        """A config built any way (``from_dict``, directly, ``dataclasses.replace``) holds only declared values
+        (types, bounds, choices): ValueError naming the key and what is allowed, as for a Variant section. The
+        cross-field rules of a user's section (:meth:`validate`) are checked by ``from_dict``."""
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _check(self.section, f, getattr(self, f.name)))
 
     def validate(self) -> None:
         """Cross-field checks; override in a method config."""
@@ -66,6 +76,14 @@ class MethodConfig:
             out.append({"name": f.name, "type": type(default).__name__, "default": default,
                         **{k: v for k, v in f.metadata.items()}})
         return out
+
+
+def cli_help(config: type[MethodConfig], name: str) -> str:
+    """The help of a declared parameter for an argparse flag: its help text and default, with every ``%``
+    escaped (argparse %-formats help strings, so a bare "79%" would end ``--help`` in a traceback)."""
+    f = {f.name: f for f in dataclasses.fields(config)}[name]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return f"{f.metadata['help']} (default {default})".replace("%", "%%")
 
 
 def _check(section: str, f: dataclasses.Field, value: Any) -> Any:

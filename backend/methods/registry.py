@@ -23,6 +23,9 @@ class FineTune:
     kind: str  # workbench job kind (and CLI sub-command, when ``cli`` is set)
     config: Any  # its settings class (a MethodConfig), or "module:Class"
     cli: str | None = None  # module with add_arguments(parser) / main(args) for ``finetune KIND`` (None: shares one)
+    train: Any = None  # train(pipe, config, out, job=JobControl, [on_eval=, eval_every_s=]) -> summary, or "module:fn"
+    watch: Any = None  # watch(pipe, config, sample) -> an on_eval judge with ``observe`` and ``every_s``, or None
+    presets: Any = None  # {preset name: settings} the workbench offers (see runs.knobs.PRESET_NAMES), or "module:NAME"
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Method:
     curve_axis: str = ""  # that axis' title
     curve_label: Any = None  # label(section dict) -> the line a variant belongs to, or "module:function"
     finetunes: tuple[FineTune, ...] = ()
+    assets: tuple[tuple[str, str], ...] = ()  # checkpoints shipped in assets/ (made from shapes): (label, folder)
 
     def __post_init__(self) -> None:
         if self.unet_access not in UNET_ACCESS:
@@ -125,10 +129,18 @@ register(Method(
     "backend.methods.quant:apply", order=20, unet_access="own", private_unet="backend.methods.quant:private_unet",
     curve="quant", curve_knob="weight_bits", curve_axis="weight bits",
     curve_label="backend.methods.quant.config:curve_label",
-    finetunes=(FineTune("efficientdm", "backend.methods.quant.config:FinetuneConfig", "backend.methods.quant.cli"),)))
+    finetunes=(FineTune("efficientdm", "backend.methods.quant.config:FinetuneConfig", "backend.methods.quant.cli",
+                        train="backend.methods.quant.train:finetune", watch="backend.methods.quant.watch:job_watch",
+                        presets="backend.methods.quant.config:FINETUNE_PRESETS"),),
+    assets=(("EfficientDM W4A4 (assets)", "efficientdm-w4a4"),)))
 register(Method(
     "consistency", "Consistency (LCM / RG-LCD)", "backend.methods.consistency.config:ConsistencyConfig",
     "backend.methods.consistency:apply", order=10, unet_access="copy", curve="LCM", curve_knob="steps",
     curve_axis="steps", curve_label="backend.methods.consistency.config:curve_label",
-    finetunes=(FineTune("lcd", "backend.methods.consistency.config:DistillConfig", "backend.methods.consistency.cli"),
-               FineTune("rg-lcd", "backend.methods.consistency.config:DistillConfig"))))
+    finetunes=(FineTune("lcd", "backend.methods.consistency.config:DistillConfig", "backend.methods.consistency.cli",
+                        train="backend.methods.consistency.distill:distill",
+                        presets="backend.methods.consistency.config:LCD_PRESETS"),
+               FineTune("rg-lcd", "backend.methods.consistency.config:DistillConfig",
+                        train="backend.methods.consistency.distill:distill",
+                        presets="backend.methods.consistency.config:RG_LCD_PRESETS")),
+    assets=(("RG-LCM 4-step LoRA (assets)", "rg-lcm-lora"),)))

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from scipy import linalg
 
 from backend.metadata import pipeline_info
+from backend.metrics.pixels import QualityUnavailable, as_8bit, paired_pixels, psnr_ssim
 from backend.paths import ASSETS
 from backend.world.evaluators import Judge, RewardNet, scene_targets
 from backend.world.prompts import parse_caption
@@ -24,10 +25,6 @@ from backend.world.shapes import IMAGE_SIZE, N_CELLS, Scene, render
 
 EVALUATORS = ASSETS / "evaluators"
 ATTRIBUTES = ("shape", "color", "size", "position", "count")
-
-
-class QualityUnavailable(ValueError):
-    """A quality metric that cannot be computed for this model or these prompts."""
 
 
 @lru_cache(maxsize=2)
@@ -75,10 +72,11 @@ def _to_judge_input(images) -> torch.Tensor:
 
 
 @torch.no_grad()
-def judge_verdicts(images, prompts: list[str]) -> dict[str, np.ndarray]:
+def judge_verdicts(images, prompts: list[str], scenes: list[Scene] | None = None) -> dict[str, np.ndarray]:
     """Per image: "prompt" (every cell right, GenEval-style) and each attribute of ATTRIBUTES (share of the
-    prompt's objects with it right; "count": the number of objects right), as float arrays of length N."""
-    scenes = _scenes(prompts)
+    prompt's objects with it right; "count": the number of objects right), as float arrays of length N.
+    ``scenes``: the prompts' parsed scenes when the caller has them."""
+    scenes = _scenes(prompts) if scenes is None else scenes
     logits = [judge()(x) for x in _to_judge_input(images).split(100)]
     pred = {k: torch.cat([lg[k] for lg in logits]).argmax(-1) for k in ("shape", "color", "size")}
     tgt = scene_targets(scenes)
@@ -101,8 +99,13 @@ def judge_verdicts(images, prompts: list[str]) -> dict[str, np.ndarray]:
 
 def judge_metrics(images, prompts: list[str]) -> dict:
     """prompt_accuracy (every cell right, GenEval-style) and attr_accuracy per attribute."""
-    v = judge_verdicts(images, prompts)
-    weights = np.array([len(s.objects) for s in _scenes(prompts)], dtype=float)  # attributes pool over objects
+    return metrics_of_verdicts(judge_verdicts(images, prompts), prompts)
+
+
+def metrics_of_verdicts(v: dict[str, np.ndarray], prompts: list[str], scenes: list[Scene] | None = None) -> dict:
+    """:func:`judge_metrics` from verdicts already computed by :func:`judge_verdicts` (no second judge pass)."""
+    scenes = _scenes(prompts) if scenes is None else scenes
+    weights = np.array([len(s.objects) for s in scenes], dtype=float)  # attributes pool over objects
     attr = {k: float((v[k] * weights).sum() / weights.sum()) for k in ("shape", "color", "size", "position")}
     attr["count"] = float(v["count"].mean())
     return {"prompt_accuracy": float(v["prompt"].mean()), "attr_accuracy": attr}
@@ -140,13 +143,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
     return fd
 
 
-def fd_shapes(images, prompts: list[str], seed: int = 0) -> float:
+def fd_shapes(images, prompts: list[str], seed: int = 0, features: np.ndarray | None = None) -> float:
     """Fréchet distance in the judge's feature space to real renders of the same prompts (FID analogue).
-    Needs n ≥ FD_MIN_N images (twice the feature dimension); QualityUnavailable below."""
+    Needs n ≥ FD_MIN_N images (twice the feature dimension); QualityUnavailable below. ``features``: the images'
+    :func:`judge_features` when the caller has them."""
     if len(prompts) < FD_MIN_N:
         raise QualityUnavailable(f"fd_shapes needs n ≥ {FD_MIN_N} images (2 × the {FEATURE_DIM}-d judge features); "
                                  f"got {len(prompts)}: see kid_shapes")
-    return frechet_distance(judge_features(images), judge_features(real_renders(prompts, seed)))
+    features = judge_features(images) if features is None else features
+    return frechet_distance(features, judge_features(real_renders(prompts, seed)))
 
 
 def _kid(fake: np.ndarray, real: np.ndarray, seed: int) -> tuple[float, list[float]]:
@@ -161,13 +166,14 @@ def _kid(fake: np.ndarray, real: np.ndarray, seed: int) -> tuple[float, list[flo
     return mean, [mean - 1.96 * std, mean + 1.96 * std]
 
 
-def kid_shapes(images, prompts: list[str], seed: int = 0) -> dict:
+def kid_shapes(images, prompts: list[str], seed: int = 0, features: np.ndarray | None = None) -> dict:
     """Kernel Inception Distance (unbiased polynomial-kernel MMD², torchmetrics) in the judge's feature space
     (centred and scaled by the real renders' statistics) to real renders of the same prompts, with
     its real-vs-real floor: two sets of renders of the same prompts
     that differ only in the render seed. ``kid_shapes_ci`` is the 95% spread of KID over random half-size
     subsets. Real and generated images share prompts, so the floor is below 0 (paired sets are closer than
-    independent ones); a value inside the floor's spread means "indistinguishable from real renders at this n"."""
+    independent ones); a value inside the floor's spread means "indistinguishable from real renders at this n".
+    ``features``: the images' :func:`judge_features` when the caller has them."""
     n = len(prompts)
     if n < KID_MIN_N:
         raise QualityUnavailable(f"kid_shapes needs n ≥ {KID_MIN_N} images; got {n}")
@@ -180,17 +186,18 @@ def kid_shapes(images, prompts: list[str], seed: int = 0) -> dict:
     other = (judge_features(real_renders(prompts, seed + 1)) - mu) / sd
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        kid, ci = _kid((judge_features(images) - mu) / sd, (real - mu) / sd, seed)
+        fake = judge_features(images) if features is None else features
+        kid, ci = _kid((fake - mu) / sd, (real - mu) / sd, seed)
         floor, floor_ci = _kid(other, (real - mu) / sd, seed)
     return {"kid_shapes": kid, "kid_shapes_ci": ci, "kid_shapes_floor": floor, "kid_shapes_floor_ci": floor_ci}
 
 
-def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+def reward(images: torch.Tensor, prompts: list[str], scenes: list[Scene] | None = None) -> torch.Tensor:
     """Differentiable per-image reward: log-probability of the prompt's cell attributes under the reward model.
 
     images: N×3×H×W (or N×H×W×3) in [0, 1]; gradients flow back to them.
     """
-    tgt = scene_targets(_scenes(prompts))
+    tgt = scene_targets(_scenes(prompts) if scenes is None else scenes)
     logits = reward_model()(_to_judge_input(images))
     score = 0
     for key in ("shape", "color", "size"):
@@ -201,54 +208,34 @@ def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     return score / N_CELLS
 
 
-def as_8bit(images) -> np.ndarray:
-    """Float images in [0, 1] rounded to the 8-bit levels a saved PNG has: every entry point (evaluate, sweeps
-    from stored PNGs, the workbench) then measures the same numbers. Idempotent."""
-    return np.round(np.clip(np.asarray(images, dtype=np.float64), 0.0, 1.0) * 255) / 255
-
-
-def _psnr(mse: float) -> float:
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def psnr_ssim(images, baseline) -> tuple[float, float]:
-    """PSNR (dB, of the pooled MSE: infinite iff identical) and mean SSIM of 8-bit images vs the same-seed
-    baseline."""
-    psnr, ssim = _psnr_ssim_per_image(images, baseline)
-    return _psnr(float(psnr.mean())), float(ssim.mean())
-
-
-def _psnr_ssim_per_image(images, baseline) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: the MSE against the baseline (PSNR pools it) and SSIM."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
-    a = torch.as_tensor(as_8bit(images)).permute(0, 3, 1, 2)
-    b = torch.as_tensor(as_8bit(baseline)).permute(0, 3, 1, 2)
-    mse = ((a - b) ** 2).mean(dim=(1, 2, 3)).numpy()
-    ssim = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none").numpy()
-    return mse, ssim
-
-
-def paired_quality(images, baseline, prompts: list[str], seed: int = 0) -> dict:
+def paired_quality(images, baseline, prompts: list[str], seed: int = 0, judged: dict | None = None,
+                   baseline_judged: dict | None = None) -> dict:
     """Quality against the same-seed baseline, paired per prompt and seed, with bootstrap 95% intervals:
     psnr/ssim_vs_baseline (+ ``_ci``) and, for Shapes-world prompts, prompt_accuracy_delta,
-    attr_accuracy_delta (per attribute) and reward_delta as {"delta", "ci", "n", "verdict"}."""
-    from backend.metrics.paired import bootstrap_interval, paired_delta
+    attr_accuracy_delta (per attribute) and reward_delta as {"delta", "ci", "n", "verdict"}. ``judged`` /
+    ``baseline_judged``: the images' :func:`judged` verdicts when the caller has them (no second judge pass)."""
+    from backend.metrics.paired import paired_delta
 
-    mse, ssim = _psnr_ssim_per_image(images, baseline)
-    out: dict = {"psnr_vs_baseline": _psnr(float(mse.mean())), "ssim_vs_baseline": float(ssim.mean())}
-    if len(mse) > 1:
-        out["psnr_vs_baseline_ci"] = bootstrap_interval(mse, lambda m: _psnr(float(m.mean())), seed=seed)
-        out["ssim_vs_baseline_ci"] = bootstrap_interval(ssim, np.mean, seed=seed)
+    out = paired_pixels(images, baseline, seed)
     if is_shapes_prompts(prompts):
-        v, b = judge_verdicts(as_8bit(images), prompts), judge_verdicts(as_8bit(baseline), prompts)
+        scenes = _scenes(prompts)
+        v = judged if judged is not None else judge_per_image(images, prompts, scenes)
+        b = baseline_judged if baseline_judged is not None else judge_per_image(baseline, prompts, scenes)
         points = {"scale": 100, "unit": " points"}
         out["prompt_accuracy_delta"] = paired_delta(v["prompt"], b["prompt"], seed=seed, **points)
         out["attr_accuracy_delta"] = {k: paired_delta(v[k], b[k], seed=seed, **points) for k in ATTRIBUTES}
-        with torch.no_grad():
-            r = reward(torch.as_tensor(as_8bit(images)), prompts).double().numpy()
-            rb = reward(torch.as_tensor(as_8bit(baseline)), prompts).double().numpy()
-        out["reward_delta"] = paired_delta(r, rb, seed=seed)
+        out["reward_delta"] = paired_delta(v["reward"], b["reward"], seed=seed)
+    return out
+
+
+def judge_per_image(images, prompts: list[str], scenes: list[Scene] | None = None) -> dict[str, np.ndarray]:
+    """Everything the evaluators say of each 8-bit image, computed once: the judge's verdicts
+    (:func:`judge_verdicts`) and the reward model's score ("reward")."""
+    scenes = _scenes(prompts) if scenes is None else scenes
+    x = torch.as_tensor(as_8bit(images))
+    out = judge_verdicts(x, prompts, scenes)
+    with torch.no_grad():
+        out["reward"] = reward(x, prompts, scenes).double().numpy()
     return out
 
 
@@ -279,29 +266,33 @@ def quality_metrics(images, prompts: list[str], baseline=None, seed: int = 0) ->
     be computed is absent and ``<name>_unavailable`` says why."""
     images = as_8bit(images)
     out: dict = {}
+    judged = None
     if is_shapes_prompts(prompts):
-        out.update(judge_metrics(images, prompts))
+        scenes = _scenes(prompts)
+        judged = judge_per_image(images, prompts, scenes)  # every judge verdict and reward, once per image
+        out.update(metrics_of_verdicts(judged, prompts, scenes))
+        features = judge_features(images)
         for name, fn in (("kid_shapes", kid_shapes), ("fd_shapes", fd_shapes)):
             try:
-                value = fn(images, prompts, seed)
+                value = fn(images, prompts, seed, features=features)
                 out.update(value if isinstance(value, dict) else {name: value})
             except QualityUnavailable as exc:
                 out[f"{name}_unavailable"] = str(exc)
-        with torch.no_grad():
-            out["reward"] = float(reward(torch.as_tensor(images), prompts).mean())
+        out["reward"] = float(judged["reward"].mean())
     else:
         try:
             out["clip_score"] = clip_score(images, prompts)
         except QualityUnavailable as exc:
             out["clip_score"], out["clip_score_unavailable"] = None, str(exc)
     if baseline is not None:
-        out.update(paired_quality(images, baseline, prompts, seed))
+        out.update(paired_quality(images, baseline, prompts, seed, judged=judged))
     return out
 
 
 __all__ = [
     "ATTRIBUTES", "QualityUnavailable", "as_8bit", "clip_score", "fd_shapes", "frechet_distance", "judge",
-    "judge_metrics", "judge_verdicts", "kid_shapes", "paired_quality", "psnr_ssim", "quality_metrics",
+    "judge_metrics", "judge_per_image", "judge_verdicts", "kid_shapes", "metrics_of_verdicts", "paired_quality",
+    "psnr_ssim", "quality_metrics",
     "real_renders", "require_quality_model", "reward",
     "reward_model",
 ]

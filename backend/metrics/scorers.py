@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from backend.metadata import pipeline_info
-from backend.metrics.quality import QualityUnavailable, paired_quality, psnr_ssim
+from backend.metrics.pixels import QualityUnavailable, paired_pixels, psnr_ssim
 
 
 class ScorerUnavailable(QualityUnavailable):
@@ -163,7 +163,7 @@ def score(images, prompts: list[str], baseline=None, names: list[str] | None = N
     out: dict = {}
     pixel = {s.name for s in chosen if isinstance(s, PsnrSsim)}
     if pixel and baseline is not None:  # one pass, with the paired bootstrap intervals (``..._ci``)
-        paired = paired_quality(images, baseline, prompts)
+        paired = paired_pixels(images, baseline)
         out.update({k: v for k, v in paired.items() if k.removesuffix("_ci") in pixel})
     for scorer in chosen:
         if scorer.name in pixel or (scorer.paired and baseline is None):

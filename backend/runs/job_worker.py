@@ -4,11 +4,11 @@ It reads the job from the results store at STORE, trains (resuming from the job'
 there), appends every progress report to ``jobs/<id>/progress.jsonl`` and writes its state (running, then
 done / cancelled / failed with the error) to the store. A traceback goes to ``worker.log``.
 
-An EfficientDM job on a model the Shapes judge can score runs the quality watch
-(:mod:`backend.methods.quant.watch`): the FP model and the PTQ start judged on ``WATCH_N`` ``hard`` prompts
-before training, the student every ``WATCH_EVERY_MIN`` minutes of training (the watch's time is not training
-time) and once more at the end. Each point is a ``{"watch": point}`` row of ``progress.jsonl``; the latest
-warning is the job's ``warning``.
+The job's kind names its fine-tune in the registry (backend.methods.registry): its settings class, its ``train``
+function and, when it has one, its ``watch`` (EfficientDM's judged-quality watch, :mod:`backend.methods.quant.watch`:
+the references judged before training, the student every ``watch.every_s`` seconds of training, not counting the
+watch's own time, and once more at the end). Each point is a ``{"watch": point}`` row of ``progress.jsonl``; the
+latest warning is the job's ``warning``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from backend.runs.jobs import FileFlag
 from backend.runs.store import Store
 
 PROGRESS_EVERY_S = 1.0  # how often the latest progress is written to the store
-WATCH_EVERY_MIN = 2.0  # the quality watch of EfficientDM jobs: minutes of training between evaluations,
-WATCH_N = 16  # and the hard prompts each evaluation judges (the CLI's defaults)
 
 
 class JobLog:
@@ -87,26 +85,29 @@ class WatchRecorder:
             self(student, train_s, iters)
 
 
-def finetune_efficientdm(pipe, settings: dict, out: Path, control: JobControl, log: JobLog) -> dict:
-    """A job's EfficientDM fine-tune, with the quality watch when the model has the Shapes judge."""
-    from backend.methods.quant.cli import make_watch
-    from backend.methods.quant.config import FinetuneConfig
-    from backend.methods.quant.train import finetune
+def run_finetune(kind: str, pipe, settings: dict, out: Path, control: JobControl, log: JobLog) -> dict:
+    """The registry's fine-tune of this kind on ``pipe``, with its watch when it has one that applies."""
+    from backend.methods import registry
+    from backend.sampling import seeded_sampler
 
-    ft = FinetuneConfig.from_dict(settings)
-    log.phase(f"quality watch: judging the FP model and the PTQ start on {WATCH_N} hard prompts")
-    watch = make_watch(pipe, WATCH_EVERY_MIN, WATCH_N, ft.quant_config(), settle_iters=ft.train_steps)
+    _, ft = registry.finetune(kind)
+    config = registry.resolve(ft.config).from_dict(settings)
+    train = registry.resolve(ft.train)
+    watch = None
+    if ft.watch is not None:
+        log.phase("quality watch: judging the references before training")
+        watch = registry.resolve(ft.watch)(pipe, config, seeded_sampler(pipe))
     log.phase("training")
     if watch is None:
-        return finetune(pipe, ft, out, job=control)
+        return train(pipe, config, out, job=control)
     recorder = WatchRecorder(watch, log)
 
     def observed(fields: dict) -> None:
         control.on_progress(fields)
         watch.observe(fields)
 
-    summary = finetune(pipe, ft, out, job=dataclasses.replace(control, on_progress=observed), on_eval=recorder,
-                       eval_every_s=WATCH_EVERY_MIN * 60)
+    summary = train(pipe, config, out, job=dataclasses.replace(control, on_progress=observed), on_eval=recorder,
+                    eval_every_s=watch.every_s)
     if summary["status"] == "done":
         log.phase("quality watch: judging the fine-tuned model")
         recorder.final(summary["student"], summary["elapsed_s"], summary["iters"])
@@ -135,14 +136,8 @@ def run(root: Path, job_id: str) -> int:
             store.update_job(job_id, progress={"phase": "training"})
             control = JobControl(on_progress=log.report, cancel=flag)
             out = Path(job["out_dir"])
-            if job["kind"] == "efficientdm":
-                summary = finetune_efficientdm(pipe, params["settings"], out, control, log)
-                summary.pop("student", None)
-            else:
-                from backend.methods.consistency.config import DistillConfig
-                from backend.methods.consistency.distill import distill
-
-                summary = distill(pipe, DistillConfig.from_dict(params["settings"]), out, control)
+            summary = run_finetune(job["kind"], pipe, params["settings"], out, control, log)
+            summary.pop("student", None)
             status = "cancelled" if summary.get("status") == "cancelled" else "done"
             summary = json.loads(json.dumps(jsonable(summary), default=str))
             store.update_job(job_id, status=status, progress={**log.latest, "phase": status, "summary": summary})

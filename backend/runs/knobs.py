@@ -9,23 +9,7 @@ from backend.runs.jobs import job_config_class
 from backend.variant import method_config_class
 
 MODELS = ("shapes", "tiny-arch", "sd15-arch")
-# Checkpoints shipped with the repository (made by the commands in their COMMAND.md): (label, section, folder).
-ASSET_CHECKPOINTS = (
-    ("EfficientDM W4A4 (assets)", "quant", "efficientdm-w4a4"),
-    ("RG-LCM 4-step LoRA (assets)", "consistency", "rg-lcm-lora"),
-)
 PRESET_NAMES = ("1-minute demo", "quality")
-PRESETS: dict[tuple[str, str], dict] = {
-    ("efficientdm", "1-minute demo"): {"weight_bits": 4, "act_bits": 8, "minutes": 0.6, "train_steps": 5,
-                                       "batch_size": 2, "lora_rank": 8, "checkpoint_every_s": 30.0},
-    ("efficientdm", "quality"): {"weight_bits": 4, "act_bits": 8, "minutes": 15.0},
-    ("lcd", "1-minute demo"): {"minutes": 0.6, "batch_size": 8, "data_pool": 64, "beta": 0.0,
-                               "checkpoint_every_s": 30.0},
-    ("lcd", "quality"): {"minutes": 10.0, "beta": 0.0},
-    ("rg-lcd", "1-minute demo"): {"minutes": 0.6, "batch_size": 8, "data_pool": 64, "reward": "shapes",
-                                  "beta": 1.0, "checkpoint_every_s": 30.0},
-    ("rg-lcd", "quality"): {"minutes": 10.0, "reward": "shapes", "beta": 1.0},
-}
 
 
 def method_params(section: str) -> list[dict]:
@@ -73,7 +57,8 @@ def preset(kind: str, name: str) -> dict:
     if name not in PRESET_NAMES:
         raise ValueError(f"preset {name!r} is not allowed; allowed: {', '.join(PRESET_NAMES)}")
     values = {p["name"]: p["default"] for p in job_params(kind)}
-    values.update(PRESETS.get((kind, name), {}))
+    _, ft = registry.finetune(kind)
+    values.update((registry.resolve(ft.presets) if ft.presets else {}).get(name, {}))
     return values
 
 
@@ -81,24 +66,23 @@ def asset_checkpoints(model: str | None, section: str | None = None) -> list[dic
     """The shipped checkpoints (all made from ``shapes``) that exist, for that model and section."""
     if model is not None and model != "shapes":
         return []
-    return [{"label": label, "section": s, "path": str(ASSETS / folder), "model": "shapes", "kind": "assets"}
-            for label, s, folder in ASSET_CHECKPOINTS
-            if (section is None or s == section) and (ASSETS / folder).is_dir()]
+    return [{"label": label, "section": m.section, "path": str(ASSETS / folder), "model": "shapes", "kind": "assets"}
+            for m in registry.methods() for label, folder in m.assets
+            if (section is None or m.section == section) and (ASSETS / folder).is_dir()]
 
 
 def checkpoint_implies(section: str, path: str) -> dict:
-    """The settings a checkpoint fixes in its column: a quant checkpoint's method and bits, a consistency
-    student's scheduler (lcm) and a step count it supports. {} for no checkpoint; ValueError for a bad one."""
-    if not path:
-        return {}
-    if section == "quant":
-        from backend.methods.quant.checkpoint import read_meta
+    """The settings a checkpoint fixes in its column, as its method's config declares them
+    (``MethodConfig.checkpoint_implies``). {} for no checkpoint; ValueError for a bad one."""
+    implies = method_config_class(section).checkpoint_implies
+    return registry.resolve(implies)(path) if path and implies else {}
 
-        cfg = read_meta(path).get("config", {})
-        return {"quant": {k: cfg[k] for k in ("method", "weight_bits", "act_bits") if k in cfg}}
-    if section == "consistency":
-        from backend.methods.consistency.model import read_meta
 
-        meta = read_meta(path)
-        return {"scheduler": "lcm", "steps": min(4, int(meta.get("max_steps") or 4))}
-    return {}
+def locked_by_checkpoint(section: str) -> tuple[str, ...]:
+    """The section's keys a checkpoint fixes (the form locks them while a checkpoint is chosen)."""
+    return method_config_class(section).locked_by_checkpoint
+
+
+def checkpoint_sets(section: str) -> tuple[str, ...]:
+    """The Variant keys (scheduler, steps) a checkpoint of this section sets."""
+    return method_config_class(section).checkpoint_sets

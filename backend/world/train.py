@@ -169,12 +169,17 @@ def vae_round_trip(vae, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def vae_psnr(vae, n: int = 512) -> float:
+def vae_psnr_per_image(vae, n: int = 512) -> np.ndarray:
+    """PSNR (dB) of each of n held-out renders after a VAE round trip."""
     images, _ = sample_batch(n, seed=777_777, split="any")
     x = to_tensor_range(images)
     rec = torch.cat([vae_round_trip(vae, b) for b in x.split(128)])
     mse = ((rec - x) / 2).pow(2).flatten(1).mean(1)
-    return float((10 * torch.log10(1 / mse)).mean())
+    return (10 * torch.log10(1 / mse)).double().numpy()
+
+
+def vae_psnr(vae, n: int = 512) -> float:
+    return float(vae_psnr_per_image(vae, n).mean())
 
 
 @torch.no_grad()
@@ -212,12 +217,17 @@ def train_evaluator(work: Path, name: str, minutes: float) -> None:
 
 
 @torch.no_grad()
-def evaluator_accuracy(net: torch.nn.Module, n: int = 2000) -> float:
+def evaluator_hits(net: torch.nn.Module, n: int = 2000) -> np.ndarray:
+    """1.0 for each of n held-out renders whose every cell the evaluator reads right, else 0.0."""
     images, scenes = sample_batch(n, seed=888_888, split="any")
     x, labels = to_tensor_range(images), scene_targets(scenes)
     hits = torch.cat([exact_match(net(xb), {k: v[i:i + 250] for k, v in labels.items()})
                       for i, xb in zip(range(0, n, 250), x.split(250))])
-    return float(hits.float().mean())
+    return hits.double().numpy()
+
+
+def evaluator_accuracy(net: torch.nn.Module, n: int = 2000) -> float:
+    return float(evaluator_hits(net, n).mean())
 
 
 def _init_from(unet, text, source: Path) -> None:

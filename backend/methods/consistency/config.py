@@ -15,6 +15,8 @@ class ConsistencyConfig(MethodConfig):
     """Variant section ``"consistency": {"checkpoint": DIR}``: an LCD / RG-LCD student or an LCM-LoRA."""
 
     section = "consistency"
+    checkpoint_sets = ("scheduler", "steps")
+    checkpoint_implies = "backend.methods.consistency.model:implied_settings"
 
     checkpoint: str = param("", "folder written by `python -m backend finetune lcd` (a full student or an LCM-LoRA)")
     lora_scale: float = param(1.0, "strength of an LCM-LoRA when it is fused into the U-Net", minimum=0.0, maximum=2.0)
@@ -77,3 +79,15 @@ def curve_label(cfg: dict) -> str:
     """The line of the per-method curves a consistency section belongs to (its checkpoint's folder name)."""
     name = str(cfg.get("checkpoint", "")).rstrip("/").split("/")[-1] or "student"
     return f"LCM steps ({name})"
+
+
+# The workbench's fine-tune presets (the registry's FineTune.presets): preset name -> settings over the defaults.
+LCD_PRESETS = {
+    "1-minute demo": {"minutes": 0.6, "batch_size": 8, "data_pool": 64, "beta": 0.0, "checkpoint_every_s": 30.0},
+    "quality": {"minutes": 10.0, "beta": 0.0},
+}
+RG_LCD_PRESETS = {
+    "1-minute demo": {"minutes": 0.6, "batch_size": 8, "data_pool": 64, "reward": "shapes", "beta": 1.0,
+                      "checkpoint_every_s": 30.0},
+    "quality": {"minutes": 10.0, "reward": "shapes", "beta": 1.0},
+}

@@ -169,3 +169,8 @@ def save_lora(pipe: DiffusionPipeline, unet: torch.nn.Module, out: Path, meta: d
     cls.save_lora_weights(str(out), unet_lora_layers=layers, weight_name=LORA_WEIGHTS, safe_serialization=True)
     lcm_scheduler(pipe, int(meta["original_inference_steps"])).save_pretrained(out / "scheduler")
     (out / META).write_text(json.dumps(meta, indent=2))
+
+
+def implied_settings(path: str) -> dict:
+    """What a consistency student fixes in its Variant: the lcm scheduler and a step count it supports."""
+    return {"scheduler": "lcm", "steps": min(4, int(read_meta(path).get("max_steps") or 4))}

@@ -377,3 +377,11 @@ def load_train_state(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
 def checkpoint_size_mb(path: str | Path) -> float:
     """Size on disk of the model part of a checkpoint (quant_model.safetensors), in MiB."""
     return (Path(path) / MODEL_FILE).stat().st_size / 2**20
+
+
+def implied_settings(path: str) -> dict:
+    """What a quant checkpoint fixes in its Variant section: its method and bits (QuantConfig.checkpoint_implies)."""
+    from backend.methods.quant.config import QuantConfig
+
+    cfg = read_meta(path).get("config", {})
+    return {"quant": {k: cfg[k] for k in QuantConfig.locked_by_checkpoint if k in cfg}}

@@ -19,17 +19,14 @@ import shutil
 import signal
 import sys
 import threading
-from pathlib import Path
 
+from backend.captions import read_prompts
+from backend.methods.params import cli_help
 from backend.methods.quant.config import LAYER_POLICY_KEYS, SIDE_POLICIES, FinetuneConfig, QuantConfig
 
-_FIELDS = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
-_POLICY = {f.name: f for f in dataclasses.fields(QuantConfig) if f.name in LAYER_POLICY_KEYS}
 
-
-def _help(name: str, fields: dict = _FIELDS) -> str:
-    f = fields[name]
-    return f"{f.metadata['help']} (default {f.default})"
+def _help(name: str, config: type = FinetuneConfig) -> str:
+    return cli_help(config, name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,13 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=_help("distill_target"))
     parser.add_argument("--checkpoint-every", type=float, default=None, help=_help("checkpoint_every_s"))
     parser.add_argument("--seed", type=int, default=None, help=_help("seed"))
-    parser.add_argument("--quantize-skip", choices=SIDE_POLICIES, default=None, help=_help("quantize_skip", _POLICY))
+    parser.add_argument("--quantize-skip", choices=SIDE_POLICIES, default=None,
+                        help=_help("quantize_skip", QuantConfig))
     parser.add_argument("--quantize-downsample", choices=SIDE_POLICIES, default=None,
-                        help=_help("quantize_downsample", _POLICY))
+                        help=_help("quantize_downsample", QuantConfig))
     parser.add_argument("--first-last-8bit", action=argparse.BooleanOptionalAction, default=None,
-                        help=_help("first_last_8bit", _POLICY))
+                        help=_help("first_last_8bit", QuantConfig))
     parser.add_argument("--quantize-attn-matmul", action=argparse.BooleanOptionalAction, default=None,
-                        help=_help("quantize_attn_matmul", _POLICY))
+                        help=_help("quantize_attn_matmul", QuantConfig))
     parser.add_argument("--prompts", default=None, help="a text file of prompts, one a line (default: the model's "
                         "prompt set for shapes-sd, a built-in list otherwise)")
     parser.add_argument("--watch-every", type=float, default=2.0, help="minutes of training between judged "
@@ -94,45 +92,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
 def quant_from_args(args: argparse.Namespace, ft: FinetuneConfig) -> QuantConfig | None:
     """The student's layer policy from the policy flags (QuantConfig defaults for the others); None when no
     flag is given (the paper's policy, or the resumed checkpoint's)."""
-    given = {key: getattr(args, key) for key in _POLICY if getattr(args, key) is not None}
+    given = {key: getattr(args, key) for key in LAYER_POLICY_KEYS if getattr(args, key) is not None}
     return ft.quant_config(**given) if given else None
-
-
-def read_prompts(path: str | None) -> list[str] | None:
-    if path is None:
-        return None
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"--prompts {path!r} is not a file; allowed: a text file with one prompt a line")
-    from backend.variant import read_text_file
-
-    prompts = [line.strip() for line in read_text_file(file, "--prompts").splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"--prompts {path!r} holds no prompts; allowed: a text file with one prompt a line")
-    return prompts
-
-
-def make_watch(pipe, every_minutes: float, n: int, start: QuantConfig | None = None, settle_iters: int = 1):
-    """A QualityWatch for Shapes-world models with real weights when ``every_minutes`` > 0, else None; with
-    ``start``, its reference is the PTQ model of that config (the fine-tune's starting point)."""
-    from backend.models import has_shapes_judge, is_random_weights
-
-    if every_minutes < 0:
-        raise ValueError(f"--watch-every {every_minutes} is out of range; allowed: minutes ≥ 0 (0: off)")
-    if not every_minutes or is_random_weights(pipe) or not has_shapes_judge(pipe):
-        return None
-    import copy
-
-    from backend.methods.quant import ptq
-    from backend.methods.quant.watch import QualityWatch
-
-    start_unet = None
-    if start is not None:
-        ptq_pipe = copy.copy(pipe)
-        ptq_pipe.unet = copy.deepcopy(pipe.unet)
-        ptq(ptq_pipe, start)
-        start_unet = ptq_pipe.unet.eval()
-    return QualityWatch(pipe, n, start_unet=start_unet, settle_iters=settle_iters)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -142,7 +103,8 @@ def main(args: argparse.Namespace) -> int:
     from backend.methods.quant.checkpoint import check_out
     from backend.methods.quant.model import summary
     from backend.methods.quant.train import finetune
-    from backend.sampling import load_model
+    from backend.methods.quant.watch import make_watch
+    from backend.sampling import load_model, seeded_sampler
     from backend.variant import Variant
 
     ft = config_from_args(args)
@@ -150,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
     variant = Variant.parse(args.variant)
     if "quant" in variant.sections:
         raise ValueError("--variant already has a quant section; give the FP teacher (drop \"quant\")")
-    prompts = read_prompts(args.prompts)
+    prompts = read_prompts(args.prompts) if args.prompts is not None else None
     out = check_out(args.out)
     pipe = load_model(variant)
     if args.restart and out.exists():
@@ -160,7 +122,7 @@ def main(args: argparse.Namespace) -> int:
         from backend.methods.quant.checkpoint import config_from_meta, read_meta
 
         start = dataclasses.replace(config_from_meta(read_meta(out), out), method="ptq", checkpoint="")
-    watch = make_watch(pipe, args.watch_every, args.watch_n, start, settle_iters=ft.train_steps)
+    watch = make_watch(pipe, seeded_sampler(pipe), args.watch_every, args.watch_n, start, settle_iters=ft.train_steps)
     cancel = threading.Event()
     total = ft.max_iters or None
     bar = tqdm(total=total or int(ft.minutes * 60), unit="it" if total else "s", desc=f"{ft.method} "

@@ -33,6 +33,9 @@ class QuantConfig(MethodConfig):
     """Fake-quantized U-Net: PTQ directly, or a checkpoint made by EfficientDM / full-QAT fine-tuning."""
 
     section: ClassVar[str] = "quant"
+    locked_by_checkpoint: ClassVar[tuple[str, ...]] = ("method", "weight_bits", "act_bits")
+
+    checkpoint_implies: ClassVar[str] = "backend.methods.quant.checkpoint:implied_settings"
 
     method: str = param("ptq", "ptq: calibrate and run (no training); efficientdm / qat: a fine-tuned checkpoint, "
                         "made by `python -m backend finetune efficientdm` (give it as checkpoint)", choices=METHODS)
@@ -145,3 +148,11 @@ def curve_label(cfg: dict) -> str:
     if cfg.get("checkpoint"):
         return f"quant checkpoint ({cfg.get('method', 'ptq')})"
     return f"{cfg.get('method', 'ptq').upper()} bits (A{cfg.get('act_bits', 8)})"
+
+
+# The workbench's fine-tune presets (the registry's FineTune.presets): preset name -> settings over the defaults.
+FINETUNE_PRESETS = {
+    "1-minute demo": {"weight_bits": 4, "act_bits": 8, "minutes": 0.6, "train_steps": 5, "batch_size": 2,
+                      "lora_rank": 8, "checkpoint_every_s": 30.0},
+    "quality": {"weight_bits": 4, "act_bits": 8, "minutes": 15.0},
+}

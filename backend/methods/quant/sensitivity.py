@@ -4,7 +4,7 @@ The FP model samples a few prompts (DDIM); one (x_t, t, text) input per prompt i
 trajectory. A quantized copy of the U-Net is calibrated as PTQ would be, then every quantized layer in turn is
 switched on alone (its weights and input activations at the policy's bits, all others FP) and the guided noise
 prediction on those inputs is compared with the FP one: ``eps_mse`` and ``eps_rel_mse`` (over the FP
-prediction's mean square).
+prediction's mean square), with ``eps_rel_mse_ci``: the bootstrap 95% interval over the inputs.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import numpy as np
 import torch
 
 from backend.methods.quant.config import QuantConfig
+from backend.metrics.paired import bootstrap_interval
 
 ALL_LAYERS = {"first_last_8bit": False, "quantize_skip": "same", "quantize_downsample": "same"}
 
@@ -44,7 +46,7 @@ def fixed_inputs(pipe, samples: int = 4, steps: int = 10, seed: int = 0) -> list
 @torch.no_grad()
 def sensitivity_map(pipe, config: QuantConfig, samples: int = 4, steps: int = 10, seed: int = 0) -> list[dict]:
     """One row per layer the policy quantizes, in U-Net order: layer, role, weight_bits, act_bits, params,
-    eps_mse, eps_rel_mse (the output change vs FP with only that layer quantized)."""
+    eps_mse, eps_rel_mse (the output change vs FP with only that layer quantized) and eps_rel_mse_ci."""
     from backend.methods.quant.calibrate import calibrate, cfg_eps, guidance_of
     from backend.methods.quant.model import quantize_unet
 
@@ -64,9 +66,11 @@ def sensitivity_map(pipe, config: QuantConfig, samples: int = 4, steps: int = 10
     rows = []
     for name, layer in state.layers.items():
         layer.quantize, layer._cache = True, None
-        mse = float(torch.stack([(o - r).pow(2).mean() for o, r in zip(outputs(), reference, strict=True)]).mean())
+        per_input = np.array([float((o - r).pow(2).mean()) for o, r in zip(outputs(), reference, strict=True)])
         layer.quantize, layer._cache = False, None
+        rel = per_input / max(power, 1e-30)
         rows.append({"layer": name, "role": layer.role, "weight_bits": layer.w_quant.bits,
-                     "act_bits": layer.a_quant.bits, "params": layer.base_layer.weight.numel(), "eps_mse": mse,
-                     "eps_rel_mse": mse / max(power, 1e-30)})
+                     "act_bits": layer.a_quant.bits, "params": layer.base_layer.weight.numel(),
+                     "eps_mse": float(per_input.mean()), "eps_rel_mse": float(rel.mean()),
+                     "eps_rel_mse_ci": bootstrap_interval(rel, np.mean)})
     return rows

@@ -16,28 +16,30 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 
 import numpy as np
-
-from backend.metadata import pipeline_info
 
 logger = logging.getLogger(__name__)
 
 
+Sampler = Callable[[object, list[str], list[int]], np.ndarray]
+
+
 class QualityWatch:
-    def __init__(self, pipe, n: int = 16, prompt_set: str = "hard", steps: int | None = None, seed: int = 0,
-                 drop_points: float = 10.0, start_unet=None, settle_iters: int = 1):
+    """``sample(pipe, prompts, seeds) -> images`` draws the judged images (the caller's seeded sampling: the
+    watch, like every method, receives what it needs rather than reaching up for the Variant)."""
+
+    def __init__(self, pipe, sample: Sampler, n: int = 16, prompt_set: str = "hard", seed: int = 0,
+                 drop_points: float = 10.0, start_unet=None, settle_iters: int = 1, every_s: float | None = None):
         from backend.metrics import quality
-        from backend.models import model_defaults
-        from backend.variant import Variant
         from backend.world.prompts import eval_prompts
 
         quality.require_quality_model(pipe)
-        self.pipe, self.drop_points, self.settle_iters = pipe, drop_points, settle_iters
+        self.pipe, self.sample, self.drop_points, self.settle_iters = pipe, sample, drop_points, settle_iters
+        self.every_s = every_s  # seconds of training between evaluations, for whoever runs the fine-tune
         self.prompts = eval_prompts(prompt_set, n)
         self.seeds = [seed + i for i in range(n)]
-        self.variant = Variant.from_dict({"model": pipeline_info(pipe).source, "scheduler": "ddim",
-                                          "steps": steps or model_defaults(pipe).get("steps", 50)})
         self.fp_accuracy = float(self._verdicts(pipe.unet).mean())
         self.curve: list[dict] = []
         self.warnings: list[str] = []
@@ -51,11 +53,10 @@ class QualityWatch:
 
     def _verdicts(self, unet) -> np.ndarray:
         from backend.metrics import quality
-        from backend.sampling import generate
 
         pipe = copy.copy(self.pipe)
         pipe.unet = unet
-        images = generate(pipe, self.variant, self.prompts, self.seeds)
+        images = self.sample(pipe, self.prompts, self.seeds)
         return quality.judge_verdicts(quality.as_8bit(images), self.prompts)["prompt"]
 
     def observe(self, fields: dict) -> None:
@@ -88,3 +89,33 @@ class QualityWatch:
             self.warnings.append(text)
             logger.warning("%s", text)
         return False
+
+
+JOB_WATCH_EVERY_MIN = 2.0  # the workbench's EfficientDM jobs: minutes of training between evaluations,
+JOB_WATCH_N = 16  # and the hard prompts each evaluation judges (the CLI's defaults)
+
+
+def make_watch(pipe, sample: Sampler, every_minutes: float, n: int, start=None, settle_iters: int = 1):
+    """A QualityWatch for Shapes-world models with real weights when ``every_minutes`` > 0, else None; with
+    ``start`` (a QuantConfig), its reference is the PTQ model of that config (the fine-tune's starting point)."""
+    from backend.models import has_shapes_judge, is_random_weights
+
+    if every_minutes < 0:
+        raise ValueError(f"--watch-every {every_minutes} is out of range; allowed: minutes ≥ 0 (0: off)")
+    if not every_minutes or is_random_weights(pipe) or not has_shapes_judge(pipe):
+        return None
+    from backend.methods.quant import ptq
+
+    start_unet = None
+    if start is not None:
+        ptq_pipe = copy.copy(pipe)
+        ptq_pipe.unet = copy.deepcopy(pipe.unet)
+        ptq(ptq_pipe, start)
+        start_unet = ptq_pipe.unet.eval()
+    return QualityWatch(pipe, sample, n, start_unet=start_unet, settle_iters=settle_iters,
+                        every_s=every_minutes * 60)
+
+
+def job_watch(pipe, ft, sample: Sampler):
+    """The registry's ``watch`` of the EfficientDM fine-tune: what the workbench's job runs beside training."""
+    return make_watch(pipe, sample, JOB_WATCH_EVERY_MIN, JOB_WATCH_N, ft.quant_config(), settle_iters=ft.train_steps)
