@@ -41,6 +41,16 @@ class Method:
     curve_axis: str = ""  # that axis' title
     curve_label: Any = None  # label(section dict) -> the line a variant belongs to, or "module:function"
     finetunes: tuple[FineTune, ...] = ()
+    families: tuple[str, ...] = ()  # the model families it applies to (backend.models.FAMILIES); () = every family
+    families_why: str = ""  # why the others are left out (the refusal and the UI say it)
+
+    def refusal(self, family: str) -> str | None:
+        """One line saying why the method does not apply to a model of ``family``, or None when it does."""
+        if not self.families or family in self.families:
+            return None
+        why = f" ({self.families_why})" if self.families_why else ""
+        return (f"{self.section}: does not apply to a model of family {family!r}{why}; allowed families: "
+                f"{', '.join(self.families)}")
 
     def __post_init__(self) -> None:
         if self.unet_access not in UNET_ACCESS:
@@ -131,4 +141,5 @@ register(Method(
     "backend.methods.consistency:apply", order=10, unet_access="copy", curve="LCM", curve_knob="steps",
     curve_axis="steps", curve_label="backend.methods.consistency.config:curve_label",
     finetunes=(FineTune("lcd", "backend.methods.consistency.config:DistillConfig", "backend.methods.consistency.cli"),
-               FineTune("rg-lcd", "backend.methods.consistency.config:DistillConfig"))))
+               FineTune("rg-lcd", "backend.methods.consistency.config:DistillConfig")),
+    families=("sd1", "sd2", "sdxl", "unet"), families_why="its students and LCM-LoRAs are U-Nets"))

@@ -176,7 +176,7 @@ def model_size_mb(module: torch.nn.Module) -> float:
 
 
 class UnetCallCounter:
-    """Counts U-Net evaluations per image: rows passed through the U-Net / images generated.
+    """Counts denoiser (U-Net or transformer) evaluations per image: rows passed through it / images generated.
 
     With classifier-free guidance batched in one call, one denoising step is two evaluations.
     """
@@ -187,7 +187,7 @@ class UnetCallCounter:
 
     def __enter__(self) -> UnetCallCounter:
         def hook(module, args, kwargs):
-            sample = args[0] if args else kwargs["sample"]
+            sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
             self.rows += sample.shape[0]
             self.calls += 1
 
