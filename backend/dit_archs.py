@@ -62,7 +62,7 @@ def build_dit_pipeline(arch: str):
         text_dim = 32 if tiny else 4096
         transformer = PixArtTransformer2DModel(
             num_attention_heads=2 if tiny else 16, attention_head_dim=8 if tiny else 72, in_channels=4,
-            out_channels=8, num_layers=4 if tiny else 28, cross_attention_dim=16 if tiny else 1152,
+            out_channels=8, num_layers=6 if tiny else 28, cross_attention_dim=16 if tiny else 1152,
             sample_size=4 if tiny else 128, patch_size=2, caption_channels=text_dim, interpolation_scale=None,
             use_additional_conditions=False)
         scheduler = DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
@@ -73,7 +73,7 @@ def build_dit_pipeline(arch: str):
         clip_l, clip_g, t5 = (16, 16, 32) if tiny else (768, 1280, 4096)
         transformer = SD3Transformer2DModel(
             sample_size=4 if tiny else 128, patch_size=2, in_channels=4 if tiny else 16,
-            out_channels=4 if tiny else 16, num_layers=4 if tiny else 24, attention_head_dim=8 if tiny else 64,
+            out_channels=4 if tiny else 16, num_layers=6 if tiny else 24, attention_head_dim=8 if tiny else 64,
             num_attention_heads=2 if tiny else 24, joint_attention_dim=t5, caption_projection_dim=16 if tiny else 1536,
             pooled_projection_dim=clip_l + clip_g, pos_embed_max_size=8 if tiny else 192)
         return StableDiffusion3Pipeline(
@@ -84,7 +84,7 @@ def build_dit_pipeline(arch: str):
             text_encoder_3=_t5(t5), tokenizer_3=tok)
     if arch == "tiny-flux":
         transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=8,
+            patch_size=1, in_channels=16, num_layers=3, num_single_layers=3, attention_head_dim=8,
             num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
             axes_dims_rope=(2, 2, 4))
         scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
