@@ -111,3 +111,20 @@ def test_local_folder_round_trip(tmp_path):
     load_pipeline("tiny-pixart").save_pretrained(tmp_path / "pixart")
     pipe = load_pipeline(str(tmp_path / "pixart"))
     assert model_family(pipe) == "pixart" and type(pipe).__name__ == "PixArtSigmaPipeline"
+
+
+@pytest.mark.parametrize("kind", ["efficientdm", "lcd"])
+def test_finetunes_not_yet_on_dit_refuse_in_one_line(kind, capsys, tmp_path):
+    out = tmp_path / "ckpt"
+    assert main(["finetune", kind, "--variant", '{"model": "tiny-sd3"}', "--out", str(out), "--minutes", "0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'sd3'" in err and "sd1, sd2, sdxl, unet" in err and not out.exists()
+
+
+def test_shapes_dit_loads_as_a_pixart_model_the_judge_scores():
+    from backend.models import EMBEDDED, has_shapes_judge
+
+    if not (EMBEDDED["shapes-dit"][0] / "model_index.json").exists():
+        pytest.skip("the embedded shapes-dit model is not in assets/ yet")
+    pipe = load_pipeline("shapes-dit")
+    assert model_family(pipe) == "pixart" and has_shapes_judge(pipe)

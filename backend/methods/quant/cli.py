@@ -153,6 +153,11 @@ def main(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts)
     out = check_out(args.out)
     pipe = load_model(variant)
+    from backend.models import UNET_FAMILIES, model_family
+
+    if model_family(pipe) not in UNET_FAMILIES:  # PTQ and real int8 run on DiTs; the fine-tune does not yet
+        raise ValueError(f"finetune efficientdm: model {variant.model!r} is of family {model_family(pipe)!r}; "
+                         f"allowed families: {', '.join(UNET_FAMILIES)} (EfficientDM's trainer drives a U-Net)")
     if args.restart and out.exists():
         shutil.rmtree(out)
     start = quant or ft.quant_config()
