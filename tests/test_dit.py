@@ -113,12 +113,15 @@ def test_local_folder_round_trip(tmp_path):
     assert model_family(pipe) == "pixart" and type(pipe).__name__ == "PixArtSigmaPipeline"
 
 
-@pytest.mark.parametrize("kind", ["efficientdm", "lcd"])
-def test_finetunes_not_yet_on_dit_refuse_in_one_line(kind, capsys, tmp_path):
+@pytest.mark.parametrize("kind,model,allowed", [("efficientdm", "tiny-flux", "pixart, sd3"),
+                                                ("lcd", "tiny-sd3", "sd1, sd2, sdxl, unet")])
+def test_finetunes_refuse_families_they_do_not_support_in_one_line(kind, model, allowed, capsys, tmp_path):
     out = tmp_path / "ckpt"
-    assert main(["finetune", kind, "--variant", '{"model": "tiny-sd3"}', "--out", str(out), "--minutes", "0.1"]) == 2
+    assert main(["finetune", kind, "--variant", json.dumps({"model": model}), "--out", str(out),
+                 "--minutes", "0.1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "'sd3'" in err and "sd1, sd2, sdxl, unet" in err and not out.exists()
+    assert err.count("\n") == 0 and model_family(load_pipeline(model)) in err and allowed in err
+    assert not out.exists()
 
 
 def test_shapes_dit_loads_as_a_pixart_model_the_judge_scores():

@@ -115,7 +115,7 @@ def read_prompts(path: str | None) -> list[str] | None:
 def make_watch(pipe, every_minutes: float, n: int, start: QuantConfig | None = None, settle_iters: int = 1):
     """A QualityWatch for Shapes-world models with real weights when ``every_minutes`` > 0, else None; with
     ``start``, its reference is the PTQ model of that config (the fine-tune's starting point)."""
-    from backend.models import has_shapes_judge, is_random_weights
+    from backend.models import denoiser, has_shapes_judge, is_random_weights, set_denoiser
 
     if every_minutes < 0:
         raise ValueError(f"--watch-every {every_minutes} is out of range; allowed: minutes ≥ 0 (0: off)")
@@ -129,9 +129,9 @@ def make_watch(pipe, every_minutes: float, n: int, start: QuantConfig | None = N
     start_unet = None
     if start is not None:
         ptq_pipe = copy.copy(pipe)
-        ptq_pipe.unet = copy.deepcopy(pipe.unet)
+        set_denoiser(ptq_pipe, copy.deepcopy(denoiser(pipe)))
         ptq(ptq_pipe, start)
-        start_unet = ptq_pipe.unet.eval()
+        start_unet = denoiser(ptq_pipe).eval()
     return QualityWatch(pipe, n, start_unet=start_unet, settle_iters=settle_iters)
 
 
@@ -153,11 +153,12 @@ def main(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts)
     out = check_out(args.out)
     pipe = load_model(variant)
-    from backend.models import UNET_FAMILIES, model_family
+    from backend.models import model_family
 
-    if model_family(pipe) not in UNET_FAMILIES:  # PTQ and real int8 run on DiTs; the fine-tune does not yet
-        raise ValueError(f"finetune efficientdm: model {variant.model!r} is of family {model_family(pipe)!r}; "
-                         f"allowed families: {', '.join(UNET_FAMILIES)} (EfficientDM's trainer drives a U-Net)")
+    if model_family(pipe) == "flux":
+        raise ValueError(f"finetune efficientdm: model {variant.model!r} is of family 'flux', which calls its "
+                         "transformer with timestep/1000: TALSQ's per-step scales cannot tell its steps apart; "
+                         "allowed families: sd1, sd2, sdxl, unet, pixart, sd3")
     if args.restart and out.exists():
         shutil.rmtree(out)
     start = quant or ft.quant_config()

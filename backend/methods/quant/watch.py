@@ -20,6 +20,7 @@ import logging
 import numpy as np
 
 from backend.metadata import pipeline_info
+from backend.models import denoiser, set_denoiser
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class QualityWatch:
         self.seeds = [seed + i for i in range(n)]
         self.variant = Variant.from_dict({"model": pipeline_info(pipe).source, "scheduler": "ddim",
                                           "steps": steps or model_defaults(pipe).get("steps", 50)})
-        self.fp_accuracy = float(self._verdicts(pipe.unet).mean())
+        self.fp_accuracy = float(self._verdicts(denoiser(pipe)).mean())
         self.curve: list[dict] = []
         self.warnings: list[str] = []
         self.loss: float | None = None
@@ -54,7 +55,7 @@ class QualityWatch:
         from backend.sampling import generate
 
         pipe = copy.copy(self.pipe)
-        pipe.unet = unet
+        set_denoiser(pipe, unet)
         images = generate(pipe, self.variant, self.prompts, self.seeds)
         return quality.judge_verdicts(quality.as_8bit(images), self.prompts)["prompt"]
 
