@@ -49,3 +49,20 @@ def test_w4a8_and_block_cache_stack_on_flux():
     images, pipe = _run({"model": "tiny-flux", "quant": {"weight_bits": 4, "act_bits": 8, **CALIB},
                          "deepcache": {"interval": 2}})
     assert np.isfinite(images).all() and get_state(denoiser(pipe)).config.weight_bits == 4
+
+
+def test_sensitivity_map_and_mixed_precision_per_linear_layer():
+    from backend.methods.quant.config import QuantConfig
+    from backend.methods.quant.sensitivity import sensitivity_map
+    from backend.models import load_pipeline
+
+    pipe = load_pipeline("tiny-pixart")
+    config = QuantConfig(weight_bits=4, act_bits=8, **CALIB)
+    rows = sensitivity_map(pipe, config, samples=2, steps=2)
+    linear = [r for r in rows if ".attn" in r["layer"] or ".ff." in r["layer"]]
+    assert linear and all(r["eps_mse"] >= 0 for r in rows)
+    assert {r["weight_bits"] for r in rows if r["role"] == "body"} == {4}
+    assert {r["weight_bits"] for r in rows if r["role"] in ("first_last", "time_embed")} == {8}
+    images, pipe = _run({"model": "tiny-pixart", "quant": {"weight_bits": 4, "act_bits": 8, **CALIB,
+                                                            "mixed": {"budget_mb": 1.0}}})
+    assert np.isfinite(images).all()
