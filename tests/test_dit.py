@@ -131,3 +131,11 @@ def test_shapes_dit_loads_as_a_pixart_model_the_judge_scores():
         pytest.skip("the embedded shapes-dit model is not in assets/ yet")
     pipe = load_pipeline("shapes-dit")
     assert model_family(pipe) == "pixart" and has_shapes_judge(pipe)
+
+
+def test_workbench_knows_which_methods_a_family_refuses():
+    from backend.runs.knobs import MODELS, family_refusals
+
+    assert {"tiny-pixart", "tiny-sd3", "tiny-flux"} <= set(MODELS)
+    assert set(family_refusals("tiny-sd3")) == {"consistency"} and family_refusals("tiny-arch") == {}
+    assert "family 'sd3'" in family_refusals("tiny-sd3")["consistency"]

@@ -9,7 +9,7 @@ from backend.methods import registry
 from backend.runs.jobs import job_config_class
 from backend.variant import method_config_class
 
-MODELS = ("shapes", "tiny-arch", "sd15-arch")
+MODELS = ("shapes", "tiny-arch", "sd15-arch", "tiny-pixart", "tiny-sd3", "tiny-flux", "pixart-arch")
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 # Checkpoints shipped with the repository (made by the commands in their COMMAND.md): (label, section, folder).
 ASSET_CHECKPOINTS = (
@@ -104,3 +104,12 @@ def checkpoint_implies(section: str, path: str) -> dict:
         meta = read_meta(path)
         return {"scheduler": "lcm", "steps": min(4, int(meta.get("max_steps") or 4))}
     return {}
+
+
+def family_refusals(model: str) -> dict[str, str]:
+    """Method section -> the one line saying why it does not apply to ``model``'s family (what a form shows beside
+    a disabled method); empty when every method applies."""
+    from backend.models import load_pipeline, model_family
+
+    family = model_family(load_pipeline(model))
+    return {m.section: reason for m in registry.methods() if (reason := m.refusal(family))}
