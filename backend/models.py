@@ -1,5 +1,7 @@
-"""Load a text-to-image pipeline (the embedded shapes-sd, a local diffusers folder, a single-file checkpoint, a Hub
-id, or a random-weight architecture) and declare its family: sd1, sd2, sdxl, another U-Net, or unsupported."""
+"""Load a text-to-image pipeline (the embedded shapes-sd / shapes-dit, a local diffusers folder, a single-file
+checkpoint, a Hub id, or a random-weight architecture) and declare its family: sd1, sd2, sdxl, another U-Net, the
+transformer (DiT) families pixart, sd3, flux, or unsupported. :func:`denoiser` is the network that denoises (the
+U-Net or the transformer): every layer that needs it goes through it."""
 
 from __future__ import annotations
 
@@ -9,13 +11,23 @@ from functools import cache, lru_cache
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    FluxTransformer2DModel,
+    PixArtTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.utils import logging as diffusers_logging
 from safetensors import SafetensorError
 from transformers import CLIPTextConfig, CLIPTextModel
 from transformers.utils import logging as transformers_logging
 
 from backend.core import ModelError
+from backend.dit_archs import ARCH_DEFAULTS, DIT_ARCHS, build_dit_pipeline
 from backend.metadata import DEEPCACHE_HOOK, PipelineInfo, pipeline_info, set_pipeline_info
 from backend.paths import ASSETS
 
@@ -25,7 +37,10 @@ transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
 
 SHAPES_DIR = ASSETS / "shapes-sd"
-RANDOM_ARCHS = ("sd15-arch", "tiny-arch")
+# the embedded models: source name -> folder, and the command that trains it
+EMBEDDED = {"shapes": (SHAPES_DIR, "python -m backend.world.train"),
+            "shapes-dit": (ASSETS / "shapes-dit", "python -m backend.world.train_dit")}
+RANDOM_ARCHS = ("sd15-arch", "tiny-arch", *DIT_ARCHS)
 SINGLE_FILE_EXTS = (".safetensors", ".ckpt")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Families Speedlab recognises; every method (generate, deepcache, quant, consistency) works on each of them.
@@ -34,8 +49,14 @@ FAMILIES = {
     "sd2": "Stable Diffusion 2.x layout (linear projections, per-block heads, often v-prediction)",
     "sdxl": "SDXL (two text encoders, pooled text + size/crop micro-conditioning)",
     "unet": "another text-conditioned U-Net (e.g. shapes-sd, fewer levels)",
+    "pixart": "PixArt-α / PixArt-Σ transformer (T5 text, adaLN-single, epsilon prediction)",
+    "sd3": "Stable Diffusion 3 / 3.5 MMDiT (CLIP-L + CLIP-G + T5, flow matching)",
+    "flux": "Flux MMDiT (CLIP + T5, flow matching; guidance-distilled: no classifier-free guidance)",
 }
-METHODS = ("generate", "deepcache", "quant", "consistency")
+UNET_FAMILIES = ("sd1", "sd2", "sdxl", "unet")
+DIT_FAMILIES = ("pixart", "sd3", "flux")
+FLOW_FAMILIES = ("sd3", "flux")  # flow-matching models: FlowMatch schedulers only
+_TRANSFORMERS = {PixArtTransformer2DModel: "pixart", SD3Transformer2DModel: "sd3", FluxTransformer2DModel: "flux"}
 SD_DOWN = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
 SD_UP = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
 
@@ -72,26 +93,29 @@ def is_random_weights(pipe: DiffusionPipeline) -> bool:
     return pipeline_info(pipe).source in RANDOM_ARCHS
 
 
+def _allowed_sources() -> str:
+    return f"{', '.join([*EMBEDDED, *RANDOM_ARCHS])}, a local diffusers folder, a .safetensors single file, or a Hub id"
+
+
 def check_source(source: str) -> None:
-    """ModelError when ``source`` cannot be loaded here, found without loading it (a missing folder, the
-    embedded model not trained yet, a Hub id not in the cache while offline)."""
+    """ModelError when ``source`` cannot be loaded here, found without loading it (a missing folder, an embedded
+    model not trained yet, a Hub id not in the cache while offline)."""
     if source in RANDOM_ARCHS:
         return
-    path = SHAPES_DIR if source == "shapes" else Path(source)
+    path = EMBEDDED[source][0] if source in EMBEDDED else Path(source)
     if path.is_file() and path.suffix.lower() in (".safetensors", ".ckpt"):
         return  # a single-file checkpoint: backend/single_file.py checks it when loading
-    if source == "shapes" and not (path / "model_index.json").exists():
-        raise ModelError(f"the embedded model is missing at {path}; train it with python -m backend.world.train")
+    if source in EMBEDDED and not (path / "model_index.json").exists():
+        raise ModelError(f"the embedded model {source!r} is missing at {path}; train it with {EMBEDDED[source][1]}")
     if path.exists():
         if not (path / "model_index.json").is_file():
             raise ModelError(f"folder {str(path)!r} is not a diffusers pipeline (no model_index.json)")
         return
     if source.startswith((".", "/", "~")):
-        raise ModelError(f"model folder {source!r} does not exist; allowed: shapes, sd15-arch, tiny-arch, a local "
-                         "diffusers folder, or a Hub id")
+        raise ModelError(f"model folder {source!r} does not exist; allowed: {_allowed_sources()}")
     if "/" not in source or source.count("/") > 1:
-        raise ModelError(f"unknown model {source!r}; allowed: shapes, sd15-arch, tiny-arch, a local diffusers "
-                         "folder, or a Hub id such as runwayml/stable-diffusion-v1-5")
+        raise ModelError(f"unknown model {source!r}; allowed: {_allowed_sources()} such as "
+                         "runwayml/stable-diffusion-v1-5")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         from huggingface_hub import try_to_load_from_cache
 
@@ -100,8 +124,36 @@ def check_source(source: str) -> None:
                              "(HF_HUB_OFFLINE=1)")
 
 
+def denoiser(pipe: DiffusionPipeline) -> torch.nn.Module:
+    """The network that denoises: ``pipe.unet`` (U-Net families) or ``pipe.transformer`` (DiT families)."""
+    return getattr(pipe, denoiser_name(pipe))
+
+
+def denoiser_name(pipe: DiffusionPipeline) -> str:
+    """The pipeline component that denoises: "unet" or "transformer"; ValueError for a pipeline with neither."""
+    for name in ("unet", "transformer"):
+        if getattr(pipe, name, None) is not None:
+            return name
+    raise ValueError(f"pipeline {type(pipe).__name__} has no U-Net and no transformer; allowed: a text-to-image "
+                     f"pipeline of the families {', '.join(FAMILIES)}")
+
+
+def set_denoiser(pipe: DiffusionPipeline, module: torch.nn.Module) -> None:
+    """Replace the pipeline's denoiser (a private copy, a student) in place."""
+    setattr(pipe, denoiser_name(pipe), module)
+
+
+def is_dit(pipe: DiffusionPipeline) -> bool:
+    """True for the transformer (DiT) families."""
+    return model_family(pipe) in DIT_FAMILIES
+
+
 def model_family(pipe: DiffusionPipeline) -> str:
-    """sd1 / sd2 / sdxl / unet (another text-conditioned U-Net), or "unsupported" (DiT, unconditional, …)."""
+    """sd1 / sd2 / sdxl / unet (another text-conditioned U-Net), pixart / sd3 / flux (transformers), or
+    "unsupported" (another transformer, an unconditional U-Net, …)."""
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None:
+        return next((f for cls, f in _TRANSFORMERS.items() if isinstance(transformer, cls)), "unsupported")
     unet = getattr(pipe, "unet", None)
     if not isinstance(unet, UNet2DConditionModel):
         return "unsupported"
@@ -119,9 +171,10 @@ def model_family(pipe: DiffusionPipeline) -> str:
 
 
 def has_shapes_judge(pipe: DiffusionPipeline) -> bool:
-    """True for models that speak the Shapes world's vocabulary (shapes-sd, tiny-arch): the Shapes judge, FD-Shapes
-    and the reward can score them. Any other model is scored against the baseline (PSNR/SSIM) and by scorers."""
-    if pipeline_info(pipe).source in ("shapes", "tiny-arch"):
+    """True for models that speak the Shapes world's vocabulary (shapes-sd, shapes-dit, tiny-arch): the Shapes judge,
+    FD-Shapes and the reward can score them. Any other model is scored against the baseline (PSNR/SSIM) and by
+    scorers."""
+    if pipeline_info(pipe).source in (*EMBEDDED, "tiny-arch"):
         return True
     try:
         from backend.world.architecture import vocabulary
@@ -135,9 +188,9 @@ def load_pipeline(source: str = "shapes", device: str = "cpu", dtype: str = "flo
                   allow_pickle: bool = False) -> DiffusionPipeline:
     """A fresh pipeline object for ``source``; weights are loaded once per process and shared.
 
-    source: "shapes" (the embedded model), a local diffusers folder, a single-file checkpoint in the original
+    source: "shapes" / "shapes-dit" (the embedded models), a local diffusers folder, a single-file checkpoint in the original
     Stable Diffusion layout (``.safetensors``; ``.ckpt`` only with ``allow_pickle``), a Hub id (from the local
-    cache when offline), or "sd15-arch" / "tiny-arch" (random weights built from config). ``config``: for a single
+    cache when offline), or a random-weight build from config (:data:`RANDOM_ARCHS`). ``config``: for a single
     file, a local diffusers folder of the same family whose configs and tokenizers describe it.
     """
     if dtype not in DTYPES:
@@ -154,7 +207,7 @@ def load_pipeline(source: str = "shapes", device: str = "cpu", dtype: str = "flo
 
 @cache
 def _direct_device_class(cls: type[DiffusionPipeline]) -> type[DiffusionPipeline]:
-    """``cls`` (same name, so saved pipelines say the same) whose execution device is the U-Net's.
+    """``cls`` (same name, so saved pipelines say the same) whose execution device is the denoiser's.
 
     diffusers finds the execution device on every call by walking every module of every component in search
     of offload hooks: about 5 ms per image on this CPU, where a whole 4-step shapes-sd image takes about 85 ms.
@@ -164,10 +217,10 @@ def _direct_device_class(cls: type[DiffusionPipeline]) -> type[DiffusionPipeline
 
     def _execution_device(self) -> torch.device:
         modules = [m for m in self.components.values() if isinstance(m, torch.nn.Module)]
-        unet = self.components.get("unet")
-        if unet is None or any(_may_offload(m) for m in modules):
+        net = next((self.components[k] for k in ("unet", "transformer") if self.components.get(k) is not None), None)
+        if net is None or any(_may_offload(m) for m in modules):
             return cls._execution_device.fget(self)
-        return next(unet.parameters()).device
+        return next(net.parameters()).device
 
     return type(cls.__name__, (cls,), {"_execution_device": property(_execution_device),
                                        "__module__": cls.__module__, "__doc__": cls.__doc__})
@@ -187,7 +240,10 @@ def _load_cached(source: str, device: str, dtype: str, config: str | None = None
     if config is not None and Path(source).suffix.lower() not in SINGLE_FILE_EXTS:
         raise ModelError(f"model_config {config!r} is only for a single-file model (.safetensors / .ckpt); "
                          f"model {source!r} is not one: leave model_config out")
-    if source in RANDOM_ARCHS:
+    if source in DIT_ARCHS:
+        pipe = build_dit_pipeline(source)
+        defaults = dict(ARCH_DEFAULTS[source])
+    elif source in RANDOM_ARCHS:
         pipe = build_random_pipeline(source)
         defaults = {"steps": 20, "guidance": 7.5, "height": 256 if source == "sd15-arch" else 32,
                     "width": 256 if source == "sd15-arch" else 32}
@@ -198,17 +254,19 @@ def _load_cached(source: str, device: str, dtype: str, config: str | None = None
         extra = Path(config) / "speedlab.json" if config else None
         defaults = json.loads(extra.read_text()) if extra and extra.exists() else {"steps": 50, "guidance": 7.5}
     else:
-        path = SHAPES_DIR if source == "shapes" else Path(source)
-        if source == "shapes" and not (path / "model_index.json").exists():
-            raise ModelError(f"the embedded model is missing at {path}; train it with python -m backend.world.train")
+        path = EMBEDDED[source][0] if source in EMBEDDED else Path(source)
+        if source in EMBEDDED and not (path / "model_index.json").exists():
+            raise ModelError(f"the embedded model {source!r} is missing at {path}; train it with "
+                             f"{EMBEDDED[source][1]}")
         pipe = _from_pretrained(source, path, torch_dtype)
         extra = path / "speedlab.json"
         defaults = json.loads(extra.read_text()) if extra.exists() else {"steps": 50, "guidance": 7.5}
     family = model_family(pipe)
     if family == "unsupported":
-        kind = "a transformer (DiT) pipeline" if hasattr(pipe, "transformer") else "not a text-conditioned U-Net"
-        raise ModelError(f"model {source!r} ({type(pipe).__name__}) is {kind}; Speedlab's methods "
-                         f"({', '.join(METHODS)}) support the U-Net families {', '.join(FAMILIES)}")
+        net = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+        raise ModelError(f"model {source!r} ({type(pipe).__name__} with {type(net).__name__}) is not a family "
+                         f"Speedlab supports; allowed: {', '.join(FAMILIES)} (text-conditioned U-Nets, "
+                         "PixArt, SD3 and Flux transformers)")
     pipe.to(device=device, dtype=torch_dtype)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
@@ -230,8 +288,8 @@ def _from_pretrained(source: str, path: Path, torch_dtype: torch.dtype) -> Diffu
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelError(f"folder {str(path)!r} could not be loaded as a diffusers pipeline: {first}") from exc
     if "/" not in source or source.startswith((".", "/")) or source.count("/") > 1:
-        raise ModelError(f"unknown model {source!r}; allowed: shapes, sd15-arch, tiny-arch, a local diffusers "
-                         "folder, a .safetensors single file, or a Hub id such as runwayml/stable-diffusion-v1-5")
+        raise ModelError(f"unknown model {source!r}; allowed: {_allowed_sources()} such as "
+                         "runwayml/stable-diffusion-v1-5")
     try:
         return DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, safety_checker=None,
                                                  requires_safety_checker=False,

@@ -145,7 +145,7 @@ def test_family_dit_pipeline_is_refused_in_one_line(tmp_path, capsys):
     variant = json.dumps({"model": str(tmp_path / "dit"), "steps": 2, "deepcache": {"interval": 2}})
     assert main(["generate", "--variant", variant, "--prompt", "a cat", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "transformer (DiT)" in err and "sd1, sd2, sdxl, unet" in err
+    assert err.count("\n") == 0 and "DiTTransformer2DModel" in err and "sd1, sd2, sdxl, unet, pixart, sd3, flux" in err
     assert not out.exists()
 
 

@@ -1,5 +1,9 @@
 """DeepCache: baseline vs uniform N ∈ {2, 3, 5} × branch ∈ {0, 1} and nonuniform N = 5, side by side.
 
+On a transformer (DiT) model the same configurations are block caching (FORA / Δ-DiT): branch b recomputes the first
+and last b + 1 transformer blocks; its MACs are counted on each real transformer evaluation. DiT models: the
+random-weight builds (speed only) and the embedded shapes-dit (speed and quality, like shapes-sd).
+
 Two models: sd15-arch (SD 1.5 architecture, random weights) at 256×256 and 20 DDIM steps, speed only; and
 the embedded shapes-sd at 50 DDIM steps with quality against the same-seed baseline (prompt_accuracy with the
 paired `accuracy_delta_points` and its 95% interval `accuracy_delta_ci`, kid_shapes beside its floor,
@@ -26,6 +30,7 @@ import torch
 from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
 
 MODELS = ("sd15-arch", "shapes")
+DIT_MODELS = ("shapes-dit", "tiny-pixart", "tiny-sd3", "tiny-flux", "pixart-arch", "sd3-arch")  # also accepted
 CONFIGS = {  # name -> deepcache section (None: the baseline); nonuniform's center is scaled to the step count
     "baseline": None,
     "uniform-n2-b0": {"interval": 2, "branch": 0},
@@ -56,11 +61,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
 
 
-def _section(name: str, steps: int) -> dict | None:
+def _section(name: str, steps: int, dit: bool = False) -> dict | None:
     section = CONFIGS[name]
     if section is not None and section.get("schedule") == "nonuniform":
         section = {**section, "center": round(15 * steps / 50)}  # the paper's c=15 at 50 steps
+    if section is not None and dit:  # branch b: the first and last b + 1 transformer blocks run every step
+        section = {k: v for k, v in section.items() if k != "branch"}
+        section.update(first_blocks=CONFIGS[name]["branch"] + 1, last_blocks=CONFIGS[name]["branch"] + 1)
     return section
+
+
+def _is_dit(model: str) -> bool:
+    if model in DIT_MODELS:
+        return True
+    from backend.models import is_dit, load_pipeline
+
+    return is_dit(load_pipeline(model))
 
 
 class _LoopTimer:
@@ -84,7 +100,7 @@ class _LoopTimer:
         self.evals += 1
         if self.start is None:
             self.start = self._mark()
-            sample = args[0] if args else kwargs["sample"]
+            sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
             self.rows = sample.shape[0]
 
     def on_step(self, i: int, n: int) -> None:
@@ -105,28 +121,33 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
     """Latency, loop time, MACs, memory of every configuration on one private U-Net, interleaved."""
     from backend.methods import deepcache
     from backend.methods.deepcache.cost import unet_macs
-    from backend.metrics.cost import peak_memory_mb, timed_rounds
+    from backend.metrics.cost import EvalMacs, peak_memory_mb, timed_rounds
+    from backend.models import denoiser, set_denoiser
     from backend.runs.build import build_pipeline
     from backend.sampling import generate, resolved_size
     from backend.variant import Variant
     from backend.world.prompts import eval_prompts
 
-    base = {"model": model, "scheduler": "ddim", "steps": steps, "device": args.device, "dtype": args.dtype}
+    dit = _is_dit(model)
+    base = {"model": model, "steps": steps, "device": args.device, "dtype": args.dtype}
+    if not dit:  # transformers keep their own scheduler (flow matching for SD3 / Flux)
+        base["scheduler"] = "ddim"
     if size:
         base.update(height=size, width=size)
     variant = Variant.from_dict(base)
     pipe = build_pipeline(variant)
-    pipe.unet = copy.deepcopy(pipe.unet)  # DeepCache is applied and removed in turn on this private copy
-    prompt = eval_prompts(args.set, 1)[0] if model == "shapes" else "a photograph of an astronaut riding a horse"
-    timer = _LoopTimer(pipe.unet, args.device)
+    set_denoiser(pipe, copy.deepcopy(denoiser(pipe)))  # DeepCache is applied and removed in turn on this copy
+    prompt = (eval_prompts(args.set, 1)[0] if model in ("shapes", "shapes-dit")
+              else "a photograph of an astronaut riding a horse")
+    timer = _LoopTimer(denoiser(pipe), args.device)
     latent = resolved_size(pipe, variant)[0] // pipe.vae_scale_factor  # what generate() draws
     seq_len = getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77)
     macs_by_branch: dict[int, dict] = {}
     stats: dict[str, dict] = {n: {"loop": []} for n in names}
 
     def one(name: str) -> None:
-        """Configure the U-Net for ``name`` (hooks only: microseconds beside an image) and draw one image."""
-        section = _section(name, steps)
+        """Configure the denoiser for ``name`` (hooks only: microseconds beside an image) and draw one image."""
+        section = _section(name, steps, dit)
         if section is None:
             deepcache.remove(pipe)
         else:
@@ -138,9 +159,9 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
         st["counts"] = deepcache.get_hook(pipe).stats() if section is not None else None
         st["evals"], st["rows"] = timer.evals, timer.rows
 
-    for name in names:  # MACs first: counted on fake tensors, no compute
+    for name in names:  # MACs first: counted on fake tensors, no compute (a transformer: on its real evaluations)
         branch = (_section(name, steps) or {}).get("branch", 0)
-        if branch not in macs_by_branch:
+        if branch not in macs_by_branch and not dit:
             macs_by_branch[branch] = unet_macs(pipe.unet, branch, batch=1, latent_height=latent,
                                                latent_width=latent, seq_len=seq_len)
             if model == "sd15-arch":  # the memory goal: SD 1.5 at 512x512 with CFG (batch 2)
@@ -149,25 +170,31 @@ def _speed_rows(model: str, steps: int, size: int | None, names: list[str], args
     try:
         for name in names:  # warm-up, peak memory, evaluation counts
             stats[name]["peak_mem_mb"] = peak_memory_mb(lambda name=name: one(name), args.device)
+            if dit:  # MACs of a transformer: counted on its real evaluations
+                with EvalMacs(denoiser(pipe)) as counted:
+                    one(name)
+                stats[name]["macs"] = sum(counted.per_eval)
             stats[name]["loop"].clear()
         # the timing protocol: interleaved rounds, per-round speedup vs the baseline (the first configuration)
         timing = timed_rounds({n: (lambda n=n: one(n)) for n in names}, repeats=max(1, args.repeats), warmup=0,
                               device=args.device, baseline=names[0])
         rows = []
         for name in names:
-            section = _section(name, steps)
-            branch = (section or {}).get("branch", 0)
-            m, st = macs_by_branch[branch], stats[name]
+            section = _section(name, steps, dit)
+            branch = (_section(name, steps) or {}).get("branch", 0)
+            m, st = macs_by_branch.get(branch), stats[name]
             counts = st["counts"] or {"full": st["evals"], "partial": 0, "cache_bytes": 0}
             row = {"model": model, "config": name, "steps": steps, "size": latent * pipe.vae_scale_factor,
-                   "interval": (section or {}).get("interval", 1), "branch": (section or {}).get("branch"),
+                   "interval": (section or {}).get("interval", 1),
+                   "branch": (_section(name, steps) or {}).get("branch") if section else None,
+                   "first_blocks": (section or {}).get("first_blocks"), "last_blocks": (section or {}).get("last_blocks"),
                    "schedule": (section or {}).get("schedule", "uniform") if section else None,
                    "full_evals": counts["full"], "partial_evals": counts["partial"],
                    **{k: timing[name][k] for k in ("latency_s", "latency_ci", "latency_p90_s", "speedup",
                                                     "speedup_ci", "timing_noisy")},
                    "loop_s": statistics.median(st["loop"]),
-                   "unet_gmacs_per_image": (counts["full"] * m["full"] + counts["partial"] * m["partial"])
-                   * st["rows"] / 1e9,
+                   "unet_gmacs_per_image": st["macs"] / 1e9 if dit else
+                   (counts["full"] * m["full"] + counts["partial"] * m["partial"]) * st["rows"] / 1e9,
                    "peak_mem_mb": st["peak_mem_mb"], "cache_mb": counts["cache_bytes"] / 1e6}
             if model == "sd15-arch" and section is not None:
                 row["cache_mb_512_cfg"] = m["cache_512"] / 1e6
@@ -190,8 +217,8 @@ def _quality(model: str, steps: int, names: list[str], args) -> dict[str, dict]:
     from backend.variant import Variant
     from backend.world.prompts import eval_prompts
 
-    judge_absent = None
-    if model == "shapes":
+    judge_absent, dit = None, _is_dit(model)
+    if model in ("shapes", "shapes-dit"):
         prompts = eval_prompts(args.set, args.n)
     else:  # a local model: no Shapes judge
         from backend.metrics.scorers import judge_absent_reason
@@ -201,9 +228,10 @@ def _quality(model: str, steps: int, names: list[str], args) -> dict[str, dict]:
     seeds = [args.seed + i for i in range(args.n)]
     out, base = {}, None
     for name in names:
-        section = _section(name, steps)
-        data = {"model": model, "name": name, "scheduler": "ddim", "steps": steps, "device": args.device,
-                "dtype": args.dtype}
+        section = _section(name, steps, dit)
+        data = {"model": model, "name": name, "steps": steps, "device": args.device, "dtype": args.dtype}
+        if not dit:
+            data["scheduler"] = "ddim"
         if section is not None:
             data["deepcache"] = section
         print(f"deepcache bench: {model} quality {name} ({args.n} prompts)", file=sys.stderr)
@@ -217,11 +245,11 @@ def _quality(model: str, steps: int, names: list[str], args) -> dict[str, dict]:
 
 def run(args) -> list[dict]:
     models = [m.strip() for m in str(args.models).split(",") if m.strip()]
-    local = [m for m in models if m not in MODELS and Path(m).exists()]
+    local = [m for m in models if m not in MODELS and (Path(m).exists() or m in DIT_MODELS)]
     unknown = [m for m in models if m not in MODELS and m not in local]
     if unknown or not models:
         raise ValueError(f"--models: {unknown[0] if unknown else args.models!r} is not allowed; allowed: "
-                         f"{', '.join(MODELS)}")
+                         f"{', '.join(MODELS + DIT_MODELS)}, or a local model folder")
     names = [c.strip() for c in str(args.configs).split(",") if c.strip()]
     unknown = [c for c in names if c not in CONFIGS]
     if unknown:
@@ -254,10 +282,24 @@ def run(args) -> list[dict]:
                 row["accuracy_delta_ci"] = [100 * x for x in delta["ci"]] if delta["ci"] else None
         rows += speed
     for model in local:
-        print(f"deepcache bench: {model} speed and psnr/ssim, {len(names)} configurations", file=sys.stderr)
-        speed = _speed_rows(model, args.local_steps, None, names, args)
-        quality = _quality(model, args.local_steps, names, args)
+        from backend.models import RANDOM_ARCHS, check_source, load_pipeline, model_defaults
+
+        check_source(model)
+        steps = model_defaults(load_pipeline(model)).get("steps", args.local_steps) if model in DIT_MODELS \
+            else args.local_steps
+        print(f"deepcache bench: {model} speed and quality, {len(names)} configurations", file=sys.stderr)
+        speed = _speed_rows(model, steps, None, names, args)
+        if model in RANDOM_ARCHS:  # random weights: speed only
+            rows += speed
+            continue
+        quality = _quality(model, steps, names, args)
         for row in speed:
-            row.update({k: quality[row["config"]].get(k) for k in ("psnr_vs_baseline", "ssim_vs_baseline")})
+            q = quality[row["config"]]
+            row.update({k: q.get(k) for k in ("prompt_accuracy", "psnr_vs_baseline", "ssim_vs_baseline")})
+            delta = q.get("prompt_accuracy_delta")
+            if delta is not None:  # the Shapes judge (shapes-dit): paired per prompt and seed, bootstrap 95%
+                row["accuracy_delta_points"] = 100 * delta["delta"]
+                row["accuracy_delta_ci"] = [100 * x for x in delta["ci"]] if delta["ci"] else None
+                row["accuracy_verdict"] = delta.get("verdict")
         rows += speed
     return rows

@@ -45,6 +45,16 @@ class Method:
     curve_label: Any = None  # label(section dict) -> the line a variant belongs to, or "module:function"
     finetunes: tuple[FineTune, ...] = ()
     assets: tuple[tuple[str, str], ...] = ()  # checkpoints shipped in assets/ (made from shapes): (label, folder)
+    families: tuple[str, ...] = ()  # the model families it applies to (backend.models.FAMILIES); () = every family
+    families_why: str = ""  # why the others are left out (the refusal and the UI say it)
+
+    def refusal(self, family: str) -> str | None:
+        """One line saying why the method does not apply to a model of ``family``, or None when it does."""
+        if not self.families or family in self.families:
+            return None
+        why = f" ({self.families_why})" if self.families_why else ""
+        return (f"{self.section}: does not apply to a model of family {family!r}{why}; allowed families: "
+                f"{', '.join(self.families)}")
 
     def __post_init__(self) -> None:
         if self.unet_access not in UNET_ACCESS:
@@ -143,4 +153,5 @@ register(Method(
                FineTune("rg-lcd", "backend.methods.consistency.config:DistillConfig",
                         train="backend.methods.consistency.distill:distill",
                         presets="backend.methods.consistency.config:RG_LCD_PRESETS")),
-    assets=(("RG-LCM 4-step LoRA (assets)", "rg-lcm-lora"),)))
+    assets=(("RG-LCM 4-step LoRA (assets)", "rg-lcm-lora"),),
+    families=("sd1", "sd2", "sdxl", "unet"), families_why="its students and LCM-LoRAs are U-Nets"))

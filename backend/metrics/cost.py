@@ -51,6 +51,37 @@ def count_macs(fn: Callable[[], Any]) -> int:
     return counter.get_total_flops() // 2
 
 
+class EvalMacs:
+    """MACs of each evaluation of a module (the denoiser) while inside the ``with``: ``per_eval`` lists them in
+    order, counted on the real computation (a caching step counts what it runs)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module, self.per_eval = module, []
+        self._counter, self._handles = None, []
+
+    def __enter__(self) -> EvalMacs:
+        def pre(module, args):
+            if self._counter is None:
+                self._counter = mac_counter()
+                self._counter.__enter__()
+
+        def post(module, args, output):
+            if self._counter is not None:
+                self._counter.__exit__(None, None, None)
+                self.per_eval.append(self._counter.get_total_flops() // 2)
+                self._counter = None
+
+        self._handles = [self.module.register_forward_pre_hook(pre), self.module.register_forward_hook(post)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+            self._counter = None
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -176,7 +207,7 @@ def model_size_mb(module: torch.nn.Module) -> float:
 
 
 class UnetCallCounter:
-    """Counts U-Net evaluations per image: rows passed through the U-Net / images generated.
+    """Counts denoiser (U-Net or transformer) evaluations per image: rows passed through it / images generated.
 
     With classifier-free guidance batched in one call, one denoising step is two evaluations.
     """
@@ -187,7 +218,7 @@ class UnetCallCounter:
 
     def __enter__(self) -> UnetCallCounter:
         def hook(module, args, kwargs):
-            sample = args[0] if args else kwargs["sample"]
+            sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
             self.rows += sample.shape[0]
             self.calls += 1
 

@@ -9,14 +9,16 @@ from diffusers import DiffusionPipeline
 
 from backend.metadata import pipeline_info
 from backend.methods import registry
-from backend.sampling import load_model
-from backend.variant import SCHEDULER_CLASSES, Variant
+from backend.models import denoiser, model_family, set_denoiser
+from backend.sampling import load_model, scheduler_for
+from backend.variant import Variant
 
 
 def shared_weights_unet(unet: torch.nn.Module) -> torch.nn.Module:
-    """A new U-Net module tree on the same weight tensors (for methods that hook but never write weights).
+    """A new denoiser (U-Net or transformer) module tree on the same weight tensors (for methods that hook but
+    never write weights).
 
-    The very same tensors run, so outputs are bit-identical to the base U-Net's; no memory is copied.
+    The very same tensors run, so outputs are bit-identical to the base denoiser's; no memory is copied.
     """
     with torch.device("meta"):
         view = type(unet).from_config(unet.config)
@@ -28,8 +30,9 @@ def shared_weights_unet(unet: torch.nn.Module) -> torch.nn.Module:
 
 
 def private_unet(unet: torch.nn.Module, first: registry.Method, config) -> torch.nn.Module:
-    """The U-Net the methods may change, chosen by the first method applied: a deep copy when it writes weights,
-    the method's own private copy, or a shared-weights view when it only hooks; the cached base stays clean."""
+    """The denoiser (U-Net or transformer) the methods may change, chosen by the first method applied: a deep copy
+    when it writes weights, the method's own private copy, or a shared-weights view when it only hooks; the cached
+    base stays clean."""
     if first.unet_access == "copy":
         return copy.deepcopy(unet)
     if first.unet_access == "own":
@@ -41,10 +44,15 @@ def build_pipeline(variant: Variant) -> DiffusionPipeline:
     """A pipeline for the variant: its model, scheduler and methods; the base weights stay untouched."""
     pipe = load_model(variant)
     if variant.scheduler:
-        pipe.scheduler = SCHEDULER_CLASSES[variant.scheduler].from_config(pipe.scheduler.config)
+        pipe.scheduler = scheduler_for(pipe, variant.scheduler)
     on = [(registry.method(s), variant.method(s)) for s in variant.on()]
+    family = model_family(pipe)
+    for method, _ in on:  # every refusal before anything is applied
+        reason = method.refusal(family)
+        if reason:
+            raise ValueError(reason)
     if on:
-        pipe.unet = private_unet(pipe.unet, *on[0])
+        set_denoiser(pipe, private_unet(denoiser(pipe), *on[0]))
     for method, config in on:
         method.apply_to(pipe, config)
     info = pipeline_info(pipe)

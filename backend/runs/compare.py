@@ -162,10 +162,11 @@ def _deepcache_hook(pipe):
 
 def _generate_column(v: Variant, prompt: str, seed: int, step: Callable[[int, int], None]) -> dict:
     from backend.metrics.cost import UnetCallCounter
+    from backend.models import denoiser
     from backend.sampling import generate
 
     pipe = cached_pipeline(v)
-    with UnetCallCounter(pipe.unet) as counter:
+    with UnetCallCounter(denoiser(pipe)) as counter:
         start = time.perf_counter()
         image = generate(pipe, v, [prompt], [seed], on_step=step)[0]
         latency = time.perf_counter() - start

@@ -8,7 +8,7 @@ from backend.paths import ASSETS
 from backend.runs.jobs import job_config_class
 from backend.variant import method_config_class
 
-MODELS = ("shapes", "tiny-arch", "sd15-arch")
+MODELS = ("shapes", "tiny-arch", "sd15-arch", "tiny-pixart", "tiny-sd3", "tiny-flux", "pixart-arch")
 PRESET_NAMES = ("1-minute demo", "quality")
 
 
@@ -86,3 +86,12 @@ def locked_by_checkpoint(section: str) -> tuple[str, ...]:
 def checkpoint_sets(section: str) -> tuple[str, ...]:
     """The Variant keys (scheduler, steps) a checkpoint of this section sets."""
     return method_config_class(section).checkpoint_sets
+
+
+def family_refusals(model: str) -> dict[str, str]:
+    """Method section -> the one line saying why it does not apply to ``model``'s family (what a form shows beside
+    a disabled method); empty when every method applies."""
+    from backend.models import load_pipeline, model_family
+
+    family = model_family(load_pipeline(model))
+    return {m.section: reason for m in registry.methods() if (reason := m.refusal(family))}

@@ -15,7 +15,7 @@ from diffusers import DiffusionPipeline
 from backend.metadata import pipeline_info
 from backend.methods.params import MAX_SEED
 from backend.metrics import cost, quality
-from backend.models import RANDOM_ARCHS
+from backend.models import RANDOM_ARCHS, denoiser
 from backend.runs.build import build_pipeline
 from backend.sampling import generate
 from backend.variant import Variant
@@ -44,7 +44,7 @@ def run_variant(
     pipe = pipe if pipe is not None else build_pipeline(variant)
     total = len(prompts)
     chunks = []
-    with cost.UnetCallCounter(pipe.unet) as counter:
+    with cost.UnetCallCounter(denoiser(pipe)) as counter:
         for start in range(0, total, batch_size):
             end = min(total, start + batch_size)
             chunks.append(generate(pipe, variant, prompts[start:end], seeds[start:end]))
@@ -57,11 +57,11 @@ def run_variant(
         generate(pipe, variant, prompts[:1], seeds[:1])
 
     if measure_memory:
-        metrics["peak_mem_mb"] = cost.peak_memory_mb(one_image, str(next(pipe.unet.parameters()).device))
+        metrics["peak_mem_mb"] = cost.peak_memory_mb(one_image, str(next(denoiser(pipe).parameters()).device))
     if measure_macs:
         metrics["macs_per_image"] = cost.count_macs(one_image)
     info = pipeline_info(pipe)
-    metrics["model_size_mb"] = info.model_size_mb or cost.model_size_mb(pipe.unet)
+    metrics["model_size_mb"] = info.model_size_mb or cost.model_size_mb(denoiser(pipe))
     if info.kernels:
         metrics["kernels"] = info.kernels
     return VariantResult(variant, np.concatenate(chunks), list(prompts), list(seeds), metrics)
@@ -83,7 +83,7 @@ def time_variants(pipes: dict[str, tuple[Variant, DiffusionPipeline]], prompt: s
     """The timing protocol (backend.metrics.cost.timed_rounds) on one end-to-end image per pipeline: warm-up,
     interleaved rounds, median latency with its interval and, against ``baseline``, the speedup per round."""
     fns = {name: (lambda v=v, p=p: generate(p, v, [prompt], [seed])) for name, (v, p) in pipes.items()}
-    device = str(next(next(iter(pipes.values()))[1].unet.parameters()).device)
+    device = str(next(denoiser(next(iter(pipes.values()))[1]).parameters()).device)
     return cost.timed_rounds(fns, repeats=repeats, warmup=1, device=device, baseline=baseline)
 
 

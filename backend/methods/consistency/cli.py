@@ -77,6 +77,12 @@ def main(args: argparse.Namespace) -> int:
         variant = Variant.parse(args.variant)
         check_out_dir(args.out, "--out", must_be_new=True)
         pipe = load_model(variant)
+        from backend.methods.registry import method
+        from backend.models import model_family
+
+        refusal = method("consistency").refusal(model_family(pipe))
+        if refusal:
+            raise ValueError(f"finetune lcd: {refusal}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

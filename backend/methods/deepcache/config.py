@@ -12,7 +12,8 @@ SCHEDULES = ("uniform", "nonuniform", "explicit")
 
 @dataclasses.dataclass
 class DeepCacheConfig(MethodConfig):
-    """Reuse the U-Net's deep features between full evaluations and recompute only a shallow branch.
+    """Reuse the U-Net's deep features (or a transformer's middle blocks) between full evaluations and recompute
+    only a shallow branch (the first k and last m transformer blocks).
 
     ``{"interval": 3, "branch": 0, "schedule": "uniform"}``; ``"schedule": "nonuniform"`` with
     ``center`` and ``power``; or an explicit list of full evaluations, either as
@@ -27,7 +28,12 @@ class DeepCacheConfig(MethodConfig):
     branch: int = param(0, "Skip branch, as the public DeepCache package's cache_branch_id: down block branch // 3, "
                            "layer branch % 3. 0 recomputes only the outermost layer (fastest); larger branches "
                            "recompute more (slower, closer to the baseline). The valid range depends on the model "
-                           "(SD 1.5: 0-11, SDXL: 0-8)", minimum=0, maximum=63)
+                           "(SD 1.5: 0-11, SDXL: 0-8). U-Net models only", minimum=0, maximum=63)
+    first_blocks: int = param(1, "Transformer (DiT) models: k, the first transformer blocks recomputed at every "
+                                 "evaluation (FORA / Δ-DiT); the blocks between them and the last m reuse their "
+                                 "cached residual", minimum=0, maximum=1000)
+    last_blocks: int = param(1, "Transformer (DiT) models: m, the last transformer blocks recomputed at every "
+                                "evaluation; k + m must leave at least one block to cache", minimum=0, maximum=1000)
     schedule: str = param("uniform", "Which evaluations run in full: uniform (every N-th), nonuniform (the "
                                      "paper's quadratic schedule, dense around `center`), or explicit (full_steps)",
                           choices=SCHEDULES)
@@ -58,6 +64,11 @@ class DeepCacheConfig(MethodConfig):
         if isinstance(self.branch, bool) or not isinstance(self.branch, int) or self.branch < 0:
             raise ValueError(f"deepcache.branch: {self.branch!r} is not allowed; allowed: a whole number ≥ 0 "
                              "(the model's range is checked when applied)")
+        for key in ("first_blocks", "last_blocks"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"deepcache.{key}: {value!r} is not allowed; allowed: a whole number ≥ 0 (the "
+                                 "model's block count is checked when applied)")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"deepcache.schedule: {self.schedule!r} is not allowed; allowed: "
                              f"{', '.join(SCHEDULES)}, or a list of full steps")

@@ -62,8 +62,8 @@ class BranchStates(StateManager):
     """The branches of one call: by diffusers' ``CacheContext`` name when one is set, else by the conditioning
     input (the same tensor object, or an equal one)."""
 
-    def __init__(self) -> None:
-        super().__init__(BranchState)
+    def __init__(self, kind: type[BranchState] = BranchState) -> None:
+        super().__init__(kind)
 
     def branch(self, key: Any) -> BranchState:
         if self._context is not None:
@@ -78,7 +78,7 @@ class BranchStates(StateManager):
                         and st.key.device == key.device and torch.equal(st.key, key)):
                     st.key = key
                     return st
-        st = BranchState(key=key)
+        st = self._state_cls(key=key)
         self._state_cache[("input", len(by_input))] = st  # a tuple: never a CacheContext name
         return st
 
@@ -202,8 +202,10 @@ class DeepCacheHook(ModelHook):
 
 
 def get_hook(pipe_or_unet) -> DeepCacheHook | None:
-    """The DeepCache hook attached to a U-Net (or a pipeline's U-Net), or None."""
-    unet = pipe_or_unet if isinstance(pipe_or_unet, torch.nn.Module) else getattr(pipe_or_unet, "unet", None)
+    """The DeepCache hook attached to a U-Net or transformer (or a pipeline's denoiser), or None."""
+    unet = pipe_or_unet if isinstance(pipe_or_unet, torch.nn.Module) else next(
+        (m for m in (getattr(pipe_or_unet, "unet", None), getattr(pipe_or_unet, "transformer", None))
+         if m is not None), None)
     registry = getattr(unet, "_diffusers_hook", None)
     return registry.get_hook(DEEPCACHE_HOOK) if registry is not None else None
 

@@ -1,6 +1,6 @@
 """Low-bit quantization of the U-Net: PTQ, and EfficientDM (QALoRA + TALSQ) / full-QAT fine-tuned checkpoints.
 
-``apply(pipe, QuantConfig(...))`` wraps ``pipe.unet`` in place: with ``checkpoint`` it loads a saved
+``apply(pipe, QuantConfig(...))`` wraps ``denoiser(pipe)`` in place: with ``checkpoint`` it loads a saved
 quantized model (bit-exact), otherwise it runs PTQ calibration on the FP model's own trajectory.
 By default this is fake quantization (simulated integer arithmetic in fp32): it buys size and shows
 quality at low bits; ``kernels: "real"`` runs the layers on int8 CPU kernels for speed (see kernels.py).
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from backend.metadata import pipeline_info
+from backend.models import denoiser
 from backend.methods.quant.config import FinetuneConfig, QuantConfig
 from backend.methods.quant.model import get_state, quantize_unet, summary
 from backend.methods.quant.model import remove as _remove_unet
@@ -19,7 +20,7 @@ __all__ = ["QuantConfig", "FinetuneConfig", "apply", "remove", "summary", "ptq",
 
 
 def ptq(pipe, config: QuantConfig):
-    """Quantize ``pipe.unet`` in place with min/max weights and calibrated activation ranges; the QuantState.
+    """Quantize ``denoiser(pipe)`` in place with min/max weights and calibrated activation ranges; the QuantState.
     With ``config.mixed``, the most sensitive layers are raised to W8A8 within its size budget first."""
     from backend.methods.quant.calibrate import calibrate
 
@@ -28,17 +29,17 @@ def ptq(pipe, config: QuantConfig):
         from backend.methods.quant.mixed import plan
 
         raised, _ = plan(pipe, config)
-    state = quantize_unet(pipe.unet, config, base_model=pipeline_info(pipe).source)
+    state = quantize_unet(denoiser(pipe), config, base_model=pipeline_info(pipe).source)
     if raised:
         from backend.methods.quant.mixed import promote
 
-        promote(pipe.unet, state, raised)
+        promote(denoiser(pipe), state, raised)
     calibrate(pipe, state, config)
     return state
 
 
 def apply(pipe, config: QuantConfig) -> None:
-    """Quantize ``pipe.unet`` (already a private copy) by the config: load its checkpoint, or PTQ."""
+    """Quantize ``denoiser(pipe)`` (already a private copy) by the config: load its checkpoint, or PTQ."""
     if not isinstance(config, QuantConfig):
         config = QuantConfig.from_dict(config)
     if config.checkpoint:
@@ -59,13 +60,13 @@ def apply(pipe, config: QuantConfig) -> None:
             if given != getattr(default, f.name) and given != getattr(saved, f.name):
                 raise CheckpointError(f"quant.{f.name}: {given!r} conflicts with the checkpoint's "
                                       f"{getattr(saved, f.name)!r}; allowed: leave it out or give the same value")
-        load_checkpoint(pipe.unet, config.checkpoint, base_model=pipeline_info(pipe).source)
-        pipe.unet.eval()
+        load_checkpoint(denoiser(pipe), config.checkpoint, base_model=pipeline_info(pipe).source)
+        denoiser(pipe).eval()
         pipeline_info(pipe).model_size_mb = checkpoint_size_mb(config.checkpoint)
     else:
         ptq(pipe, config)
-        pipe.unet.eval()
-        pipeline_info(pipe).model_size_mb = packed_size_mb(pipe.unet)
+        denoiser(pipe).eval()
+        pipeline_info(pipe).model_size_mb = packed_size_mb(denoiser(pipe))
     use_kernels(pipe, config.kernels)
 
 
@@ -88,7 +89,7 @@ def use_kernels(pipe, kernels: str) -> None:
     """Run the quantized U-Net on ``kernels`` ("simulated" or "real"); realize logs a fallback to simulated."""
     from backend.methods.quant.kernels import realize
 
-    report = realize(pipe.unet, kernels)
+    report = realize(denoiser(pipe), kernels)
     pipeline_info(pipe).kernels = report.summary()
 
 
@@ -100,9 +101,9 @@ def packed_size_mb(unet) -> float:
 
 
 def remove(pipe) -> None:
-    """Restore the FP layers of ``pipe.unet``."""
-    _remove_unet(pipe.unet)
+    """Restore the FP layers of ``denoiser(pipe)``."""
+    _remove_unet(denoiser(pipe))
 
 
 def is_quantized(pipe) -> bool:
-    return get_state(pipe.unet) is not None
+    return get_state(denoiser(pipe)) is not None

@@ -1,7 +1,7 @@
 """PTQ calibration on the full-precision model's own sampling trajectory (data-free), and its helpers.
 
 Weights: per-channel min/max (set when a layer is wrapped). Activations: the FP model samples a few
-prompts with DDIM; its U-Net inputs (x_t, t, text) along the way are kept, ``calib_samples`` of them
+prompts with DDIM (a transformer: with its pipeline's own scheduler, its calls replayed as they were made); its U-Net inputs (x_t, t, text) along the way are kept, ``calib_samples`` of them
 are replayed through the U-Net with quantization off while every activation quantizer records its
 inputs, and each range is then chosen by the MSE-style search of :meth:`ActQuantizer.calibrate`.
 """
@@ -91,19 +91,57 @@ def collect_unet_inputs(pipe, prompts: list[str], steps: int, guidance: float, s
 
 
 @torch.no_grad()
+def collect_pipeline_calls(pipe, net, prompts: list[str], steps: int, guidance: float, seed: int = 0) -> list:
+    """(args, kwargs) of every call the pipeline makes to ``net`` (its denoiser) while sampling the prompts with its
+    own scheduler: the calibration inputs of a transformer, whatever its family's conditioning and sampler."""
+    from backend.models import denoiser, set_denoiser
+    from backend.sampling import generate
+    from backend.variant import Variant
+
+    calls: list = []
+    handle = net.register_forward_pre_hook(lambda m, a, k: calls.append((a, dict(k))), with_kwargs=True)
+    base = denoiser(pipe)
+    set_denoiser(pipe, net)
+    try:
+        generate(pipe, Variant(steps=steps, guidance=guidance), prompts, [seed + i for i in range(len(prompts))])
+    finally:
+        handle.remove()
+        set_denoiser(pipe, base)
+    return calls
+
+
+@torch.no_grad()
 def calibrate(pipe, state: QuantState, config: QuantConfig | None = None, unet=None,
               prompts: list[str] | None = None) -> None:
     """Set every activation range of the quantized U-Net (``unet`` or ``pipe.unet``) from the FP trajectory.
 
     The trajectory is sampled by the same U-Net with quantization switched off, i.e. the FP model.
     """
+    from backend.models import denoiser
+
     config = config or state.config
-    unet = unet if unet is not None else pipe.unet
+    unet = unet if unet is not None else denoiser(pipe)
     prompts = prompts or default_prompts(pipe, config.calib_prompts, config.seed)
     guidance = guidance_of(pipe)
     was_training = unet.training
     unet.eval()
     state.set_quantize(False)
+    if getattr(pipe, "transformer", None) is not None:  # a DiT: replay the pipeline's own transformer calls
+        try:
+            calls = collect_pipeline_calls(pipe, unet, prompts, config.calib_steps, guidance, config.seed)
+            quantizers = state.act_quantizers()
+            for q in quantizers.values():
+                q.observe(True)
+            for args, kwargs in calls:
+                unet(*args, **kwargs)
+            for q in quantizers.values():
+                q.calibrate_observed()
+        finally:
+            for q in state.act_quantizers().values():
+                q.observed = None
+            state.set_quantize(True)
+            unet.train(was_training)
+        return
     try:
         traj = collect_unet_inputs(pipe, prompts, config.calib_steps, guidance, config.seed, unet=unet)
         # (step, row) pairs; the U-Net is replayed per step so that each call has one timestep

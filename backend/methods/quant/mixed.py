@@ -28,7 +28,9 @@ def smallest_size_mb(pipe, config: QuantConfig) -> float:
     """The packed U-Net size with every layer at the policy's bits (no layer raised)."""
     from backend.methods.quant import packed_size_mb
 
-    probe = copy.deepcopy(pipe.unet)
+    from backend.models import denoiser
+
+    probe = copy.deepcopy(denoiser(pipe))
     quantize_unet(probe, dataclasses.replace(config, mixed={}))
     return packed_size_mb(probe)
 

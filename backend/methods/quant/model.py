@@ -28,11 +28,20 @@ from backend.methods.quant.layers import (
 )
 
 
+# transformer (DiT) layers under the policy's first_last / time_embed roles (kept at W8A8 by default, as the DiT
+# PTQ literature does): patch embedding and text projections in, the final layer out; timestep, pooled-text and
+# adaLN modulation linears (per block and final)
+DIT_FIRST_LAST = ("pos_embed.proj", "x_embedder", "context_embedder", "proj_out", "proj_out_2")
+DIT_MODULATION_ROOTS = ("adaln_single", "time_text_embed", "time_embed", "caption_projection", "norm_out")
+DIT_MODULATION_LEAVES = (".norm1.linear", ".norm1_context.linear", ".norm.linear")
+
+
 def layer_role(name: str) -> str:
-    """first_last / time_embed / skip / downsample / body for a U-Net module name."""
-    if name in ("conv_in", "conv_out"):
+    """first_last / time_embed / skip / downsample / body for a U-Net or transformer module name."""
+    if name in ("conv_in", "conv_out") or name in DIT_FIRST_LAST:
         return "first_last"
-    if name.split(".")[0] in ("time_embedding", "add_embedding", "class_embedding", "add_time_proj"):
+    if name.split(".")[0] in ("time_embedding", "add_embedding", "class_embedding", "add_time_proj",
+                              *DIT_MODULATION_ROOTS) or name.endswith(DIT_MODULATION_LEAVES):
         return "time_embed"
     if name.endswith("conv_shortcut"):
         return "skip"

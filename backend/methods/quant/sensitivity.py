@@ -45,19 +45,32 @@ def fixed_inputs(pipe, samples: int = 4, steps: int = 10, seed: int = 0) -> list
 
 @torch.no_grad()
 def sensitivity_map(pipe, config: QuantConfig, samples: int = 4, steps: int = 10, seed: int = 0) -> list[dict]:
-    """One row per layer the policy quantizes, in U-Net order: layer, role, weight_bits, act_bits, params,
-    eps_mse, eps_rel_mse (the output change vs FP with only that layer quantized) and eps_rel_mse_ci."""
-    from backend.methods.quant.calibrate import calibrate, cfg_eps, guidance_of
+    """One row per layer the policy quantizes (Conv2d / Linear; on a DiT its Linear layers), in model order: layer,
+    role, weight_bits, act_bits, params, eps_mse, eps_rel_mse (the output change vs FP with only that layer quantized)
+    and eps_rel_mse_ci."""
+    from backend.methods.quant.calibrate import (
+        calibrate,
+        cfg_eps,
+        collect_pipeline_calls,
+        default_prompts,
+        guidance_of,
+    )
     from backend.methods.quant.model import quantize_unet
+    from backend.models import denoiser, is_dit
 
     config = dataclasses.replace(config, mixed={}, checkpoint="", method="ptq")
-    inputs = fixed_inputs(pipe, samples, steps, seed)
     guidance = guidance_of(pipe)
-    unet = copy.deepcopy(pipe.unet).eval()
+    unet = copy.deepcopy(denoiser(pipe)).eval()
+    if is_dit(pipe):  # a transformer: the pipeline's own calls (its conditioning, scheduler and CFG batching)
+        calls = collect_pipeline_calls(pipe, unet, default_prompts(pipe, samples, seed), steps, guidance, seed)
+    else:
+        inputs = fixed_inputs(pipe, samples, steps, seed)
     state = quantize_unet(unet, config)
     calibrate(pipe, state, config, unet=unet)
 
     def outputs() -> list[torch.Tensor]:
+        if is_dit(pipe):
+            return [unet(*a, **k)[0] for a, k in calls]
         return [cfg_eps(unet, x, t, c, u, guidance) for x, t, c, u in inputs]
 
     state.set_quantize(False)

@@ -3,6 +3,8 @@
 The FP teacher samples DDIM trajectories (``train_steps`` steps, eta 1, CFG) for prompts of the model's
 prompt set; at every step teacher and student see the same x_t, the loss is the MSE between their
 guided noise predictions, one optimizer step follows, and x_{t-1} comes from the *teacher's* prediction.
+A transformer (DiT) teacher's trajectory is sampled by its own pipeline and scheduler; the student sees each of
+its transformer calls (both CFG rows) and the loss is the MSE against the teacher's output on that call.
 
 - efficientdm: every target-bit layer gets a rank-r LoRA merged into W0 (its dequantized PTQ weight)
   before fake quantization; one Adam group per layer with lr = lora_lr_scale × mean weight step size
@@ -29,6 +31,7 @@ from backend.core import JobCancelled, JobControl
 from backend.metadata import pipeline_info
 from backend.methods.quant.calibrate import (
     calibrate,
+    collect_pipeline_calls,
     ddim_scheduler,
     default_prompts,
     encode,
@@ -47,6 +50,7 @@ from backend.methods.quant.checkpoint import (
 from backend.methods.quant.config import LAYER_POLICY_KEYS, FinetuneConfig, QuantConfig
 from backend.methods.quant.distill import distill_loss
 from backend.methods.quant.model import QuantState, layer_role, quantize_unet
+from backend.models import denoiser, is_dit
 
 RESUME_KEYS = ("method", "weight_bits", "act_bits", "train_steps", "batch_size", "lora_rank", "seed",
                "train_first_last")
@@ -59,6 +63,22 @@ def trains(name: str, ft: FinetuneConfig) -> bool:
     return ft.train_first_last or layer_role(name.removesuffix(".a_quant")) not in FIRST_LAST_ROLES
 
 
+def _trajectory_scheduler(pipe, steps: int):
+    """The scheduler the teacher's trajectories are sampled with: DDIM on a U-Net, the pipeline's own on a DiT."""
+    if is_dit(pipe):
+        sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        sched.set_timesteps(steps)
+        return sched
+    return ddim_scheduler(pipe, steps)
+
+
+def _dit_trajectory(pipe, teacher, prompts: list[str], steps: int, guidance: float, seed: int):
+    """A DiT teacher's trajectory as the calls its pipeline makes (CFG batched, its own scheduler), each with the
+    teacher's output: [(args, kwargs, output)]."""
+    calls = collect_pipeline_calls(pipe, teacher, prompts, steps, guidance, seed)
+    return [(a, k, teacher(*a, **k)[0]) for a, k in calls]
+
+
 def build_student(pipe, ft: FinetuneConfig, prompts: list[str] | None = None, calibrate_acts: bool = True,
                   quant: QuantConfig | None = None, student: torch.nn.Module | None = None):
     """A quantized copy of ``pipe.unet`` ready for fine-tuning (PTQ-initialised); (student, state).
@@ -66,14 +86,14 @@ def build_student(pipe, ft: FinetuneConfig, prompts: list[str] | None = None, ca
     ``quant`` overrides the layer policy / calibration settings (its bits are replaced by ft's); ``student``:
     the FP module to quantize in place instead of a deep copy of ``pipe.unet``.
     """
-    student = student if student is not None else copy.deepcopy(pipe.unet)
+    student = student if student is not None else copy.deepcopy(denoiser(pipe))
     base = quant or ft.quant_config()
     qcfg = dataclasses.replace(base, method=ft.method, weight_bits=ft.weight_bits, act_bits=ft.act_bits,
                                checkpoint="")
     state = quantize_unet(student, qcfg, base_model=pipeline_info(pipe).source)
     if calibrate_acts:
         calibrate(pipe, state, qcfg, unet=student, prompts=(prompts or [])[: qcfg.calib_prompts] or None)
-    state.set_timesteps([int(t) for t in ddim_scheduler(pipe, ft.train_steps).timesteps])
+    state.set_timesteps([int(t) for t in _trajectory_scheduler(pipe, ft.train_steps).timesteps])
     student.requires_grad_(False)
     for name, layer in state.trainable_layers().items():
         if not trains(name, ft):
@@ -183,8 +203,8 @@ def finetune(
 
     job = job or JobControl()
     out = Path(out)
-    accelerator = Accelerator(cpu=pipe.unet.device.type == "cpu")
-    teacher = pipe.unet
+    teacher = denoiser(pipe)
+    accelerator = Accelerator(cpu=next(teacher.parameters()).device.type == "cpu")
     teacher.eval().requires_grad_(False)
     pool = list(prompts) if prompts else default_prompts(pipe, 256, ft.seed)
     if not pool or any(not isinstance(p, str) or not p.strip() for p in pool):
@@ -214,11 +234,14 @@ def finetune(
     device = accelerator.device
     teacher.to(device)
     guidance = guidance_of(pipe, ft.guidance)
-    sched = ddim_scheduler(pipe, ft.train_steps)
+    sched = _trajectory_scheduler(pipe, ft.train_steps)
+    dit = is_dit(pipe)
     budget = ft.minutes * 60.0
     params = [p for g in opt.param_groups for p in g["params"]]
-    with torch.no_grad():
-        uncond = encode(pipe, [""])[1]
+    uncond = None
+    if not dit:
+        with torch.no_grad():
+            uncond = encode(pipe, [""])[1]
     last_ckpt, last_eval, status = elapsed, elapsed, "done"
 
     def save(done: bool) -> None:
@@ -240,23 +263,33 @@ def finetune(
         while not finished():
             gen = torch.Generator("cpu").manual_seed(ft.seed * 1_000_003 + traj * 1009 + accelerator.process_index)
             idx = torch.randint(0, len(pool), (ft.batch_size,), generator=gen).tolist()
-            with torch.no_grad():
-                cond = encode(pipe, [pool[i] for i in idx])[0].to(device)
-            unc = uncond.repeat(len(idx)).to(device)
-            x = (torch.randn(latent_shape(pipe, len(idx)), generator=gen) * sched.init_noise_sigma).to(device)
-            for t in sched.timesteps:
+            if dit:  # the pipeline samples the trajectory; the student matches every teacher call (both CFG rows)
+                with torch.no_grad():
+                    calls = _dit_trajectory(pipe, teacher, [pool[i] for i in idx], ft.train_steps, guidance,
+                                            ft.seed + traj)
+            else:
+                with torch.no_grad():
+                    cond = encode(pipe, [pool[i] for i in idx])[0].to(device)
+                unc = uncond.repeat(len(idx)).to(device)
+                x = (torch.randn(latent_shape(pipe, len(idx)), generator=gen) * sched.init_noise_sigma).to(device)
+            for step, t in enumerate(sched.timesteps):
                 job.check()
                 start = time.monotonic()
                 frac = max(elapsed / budget if budget > 0 else 1.0, it / ft.max_iters if ft.max_iters else 0.0)
                 for g in opt.param_groups:
                     g["lr"] = g["initial_lr"] * max(0.0, 1.0 - frac)
                 opt.zero_grad(set_to_none=True)  # before the forward pass: the old gradients are not held beside it
-                loss, e_t = distill_loss(teacher, student, x, t, cond, unc, guidance, ft.distill_target)
+                if dit:
+                    args, kwargs, target = calls[min(step, len(calls) - 1)]
+                    loss = torch.nn.functional.mse_loss(student(*args, **kwargs)[0], target)
+                else:
+                    loss, e_t = distill_loss(teacher, student, x, t, cond, unc, guidance, ft.distill_target)
                 accelerator.backward(loss)
                 if ft.grad_clip > 0:
                     accelerator.clip_grad_norm_(params, ft.grad_clip)
                 opt.step()
-                x = sched.step(e_t, t, x, eta=ft.eta, generator=gen).prev_sample
+                if not dit:
+                    x = sched.step(e_t, t, x, eta=ft.eta, generator=gen).prev_sample
                 it += 1
                 value = float(loss.detach())
                 loss_avg = value if loss_avg is None else 0.95 * loss_avg + 0.05 * value

@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from backend.models import denoiser, set_denoiser
+
 logger = logging.getLogger(__name__)
 
 
@@ -40,7 +42,7 @@ class QualityWatch:
         self.every_s = every_s  # seconds of training between evaluations, for whoever runs the fine-tune
         self.prompts = eval_prompts(prompt_set, n)
         self.seeds = [seed + i for i in range(n)]
-        self.fp_accuracy = float(self._verdicts(pipe.unet).mean())
+        self.fp_accuracy = float(self._verdicts(denoiser(pipe)).mean())
         self.curve: list[dict] = []
         self.warnings: list[str] = []
         self.loss: float | None = None
@@ -55,7 +57,7 @@ class QualityWatch:
         from backend.metrics import quality
 
         pipe = copy.copy(self.pipe)
-        pipe.unet = unet
+        set_denoiser(pipe, unet)
         images = self.sample(pipe, self.prompts, self.seeds)
         return quality.judge_verdicts(quality.as_8bit(images), self.prompts)["prompt"]
 

@@ -1,0 +1,141 @@
+"""Transformer (DiT) families: tiny PixArt / SD3 / Flux builds load, generate with the same noise for the same seed,
+refuse what does not apply in one line, and block caching (DeepCache's idea on DiT blocks) is exact at interval 1."""
+
+import json
+
+import numpy as np
+import pytest
+
+from backend.__main__ import main
+from backend.metadata import pipeline_info
+from backend.methods import registry
+from backend.methods.deepcache import cached_tensors, get_hook
+from backend.models import denoiser, load_pipeline, model_family
+from backend.runs.build import build_pipeline
+from backend.sampling import generate
+from backend.variant import Variant
+
+TINY = {"tiny-pixart": "pixart", "tiny-sd3": "sd3", "tiny-flux": "flux"}
+PROMPTS = ["a red circle", "a small blue square"]
+
+
+def _run(data: dict, prompts=PROMPTS):
+    v = Variant.from_dict({"steps": 4, **data})
+    pipe = build_pipeline(v)
+    return generate(pipe, v, prompts, list(range(len(prompts)))), pipe
+
+
+@pytest.mark.parametrize("model", TINY)
+def test_tiny_dit_family_and_generate(model):
+    pipe = load_pipeline(model)
+    assert model_family(pipe) == TINY[model] == pipeline_info(pipe).family
+    assert denoiser(pipe) is pipe.transformer
+    images, _ = _run({"model": model})
+    assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
+    again, _ = _run({"model": model})  # same seeds, same initial noise: the same images
+    np.testing.assert_array_equal(images, again)
+
+
+@pytest.mark.parametrize("model", TINY)
+def test_block_cache_interval_1_is_bit_identical_and_caches_between(model):
+    base, _ = _run({"model": model})
+    one, pipe = _run({"model": model, "deepcache": {"interval": 1}})
+    assert get_hook(pipe) is not None and get_hook(pipe).stats()["partial"] == 0
+    np.testing.assert_array_equal(base, one)
+    cached, pipe = _run({"model": model, "deepcache": {"interval": 2, "first_blocks": 1, "last_blocks": 1}})
+    stats = get_hook(pipe).stats()
+    assert stats["patterns"] == ["FpFp"] and stats["cache_bytes"] > 0
+    assert np.isfinite(cached).all() and not np.array_equal(cached, base)
+    assert cached_tensors(denoiser(pipe)) == 0  # the cache is freed when the call ends
+    v = pipeline_info(pipe).variant
+    np.testing.assert_array_equal(generate(pipe, v, PROMPTS, [0, 1]), cached)  # state reset per call
+
+
+def test_block_cache_nonuniform_schedule_and_more_blocks_recomputed_is_closer():
+    base, _ = _run({"model": "tiny-pixart", "steps": 8})
+    errs = []
+    for k in (1, 2):
+        img, pipe = _run({"model": "tiny-pixart", "steps": 8,
+                          "deepcache": {"interval": 3, "first_blocks": k, "last_blocks": k}})
+        errs.append(np.abs(img - base).mean())
+    assert errs[1] < errs[0]
+    _, pipe = _run({"model": "tiny-sd3", "steps": 8,
+                    "deepcache": {"interval": 4, "schedule": "nonuniform", "center": 2, "power": 1.4}})
+    assert get_hook(pipe).stats()["full"] == 2
+
+
+def _cli_error(capsys, variant: dict, tmp_path) -> str:
+    out = tmp_path / "x.png"
+    assert main(["generate", "--variant", json.dumps(variant), "--prompt", "a red circle",
+                 "--out", str(out)]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    return err
+
+
+def test_bad_input_is_one_line(capsys, tmp_path):
+    err = _cli_error(capsys, {"model": "tiny-pixart", "deepcache": {"interval": 2, "first_blocks": 3,
+                                                                     "last_blocks": 3}}, tmp_path)
+    assert "leaves no block to cache among the 6 blocks" in err
+    err = _cli_error(capsys, {"model": "tiny-sd3", "deepcache": {"interval": 2, "branch": 1}}, tmp_path)
+    assert "branch" in err and "first_blocks" in err
+    err = _cli_error(capsys, {"model": "tiny-arch", "deepcache": {"interval": 2, "first_blocks": 2}}, tmp_path)
+    assert "transformer (DiT) knob" in err
+    err = _cli_error(capsys, {"model": "tiny-flux", "scheduler": "ddim"}, tmp_path)
+    assert "flow-matching" in err and "euler" in err
+    err = _cli_error(capsys, {"model": "tiny-pixart", "consistency": {"checkpoint": str(tmp_path)}}, tmp_path)
+    assert "does not apply to a model of family 'pixart'" in err
+
+
+def test_flow_model_takes_euler_as_its_flow_scheduler():
+    images, pipe = _run({"model": "tiny-sd3", "scheduler": "euler"})
+    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and np.isfinite(images).all()
+
+
+def test_method_families_refuse_before_anything_is_applied(capsys, tmp_path):
+    """A transformer-only method on a U-Net model: one line, from the registry's declaration alone."""
+    registry.register(registry.Method("ditonly", "DiT only", "backend.methods.deepcache.config:DeepCacheConfig",
+                                      "backend.methods.deepcache:apply", order=40, unet_access="hooks",
+                                      families=("pixart", "sd3", "flux"), families_why="it hooks transformer blocks"))
+    try:
+        err = _cli_error(capsys, {"model": "tiny-arch", "ditonly": {"interval": 2}}, tmp_path)
+        assert "ditonly: does not apply to a model of family 'sd1' (it hooks transformer blocks)" in err
+        images, _ = _run({"model": "tiny-pixart", "ditonly": {"interval": 2}})
+        assert np.isfinite(images).all()
+    finally:
+        registry.unregister("ditonly")
+
+
+def test_local_folder_round_trip(tmp_path):
+    load_pipeline("tiny-pixart").save_pretrained(tmp_path / "pixart")
+    pipe = load_pipeline(str(tmp_path / "pixart"))
+    assert model_family(pipe) == "pixart" and type(pipe).__name__ == "PixArtSigmaPipeline"
+
+
+@pytest.mark.parametrize("kind,model,allowed", [("efficientdm", "tiny-flux", "pixart, sd3"),
+                                                ("lcd", "tiny-sd3", "sd1, sd2, sdxl, unet")])
+def test_finetunes_refuse_families_they_do_not_support_in_one_line(kind, model, allowed, capsys, tmp_path):
+    out = tmp_path / "ckpt"
+    assert main(["finetune", kind, "--variant", json.dumps({"model": model}), "--out", str(out),
+                 "--minutes", "0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and model_family(load_pipeline(model)) in err and allowed in err
+    assert not out.exists()
+
+
+def test_shapes_dit_loads_as_a_pixart_model_the_judge_scores():
+    from backend.models import EMBEDDED, has_shapes_judge
+
+    if not (EMBEDDED["shapes-dit"][0] / "model_index.json").exists():
+        pytest.skip("the embedded shapes-dit model is not in assets/ yet")
+    pipe = load_pipeline("shapes-dit")
+    assert model_family(pipe) == "pixart" and has_shapes_judge(pipe)
+
+
+def test_workbench_knows_which_methods_a_family_refuses():
+    from backend.runs.knobs import MODELS, family_refusals
+
+    assert {"tiny-pixart", "tiny-sd3", "tiny-flux"} <= set(MODELS)
+    assert set(family_refusals("tiny-sd3")) == {"consistency"} and family_refusals("tiny-arch") == {}
+    assert "family 'sd3'" in family_refusals("tiny-sd3")["consistency"]
