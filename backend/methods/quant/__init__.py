@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 
 from backend.metadata import pipeline_info
-from backend.models import denoiser
 from backend.methods.quant.config import FinetuneConfig, QuantConfig
 from backend.methods.quant.model import get_state, quantize_unet, summary
 from backend.methods.quant.model import remove as _remove_unet
+from backend.models import denoiser
 
 __all__ = ["QuantConfig", "FinetuneConfig", "apply", "remove", "summary", "ptq", "packed_size_mb"]
 

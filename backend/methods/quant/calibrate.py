@@ -1,9 +1,9 @@
 """PTQ calibration on the full-precision model's own sampling trajectory (data-free), and its helpers.
 
 Weights: per-channel min/max (set when a layer is wrapped). Activations: the FP model samples a few
-prompts with DDIM (a transformer: with its pipeline's own scheduler, its calls replayed as they were made); its U-Net inputs (x_t, t, text) along the way are kept, ``calib_samples`` of them
-are replayed through the U-Net with quantization off while every activation quantizer records its
-inputs, and each range is then chosen by the MSE-style search of :meth:`ActQuantizer.calibrate`.
+prompts with DDIM (a transformer: with its pipeline's own scheduler, its calls replayed as they were made); its
+U-Net inputs (x_t, t, text) along the way are kept, ``calib_samples`` of them are replayed through the U-Net
+with quantization off while every activation quantizer records its inputs, and each range is then chosen by the MSE-style search of :meth:`ActQuantizer.calibrate`.
 """
 
 from __future__ import annotations
@@ -95,15 +95,14 @@ def collect_pipeline_calls(pipe, net, prompts: list[str], steps: int, guidance: 
     """(args, kwargs) of every call the pipeline makes to ``net`` (its denoiser) while sampling the prompts with its
     own scheduler: the calibration inputs of a transformer, whatever its family's conditioning and sampler."""
     from backend.models import denoiser, set_denoiser
-    from backend.sampling import generate
-    from backend.variant import Variant
+    from backend.seeded import seeded_images
 
     calls: list = []
     handle = net.register_forward_pre_hook(lambda m, a, k: calls.append((a, dict(k))), with_kwargs=True)
     base = denoiser(pipe)
     set_denoiser(pipe, net)
     try:
-        generate(pipe, Variant(steps=steps, guidance=guidance), prompts, [seed + i for i in range(len(prompts))])
+        seeded_images(pipe, prompts, [seed + i for i in range(len(prompts))], steps, guidance)
     finally:
         handle.remove()
         set_denoiser(pipe, base)

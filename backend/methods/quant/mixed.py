@@ -27,7 +27,6 @@ def packed_weight_mb(numel: int, bits: int) -> float:
 def smallest_size_mb(pipe, config: QuantConfig) -> float:
     """The packed U-Net size with every layer at the policy's bits (no layer raised)."""
     from backend.methods.quant import packed_size_mb
-
     from backend.models import denoiser
 
     probe = copy.deepcopy(denoiser(pipe))

@@ -27,7 +27,6 @@ from backend.methods.quant.layers import (
     wrap_layer,
 )
 
-
 # transformer (DiT) layers under the policy's first_last / time_embed roles (kept at W8A8 by default, as the DiT
 # PTQ literature does): patch embedding and text projections in, the final layer out; timestep, pooled-text and
 # adaLN modulation linears (per block and final)
