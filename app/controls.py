@@ -59,9 +59,15 @@ def coerce(p: dict, value: Any) -> Any:
     if p.get("choices") is not None:
         return value
     if p["type"] == "int":
-        return int(round(float(value)))
+        return whole(value)
     if p["type"] == "float":
         return float(value)
     if p["type"] == "bool":
         return bool(value)
     return value
+
+
+def whole(value: Any) -> Any:
+    """A number box's value as an int when it is whole; anything else unchanged, for validation to refuse by name
+    (2.5 steps is refused, not rounded to 2)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value

@@ -12,9 +12,10 @@ from app.curves import NONE, PROMPT_SOURCES
 from app.finetune import form_kinds
 from app.images import SLIDER_CSS, SLIDER_JS, before_after_html
 from backend.bench.docs import QUANT_MAPS
+from backend.methods.params import MAX_SEED
 from backend.reports.plots import QUALITY_METRICS
 from backend.runs import knobs
-from backend.variant import SCHEDULERS
+from backend.variant import MAX_STEPS, SCHEDULERS
 
 DEFAULT_PROMPT = "a small red circle in the center"
 DEVICE = {"concurrency_id": "device", "concurrency_limit": 1}  # one generation on the device at a time
@@ -26,24 +27,23 @@ def column_presets(cb: Callbacks) -> list[dict]:
     """What the columns show on first load: baseline, DeepCache and, with the shipped checkpoints of the
     embedded model, EfficientDM W4A4 and the 4-step RG-LCM student (lcm scheduler)."""
     ckpt = {c["section"]: c["path"] for c in knobs.asset_checkpoints(cb.model)}
-    cols = [{"name": "baseline", "on": True}, {"name": "DeepCache N=3", "on": True, "deepcache": {"interval": 3}}]
+    cols = [{"on": True}, {"on": True, "deepcache": {"interval": 3}}]  # no names: labels come from the settings
     if "quant" in ckpt:
-        cols.append({"name": "EfficientDM W4A4", "on": True,
+        cols.append({"on": True,
                      "quant": {"method": "efficientdm", "weight_bits": 4, "act_bits": 4, "checkpoint": ckpt["quant"]}})
     else:
-        cols.append({"name": "PTQ W8A8", "on": False, "quant": {"weight_bits": 8, "act_bits": 8}})
+        cols.append({"on": False, "quant": {"weight_bits": 8, "act_bits": 8}})
     if "consistency" in ckpt:
-        cols.append({"name": "RG-LCM 4-step", "on": True, "scheduler": "lcm", "steps": 4,
-                     "consistency": {"checkpoint": ckpt["consistency"]}})
+        cols.append({"on": True, "scheduler": "lcm", "steps": 4, "consistency": {"checkpoint": ckpt["consistency"]}})
     else:
-        cols.append({"name": "DeepCache N=5", "on": False, "deepcache": {"interval": 5}})
-    cols.append({"name": "variant 4", "on": False})
+        cols.append({"on": False, "deepcache": {"interval": 5}})
+    cols.append({"on": False})
     return cols[:N_COLUMNS]
 
 
 def _playground(cb: Callbacks, defaults: dict):
     steps0, guidance0 = int(defaults.get("steps", 25)), float(defaults.get("guidance", 5.0))
-    max_steps = cb.limits.max_steps or 200
+    max_steps = cb.limits.max_steps or MAX_STEPS
     steps0 = min(steps0, max_steps)
     presets = column_presets(cb)
     ui = {"controls": [], "images": [], "captions": [], "steps": [], "guidance": [], "ckpts": [], "ckpt_wiring": []}
@@ -51,19 +51,20 @@ def _playground(cb: Callbacks, defaults: dict):
         for col in range(N_COLUMNS):
             preset = presets[col]
             with gr.Column(min_width=200):
-                ui["images"].append(gr.Image(label=preset["name"], type="numpy", format="png", interactive=False,
+                ui["images"].append(gr.Image(label="baseline" if col == 0 else f"column {col}", type="numpy", format="png", interactive=False,
                                              height=280, elem_id=f"image-{col}", elem_classes="speedlab-image",
                                              buttons=["download"]))
                 ui["captions"].append(gr.Markdown(elem_id=f"caption-{col}"))
                 enabled = gr.Checkbox(value=preset["on"], label="use this column", visible=col > 0,
                                       interactive=col > 0, elem_id=f"use-{col}")
-                name = gr.Textbox(value=preset["name"], label="name", max_lines=1, elem_id=f"name-{col}")
+                name = gr.Textbox(value="", label="name (optional prefix)", max_lines=1, elem_id=f"name-{col}",
+                                  placeholder="the label is derived from the settings")
                 with gr.Accordion("sampling", open=col == 0 or "scheduler" in preset, elem_id=f"sampling-{col}"):
                     lcm = preset.get("scheduler") == "lcm"
                     scheduler = gr.Dropdown(["default", *SCHEDULERS], value=preset.get("scheduler", "default"),
                                             label="scheduler", interactive=not lcm)
-                    steps = gr.Slider(1, max_steps, step=1, value=preset.get("steps", steps0), label="steps",
-                                      elem_id=f"steps-{col}")
+                    steps = gr.Number(value=preset.get("steps", steps0), label="steps", elem_id=f"steps-{col}",
+                                      info=f"1 to {max_steps}")  # no clamping: out-of-range is refused, said
                     guidance = gr.Slider(0.0, 20.0, step=0.5, value=guidance0, label="guidance")
                 ui["steps"].append(steps)
                 ui.setdefault("schedulers", []).append(scheduler)
@@ -107,7 +108,7 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
         with gr.Tab("Playground") as pg_tab:
             with gr.Row():
                 prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, scale=4, elem_id="prompt")
-                seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, scale=1)
+                seed = gr.Number(label="Seed", value=0, scale=1, elem_id="seed", info=f"0 to 2^53−1 ({MAX_SEED})")
                 model = gr.Dropdown(list(dict.fromkeys([cb.model, *knobs.MODELS])), value=cb.model, label="Model",
                                     allow_custom_value=True, scale=2,
                                     info="shapes, tiny-arch, sd15-arch, a local diffusers folder or a cached Hub id")
@@ -203,7 +204,8 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
         gen = generate_btn.click(cb.collect_variants, ui["controls"], variants_box, queue=False,
                                  api_visibility="private")
         run = gen.then(cb.generate, [prompt, seed, model, variants_box],
-                       [*ui["images"], *ui["captions"], results, status, comparison], api_name="generate", **DEVICE)
+                       [*ui["images"], *ui["captions"], results, status, comparison], api_name="generate",
+                       show_progress_on=status, **DEVICE)  # images already made stay visible
         run.then(cb.pair_choices, [comparison, show_diff], [pair_a, pair_b, pair], api_visibility="private",
                  queue=False)
         timed = run.then(cb.time_columns, [prompt, seed, model, variants_box, comparison, rounds, status],

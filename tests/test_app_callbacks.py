@@ -7,6 +7,7 @@ import threading
 import time
 import zipfile
 
+import gradio as gr
 import numpy as np
 import pytest
 
@@ -23,7 +24,7 @@ DC = {"steps": 4, "deepcache": {"interval": 2}}
 
 def test_compare_baseline_and_deepcache_same_seed():
     rows = cmp.compare(PROMPT, 3, [BASE, DC], model="tiny-arch")
-    assert [r["name"] for r in rows] == ["baseline", "variant 1"]
+    assert [r["name"] for r in rows] == ["baseline · 4 steps", "DeepCache N=2 · 4 steps"]  # from the settings
     base, dc = rows
     assert base["image"].shape == dc["image"].shape and base["image"].dtype.name == "uint8"
     assert base["speedup"] == 1.0 and base["psnr_vs_baseline"] is None
@@ -130,7 +131,7 @@ def test_report_of_a_comparison_has_unique_names_and_no_placeholders(tmp_path):
     second = record.export(tmp_path, run_id, "playground", tmp_path)
     assert first.html != second.html and first.zip.name != second.zip.name
     text = first.html.read_text()
-    assert "variant 1" in text and "?" not in text.split("latency_s is")[1][:900]
+    assert "DeepCache N=2 · 4 steps" in text and "?" not in text.split("latency_s is")[1][:900]
     names = zipfile.ZipFile(first.zip).namelist()
     assert {"metrics.json", "metrics.csv", "config.json"} <= set(names)
     assert sum(n.startswith("images/") for n in names) == 2
@@ -208,12 +209,61 @@ def test_columns_map_to_their_slots(tmp_path):
 
     cb = Callbacks("tiny-arch", tmp_path)
     columns = [BASE, None, {"name": "third", **DC}, None, {"name": "bad", "steps": 4, "deepcache": {"interval": 0}}]
-    out = cb.generate(PROMPT, 0, "tiny-arch", json.dumps(columns), progress=lambda *a, **k: None)
+    outs = list(cb.generate(PROMPT, 0, "tiny-arch", json.dumps(columns), progress=lambda *a, **k: None))
+    first = outs[0]  # the baseline is shown before the other columns are made
+    assert first[0]["value"] is not None and first[2] == gr.skip() and first[2 * N_COLUMNS + 1] == "1 of 3 images…"
+    out = outs[-1]
     images, captions, by_col = out[:N_COLUMNS], out[N_COLUMNS:2 * N_COLUMNS], out[-1]
     assert images[1]["value"] is None and captions[1] == "" and by_col[1] is None
-    assert images[2]["label"] == "third" and images[2]["value"].shape[0] >= 256
+    assert images[2]["label"] == "third: DeepCache N=2 · 4 steps" and images[2]["value"].shape[0] >= 256
     assert captions[4].startswith("**bad** — Error:") and images[4]["value"] is None
     assert out[2 * N_COLUMNS + 1].startswith("Done: 2 images")
+
+
+def test_column_labels_follow_the_settings():
+    """A column named after its settings and then changed says what it runs: the name is only a prefix."""
+    from backend.variant import Variant
+
+    def v(**kw):
+        return Variant.from_dict({"model": "tiny-arch", "steps": 4, **kw})
+
+    labels = cmp.column_labels([v(), v(name="DeepCache N=3", deepcache={"interval": 5}), v(deepcache={"interval": 5}),
+                                v(steps=8, scheduler="ddim", guidance=2.0, quant={"weight_bits": 4, "act_bits": 8})])
+    assert labels == ["baseline · 4 steps", "DeepCache N=3: DeepCache N=5 · 4 steps", "DeepCache N=5 · 4 steps",
+                      "PTQ W4A8 · ddim, 8 steps, CFG 2"]
+    assert cmp.column_labels([v(), v(), {"name": "bad"}]) == ["baseline · 4 steps", "baseline · 4 steps (2)", "bad"]
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, 2 ** 53, 2 ** 53 + 1, float("nan"), "3", True])
+def test_seed_out_of_range_is_refused_not_rounded(seed):
+    with pytest.raises(ValueError, match="seed"):
+        cmp.check_seed(seed)
+    assert cmp.check_seed(2 ** 53 - 1) == 2 ** 53 - 1 and cmp.check_seed(7.0) == 7
+
+
+@pytest.mark.parametrize("seed, variants, message", [
+    (-1, [BASE], "seed -1 is out of range; allowed: 0 to 9007199254740991"),
+    (float(2 ** 53), [BASE], "seed 9007199254740992 is out of range"),
+    (0, "[" * 100_000 + "]" * 100_000, "variants: JSON nested too deeply"),
+])
+def test_bad_playground_input_is_one_status_line(tmp_path, seed, variants, message):
+    from app.callbacks import N_COLUMNS, Callbacks
+
+    cb = Callbacks("tiny-arch", tmp_path)
+    text = variants if isinstance(variants, str) else json.dumps(variants)
+    (out,) = list(cb.generate(PROMPT, seed, "tiny-arch", text, progress=lambda *a, **k: None))
+    assert message in out[2 * N_COLUMNS + 1] and all(o == gr.skip() for o in out[:2 * N_COLUMNS])
+
+
+def test_steps_out_of_range_are_refused_in_their_column(tmp_path):
+    from app.callbacks import N_COLUMNS, Callbacks
+
+    cb = Callbacks("tiny-arch", tmp_path)
+    columns = [BASE, {"steps": 0}, {"steps": 100000}, {"steps": 2.5}]
+    out = list(cb.generate(PROMPT, 0, "tiny-arch", json.dumps(columns), progress=lambda *a, **k: None))[-1]
+    captions = out[N_COLUMNS:2 * N_COLUMNS]
+    assert "steps: 0 is not allowed; allowed: a whole number from 1 to 1000" in captions[1]
+    assert "steps: 100000 is not allowed" in captions[2] and "steps: 2.5 is not allowed" in captions[3]
 
 
 def _service(tmp_path, **kw) -> JobService:
