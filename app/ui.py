@@ -20,6 +20,9 @@ from backend.variant import MAX_STEPS, SCHEDULERS
 DEFAULT_PROMPT = "a small red circle in the center"
 DEVICE = {"concurrency_id": "device", "concurrency_limit": 1}  # one generation on the device at a time
 AT_ONCE = {"concurrency_id": "control", "concurrency_limit": None}  # never queued behind the device
+HINT = ("Press **Generate**: each column that is on makes one image with the same prompt and seed (the baseline "
+        "first, shown as soon as it is ready), then timed rounds give the speed-ups their intervals.")
+CURVES_HINT = "Pick a parameter and its range, then **Run sweep**: one point per value, latency vs quality."
 CSS = (".speedlab-image img {image-rendering: pixelated; object-fit: contain}\n" + SLIDER_CSS)
 
 
@@ -119,7 +122,7 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                                    info="after generating: interleaved timed rounds for intervals (0: one run)")
                 grid_btn = gr.DownloadButton("Download grid PNG", interactive=False, elem_id="grid-download")
             with gr.Row():
-                status = gr.Markdown(model_error, elem_id="status")
+                status = gr.Markdown(model_error or HINT, elem_id="status")
                 cancel_note = gr.Markdown(elem_id="cancel-note")  # not the status: a cancel may answer after the run
             ui = _playground(cb, defaults)
             with gr.Row():
@@ -178,7 +181,7 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                 sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="sweep")
                 sweep_cancel = gr.Button("Cancel", variant="stop")
             with gr.Row():
-                curves_status = gr.Markdown()
+                curves_status = gr.Markdown(CURVES_HINT, elem_id="curves-status")
                 sweep_cancel_note = gr.Markdown()
             plot = gr.Plot(label="latency vs quality, Pareto front dashed")
             table = gr.Dataframe(label="points (select a row to compare it with the baseline)", interactive=False)
@@ -194,7 +197,9 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
             export_source = gr.Radio(["Playground comparison", "Curves sweep"], value="Playground comparison",
                                      label="export")
             export_btn = gr.Button("Export report", variant="primary")
-            report_status = gr.Markdown()
+            report_status = gr.Markdown("Generate in the Playground (or run a sweep in Curves), then **Export "
+                                        "report**: an HTML page and a zip bundle with every column's images and "
+                                        "numbers.", elem_id="report-status")
             with gr.Row():
                 zip_btn = gr.DownloadButton("Download zip bundle", visible=False)
                 html_btn = gr.DownloadButton("Download HTML report", visible=False)

@@ -117,10 +117,43 @@ def test_curves_run_through_the_sweep_engine(tmp_path):
     assert "deepcache.branch=0" in names and "deepcache.branch=1" in names and "baseline" in names
     hover = next(t for t in fig.data if t.name == "deepcache.branch=1").hovertext[0]
     assert "interval=3 branch=1" in hover and "latency_s" in hover
+    for trace in fig.data[:3]:  # every point with its 95% intervals, joined along the latency axis
+        assert len(trace.error_x.array) == len(trace.x) and len(trace.error_y.array) == len(trace.y)
+        assert list(trace.x) == sorted(trace.x)
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(cmp.GenerationCancelled):
         curves.run_curves(tmp_path, {"model": "tiny-arch", "steps": 4}, {"steps": [2, 3]}, [PROMPT], 0, cancel=cancel)
+
+
+def test_a_cancelled_sweep_says_cancelled_not_error(tmp_path):
+    from app.callbacks import Callbacks
+
+    cb = Callbacks("tiny-arch", tmp_path)
+    cb.cancels.begin(None).set()  # what Cancel does while the sweep runs
+    cb.cancels.begin = lambda request: cb.cancels._flags["default"]
+    out = cb.curves.run(PROMPT, 0, "tiny-arch", json.dumps([BASE]), "variant", "steps", 2, 3, 1, "(none)", None, "",
+                        "this prompt + single set", 2, "speedup", progress=lambda *a, **k: None)
+    assert out[3].startswith("**Cancelled**") and "resume" in out[3]
+
+
+def test_plots_draw_the_intervals_of_the_tables():
+    import pandas as pd
+
+    from backend.reports import plots
+
+    df = pd.DataFrame({"variant": ["base", "a", "b"], "is_baseline": [True, False, False],
+                       "latency_s": [2.0, 1.0, 1.5], "latency_ci.lo": [1.9, 0.9, 1.4], "latency_ci.hi": [2.2, 1.1, 1.5],
+                       "speedup": [1.0, 2.0, 1.3], "speedup_ci.lo": [1.0, 1.8, 1.2], "speedup_ci.hi": [1.0, 2.3, 1.4],
+                       "prompt_accuracy": [0.9, 0.8, 0.85], "prompt_accuracy_delta.ci.lo": [0.0, -0.2, -0.1],
+                       "prompt_accuracy_delta.ci.hi": [0.0, 0.0, 0.05], "family": "base", "line": "", "knob": 1.0})
+    bars = plots.fig_bars(df, "speedup").data[0].error_y
+    assert list(bars.array) == pytest.approx([0.0, 0.3, 0.1]) and list(bars.arrayminus) == pytest.approx([0, 0.2, 0.1])
+    acc = plots.error_bars(df, "prompt_accuracy")  # paired: the baseline plus the delta's interval
+    assert acc["array"] == pytest.approx([0.0, 0.1, 0.1]) and acc["arrayminus"] == pytest.approx([0.0, 0.1, 0.05])
+    pareto = plots.fig_pareto(df, "prompt_accuracy").data[0]
+    assert pareto.error_x.array is not None and pareto.error_y.array is not None
+    assert plots.error_bars(df, "kid_shapes") is None  # no interval in the frame: no bars, not zero bars
 
 
 def test_report_of_a_comparison_has_unique_names_and_no_placeholders(tmp_path):
