@@ -6,6 +6,7 @@ import math
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -445,7 +446,7 @@ def test_a_watched_job_records_accuracy_points_and_its_warning(tmp_path):
                          out_dir=str(tmp_path / "jobs" / job_id / "checkpoint"), job_id=job_id, status="running")
         with (tmp_path / "jobs" / job_id / "progress.jsonl").open("a") as file:
             log = JobLog(store, job_id, file)
-            recorder = WatchRecorder(_FakeWatch([0.8, 0.75, 0.6]), log)
+            recorder = WatchRecorder(lambda: _FakeWatch([0.8, 0.75, 0.6]), log)
             for step in (1, 2):
                 log.report({"step": step, "loss": 0.2 / step, "train_s": 60.0 * step})
             assert recorder(None, 120.0, 2) is False
@@ -479,16 +480,18 @@ def test_a_watched_job_records_accuracy_points_and_its_warning(tmp_path):
 
 def test_a_workbench_efficientdm_fine_tune_runs_the_watch(tmp_path, monkeypatch):
     """The worker's EfficientDM fine-tune builds the watch the CLI builds (every 2 min on 16 hard prompts from the
-    PTQ start), feeds it the losses and judges the finished student once more (a fake watch on tiny-arch)."""
+    PTQ start) after training has started (its references take a minute), feeds it the loss after the settle
+    iterations and the latest, and judges the finished student (a fake watch on tiny-arch)."""
     from backend.core import JobControl
     from backend.methods.quant import cli
     from backend.models import load_pipeline
     from backend.runs import job_worker
 
-    made = {}
+    made, steps = {}, []
 
     def make_watch(pipe, every_minutes, n, start=None, settle_iters=1):
-        made.update(every=every_minutes, n=n, bits=(start.weight_bits, start.act_bits), settle=settle_iters)
+        made.update(every=every_minutes, n=n, bits=(start.weight_bits, start.act_bits), settle=settle_iters,
+                    after_step=len(steps))
         made["watch"] = _FakeWatch([0.5, 0.7])
         return made["watch"]
 
@@ -504,11 +507,54 @@ def test_a_workbench_efficientdm_fine_tune_runs_the_watch(tmp_path, monkeypatch)
             log = job_worker.JobLog(store, job_id, file)
             summary = job_worker.finetune_efficientdm(load_pipeline("tiny-arch"), settings,
                                                       tmp_path / "jobs" / job_id / "checkpoint",
-                                                      JobControl(on_progress=log.report), log)
+                                                      JobControl(on_progress=lambda f: (steps.append(f),
+                                                                                        log.report(f))), log)
     assert summary["status"] == "done" and summary["iters"] == 3
     assert {k: made[k] for k in ("every", "n", "bits", "settle")} == {
         "every": job_worker.WATCH_EVERY_MIN, "n": job_worker.WATCH_N, "bits": (4, 8), "settle": 2}
-    assert len(made["watch"].losses) == 3  # every report reached the watch
+    assert made["after_step"] == 3  # training did not wait for the watch's references
+    assert made["watch"].losses == [steps[1]["loss"], steps[2]["loss"]]  # past the settle iterations; the latest
     points = JobService(tmp_path).quality_watch(job_id)
     assert [(p["iters"], p["prompt_accuracy"]) for p in points] == [(0, 0.5), (3, 0.7)]
     assert points[1]["minutes"] == round(summary["elapsed_s"] / 60, 3)  # training time, not the watch's
+
+
+def test_cancel_is_honoured_inside_the_quality_watch(tmp_path, monkeypatch):
+    """A cancel while the watch judges (a long generation here) stops the job within a layer, not after the
+    watch's minute; the job ends "cancelled" with no error."""
+    from backend.methods.quant import cli
+    from backend.runs import job_worker
+    from backend.sampling import generate
+    from backend.variant import Variant
+
+    job_id = "20260101-000005-cancel"
+    flag = job_worker.FileFlag(tmp_path / "jobs" / job_id / "cancel")
+
+    def make_watch(pipe, *args, **kwargs):
+        threading.Timer(0.5, flag.set).start()
+        generate(pipe, Variant.from_dict({"model": "tiny-arch", "steps": 900}), [PROMPT], [0])  # a minute uncancelled
+        raise AssertionError("the generation was not stopped")
+
+    monkeypatch.setattr(cli, "make_watch", make_watch)
+    (tmp_path / "jobs" / job_id).mkdir(parents=True)
+    settings = {"weight_bits": 4, "act_bits": 8, "minutes": 1.0, "max_iters": 1, "train_steps": 2, "batch_size": 1,
+                "lora_rank": 2}
+    with Store(tmp_path) as store:
+        store.create_job("efficientdm", {"model": "tiny-arch", "settings": settings, "section": "quant"},
+                         out_dir=str(tmp_path / "jobs" / job_id / "checkpoint"), job_id=job_id, status="queued")
+    assert job_worker.run(tmp_path, job_id) == 1
+    job = JobService(tmp_path).get(job_id)
+    assert job["status"] == "cancelled" and job["error"] is None and job["cancel_requested"]
+
+
+def test_finished_workers_are_reaped(tmp_path):
+    jobs = _service(tmp_path)
+    job_id = jobs.start("efficientdm", "tiny-arch", {"minutes": 0.05, "max_iters": 1, "train_steps": 2,
+                                                     "batch_size": 1, "lora_rank": 2})
+    pid = jobs.get(job_id)["pid"]
+    assert jobs.wait(job_id, 120)["status"] == "done"
+    deadline = time.monotonic() + 60  # the worker exits soon after writing "done"; the service reaps it
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        jobs.jobs()
+        time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists()  # a zombie would stay listed until its parent exits

@@ -56,9 +56,11 @@ class Limits:
 
 
 @contextmanager
-def stop_inside(cancel: threading.Event | None, deadline: float | None = None) -> Iterator[None]:
-    """While active, every module call raises GenerationCancelled once ``cancel`` is set or ``deadline``
-    (time.monotonic()) has passed: a request stops within one layer, not one denoising step."""
+def stop_inside(cancel: threading.Event | None, deadline: float | None = None,
+                error: type[BaseException] = GenerationCancelled) -> Iterator[None]:
+    """While active, every module call raises ``error`` (GenerationCancelled) once ``cancel`` (anything with
+    ``is_set()``) is set or ``deadline`` (time.monotonic()) has passed: a request stops within one layer, not one
+    denoising step."""
     if cancel is None and deadline is None:
         yield
         return
@@ -68,9 +70,9 @@ def stop_inside(cancel: threading.Event | None, deadline: float | None = None) -
         if threading.get_ident() != owner:
             return None
         if cancel is not None and cancel.is_set():
-            raise GenerationCancelled("cancelled")
+            raise error("cancelled")
         if deadline is not None and time.monotonic() > deadline:
-            raise GenerationCancelled("stopped at this server's time limit per request (python -m app --time-limit)")
+            raise error("stopped at this server's time limit per request (python -m app --time-limit)")
         return None
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)

@@ -5,9 +5,10 @@ there), appends every progress report to ``jobs/<id>/progress.jsonl`` and writes
 done / cancelled / failed with the error) to the store. A traceback goes to ``worker.log``.
 
 An EfficientDM job on a model the Shapes judge can score runs the quality watch
-(:mod:`backend.methods.quant.watch`): the FP model and the PTQ start judged on ``WATCH_N`` ``hard`` prompts
-before training, the student every ``WATCH_EVERY_MIN`` minutes of training (the watch's time is not training
-time) and once more at the end. Each point is a ``{"watch": point}`` row of ``progress.jsonl``; the latest
+(:mod:`backend.methods.quant.watch`): the FP model and the PTQ start judged on ``WATCH_N`` ``hard`` prompts at
+its first evaluation (so training starts at once), the student every ``WATCH_EVERY_MIN`` minutes of training (the
+watch's time is not training time) and once more at the end. A cancel is honoured within one layer in every
+phase. Each point is a ``{"watch": point}`` row of ``progress.jsonl``; the latest
 warning is the job's ``warning``.
 """
 
@@ -20,9 +21,11 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any
 
 from backend.core import JobCancelled, JobControl, jsonable
+from backend.runs.compare import stop_inside
 from backend.runs.jobs import FileFlag
 from backend.runs.store import Store
 
@@ -61,13 +64,36 @@ class JobLog:
 
 
 class WatchRecorder:
-    """A quality watch as ``finetune``'s ``on_eval``: after each evaluation its new points become
-    ``{"watch": point}`` rows of the log and a new warning the job's warning."""
+    """A quality watch as ``finetune``'s ``on_eval``, built at its first evaluation (``make()``: its references,
+    the FP model and the PTQ start judged on WATCH_N prompts, take about a minute, so training starts first; a
+    short job judges everything at its end). After each evaluation its new points become ``{"watch": point}``
+    rows of the log and a new warning the job's warning."""
 
-    def __init__(self, watch, log: JobLog):
-        self.watch, self.log = watch, log
+    def __init__(self, make: Callable[[], Any], log: JobLog, settle_iters: int = 1):
+        self.make, self.log, self.settle_iters = make, log, settle_iters
+        self.watch, self._made = None, False
+        self._settled: dict | None = None  # the first report past the watch's settle iterations, and the latest:
+        self._latest: dict | None = None  # replayed into a watch made later
         self._points = self._warnings = 0
-        self.flush()  # the references judged before training
+
+    def observe(self, fields: dict) -> None:
+        """``JobControl.on_progress`` listener: the loss reports the watch's warnings compare."""
+        if self.watch is not None:
+            self.watch.observe(fields)
+            return
+        self._latest = fields
+        if self._settled is None and fields.get("loss") is not None and fields.get("step", 0) >= self.settle_iters:
+            self._settled = fields
+
+    def _ready(self) -> bool:
+        if not self._made:
+            self._made = True
+            self.log.phase(f"quality watch: judging the FP model and the PTQ start on {WATCH_N} hard prompts")
+            self.watch = self.make()
+            for fields in (self._settled, self._latest):
+                if self.watch is not None and fields is not None:
+                    self.watch.observe(fields)
+        return self.watch is not None
 
     def flush(self) -> None:
         for point in self.watch.curve[self._points:]:
@@ -77,13 +103,17 @@ class WatchRecorder:
         self._points, self._warnings = len(self.watch.curve), len(self.watch.warnings)
 
     def __call__(self, student, train_s: float, iters: int) -> bool:
+        if not self._ready():
+            return False
+        self.log.phase("quality watch: judging the student")
         stop = self.watch(student, train_s, iters)
         self.flush()
+        self.log.phase("training")
         return stop
 
     def final(self, student, train_s: float, iters: int) -> None:
         """Judge the finished student unless the last evaluation was at its last iteration."""
-        if self.watch.curve[-1]["iters"] != iters:
+        if self._ready() and self.watch.curve[-1]["iters"] != iters:
             self(student, train_s, iters)
 
 
@@ -94,23 +124,33 @@ def finetune_efficientdm(pipe, settings: dict, out: Path, control: JobControl, l
     from backend.methods.quant.train import finetune
 
     ft = FinetuneConfig.from_dict(settings)
-    log.phase(f"quality watch: judging the FP model and the PTQ start on {WATCH_N} hard prompts")
-    watch = make_watch(pipe, WATCH_EVERY_MIN, WATCH_N, ft.quant_config(), settle_iters=ft.train_steps)
-    log.phase("training")
-    if watch is None:
-        return finetune(pipe, ft, out, job=control)
-    recorder = WatchRecorder(watch, log)
+    recorder = WatchRecorder(lambda: make_watch(pipe, WATCH_EVERY_MIN, WATCH_N, ft.quant_config(),
+                                                settle_iters=ft.train_steps), log, ft.train_steps)
 
     def observed(fields: dict) -> None:
         control.on_progress(fields)
-        watch.observe(fields)
+        recorder.observe(fields)
 
+    log.phase("training")
     summary = finetune(pipe, ft, out, job=dataclasses.replace(control, on_progress=observed), on_eval=recorder,
                        eval_every_s=WATCH_EVERY_MIN * 60)
     if summary["status"] == "done":
-        log.phase("quality watch: judging the fine-tuned model")
         recorder.final(summary["student"], summary["elapsed_s"], summary["iters"])
     return summary
+
+
+class PolledFlag:
+    """A cancel flag read at most every ``every_s`` (a module-call hook asks it thousands of times a second)."""
+
+    def __init__(self, flag: FileFlag, every_s: float = 0.2):
+        self.flag, self.every_s = flag, every_s
+        self._next, self._set = 0.0, False
+
+    def is_set(self) -> bool:
+        if not self._set and time.monotonic() >= self._next:
+            self._next = time.monotonic() + self.every_s
+            self._set = self.flag.is_set()
+        return self._set
 
 
 def run(root: Path, job_id: str) -> int:
@@ -135,14 +175,16 @@ def run(root: Path, job_id: str) -> int:
             store.update_job(job_id, progress={"phase": "training"})
             control = JobControl(on_progress=log.report, cancel=flag)
             out = Path(job["out_dir"])
-            if job["kind"] == "efficientdm":
-                summary = finetune_efficientdm(pipe, params["settings"], out, control, log)
-                summary.pop("student", None)
-            else:
-                from backend.methods.consistency.config import DistillConfig
-                from backend.methods.consistency.distill import distill
+            # a cancel stops within one layer in every phase (calibration, a training step: saved, the watch)
+            with stop_inside(PolledFlag(flag), error=JobCancelled):
+                if job["kind"] == "efficientdm":
+                    summary = finetune_efficientdm(pipe, params["settings"], out, control, log)
+                    summary.pop("student", None)
+                else:
+                    from backend.methods.consistency.config import DistillConfig
+                    from backend.methods.consistency.distill import distill
 
-                summary = distill(pipe, DistillConfig.from_dict(params["settings"]), out, control)
+                    summary = distill(pipe, DistillConfig.from_dict(params["settings"]), out, control)
             status = "cancelled" if summary.get("status") == "cancelled" else "done"
             summary = json.loads(json.dumps(jsonable(summary), default=str))
             store.update_job(job_id, status=status, progress={**log.latest, "phase": status, "summary": summary})
