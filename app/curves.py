@@ -172,7 +172,7 @@ class CurvesCallbacks:
                 grid[key2] = _num(values2, p2["type"]) or [p2["default"]]
             base = dict(json.loads(variants_json)[0], model=model)
             prompts = self._prompts(prompt, source, int(n_prompts or 1))
-            run_id = curves.run_curves(self.store, base, grid, prompts, int(seed or 0), cancel=cancel,
+            run_id = curves.run_curves(self.store, base, grid, prompts, cmp.check_seed(seed), cancel=cancel,
                                        limits=self.limits, on_progress=lambda d, t: progress((d, t), desc="sweep"))
         except cmp.GenerationCancelled as exc:  # asked for: a status, not an error
             return (gr.skip(), gr.skip(), gr.skip(),

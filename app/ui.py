@@ -15,7 +15,8 @@ from backend.bench.docs import QUANT_MAPS
 from backend.methods.params import MAX_SEED
 from backend.reports.plots import QUALITY_METRICS
 from backend.runs import knobs
-from backend.variant import MAX_STEPS, SCHEDULERS
+from backend.runs import compare as cmp
+from backend.variant import MAX_STEPS, SCHEDULERS, Variant
 
 DEFAULT_PROMPT = "a small red circle in the center"
 DEVICE = {"concurrency_id": "device", "concurrency_limit": 1}  # one generation on the device at a time
@@ -49,12 +50,19 @@ def _playground(cb: Callbacks, defaults: dict):
     max_steps = cb.limits.max_steps or MAX_STEPS
     steps0 = min(steps0, max_steps)
     presets = column_presets(cb)
+    labels = []  # the labels the columns will have (derived from their settings, as after Generate)
+    for col, p in enumerate(presets):
+        try:
+            v = Variant.from_dict({"model": cb.model, "steps": steps0, **{k: x for k, x in p.items() if k != "on"}})
+            labels.append(cmp.column_labels([v])[0])
+        except ValueError:
+            labels.append(f"column {col}")
     ui = {"controls": [], "images": [], "captions": [], "steps": [], "guidance": [], "ckpts": [], "ckpt_wiring": []}
     with gr.Row(equal_height=False):
         for col in range(N_COLUMNS):
             preset = presets[col]
             with gr.Column(min_width=200):
-                ui["images"].append(gr.Image(label="baseline" if col == 0 else f"column {col}", type="numpy", format="png", interactive=False,
+                ui["images"].append(gr.Image(label=labels[col], type="numpy", format="png", interactive=False,
                                              height=280, elem_id=f"image-{col}", elem_classes="speedlab-image",
                                              buttons=["download"]))
                 ui["captions"].append(gr.Markdown(elem_id=f"caption-{col}"))
@@ -79,11 +87,12 @@ def _playground(cb: Callbacks, defaults: dict):
                     values = preset.get(section, {})
                     locked = bool(values.get("checkpoint"))
                     with gr.Accordion(knobs.method_titles()[section], open=section in preset):
-                        on = gr.Checkbox(value=section in preset, label=f"{section} on")
+                        on = gr.Checkbox(value=section in preset, label=f"{section} on", elem_id=f"{section}-on-{col}")
                         comps = []
                         for p in params:
                             c = make_control(p, values.get(p["name"]), slider_cap=64,
-                                             checkpoints=cb.checkpoints(cb.model, section))
+                                             checkpoints=cb.checkpoints(cb.model, section),
+                                             elem_id=f"{section}-{p['name']}-{col}")
                             if locked and p["name"] in ("method", "weight_bits", "act_bits"):
                                 c.interactive = False
                             comps.append(c)
@@ -113,7 +122,7 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                 prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, scale=4, elem_id="prompt")
                 seed = gr.Number(label="Seed", value=0, scale=1, elem_id="seed", info=f"0 to 2^53−1 ({MAX_SEED})")
                 model = gr.Dropdown(list(dict.fromkeys([cb.model, *knobs.MODELS])), value=cb.model, label="Model",
-                                    allow_custom_value=True, scale=2,
+                                    allow_custom_value=True, scale=2, elem_id="model",
                                     info="shapes, tiny-arch, sd15-arch, a local diffusers folder or a cached Hub id")
             with gr.Row():
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -140,19 +149,20 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                 kind = gr.Radio(knobs.finetune_kinds(), value="efficientdm", label="method",
                                 info="EfficientDM: low-bit quantization-aware LoRA; LCD / RG-LCD: 1-8 step students")
                 preset_c = gr.Radio(list(knobs.PRESET_NAMES), value=knobs.PRESET_NAMES[0], label="preset")
-                ft_model = gr.Textbox(value=cb.model, label="model", max_lines=1)
+                ft_model = gr.Textbox(value=cb.model, label="model", max_lines=1, elem_id="ft-model")
             with gr.Accordion("advanced settings", open=False):
                 groups, job_controls = [], []
                 for k in form_kinds():
                     values = knobs.preset(k, knobs.PRESET_NAMES[0])
                     with gr.Group(visible=k == "efficientdm") as group:
-                        job_controls += [make_control(p, values[p["name"]]) for p in knobs.job_params(k)]
+                        job_controls += [make_control(p, values[p["name"]], elem_id=f"ft-{k}-{p['name']}")
+                                         for p in knobs.job_params(k)]
                     groups.append(group)
             with gr.Row():
                 start_btn = gr.Button("Start fine-tune", variant="primary", elem_id="start-finetune")
                 job_sel = gr.Dropdown(label="job", choices=[], interactive=True, allow_custom_value=True)
                 job_id = gr.Textbox(label="started job", interactive=False, max_lines=1, elem_id="job-id")
-                cancel_job_btn = gr.Button("Cancel job", variant="stop")
+                cancel_job_btn = gr.Button("Cancel job", variant="stop", elem_id="cancel-finetune")
                 resume_btn = gr.Button("Resume job")
             job_status = gr.Markdown(elem_id="job-status")
             with gr.Row():
@@ -196,13 +206,13 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
         with gr.Tab("Report") as rp_tab:
             export_source = gr.Radio(["Playground comparison", "Curves sweep"], value="Playground comparison",
                                      label="export")
-            export_btn = gr.Button("Export report", variant="primary")
+            export_btn = gr.Button("Export report", variant="primary", elem_id="export")
             report_status = gr.Markdown("Generate in the Playground (or run a sweep in Curves), then **Export "
                                         "report**: an HTML page and a zip bundle with every column's images and "
                                         "numbers.", elem_id="report-status")
             with gr.Row():
                 zip_btn = gr.DownloadButton("Download zip bundle", visible=False)
-                html_btn = gr.DownloadButton("Download HTML report", visible=False)
+                html_btn = gr.DownloadButton("Download HTML report", visible=False, elem_id="report-html")
             preview = gr.HTML()
 
         # ---- Playground events
