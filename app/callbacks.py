@@ -7,8 +7,10 @@ from __future__ import annotations
 import html
 import json
 import logging
+import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,28 @@ def user_error(exc: BaseException) -> gr.Error:
         return gr.Error(str(exc))
     log.exception("unexpected error", exc_info=exc)
     return gr.Error(f"{type(exc).__name__}: {exc}")
+
+
+def in_one_thread(make: Callable[[], Iterator]) -> Iterator:
+    """The items of the iterator ``make()`` runs on one thread of its own, as they come: Gradio may resume a
+    handler's generator on another thread each time, and a generation holds the device lock and its cancel hook on
+    the thread that started it. An exception of the iterator is raised here."""
+    items: queue.Queue = queue.Queue()
+    end = object()
+
+    def work() -> None:
+        try:
+            for item in make():
+                items.put(item)
+            items.put(end)
+        except BaseException as exc:  # handed over, raised in the caller's thread
+            items.put(exc)
+
+    threading.Thread(target=work, name="speedlab-generate", daemon=True).start()
+    while (item := items.get()) is not end:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 class Cancels:
@@ -163,8 +187,9 @@ class Callbacks:
         images = [gr.update(value=None) if v is None else gr.skip() for v in columns]
         captions = ["" if v is None else gr.skip() for v in columns]
         try:
-            made = cmp.compare_columns(prompt, seed, [columns[i] for i in on], model or self.model,
-                                       on_step=on_step, cancel=cancel, limits=self.limits)
+            made = in_one_thread(lambda: cmp.compare_columns(prompt, seed, [columns[i] for i in on],
+                                                             model or self.model, on_step=on_step, cancel=cancel,
+                                                             limits=self.limits))
             for i, row in zip(on, made, strict=False):
                 by_col[i] = row
                 rows.append(row)

@@ -14,8 +14,8 @@ from app.images import SLIDER_CSS, SLIDER_JS, before_after_html
 from backend.bench.docs import QUANT_MAPS
 from backend.methods.params import MAX_SEED
 from backend.reports.plots import QUALITY_METRICS
-from backend.runs import knobs
 from backend.runs import compare as cmp
+from backend.runs import knobs
 from backend.variant import MAX_STEPS, SCHEDULERS, Variant
 
 DEFAULT_PROMPT = "a small red circle in the center"

@@ -233,7 +233,8 @@ def fig_method_curves(df: pd.DataFrame, metric: str = "speedup") -> go.Figure | 
         fig.update_xaxes(title_text=axes[fam], row=1, col=k + 1)
     label = {**QUALITY_METRICS, **COST_METRICS}.get(metric, (metric,))[0]
     fig.update_yaxes(title_text=label, row=1, col=1)
-    fig.update_layout(title=f"Per-method curves: {label} (bars: 95% intervals)", height=380, margin={"t": 70, "l": 60, "r": 20, "b": 50})
+    fig.update_layout(title=f"Per-method curves: {label} (bars: 95% intervals)", height=380,
+                      margin={"t": 70, "l": 60, "r": 20, "b": 50})
     return fig
 
 

@@ -20,8 +20,8 @@ import os
 import sys
 import time
 import traceback
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
 from backend.core import JobCancelled, JobControl, jsonable
