@@ -4,13 +4,14 @@ Launches the workbench on the embedded model, opens the default page in headless
 driven by Playwright) and clicks Generate ``repeats`` times (timing rounds off), measuring in the browser, from
 the click, when the first column's image appears and when every column that is on has its image. The first click
 builds the columns' pipelines (cold); the others reuse them (warm). Prints one JSON object (medians with the
-range of the warm clicks, the cold click, the machine) and writes it to ``--out`` when given.
+range of the warm clicks, the cold click, the machine and its load: a busy machine is slower) and writes it to ``--out`` when given.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -72,7 +73,8 @@ def measure(repeats: int, model: str = "shapes") -> dict:
     return {"bench": "app-first-image", "model": model, "columns_on": n_on, "repeats": repeats,
             "command": "python -m app.bench " + " ".join(sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or
-            platform.machine(), "cold_click": clicks[0], "warm_first_image_s": summary("first_image_s"),
+            platform.machine(), "cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
+            "cold_click": clicks[0], "warm_first_image_s": summary("first_image_s"),
             "warm_all_images_s": summary("all_images_s"), "clicks": clicks}
 
 
