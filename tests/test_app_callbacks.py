@@ -558,3 +558,20 @@ def test_finished_workers_are_reaped(tmp_path):
         jobs.jobs()
         time.sleep(0.2)
     assert not Path(f"/proc/{pid}").exists()  # a zombie would stay listed until its parent exits
+
+
+def test_a_method_without_its_own_label_is_labelled_by_its_changed_knobs():
+    """A new method's column is labelled from its declared knobs with no UI code (MethodConfig.label)."""
+    import dataclasses
+
+    from backend.methods.params import MethodConfig, param
+
+    @dataclasses.dataclass
+    class Toy(MethodConfig):
+        section = "toy"
+        ratio: float = param(0.5, "merge ratio")
+        on_time: bool = param(True, "a flag")
+        hidden: int = param(1, "not in forms", ui=False)
+
+    assert Toy().label() == "toy"
+    assert Toy(ratio=0.3, on_time=False, hidden=2).label() == "toy ratio=0.3 on_time=False"
