@@ -4,7 +4,8 @@ Launches the workbench on the embedded model, opens the default page in headless
 driven by Playwright) and clicks Generate ``repeats`` times (timing rounds off), measuring in the browser, from
 the click, when the first column's image appears and when every column that is on has its image. The first click
 builds the columns' pipelines (cold); the others reuse them (warm). Prints one JSON object (medians with the
-range of the warm clicks, the cold click, the machine and its load: a busy machine is slower) and writes it to ``--out`` when given.
+range of the warm clicks, the cold click, the machine and its load: a busy machine is slower) and writes it to
+``--out`` when given.
 """
 
 from __future__ import annotations

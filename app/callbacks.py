@@ -4,6 +4,7 @@ The Fine-tune and Curves tabs are app.finetune and app.curves."""
 
 from __future__ import annotations
 
+import contextvars
 import html
 import json
 import logging
@@ -52,7 +53,9 @@ def in_one_thread(make: Callable[[], Iterator]) -> Iterator:
         except BaseException as exc:  # handed over, raised in the caller's thread
             items.put(exc)
 
-    threading.Thread(target=work, name="speedlab-generate", daemon=True).start()
+    # in the caller's context: Gradio finds the request's progress bar through context variables
+    threading.Thread(target=contextvars.copy_context().run, args=(work,), name="speedlab-generate",
+                     daemon=True).start()
     while (item := items.get()) is not end:
         if isinstance(item, BaseException):
             raise item

@@ -258,8 +258,8 @@ def test_finetune_start_progress_cancel_and_a_finished_checkpoint(browser, page_
     expect(status).to_contain_text(re.compile(r"step \d+"), timeout=120_000)  # progress: training steps counted
     page.screenshot(path=str(SHOTS / "finetune-progress.png"))
     page.locator("#cancel-finetune").click()
-    expect(status).to_contain_text("cancel requested", timeout=10_000)
     start = time.perf_counter()
+    expect(status).to_contain_text(re.compile("cancel requested|cancelled"), timeout=10_000)  # said at once
     expect(status).to_contain_text("cancelled", timeout=30_000)
     print(f"cancel took {time.perf_counter() - start:.1f} s after the request was shown")
 
