@@ -4,17 +4,20 @@ The Fine-tune and Curves tabs are app.finetune and app.curves."""
 
 from __future__ import annotations
 
+import contextvars
 import html
 import json
 import logging
+import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from app.controls import checkpoint_choices, coerce
+from app.controls import checkpoint_choices, coerce, whole
 from app.curves import CurvesCallbacks
 from app.finetune import FinetuneCallbacks
 from app.images import before_after_html, grid_png, upscale
@@ -33,6 +36,30 @@ def user_error(exc: BaseException) -> gr.Error:
         return gr.Error(str(exc))
     log.exception("unexpected error", exc_info=exc)
     return gr.Error(f"{type(exc).__name__}: {exc}")
+
+
+def in_one_thread(make: Callable[[], Iterator]) -> Iterator:
+    """The items of the iterator ``make()`` runs on one thread of its own, as they come: Gradio may resume a
+    handler's generator on another thread each time, and a generation holds the device lock and its cancel hook on
+    the thread that started it. An exception of the iterator is raised here."""
+    items: queue.Queue = queue.Queue()
+    end = object()
+
+    def work() -> None:
+        try:
+            for item in make():
+                items.put(item)
+            items.put(end)
+        except BaseException as exc:  # handed over, raised in the caller's thread
+            items.put(exc)
+
+    # in the caller's context: Gradio finds the request's progress bar through context variables
+    threading.Thread(target=contextvars.copy_context().run, args=(work,), name="speedlab-generate",
+                     daemon=True).start()
+    while (item := items.get()) is not end:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 class Cancels:
@@ -97,8 +124,9 @@ class Callbacks:
         for col in range(N_COLUMNS):
             enabled, name, scheduler, steps, guidance = values[:5]
             del values[:5]
-            v: dict[str, Any] = {"name": name or ("baseline" if col == 0 else f"variant {col}"),
-                                 "steps": int(steps), "guidance": float(guidance)}
+            v: dict[str, Any] = {"steps": whole(steps), "guidance": float(guidance)}
+            if name and name.strip():
+                v["name"] = name.strip()
             if scheduler and scheduler != "default":
                 v["scheduler"] = scheduler
             if col > 0:
@@ -136,17 +164,19 @@ class Callbacks:
 
     def generate(self, prompt: str, seed: float, model: str, variants_json: str,
                  request: gr.Request = None, progress=gr.Progress()):
-        """One generation per column that is on, same seed; outputs per column (image, caption), then the
-        results JSON, the status line and the comparison (rows addressed by column, None where off)."""
+        """One generation per column that is on, same seed, each column shown as soon as it is made (the baseline
+        first); outputs per column (image, caption), then the results JSON, the status line and the comparison
+        (rows addressed by column, None where off). Bad input (seed, steps, variants) is one status line."""
         start = time.perf_counter()
-        keep = (*[gr.skip()] * (2 * N_COLUMNS), gr.skip())
+        keep = [gr.skip()] * (2 * N_COLUMNS + 1)
         try:
             columns = self._columns(variants_json)
+            seed = cmp.check_seed(seed)
         except ValueError as exc:
-            return (*keep, f"**Error:** {exc}", gr.skip())
+            yield (*keep, f"**Error:** {exc}", gr.skip())
+            return
         cancel = self.cancels.begin(request)
         progress(0, desc="queued for the device")
-
         last = [0.0]
 
         def on_step(done: int, total: int, name: str) -> None:  # ≤ 4 updates a second: the page stays responsive
@@ -155,36 +185,39 @@ class Callbacks:
                 progress((done, total), desc=f"{name}: denoising")
 
         on = [i for i, v in enumerate(columns) if v is not None]
+        by_col: list[dict | None] = [None] * N_COLUMNS
+        rows: list[dict] = []
+        images = [gr.update(value=None) if v is None else gr.skip() for v in columns]
+        captions = ["" if v is None else gr.skip() for v in columns]
         try:
-            rows = cmp.compare(prompt, int(seed or 0), [columns[i] for i in on], model or self.model,
-                               on_step=on_step, cancel=cancel, limits=self.limits)
+            made = in_one_thread(lambda: cmp.compare_columns(prompt, seed, [columns[i] for i in on],
+                                                             model or self.model, on_step=on_step, cancel=cancel,
+                                                             limits=self.limits))
+            for i, row in zip(on, made, strict=False):
+                by_col[i] = row
+                rows.append(row)
+                images[i] = gr.update(value=upscale(row.get("image")), label=row["name"])
+                captions[i] = f"**{html.escape(row['name'])}** — {cmp.metrics_line(row)}"
+                if len(rows) < len(on):  # shown at once; the last one comes with the status below
+                    yield (*images, *captions, gr.skip(), f"{len(rows)} of {len(on)} images…", gr.skip())
         except cmp.GenerationCancelled as exc:
-            return (*keep, f"**Cancelled** ({exc}) after {time.perf_counter() - start:.1f} s.", None)
+            yield (*keep, f"**Cancelled** ({exc}) after {time.perf_counter() - start:.1f} s.", None)
+            return
         except Exception as exc:  # the request as a whole (prompt, seed, model): said in the status line
             if not isinstance(exc, ValueError):
                 log.exception("generation failed", exc_info=exc)
-            return (*keep, f"**Error:** {exc if isinstance(exc, ValueError) else f'{type(exc).__name__}: {exc}'}",
-                    gr.skip())
+            yield (*keep, f"**Error:** {exc if isinstance(exc, ValueError) else f'{type(exc).__name__}: {exc}'}",
+                   gr.skip())
+            return
         finally:
             self.cancels.end(request, cancel)
-        by_col: list[dict | None] = [None] * N_COLUMNS
-        for i, row in zip(on, rows, strict=True):
-            by_col[i] = row
-        images, captions = [], []
-        for row in by_col:
-            if row is None:
-                images.append(gr.update(value=None))
-                captions.append("")
-                continue
-            images.append(gr.update(value=upscale(row.get("image")), label=row["name"]))
-            captions.append(f"**{html.escape(row['name'])}** — {cmp.metrics_line(row)}")
-        made = [r for r in rows if "error" not in r]
+        ok = [r for r in rows if "error" not in r]
         wall = time.perf_counter() - start
-        status = (f"Done: {len(made)} images, seed {int(seed or 0)}, {wall:.2f} s wall time "
-                  f"({sum(r['latency_s'] for r in made):.2f} s of it generating)")
+        status = (f"Done: {len(ok)} images, seed {seed}, {wall:.2f} s wall time "
+                  f"({sum(r['latency_s'] for r in ok):.2f} s of it generating)")
         failed = [r["name"] for r in rows if "error" in r]
         status += f"; errors in: {', '.join(failed)}." if failed else "."
-        return (*images, *captions, cmp.jsonable_rows(rows), status, by_col)
+        yield (*images, *captions, cmp.jsonable_rows(rows), status, by_col)
 
     def time_columns(self, prompt: str, seed: float, model: str, variants_json: str, by_col: list | None,
                      rounds: float, status: str, request: gr.Request = None):
@@ -192,7 +225,7 @@ class Callbacks:
         round against the baseline); captions get the median with its interval. 0 rounds: nothing to do."""
         rounds = int(rounds or 0)
         skip = (*[gr.skip()] * N_COLUMNS, gr.skip(), gr.skip())
-        if rounds < 1 or not by_col or by_col[0] is None or "error" in by_col[0]:
+        if rounds < 1 or not str(status).startswith("Done:") or not by_col or by_col[0] is None or "error" in by_col[0]:
             return skip
         start = time.perf_counter()
         columns = self._columns(variants_json)
@@ -221,6 +254,8 @@ class Callbacks:
             columns = json.loads(variants_json) if isinstance(variants_json, str) else variants_json
         except json.JSONDecodeError as exc:
             raise ValueError(f"variants: malformed JSON ({exc.msg})") from exc
+        except RecursionError:
+            raise ValueError("variants: JSON nested too deeply; allowed: a list of flat variant objects") from None
         if not isinstance(columns, list) or not columns or len(columns) > N_COLUMNS:
             raise ValueError(f"variants: a JSON list of 1 to {N_COLUMNS} column entries (variant objects, null for a "
                            "column that is off), the baseline first")

@@ -21,11 +21,11 @@ def _step(lo: float, hi: float) -> float:
 
 
 def make_control(p: dict, value: Any = None, slider_cap: int | None = None, checkpoints: list | None = None,
-                 label: str | None = None) -> gr.components.Component:
+                 label: str | None = None, elem_id: str | None = None) -> gr.components.Component:
     """One control for a declared parameter (its current value or the declared default)."""
     value = p["default"] if value is None else value
     kind, lo, hi, choices = p["type"], p.get("minimum"), p.get("maximum"), p.get("choices")
-    common = {"label": label or p["name"], "info": p.get("help")}
+    common = {"label": label or p["name"], "info": p.get("help"), "elem_id": elem_id}
     if choices is not None:
         return gr.Dropdown(choices=list(choices), value=value, **common)
     if kind == "bool":
@@ -59,9 +59,15 @@ def coerce(p: dict, value: Any) -> Any:
     if p.get("choices") is not None:
         return value
     if p["type"] == "int":
-        return int(round(float(value)))
+        return whole(value)
     if p["type"] == "float":
         return float(value)
     if p["type"] == "bool":
         return bool(value)
     return value
+
+
+def whole(value: Any) -> Any:
+    """A number box's value as an int when it is whole; anything else unchanged, for validation to refuse by name
+    (2.5 steps is refused, not rounded to 2)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value

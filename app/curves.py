@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from app.images import before_after_html
 from backend.bench import docs
 from backend.reports import curves
-from backend.reports.plots import COST_METRICS, QUALITY_METRICS
+from backend.reports.plots import COST_METRICS, QUALITY_METRICS, error_bars
 from backend.runs import compare as cmp
 from backend.world.prompts import PROMPT_SETS
 
@@ -56,21 +56,23 @@ def figure(df: pd.DataFrame, keys: list[str], metric: str) -> go.Figure:
     series = keys[1] if len(keys) > 1 else None
     groups = pts.groupby(pts[series].map(_value_text), sort=False) if series else [(keys[0], pts)]
     for value, part in groups:
-        part = part.sort_values(keys[0])
+        part = part.sort_values("latency_s")  # joined along the x axis, not in parameter order
         fig.add_trace(go.Scatter(x=part["latency_s"], y=part[metric], mode="lines+markers",
                                  name=f"{series}={value}" if series else keys[0],
                                  hovertext=[_hover(r) for _, r in part.iterrows()], hoverinfo="text",
-                                 marker={"size": 10}))
+                                 marker={"size": 10}, error_x=error_bars(part, "latency_s"),
+                                 error_y=error_bars(part, metric, df)))
     base = d[d["is_baseline"]]
     if len(base):
         fig.add_trace(go.Scatter(x=base["latency_s"], y=base[metric], mode="markers", name="baseline",
                                  hovertext=[_hover(r) for _, r in base.iterrows()], hoverinfo="text",
-                                 marker={"symbol": "star", "size": 14}))
+                                 marker={"symbol": "star", "size": 14}, error_x=error_bars(base, "latency_s"),
+                                 error_y=error_bars(base, metric)))
     fr = curves.front(df, metric)
     if len(fr):
         fig.add_trace(go.Scatter(x=fr["latency_s"], y=fr[metric], mode="lines", name="Pareto front",
                                  line={"dash": "dash", "color": "grey"}, line_shape="hv", hoverinfo="skip"))
-    fig.update_layout(title=f"Latency vs {label} ({'higher' if higher else 'lower'} is better)",
+    fig.update_layout(title=f"Latency vs {label} ({'higher' if higher else 'lower'} is better; bars: 95% intervals)",
                       xaxis_title="latency (s / image, median)", yaxis_title=label, height=440,
                       margin={"t": 50, "l": 60, "r": 20, "b": 50}, legend={"orientation": "h", "y": -0.2})
     return fig
@@ -170,10 +172,11 @@ class CurvesCallbacks:
                 grid[key2] = _num(values2, p2["type"]) or [p2["default"]]
             base = dict(json.loads(variants_json)[0], model=model)
             prompts = self._prompts(prompt, source, int(n_prompts or 1))
-            run_id = curves.run_curves(self.store, base, grid, prompts, int(seed or 0), cancel=cancel,
+            run_id = curves.run_curves(self.store, base, grid, prompts, cmp.check_seed(seed), cancel=cancel,
                                        limits=self.limits, on_progress=lambda d, t: progress((d, t), desc="sweep"))
-        except cmp.GenerationCancelled as exc:
-            raise gr.Error(f"sweep cancelled ({exc}); finished points are kept, run it again to resume") from exc
+        except cmp.GenerationCancelled as exc:  # asked for: a status, not an error
+            return (gr.skip(), gr.skip(), gr.skip(),
+                    f"**Cancelled** ({exc}); finished points are kept: run the sweep again to resume.", gr.skip())
         except Exception as exc:
             raise gr.Error(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}") from exc
         finally:

@@ -132,7 +132,9 @@ class FinetuneCallbacks:
 
     def status_line(self, job: dict) -> str:
         line = f"**{job['id']}** · {job['kind']} on {job['model']} — **{job['status']}**"
-        if job["status"] in ACTIVE:
+        if job["status"] in ACTIVE and job.get("cancel_requested"):  # said until the worker has stopped
+            line += " — **cancel requested**: it stops within seconds, keeping a checkpoint of the steps made"
+        elif job["status"] in ACTIVE:
             if job.get("step"):
                 line += f", step {job['step']}" + (f"/{job['total']}" if job.get("total") else "")
                 line += f", loss {job['loss']:.4g}" if isinstance(job.get("loss"), (int, float)) else ""

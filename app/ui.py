@@ -12,13 +12,18 @@ from app.curves import NONE, PROMPT_SOURCES
 from app.finetune import form_kinds
 from app.images import SLIDER_CSS, SLIDER_JS, before_after_html
 from backend.bench.docs import QUANT_MAPS
+from backend.methods.params import MAX_SEED
 from backend.reports.plots import QUALITY_METRICS
+from backend.runs import compare as cmp
 from backend.runs import knobs
-from backend.variant import SCHEDULERS
+from backend.variant import MAX_STEPS, SCHEDULERS, Variant
 
 DEFAULT_PROMPT = "a small red circle in the center"
 DEVICE = {"concurrency_id": "device", "concurrency_limit": 1}  # one generation on the device at a time
 AT_ONCE = {"concurrency_id": "control", "concurrency_limit": None}  # never queued behind the device
+HINT = ("Press **Generate**: each column that is on makes one image with the same prompt and seed (the baseline "
+        "first, shown as soon as it is ready), then timed rounds give the speed-ups their intervals.")
+CURVES_HINT = "Pick a parameter and its range, then **Run sweep**: one point per value, latency vs quality."
 CSS = (".speedlab-image img {image-rendering: pixelated; object-fit: contain}\n" + SLIDER_CSS)
 
 
@@ -26,44 +31,51 @@ def column_presets(cb: Callbacks) -> list[dict]:
     """What the columns show on first load: baseline, DeepCache and, with the shipped checkpoints of the
     embedded model, EfficientDM W4A4 and the 4-step RG-LCM student (lcm scheduler)."""
     ckpt = {c["section"]: c["path"] for c in knobs.asset_checkpoints(cb.model)}
-    cols = [{"name": "baseline", "on": True}, {"name": "DeepCache N=3", "on": True, "deepcache": {"interval": 3}}]
+    cols = [{"on": True}, {"on": True, "deepcache": {"interval": 3}}]  # no names: labels come from the settings
     if "quant" in ckpt:
-        cols.append({"name": "EfficientDM W4A4", "on": True,
+        cols.append({"on": True,
                      "quant": {"method": "efficientdm", "weight_bits": 4, "act_bits": 4, "checkpoint": ckpt["quant"]}})
     else:
-        cols.append({"name": "PTQ W8A8", "on": False, "quant": {"weight_bits": 8, "act_bits": 8}})
+        cols.append({"on": False, "quant": {"weight_bits": 8, "act_bits": 8}})
     if "consistency" in ckpt:
-        cols.append({"name": "RG-LCM 4-step", "on": True, "scheduler": "lcm", "steps": 4,
-                     "consistency": {"checkpoint": ckpt["consistency"]}})
+        cols.append({"on": True, "scheduler": "lcm", "steps": 4, "consistency": {"checkpoint": ckpt["consistency"]}})
     else:
-        cols.append({"name": "DeepCache N=5", "on": False, "deepcache": {"interval": 5}})
-    cols.append({"name": "variant 4", "on": False})
+        cols.append({"on": False, "deepcache": {"interval": 5}})
+    cols.append({"on": False})
     return cols[:N_COLUMNS]
 
 
 def _playground(cb: Callbacks, defaults: dict):
     steps0, guidance0 = int(defaults.get("steps", 25)), float(defaults.get("guidance", 5.0))
-    max_steps = cb.limits.max_steps or 200
+    max_steps = cb.limits.max_steps or MAX_STEPS
     steps0 = min(steps0, max_steps)
     presets = column_presets(cb)
+    labels = []  # the labels the columns will have (derived from their settings, as after Generate)
+    for col, p in enumerate(presets):
+        try:
+            v = Variant.from_dict({"model": cb.model, "steps": steps0, **{k: x for k, x in p.items() if k != "on"}})
+            labels.append(cmp.column_labels([v])[0])
+        except ValueError:
+            labels.append(f"column {col}")
     ui = {"controls": [], "images": [], "captions": [], "steps": [], "guidance": [], "ckpts": [], "ckpt_wiring": []}
     with gr.Row(equal_height=False):
         for col in range(N_COLUMNS):
             preset = presets[col]
             with gr.Column(min_width=200):
-                ui["images"].append(gr.Image(label=preset["name"], type="numpy", format="png", interactive=False,
+                ui["images"].append(gr.Image(label=labels[col], type="numpy", format="png", interactive=False,
                                              height=280, elem_id=f"image-{col}", elem_classes="speedlab-image",
                                              buttons=["download"]))
                 ui["captions"].append(gr.Markdown(elem_id=f"caption-{col}"))
                 enabled = gr.Checkbox(value=preset["on"], label="use this column", visible=col > 0,
                                       interactive=col > 0, elem_id=f"use-{col}")
-                name = gr.Textbox(value=preset["name"], label="name", max_lines=1, elem_id=f"name-{col}")
+                name = gr.Textbox(value="", label="name (optional prefix)", max_lines=1, elem_id=f"name-{col}",
+                                  placeholder="the label is derived from the settings")
                 with gr.Accordion("sampling", open=col == 0 or "scheduler" in preset, elem_id=f"sampling-{col}"):
                     lcm = preset.get("scheduler") == "lcm"
                     scheduler = gr.Dropdown(["default", *SCHEDULERS], value=preset.get("scheduler", "default"),
                                             label="scheduler", interactive=not lcm)
-                    steps = gr.Slider(1, max_steps, step=1, value=preset.get("steps", steps0), label="steps",
-                                      elem_id=f"steps-{col}")
+                    steps = gr.Number(value=preset.get("steps", steps0), label="steps", elem_id=f"steps-{col}",
+                                      info=f"1 to {max_steps}")  # no clamping: out-of-range is refused, said
                     guidance = gr.Slider(0.0, 20.0, step=0.5, value=guidance0, label="guidance")
                 ui["steps"].append(steps)
                 ui.setdefault("schedulers", []).append(scheduler)
@@ -75,11 +87,12 @@ def _playground(cb: Callbacks, defaults: dict):
                     values = preset.get(section, {})
                     locked = bool(values.get("checkpoint"))
                     with gr.Accordion(knobs.method_titles()[section], open=section in preset):
-                        on = gr.Checkbox(value=section in preset, label=f"{section} on")
+                        on = gr.Checkbox(value=section in preset, label=f"{section} on", elem_id=f"{section}-on-{col}")
                         comps = []
                         for p in params:
                             c = make_control(p, values.get(p["name"]), slider_cap=64,
-                                             checkpoints=cb.checkpoints(cb.model, section))
+                                             checkpoints=cb.checkpoints(cb.model, section),
+                                             elem_id=f"{section}-{p['name']}-{col}")
                             if locked and p["name"] in ("method", "weight_bits", "act_bits"):
                                 c.interactive = False
                             comps.append(c)
@@ -107,9 +120,9 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
         with gr.Tab("Playground") as pg_tab:
             with gr.Row():
                 prompt = gr.Textbox(label="Prompt", value=DEFAULT_PROMPT, scale=4, elem_id="prompt")
-                seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, scale=1)
+                seed = gr.Number(label="Seed", value=0, scale=1, elem_id="seed", info=f"0 to 2^53−1 ({MAX_SEED})")
                 model = gr.Dropdown(list(dict.fromkeys([cb.model, *knobs.MODELS])), value=cb.model, label="Model",
-                                    allow_custom_value=True, scale=2,
+                                    allow_custom_value=True, scale=2, elem_id="model",
                                     info="shapes, tiny-arch, sd15-arch, a local diffusers folder or a cached Hub id")
             with gr.Row():
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -118,7 +131,7 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                                    info="after generating: interleaved timed rounds for intervals (0: one run)")
                 grid_btn = gr.DownloadButton("Download grid PNG", interactive=False, elem_id="grid-download")
             with gr.Row():
-                status = gr.Markdown(model_error, elem_id="status")
+                status = gr.Markdown(model_error or HINT, elem_id="status")
                 cancel_note = gr.Markdown(elem_id="cancel-note")  # not the status: a cancel may answer after the run
             ui = _playground(cb, defaults)
             with gr.Row():
@@ -136,19 +149,20 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                 kind = gr.Radio(knobs.finetune_kinds(), value="efficientdm", label="method",
                                 info="EfficientDM: low-bit quantization-aware LoRA; LCD / RG-LCD: 1-8 step students")
                 preset_c = gr.Radio(list(knobs.PRESET_NAMES), value=knobs.PRESET_NAMES[0], label="preset")
-                ft_model = gr.Textbox(value=cb.model, label="model", max_lines=1)
+                ft_model = gr.Textbox(value=cb.model, label="model", max_lines=1, elem_id="ft-model")
             with gr.Accordion("advanced settings", open=False):
                 groups, job_controls = [], []
                 for k in form_kinds():
                     values = knobs.preset(k, knobs.PRESET_NAMES[0])
                     with gr.Group(visible=k == "efficientdm") as group:
-                        job_controls += [make_control(p, values[p["name"]]) for p in knobs.job_params(k)]
+                        job_controls += [make_control(p, values[p["name"]], elem_id=f"ft-{k}-{p['name']}")
+                                         for p in knobs.job_params(k)]
                     groups.append(group)
             with gr.Row():
                 start_btn = gr.Button("Start fine-tune", variant="primary", elem_id="start-finetune")
                 job_sel = gr.Dropdown(label="job", choices=[], interactive=True, allow_custom_value=True)
                 job_id = gr.Textbox(label="started job", interactive=False, max_lines=1, elem_id="job-id")
-                cancel_job_btn = gr.Button("Cancel job", variant="stop")
+                cancel_job_btn = gr.Button("Cancel job", variant="stop", elem_id="cancel-finetune")
                 resume_btn = gr.Button("Resume job")
             job_status = gr.Markdown(elem_id="job-status")
             with gr.Row():
@@ -177,7 +191,7 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                 sweep_btn = gr.Button("Run sweep", variant="primary", elem_id="sweep")
                 sweep_cancel = gr.Button("Cancel", variant="stop")
             with gr.Row():
-                curves_status = gr.Markdown()
+                curves_status = gr.Markdown(CURVES_HINT, elem_id="curves-status")
                 sweep_cancel_note = gr.Markdown()
             plot = gr.Plot(label="latency vs quality, Pareto front dashed")
             table = gr.Dataframe(label="points (select a row to compare it with the baseline)", interactive=False)
@@ -192,18 +206,21 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
         with gr.Tab("Report") as rp_tab:
             export_source = gr.Radio(["Playground comparison", "Curves sweep"], value="Playground comparison",
                                      label="export")
-            export_btn = gr.Button("Export report", variant="primary")
-            report_status = gr.Markdown()
+            export_btn = gr.Button("Export report", variant="primary", elem_id="export")
+            report_status = gr.Markdown("Generate in the Playground (or run a sweep in Curves), then **Export "
+                                        "report**: an HTML page and a zip bundle with every column's images and "
+                                        "numbers.", elem_id="report-status")
             with gr.Row():
                 zip_btn = gr.DownloadButton("Download zip bundle", visible=False)
-                html_btn = gr.DownloadButton("Download HTML report", visible=False)
+                html_btn = gr.DownloadButton("Download HTML report", visible=False, elem_id="report-html")
             preview = gr.HTML()
 
         # ---- Playground events
         gen = generate_btn.click(cb.collect_variants, ui["controls"], variants_box, queue=False,
                                  api_visibility="private")
         run = gen.then(cb.generate, [prompt, seed, model, variants_box],
-                       [*ui["images"], *ui["captions"], results, status, comparison], api_name="generate", **DEVICE)
+                       [*ui["images"], *ui["captions"], results, status, comparison], api_name="generate",
+                       show_progress_on=status, **DEVICE)  # images already made stay visible
         run.then(cb.pair_choices, [comparison, show_diff], [pair_a, pair_b, pair], api_visibility="private",
                  queue=False)
         timed = run.then(cb.time_columns, [prompt, seed, model, variants_box, comparison, rounds, status],

@@ -1,8 +1,11 @@
 """The workbench end to end in headless Chromium (Debian's chromium package, driven by Playwright with
 executable_path; browser downloads are impossible here, so `playwright install` is never used), on the embedded
-model with the checkpoints shipped in assets/: the default page's four methods, columns that stay true, the
-aligned before/after comparison, the grid PNG, Cancel, and the Curves tab's quantization maps."""
+model with the checkpoints shipped in assets/: the default page's four methods, columns that stay true, labels
+that follow the settings, bad input said in one line, the aligned before/after comparison, the grid PNG, Cancel,
+the Curves tab's quantization maps, the Fine-tune tab (start, progress, cancel, a finished checkpoint offered in the
+Playground) and the Report tab (export, open the HTML)."""
 
+import re
 import shutil
 import time
 from pathlib import Path
@@ -72,10 +75,10 @@ def test_default_page_shows_four_methods(generated):
     from playwright.sync_api import expect
 
     page = generated
-    for col, needle in enumerate(("baseline", "DeepCache", "EfficientDM W4A4", "RG-LCM 4-step")):
+    for col, needle in enumerate(("baseline", "DeepCache N=3", "EfficientDM W4A4", "LCM rg-lcm-lora")):
         expect(page.locator(f"#image-{col} img")).to_be_visible()
         expect(page.locator(f"#caption-{col}")).to_contain_text(needle)
-        expect(page.locator(f"#image-{col}")).to_contain_text(needle)  # the image's label is the column's name
+        expect(page.locator(f"#image-{col}")).to_contain_text(needle)  # the image's label is the column's
     expect(page.locator("#image-4 img")).to_have_count(0)  # the fifth column is off
     expect(page.locator("#caption-3")).to_contain_text("8 U-Net evals")  # 4 lcm steps × CFG
     expect(page.locator("#caption-1")).to_contain_text("× [")  # the speed-up with its interval
@@ -135,7 +138,7 @@ def test_cancel_stops_a_long_generation(browser, page_url):
             page.locator(f"#sampling-{col}").get_by_text("sampling").click()  # open the accordion
         _set(page, f"#steps-{col}", "200")
     page.locator("#generate").click()
-    expect(page.locator("#image-0")).to_contain_text("denoising", timeout=60_000)
+    expect(page.locator("#status")).to_contain_text("denoising", timeout=60_000)
     start = time.perf_counter()
     page.locator("#cancel").click()
     expect(page.locator("#status")).to_contain_text("Cancelled", timeout=30_000)
@@ -161,4 +164,122 @@ def test_curves_tab_shows_the_ptq_heat_map(browser, page_url):
     expect(page.locator("#quant-grid")).to_contain_text("PTQ accuracy drop vs FP")
     expect(page.locator("#quant-grid-caption")).to_contain_text(fragment["command"])
     expect(page.locator("#quant-grid-caption")).to_contain_text(f"commit {fragment['environment']['git_commit']}")
+    page.close()
+
+
+def _only_columns(page, keep: tuple[int, ...]) -> None:
+    for col in range(1, 5):
+        box = page.locator(f"#use-{col} input[type=checkbox]")
+        box.check() if col in keep else box.uncheck()
+
+
+def test_first_load_hints_and_bad_input_is_one_line(browser, page_url):
+    """No empty image boxes without a hint; a negative seed and 0 steps are refused by name (no Error badges)."""
+    from playwright.sync_api import expect
+
+    page = _open(browser, page_url)
+    expect(page.locator("#status")).to_contain_text("Press Generate")
+    _only_columns(page, ())
+    _set(page, "#seed", "-1")
+    page.locator("#generate").click()
+    expect(page.locator("#status")).to_contain_text("seed -1 is out of range; allowed: 0 to 9007199254740991",
+                                                    timeout=30_000)
+    _set(page, "#seed", "9007199254740993")  # 2^53 + 1: refused, not run as 2^53
+    page.locator("#generate").click()
+    expect(page.locator("#status")).to_contain_text("seed 9007199254740992 is out of range", timeout=30_000)
+    _set(page, "#seed", "0")
+    _set(page, "#steps-0", "0")
+    page.locator("#generate").click()
+    expect(page.locator("#caption-0")).to_contain_text("steps: 0 is not allowed; allowed: a whole number from 1",
+                                                       timeout=30_000)
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)  # no error badge over the images
+    page.screenshot(path=str(SHOTS / "bad-input.png"), full_page=False)
+    page.close()
+
+
+SHOTS = Path(__file__).resolve().parents[1] / "runs" / "screenshots"
+SHOTS.mkdir(parents=True, exist_ok=True)
+
+
+def test_label_follows_the_settings_and_the_report_has_every_column(browser, page_url, tmp_path):
+    """A column named "DeepCache N=3" moved to interval 5 says N=5 in its image, the comparison picker and the
+    exported report; the report's HTML opens with every column's image and numbers."""
+    from playwright.sync_api import expect
+
+    page = _open(browser, page_url)
+    _only_columns(page, (1,))
+    _set(page, "#rounds", "0")
+    _set(page, "#steps-0", "6")
+    page.locator("#sampling-1").get_by_text("sampling").click()
+    _set(page, "#steps-1", "6")
+    _set(page, "#name-1", "DeepCache N=3")
+    _set(page, "#deepcache-interval-1", "5")
+    page.locator("#generate").click()
+    expect(page.locator("#status")).to_contain_text("Done: 2 images", timeout=120_000)
+    label = "DeepCache N=3: DeepCache N=5 · 6 steps"
+    expect(page.locator("#image-1")).to_contain_text(label)
+    expect(page.locator("#caption-1")).to_contain_text(label)
+    page.screenshot(path=str(SHOTS / "label-follows-settings.png"))
+
+    page.get_by_role("tab", name="Report").click()
+    expect(page.locator("#report-status")).to_contain_text("Export report")  # the hint before any export
+    page.locator("#export").click()
+    expect(page.locator("#report-status")).to_contain_text("Exported", timeout=60_000)
+    with page.expect_download(timeout=30_000) as info:
+        page.locator("#report-html").click()
+    path = tmp_path / info.value.suggested_filename
+    info.value.save_as(path)
+    text = path.read_text()
+    assert "baseline · 6 steps" in text and label in text and "N=3 ·" not in text
+    report = browser.new_page(viewport={"width": 1400, "height": 1000})
+    report.goto(path.as_uri())
+    images = report.locator("img")
+    assert images.count() >= 2
+    for k in range(images.count()):  # every image decodes (a data URI or a file beside the page)
+        assert images.nth(k).evaluate("e => e.complete && e.naturalWidth > 0")
+    body = report.locator("body")
+    expect(body).to_contain_text(label)
+    expect(body).to_contain_text(re.compile(r"latency"))
+    report.screenshot(path=str(SHOTS / "report.png"), full_page=True)
+    report.close()
+    page.close()
+
+
+def test_finetune_start_progress_cancel_and_a_finished_checkpoint(browser, page_url):
+    """Start the 1-minute demo on shapes, see it reach training steps, cancel it (said at once, done within
+    seconds); then a short tiny-arch fine-tune finishes and its checkpoint is offered in the Playground."""
+    from playwright.sync_api import expect
+
+    page = _open(browser, page_url)
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.locator("#start-finetune").click()
+    status = page.locator("#job-status")
+    expect(status).to_contain_text("efficientdm on shapes", timeout=30_000)
+    expect(status).to_contain_text(re.compile(r"step \d+"), timeout=120_000)  # progress: training steps counted
+    page.screenshot(path=str(SHOTS / "finetune-progress.png"))
+    page.locator("#cancel-finetune").click()
+    start = time.perf_counter()
+    expect(status).to_contain_text(re.compile("cancel requested|cancelled"), timeout=10_000)  # said at once
+    expect(status).to_contain_text("cancelled", timeout=30_000)
+    print(f"cancel took {time.perf_counter() - start:.1f} s after the request was shown")
+
+    _set(page, "#ft-model", "tiny-arch")
+    page.get_by_text("advanced settings").click()
+    for name, value in (("minutes", "0.05"), ("max_iters", "1"), ("train_steps", "2"), ("batch_size", "1"),
+                        ("lora_rank", "2")):
+        _set(page, f"#ft-efficientdm-{name}", value)
+    page.locator("#start-finetune").click()
+    expect(status).to_contain_text("efficientdm on tiny-arch", timeout=30_000)
+    expect(status).to_contain_text("selectable in the Playground", timeout=120_000)
+    job_id = re.search(r"\d{8}-\d{6}-[0-9a-f]{6}", status.inner_text()).group(0)
+    page.screenshot(path=str(SHOTS / "finetune-done.png"))
+
+    page.get_by_role("tab", name="Playground").click()
+    model = page.locator("#model input").first  # a dropdown that takes a typed value
+    model.fill("tiny-arch")
+    model.press("Enter")
+    expect(page.locator("#status")).to_contain_text("Model tiny-arch ready", timeout=60_000)
+    page.locator("#quant-checkpoint-2 input").click()
+    expect(page.get_by_role("option", name=f"efficientdm {job_id} (tiny-arch)")).to_be_visible(timeout=10_000)
+    page.screenshot(path=str(SHOTS / "finetune-checkpoint-offered.png"))
     page.close()

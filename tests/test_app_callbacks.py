@@ -6,7 +6,9 @@ import math
 import threading
 import time
 import zipfile
+from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 
@@ -24,7 +26,7 @@ DC = {"steps": 4, "deepcache": {"interval": 2}}
 
 def test_compare_baseline_and_deepcache_same_seed():
     rows = cmp.compare(PROMPT, 3, [BASE, DC], model="tiny-arch")
-    assert [r["name"] for r in rows] == ["baseline", "variant 1"]
+    assert [r["name"] for r in rows] == ["baseline · 4 steps", "DeepCache N=2 · 4 steps"]  # from the settings
     base, dc = rows
     assert base["image"].shape == dc["image"].shape and base["image"].dtype.name == "uint8"
     assert base["speedup"] == 1.0 and base["psnr_vs_baseline"] is None
@@ -117,10 +119,43 @@ def test_curves_run_through_the_sweep_engine(tmp_path):
     assert "deepcache.branch=0" in names and "deepcache.branch=1" in names and "baseline" in names
     hover = next(t for t in fig.data if t.name == "deepcache.branch=1").hovertext[0]
     assert "interval=3 branch=1" in hover and "latency_s" in hover
+    for trace in fig.data[:3]:  # every point with its 95% intervals, joined along the latency axis
+        assert len(trace.error_x.array) == len(trace.x) and len(trace.error_y.array) == len(trace.y)
+        assert list(trace.x) == sorted(trace.x)
     cancel = threading.Event()
     cancel.set()
     with pytest.raises(cmp.GenerationCancelled):
         curves.run_curves(tmp_path, {"model": "tiny-arch", "steps": 4}, {"steps": [2, 3]}, [PROMPT], 0, cancel=cancel)
+
+
+def test_a_cancelled_sweep_says_cancelled_not_error(tmp_path):
+    from app.callbacks import Callbacks
+
+    cb = Callbacks("tiny-arch", tmp_path)
+    cb.cancels.begin(None).set()  # what Cancel does while the sweep runs
+    cb.cancels.begin = lambda request: cb.cancels._flags["default"]
+    out = cb.curves.run(PROMPT, 0, "tiny-arch", json.dumps([BASE]), "variant", "steps", 2, 3, 1, "(none)", None, "",
+                        "this prompt + single set", 2, "speedup", progress=lambda *a, **k: None)
+    assert out[3].startswith("**Cancelled**") and "resume" in out[3]
+
+
+def test_plots_draw_the_intervals_of_the_tables():
+    import pandas as pd
+
+    from backend.reports import plots
+
+    df = pd.DataFrame({"variant": ["base", "a", "b"], "is_baseline": [True, False, False],
+                       "latency_s": [2.0, 1.0, 1.5], "latency_ci.lo": [1.9, 0.9, 1.4], "latency_ci.hi": [2.2, 1.1, 1.5],
+                       "speedup": [1.0, 2.0, 1.3], "speedup_ci.lo": [1.0, 1.8, 1.2], "speedup_ci.hi": [1.0, 2.3, 1.4],
+                       "prompt_accuracy": [0.9, 0.8, 0.85], "prompt_accuracy_delta.ci.lo": [0.0, -0.2, -0.1],
+                       "prompt_accuracy_delta.ci.hi": [0.0, 0.0, 0.05], "family": "base", "line": "", "knob": 1.0})
+    bars = plots.fig_bars(df, "speedup").data[0].error_y
+    assert list(bars.array) == pytest.approx([0.0, 0.3, 0.1]) and list(bars.arrayminus) == pytest.approx([0, 0.2, 0.1])
+    acc = plots.error_bars(df, "prompt_accuracy")  # paired: the baseline plus the delta's interval
+    assert acc["array"] == pytest.approx([0.0, 0.1, 0.1]) and acc["arrayminus"] == pytest.approx([0.0, 0.1, 0.05])
+    pareto = plots.fig_pareto(df, "prompt_accuracy").data[0]
+    assert pareto.error_x.array is not None and pareto.error_y.array is not None
+    assert plots.error_bars(df, "kid_shapes") is None  # no interval in the frame: no bars, not zero bars
 
 
 def test_report_of_a_comparison_has_unique_names_and_no_placeholders(tmp_path):
@@ -131,7 +166,7 @@ def test_report_of_a_comparison_has_unique_names_and_no_placeholders(tmp_path):
     second = record.export(tmp_path, run_id, "playground", tmp_path)
     assert first.html != second.html and first.zip.name != second.zip.name
     text = first.html.read_text()
-    assert "variant 1" in text and "?" not in text.split("latency_s is")[1][:900]
+    assert "DeepCache N=2 · 4 steps" in text and "?" not in text.split("latency_s is")[1][:900]
     names = zipfile.ZipFile(first.zip).namelist()
     assert {"metrics.json", "metrics.csv", "config.json"} <= set(names)
     assert sum(n.startswith("images/") for n in names) == 2
@@ -209,12 +244,61 @@ def test_columns_map_to_their_slots(tmp_path):
 
     cb = Callbacks("tiny-arch", tmp_path)
     columns = [BASE, None, {"name": "third", **DC}, None, {"name": "bad", "steps": 4, "deepcache": {"interval": 0}}]
-    out = cb.generate(PROMPT, 0, "tiny-arch", json.dumps(columns), progress=lambda *a, **k: None)
+    outs = list(cb.generate(PROMPT, 0, "tiny-arch", json.dumps(columns), progress=lambda *a, **k: None))
+    first = outs[0]  # the baseline is shown before the other columns are made
+    assert first[0]["value"] is not None and first[2] == gr.skip() and first[2 * N_COLUMNS + 1] == "1 of 3 images…"
+    out = outs[-1]
     images, captions, by_col = out[:N_COLUMNS], out[N_COLUMNS:2 * N_COLUMNS], out[-1]
     assert images[1]["value"] is None and captions[1] == "" and by_col[1] is None
-    assert images[2]["label"] == "third" and images[2]["value"].shape[0] >= 256
+    assert images[2]["label"] == "third: DeepCache N=2 · 4 steps" and images[2]["value"].shape[0] >= 256
     assert captions[4].startswith("**bad** — Error:") and images[4]["value"] is None
     assert out[2 * N_COLUMNS + 1].startswith("Done: 2 images")
+
+
+def test_column_labels_follow_the_settings():
+    """A column named after its settings and then changed says what it runs: the name is only a prefix."""
+    from backend.variant import Variant
+
+    def v(**kw):
+        return Variant.from_dict({"model": "tiny-arch", "steps": 4, **kw})
+
+    labels = cmp.column_labels([v(), v(name="DeepCache N=3", deepcache={"interval": 5}), v(deepcache={"interval": 5}),
+                                v(steps=8, scheduler="ddim", guidance=2.0, quant={"weight_bits": 4, "act_bits": 8})])
+    assert labels == ["baseline · 4 steps", "DeepCache N=3: DeepCache N=5 · 4 steps", "DeepCache N=5 · 4 steps",
+                      "PTQ W4A8 · ddim, 8 steps, CFG 2"]
+    assert cmp.column_labels([v(), v(), {"name": "bad"}]) == ["baseline · 4 steps", "baseline · 4 steps (2)", "bad"]
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, 2 ** 53, 2 ** 53 + 1, float("nan"), "3", True])
+def test_seed_out_of_range_is_refused_not_rounded(seed):
+    with pytest.raises(ValueError, match="seed"):
+        cmp.check_seed(seed)
+    assert cmp.check_seed(2 ** 53 - 1) == 2 ** 53 - 1 and cmp.check_seed(7.0) == 7
+
+
+@pytest.mark.parametrize("seed, variants, message", [
+    (-1, [BASE], "seed -1 is out of range; allowed: 0 to 9007199254740991"),
+    (float(2 ** 53), [BASE], "seed 9007199254740992 is out of range"),
+    (0, "[" * 100_000 + "]" * 100_000, "variants: JSON nested too deeply"),
+])
+def test_bad_playground_input_is_one_status_line(tmp_path, seed, variants, message):
+    from app.callbacks import N_COLUMNS, Callbacks
+
+    cb = Callbacks("tiny-arch", tmp_path)
+    text = variants if isinstance(variants, str) else json.dumps(variants)
+    (out,) = list(cb.generate(PROMPT, seed, "tiny-arch", text, progress=lambda *a, **k: None))
+    assert message in out[2 * N_COLUMNS + 1] and all(o == gr.skip() for o in out[:2 * N_COLUMNS])
+
+
+def test_steps_out_of_range_are_refused_in_their_column(tmp_path):
+    from app.callbacks import N_COLUMNS, Callbacks
+
+    cb = Callbacks("tiny-arch", tmp_path)
+    columns = [BASE, {"steps": 0}, {"steps": 100000}, {"steps": 2.5}]
+    out = list(cb.generate(PROMPT, 0, "tiny-arch", json.dumps(columns), progress=lambda *a, **k: None))[-1]
+    captions = out[N_COLUMNS:2 * N_COLUMNS]
+    assert "steps: 0 is not allowed; allowed: a whole number from 1 to 1000" in captions[1]
+    assert "steps: 100000 is not allowed" in captions[2] and "steps: 2.5 is not allowed" in captions[3]
 
 
 def _service(tmp_path, **kw) -> JobService:
@@ -363,7 +447,7 @@ def test_a_watched_job_records_accuracy_points_and_its_warning(tmp_path):
                          out_dir=str(tmp_path / "jobs" / job_id / "checkpoint"), job_id=job_id, status="running")
         with (tmp_path / "jobs" / job_id / "progress.jsonl").open("a") as file:
             log = JobLog(store, job_id, file)
-            recorder = WatchRecorder(_FakeWatch([0.8, 0.75, 0.6]), log)
+            recorder = WatchRecorder(lambda: _FakeWatch([0.8, 0.75, 0.6]), log)
             for step in (1, 2):
                 log.report({"step": step, "loss": 0.2 / step, "train_s": 60.0 * step})
             assert recorder(None, 120.0, 2) is False
@@ -397,16 +481,18 @@ def test_a_watched_job_records_accuracy_points_and_its_warning(tmp_path):
 
 def test_a_workbench_efficientdm_fine_tune_runs_the_watch(tmp_path, monkeypatch):
     """The worker's EfficientDM fine-tune builds the watch the CLI builds (every 2 min on 16 hard prompts from the
-    PTQ start), feeds it the losses and judges the finished student once more (a fake watch on tiny-arch)."""
+    PTQ start) after training has started (its references take a minute), feeds it the loss after the settle
+    iterations and the latest, and judges the finished student (a fake watch on tiny-arch)."""
     from backend.core import JobControl
     from backend.methods.quant import watch
     from backend.models import load_pipeline
     from backend.runs import job_worker
 
-    made = {}
+    made, steps = {}, []
 
     def make_watch(pipe, sample, every_minutes, n, start=None, settle_iters=1):
-        made.update(every=every_minutes, n=n, bits=(start.weight_bits, start.act_bits), settle=settle_iters)
+        made.update(every=every_minutes, n=n, bits=(start.weight_bits, start.act_bits), settle=settle_iters,
+                    after_step=len(steps))
         made["watch"] = _FakeWatch([0.5, 0.7])
         made["watch"].every_s = every_minutes * 60
         return made["watch"]
@@ -423,11 +509,70 @@ def test_a_workbench_efficientdm_fine_tune_runs_the_watch(tmp_path, monkeypatch)
             log = job_worker.JobLog(store, job_id, file)
             summary = job_worker.run_finetune("efficientdm", load_pipeline("tiny-arch"), settings,
                                               tmp_path / "jobs" / job_id / "checkpoint",
-                                              JobControl(on_progress=log.report), log)
+                                              JobControl(on_progress=lambda f: (steps.append(f), log.report(f))), log)
     assert summary["status"] == "done" and summary["iters"] == 3
     assert {k: made[k] for k in ("every", "n", "bits", "settle")} == {
         "every": watch.JOB_WATCH_EVERY_MIN, "n": watch.JOB_WATCH_N, "bits": (4, 8), "settle": 2}
-    assert len(made["watch"].losses) == 3  # every report reached the watch
+    assert made["after_step"] == 3  # training did not wait for the watch's references
+    assert made["watch"].losses == [steps[1]["loss"], steps[2]["loss"]]  # past the settle iterations; the latest
     points = JobService(tmp_path).quality_watch(job_id)
     assert [(p["iters"], p["prompt_accuracy"]) for p in points] == [(0, 0.5), (3, 0.7)]
     assert points[1]["minutes"] == round(summary["elapsed_s"] / 60, 3)  # training time, not the watch's
+
+
+def test_cancel_is_honoured_inside_the_quality_watch(tmp_path, monkeypatch):
+    """A cancel while the watch judges (a long generation here) stops the job within a layer, not after the
+    watch's minute; the job ends "cancelled" with no error."""
+    from backend.methods.quant import watch
+    from backend.runs import job_worker
+    from backend.sampling import generate
+    from backend.variant import Variant
+
+    job_id = "20260101-000005-cancel"
+    flag = job_worker.FileFlag(tmp_path / "jobs" / job_id / "cancel")
+
+    def make_watch(pipe, *args, **kwargs):
+        threading.Timer(0.5, flag.set).start()
+        generate(pipe, Variant.from_dict({"model": "tiny-arch", "steps": 900}), [PROMPT], [0])  # a minute uncancelled
+        raise AssertionError("the generation was not stopped")
+
+    monkeypatch.setattr(watch, "make_watch", make_watch)
+    (tmp_path / "jobs" / job_id).mkdir(parents=True)
+    settings = {"weight_bits": 4, "act_bits": 8, "minutes": 1.0, "max_iters": 1, "train_steps": 2, "batch_size": 1,
+                "lora_rank": 2}
+    with Store(tmp_path) as store:
+        store.create_job("efficientdm", {"model": "tiny-arch", "settings": settings, "section": "quant"},
+                         out_dir=str(tmp_path / "jobs" / job_id / "checkpoint"), job_id=job_id, status="queued")
+    assert job_worker.run(tmp_path, job_id) == 1
+    job = JobService(tmp_path).get(job_id)
+    assert job["status"] == "cancelled" and job["error"] is None and job["cancel_requested"]
+
+
+def test_finished_workers_are_reaped(tmp_path):
+    jobs = _service(tmp_path)
+    job_id = jobs.start("efficientdm", "tiny-arch", {"minutes": 0.05, "max_iters": 1, "train_steps": 2,
+                                                     "batch_size": 1, "lora_rank": 2})
+    pid = jobs.get(job_id)["pid"]
+    assert jobs.wait(job_id, 120)["status"] == "done"
+    deadline = time.monotonic() + 60  # the worker exits soon after writing "done"; the service reaps it
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        jobs.jobs()
+        time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists()  # a zombie would stay listed until its parent exits
+
+
+def test_a_method_without_its_own_label_is_labelled_by_its_changed_knobs():
+    """A new method's column is labelled from its declared knobs with no UI code (MethodConfig.label)."""
+    import dataclasses
+
+    from backend.methods.params import MethodConfig, param
+
+    @dataclasses.dataclass
+    class Toy(MethodConfig):
+        section = "toy"
+        ratio: float = param(0.5, "merge ratio")
+        on_time: bool = param(True, "a flag")
+        hidden: int = param(1, "not in forms", ui=False)
+
+    assert Toy().label() == "toy"
+    assert Toy(ratio=0.3, on_time=False, hidden=2).label() == "toy ratio=0.3 on_time=False"

@@ -29,19 +29,24 @@ def client(server):
 def test_generate_baseline_and_deepcache(client):
     # one entry per column, null for a column that is off: results land in the column that asked
     variants = [{"steps": 6}, None, {"name": "dc", "steps": 6, "deepcache": {"interval": 3}}]
-    out = client.predict(PROMPT, 1, "tiny-arch", json.dumps(variants), api_name="/generate")
-    images, results, status = [u["value"] for u in out[:5]], out[10], out[11]
+    job = client.submit(PROMPT, 1, "tiny-arch", json.dumps(variants), api_name="/generate")
+    out = job.result()
+    steps = job.outputs()  # each column as soon as it is made: the baseline's image comes first, alone
+    assert len(steps) == 2 and steps[0][0]["value"].endswith(".png") and "value" not in steps[0][2]
+    assert steps[0][11] == "1 of 2 images…"
+    images = [next((s[k]["value"] for s in reversed(steps) if "value" in s[k]), None) for k in range(5)]
+    results, status = out[10], out[11]
     assert images[0].endswith(".png") and images[2].endswith(".png") and images[1] is None and images[3:] == [None] * 2
-    assert out[0]["label"] == "baseline" and out[2]["label"] == "dc"
-    assert [r["name"] for r in results] == ["baseline", "dc"]
+    assert out[0]["label"] == "baseline · 6 steps" and out[2]["label"] == "dc: DeepCache N=3 · 6 steps"
+    assert [r["name"] for r in results] == ["baseline · 6 steps", "dc: DeepCache N=3 · 6 steps"]
     assert all(r["latency_s"] > 0 for r in results) and results[1]["psnr_vs_baseline"] is not None
-    assert out[5].startswith("**baseline**") and out[6] == "" and out[7].startswith("**dc**")
+    assert out[5].startswith("**baseline · 6 steps**") and out[6] == "" and out[7].startswith("**dc: DeepCache")
     assert status.startswith("Done: 2 images")
 
 
 def test_limits_refuse_a_huge_request(client):
     out = client.predict(PROMPT, 0, "tiny-arch", json.dumps([{"steps": 2}, {"steps": 500}]), api_name="/generate")
-    assert "--max-steps" in out[6] and out[5].startswith("**baseline**")
+    assert "--max-steps" in out[6] and out[5].startswith("**baseline")
 
 
 def test_bad_input_is_said_in_the_status_line(client):

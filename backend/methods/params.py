@@ -67,6 +67,13 @@ class MethodConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def label(self) -> str:
+        """A short text of these settings for column labels: the section and every UI knob off its default
+        (override in a method config for a terser one, e.g. "DeepCache N=5")."""
+        changed = [f"{p['name']}={getattr(self, p['name'])}" for p in self.describe()
+                   if p.get("ui", True) and getattr(self, p["name"]) != p["default"]]
+        return " ".join([self.section, *changed])
+
     @classmethod
     def describe(cls) -> list[dict]:
         """The declared parameters: name, type, default, help, minimum, maximum, choices."""

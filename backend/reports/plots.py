@@ -140,6 +140,35 @@ def pareto_front(df: pd.DataFrame, metric: str, higher_is_better: bool | None = 
     return d.loc[front]
 
 
+def interval(df: pd.DataFrame, metric: str, run: pd.DataFrame | None = None
+             ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each row's 95% interval of ``metric`` as (lo, hi) arrays (NaN where a row has none), or None when the frame
+    has no interval for it: ``{metric}_ci``, or for a metric paired against the baseline (``{metric}_delta.ci``)
+    the baseline's value (found in ``run``, the whole frame ``df`` is part of) plus the paired delta's interval."""
+    run = df if run is None else run
+    for ci in (f"{metric}_ci", f"{metric.removesuffix('_s')}_ci"):  # latency_s's interval is latency_ci
+        if f"{ci}.lo" in df:
+            return df[f"{ci}.lo"].astype(float).to_numpy(), df[f"{ci}.hi"].astype(float).to_numpy()
+    if f"{metric}_delta.ci.lo" in df and run["is_baseline"].any():
+        base = float(run.loc[run["is_baseline"], metric].astype(float).iloc[0])
+        return (base + df[f"{metric}_delta.ci.lo"].astype(float).to_numpy(),
+                base + df[f"{metric}_delta.ci.hi"].astype(float).to_numpy())
+    return None
+
+
+def error_bars(df: pd.DataFrame, metric: str, run: pd.DataFrame | None = None) -> dict | None:
+    """Plotly ``error_x`` / ``error_y`` of ``metric``'s 95% intervals (no bar on a row without one), or None;
+    ``run``: the whole frame ``df`` is part of (see :func:`interval`)."""
+    ci = interval(df, metric, run)
+    if ci is None:
+        return None
+    value = df[metric].astype(float).to_numpy()
+    with np.errstate(invalid="ignore"):
+        up, down = np.nan_to_num(ci[1] - value, posinf=0.0), np.nan_to_num(value - ci[0], posinf=0.0)
+    return {"type": "data", "symmetric": False, "array": np.clip(up, 0, None).tolist(),
+            "arrayminus": np.clip(down, 0, None).tolist(), "thickness": 1.2}
+
+
 def _hover(df: pd.DataFrame) -> list[str]:
     return [f"{r.variant}<br>latency {r.latency_s:.3g} s · speedup {r.speedup:.2f}×" for r in df.itertuples()]
 
@@ -155,12 +184,13 @@ def fig_pareto(df: pd.DataFrame, metric: str) -> go.Figure:
             continue
         fig.add_trace(go.Scatter(x=part["latency_s"], y=part[metric], mode="markers+text", name=name,
                                  text=part["variant"], textposition="top center", hovertext=_hover(part),
-                                 marker={"symbol": symbol, "size": 14 if is_base else 10}))
+                                 marker={"symbol": symbol, "size": 14 if is_base else 10},
+                                 error_x=error_bars(part, "latency_s"), error_y=error_bars(part, metric, df)))
     front = pareto_front(df, metric, higher)
     if len(front):
         fig.add_trace(go.Scatter(x=front["latency_s"], y=front[metric], mode="lines", name="Pareto front",
                                  line={"dash": "dash"}, line_shape="hv" if higher else "hv"))
-    fig.update_layout(title=f"Latency vs {label} ({'higher' if higher else 'lower'} is better)",
+    fig.update_layout(title=f"Latency vs {label} ({'higher' if higher else 'lower'} is better; bars: 95% intervals)",
                       xaxis_title="latency (s / image, median)", yaxis_title=label, height=420,
                       margin={"t": 50, "l": 60, "r": 20, "b": 50})
     return fig
@@ -198,11 +228,13 @@ def fig_method_curves(df: pd.DataFrame, metric: str = "speedup") -> go.Figure | 
         for line, part in d[d["family"] == fam].groupby("line", sort=False):
             part = part.sort_values("knob")
             fig.add_trace(go.Scatter(x=part["knob"], y=part[metric], mode="lines+markers", name=line,
-                                     hovertext=list(part["variant"])), row=1, col=k + 1)
+                                     hovertext=list(part["variant"]), error_y=error_bars(part, metric, df)),
+                          row=1, col=k + 1)
         fig.update_xaxes(title_text=axes[fam], row=1, col=k + 1)
     label = {**QUALITY_METRICS, **COST_METRICS}.get(metric, (metric,))[0]
     fig.update_yaxes(title_text=label, row=1, col=1)
-    fig.update_layout(title=f"Per-method curves: {label}", height=380, margin={"t": 70, "l": 60, "r": 20, "b": 50})
+    fig.update_layout(title=f"Per-method curves: {label} (bars: 95% intervals)", height=380,
+                      margin={"t": 70, "l": 60, "r": 20, "b": 50})
     return fig
 
 
@@ -211,9 +243,10 @@ def fig_bars(df: pd.DataFrame, metric: str = "speedup") -> go.Figure:
     label = {**QUALITY_METRICS, **COST_METRICS}.get(metric, (metric,))[0]
     values = df[metric].astype(float).replace([np.inf, -np.inf], np.nan)
     fig = go.Figure(go.Bar(x=df["variant"], y=values, text=[f"{v:.3g}" if np.isfinite(v) else "" for v in values],
-                           textposition="outside",
+                           textposition="outside", error_y=error_bars(df.assign(**{metric: values}), metric),
                            marker_color=["#888" if b else "#3366cc" for b in df["is_baseline"]]))
-    fig.update_layout(title=label, yaxis_title=label, height=380, margin={"t": 50, "l": 60, "r": 20, "b": 120})
+    bars = " (bars: 95% intervals)" if interval(df, metric) is not None else ""
+    fig.update_layout(title=label + bars, yaxis_title=label, height=380, margin={"t": 50, "l": 60, "r": 20, "b": 120})
     return fig
 
 

@@ -22,6 +22,7 @@ import torch
 
 from backend.core import jsonable
 from backend.metadata import pipeline_info
+from backend.methods.params import MAX_SEED
 from backend.variant import Variant, VariantError
 
 MAX_VARIANTS = 4
@@ -55,9 +56,11 @@ class Limits:
 
 
 @contextmanager
-def stop_inside(cancel: threading.Event | None, deadline: float | None = None) -> Iterator[None]:
-    """While active, every module call raises GenerationCancelled once ``cancel`` is set or ``deadline``
-    (time.monotonic()) has passed: a request stops within one layer, not one denoising step."""
+def stop_inside(cancel: threading.Event | None, deadline: float | None = None,
+                error: type[BaseException] = GenerationCancelled) -> Iterator[None]:
+    """While active, every module call raises ``error`` (GenerationCancelled) once ``cancel`` (anything with
+    ``is_set()``) is set or ``deadline`` (time.monotonic()) has passed: a request stops within one layer, not one
+    denoising step."""
     if cancel is None and deadline is None:
         yield
         return
@@ -67,9 +70,9 @@ def stop_inside(cancel: threading.Event | None, deadline: float | None = None) -
         if threading.get_ident() != owner:
             return None
         if cancel is not None and cancel.is_set():
-            raise GenerationCancelled("cancelled")
+            raise error("cancelled")
         if deadline is not None and time.monotonic() > deadline:
-            raise GenerationCancelled("stopped at this server's time limit per request (python -m app --time-limit)")
+            raise error("stopped at this server's time limit per request (python -m app --time-limit)")
         return None
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
@@ -193,29 +196,67 @@ def _judge(v: Variant, image: np.ndarray, prompt: str) -> dict:
         return {}
 
 
-def compare(
+def check_seed(seed) -> int:
+    """A seed as a whole number from 0 to MAX_SEED (2**53 − 1, exact in JSON and in a browser); VariantError
+    naming the value otherwise (never rounded: 1.5 or 2**53 + 1 are refused, not run as 2 or 2**53)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, float)) or isinstance(seed, float) and (
+            not math.isfinite(seed) or not seed.is_integer()):
+        raise VariantError(f"seed {seed!r} is not a whole number; allowed: 0 to {MAX_SEED}")
+    if not 0 <= seed <= MAX_SEED:
+        raise VariantError(f"seed {int(seed)} is out of range; allowed: 0 to {MAX_SEED}")
+    return int(seed)
+
+
+def column_labels(variants: list[Variant | dict | None]) -> list[str]:
+    """Each column's label, derived from its settings: its methods' labels (each method config's ``label()``) or
+    "baseline", its steps (and scheduler, and guidance where it differs from the first column's); a name the user
+    gave is kept as a prefix ("my student: LCM rg-lcm-lora · 4 steps"). Two equal labels get " (2)", " (3)"."""
+    labels: list[str] = []
+    first = next((v for v in variants if isinstance(v, Variant)), None)
+    for i, v in enumerate(variants):
+        if not isinstance(v, Variant):
+            name = v.get("name") if isinstance(v, dict) else None
+            labels.append(str(name or ("baseline" if i == 0 else f"variant {i}")))
+            continue
+        derived = " + ".join(v.method(s).label() for s in v.on()) or "baseline"
+        sampling = f"{v.scheduler}, {v.steps} steps" if v.scheduler else f"{v.steps} steps"
+        if first is not None and v.guidance is not None and v.guidance != first.guidance:
+            sampling += f", CFG {v.guidance:g}"
+        derived += f" · {sampling}"
+        given = (v.name or "").strip()
+        labels.append(f"{given}: {derived}" if given and given not in (derived, _default_name(i)) else derived)
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            labels[i] = f"{label} ({seen[label]})"
+    return labels
+
+
+def _default_name(i: int) -> str:
+    return "baseline" if i == 0 else f"variant {i}"
+
+
+def compare_columns(
     prompt: str, seed: int, variants: list[dict], model: str | None = None,
     on_step: Callable[[int, int, str], None] | None = None, cancel: threading.Event | None = None,
     limits: Limits | None = None,
-) -> list[dict]:
-    """Generate ``prompt`` with ``seed`` through variants[0] (the baseline) and the others.
+) -> Iterator[dict]:
+    """Generate ``prompt`` with ``seed`` through variants[0] (the baseline) and the others, yielding each
+    column's row as soon as it is made (the baseline first).
 
-    One row per column, in order: name, variant, and either ``error`` (one line) or image (H×W×3 uint8),
-    latency_s, unet_evals, speedup, psnr_vs_baseline / ssim_vs_baseline (None for the baseline).
-    ``on_step(done, total, name)`` counts denoising steps over all columns. A set ``cancel`` (or the
-    limits' time limit) raises GenerationCancelled; an empty prompt, a bad seed or model raise VariantError.
+    One row per column, in order: name (its label, :func:`column_labels`), variant, and either ``error`` (one
+    line) or image (H×W×3 uint8), latency_s, unet_evals, speedup, psnr_vs_baseline / ssim_vs_baseline (None for
+    the baseline). ``on_step(done, total, name)`` counts denoising steps over all columns. A set ``cancel`` (or
+    the limits' time limit) raises GenerationCancelled; an empty prompt, a bad seed or model raise VariantError
+    before any work.
     """
     from backend.metrics.quality import psnr_ssim
     from backend.models import ModelError
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise VariantError("the prompt is empty; give a non-empty text prompt")
-    try:
-        seed = int(seed)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise VariantError(f"seed {seed!r} must be a whole number") from exc
-    if not 0 <= seed < 2 ** 63:
-        raise VariantError(f"seed {seed} is out of range; allowed: 0 to 2**63 - 1")
+    seed = check_seed(seed)
     check_count(variants)
     parsed: list[Variant | VariantError] = []
     for i, raw in enumerate(variants):
@@ -223,47 +264,48 @@ def compare(
             parsed.append(parse_variant(raw, i, model, limits))
         except VariantError as exc:
             parsed.append(exc)
+    labels = column_labels([v if isinstance(v, Variant) else variants[i] for i, v in enumerate(parsed)])
     total = sum(v.steps for v in parsed if isinstance(v, Variant))
     done = [0]
-    rows: list[dict] = []
+    base: dict | None = None
     deadline = None if limits is None or limits.time_limit_s is None else time.monotonic() + limits.time_limit_s
     with DEVICE_LOCK, stop_inside(cancel, deadline):
         for i, v in enumerate(parsed):
             if isinstance(v, VariantError):
-                raw = variants[i]
-                name = raw.get("name") if isinstance(raw, dict) else None
-                rows.append({"name": str(name or f"variant {i}"), "variant": raw,
-                             "error": str(v)})
-                continue
+                row = {"name": labels[i], "variant": variants[i], "error": str(v)}
+            else:
+                def step(k: int, n: int, name: str = labels[i]) -> None:
+                    done[0] += 1
+                    if on_step is not None:
+                        on_step(done[0], total, name)
 
-            def step(k: int, n: int, name: str = v.name) -> None:
-                done[0] += 1
-                if on_step is not None:
-                    on_step(done[0], total, name)
-
-            row = {"name": v.name, "variant": v.to_dict(), "steps": v.steps}
-            try:
-                row.update(_generate_column(v, prompt, seed, step))
-            except ModelError:
-                raise
-            except Exception as exc:  # this column's problem: shown in its column, the others go on
-                row["error"] = _one_line(exc)
-            rows.append(row)
-    _add_relative(rows, psnr_ssim)
-    return rows
+                row = {"name": labels[i], "variant": v.to_dict(), "steps": v.steps}
+                try:
+                    row.update(_generate_column(v, prompt, seed, step))
+                except ModelError:
+                    raise
+                except Exception as exc:  # this column's problem: shown in its column, the others go on
+                    row["error"] = _one_line(exc)
+            base = row if base is None else base
+            _add_relative(row, base, psnr_ssim)
+            yield row
 
 
-def _add_relative(rows: list[dict], psnr_ssim) -> None:
-    base = rows[0]
-    for row in rows:
-        if "error" in row:
-            continue
-        ok = "error" not in base
-        row["speedup"] = base["latency_s"] / row["latency_s"] if ok and row["latency_s"] > 0 else None
-        row["psnr_vs_baseline"] = row["ssim_vs_baseline"] = None
-        if ok and row is not base and row["image"].shape == base["image"].shape:
-            psnr, ssim = psnr_ssim(row["image"][None] / 255.0, base["image"][None] / 255.0)
-            row["psnr_vs_baseline"], row["ssim_vs_baseline"] = psnr, ssim
+def compare(prompt: str, seed: int, variants: list[dict], model: str | None = None, **kwargs) -> list[dict]:
+    """Every column's row of :func:`compare_columns` (same arguments), once all are made."""
+    return list(compare_columns(prompt, seed, variants, model, **kwargs))
+
+
+def _add_relative(row: dict, base: dict, psnr_ssim) -> None:
+    """The row's speed-up and PSNR / SSIM against the baseline's row (None where either failed)."""
+    if "error" in row:
+        return
+    ok = "error" not in base
+    row["speedup"] = base["latency_s"] / row["latency_s"] if ok and row["latency_s"] > 0 else None
+    row["psnr_vs_baseline"] = row["ssim_vs_baseline"] = None
+    if ok and row is not base and row["image"].shape == base["image"].shape:
+        psnr, ssim = psnr_ssim(row["image"][None] / 255.0, base["image"][None] / 255.0)
+        row["psnr_vs_baseline"], row["ssim_vs_baseline"] = psnr, ssim
 
 
 TIMING = ("interleaved rounds of one image per column, right after the columns' first generation (which is "

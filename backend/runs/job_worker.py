@@ -5,9 +5,10 @@ there), appends every progress report to ``jobs/<id>/progress.jsonl`` and writes
 done / cancelled / failed with the error) to the store. A traceback goes to ``worker.log``.
 
 The job's kind names its fine-tune in the registry (backend.methods.registry): its settings class, its ``train``
-function and, when it has one, its ``watch`` (EfficientDM's judged-quality watch, :mod:`backend.methods.quant.watch`:
-the references judged before training, the student every ``watch.every_s`` seconds of training, not counting the
-watch's own time, and once more at the end). Each point is a ``{"watch": point}`` row of ``progress.jsonl``; the
+function and, when it has one, its ``watch`` (EfficientDM's judged-quality watch, :mod:`backend.methods.quant.watch`):
+built at its first evaluation, so training starts at once — the references judged then, the student every
+``every_s`` seconds of training (the watch's own time is not training time) and once more at the end. A cancel is
+honoured within one layer in every phase. Each point is a ``{"watch": point}`` row of ``progress.jsonl``; the
 latest warning is the job's ``warning``.
 """
 
@@ -19,10 +20,12 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from backend.core import JobCancelled, JobControl, jsonable
+from backend.runs.compare import stop_inside
 from backend.runs.jobs import FileFlag
 from backend.runs.store import Store
 
@@ -59,13 +62,36 @@ class JobLog:
 
 
 class WatchRecorder:
-    """A quality watch as ``finetune``'s ``on_eval``: after each evaluation its new points become
-    ``{"watch": point}`` rows of the log and a new warning the job's warning."""
+    """A quality watch as ``finetune``'s ``on_eval``, built at its first evaluation (``make()``: its references,
+    the FP model and the PTQ start judged on WATCH_N prompts, take about a minute, so training starts first; a
+    short job judges everything at its end). After each evaluation its new points become ``{"watch": point}``
+    rows of the log and a new warning the job's warning."""
 
-    def __init__(self, watch, log: JobLog):
-        self.watch, self.log = watch, log
+    def __init__(self, make: Callable[[], Any], log: JobLog, settle_iters: int = 1):
+        self.make, self.log, self.settle_iters = make, log, settle_iters
+        self.watch, self._made = None, False
+        self._settled: dict | None = None  # the first report past the watch's settle iterations, and the latest:
+        self._latest: dict | None = None  # replayed into a watch made later
         self._points = self._warnings = 0
-        self.flush()  # the references judged before training
+
+    def observe(self, fields: dict) -> None:
+        """``JobControl.on_progress`` listener: the loss reports the watch's warnings compare."""
+        if self.watch is not None:
+            self.watch.observe(fields)
+            return
+        self._latest = fields
+        if self._settled is None and fields.get("loss") is not None and fields.get("step", 0) >= self.settle_iters:
+            self._settled = fields
+
+    def _ready(self) -> bool:
+        if not self._made:
+            self._made = True
+            self.log.phase(f"quality watch: judging the FP model and the PTQ start on {WATCH_N} hard prompts")
+            self.watch = self.make()
+            for fields in (self._settled, self._latest):
+                if self.watch is not None and fields is not None:
+                    self.watch.observe(fields)
+        return self.watch is not None
 
     def flush(self) -> None:
         for point in self.watch.curve[self._points:]:
@@ -75,13 +101,17 @@ class WatchRecorder:
         self._points, self._warnings = len(self.watch.curve), len(self.watch.warnings)
 
     def __call__(self, student, train_s: float, iters: int) -> bool:
+        if not self._ready():
+            return False
+        self.log.phase("quality watch: judging the student")
         stop = self.watch(student, train_s, iters)
         self.flush()
+        self.log.phase("training")
         return stop
 
     def final(self, student, train_s: float, iters: int) -> None:
         """Judge the finished student unless the last evaluation was at its last iteration."""
-        if self.watch.curve[-1]["iters"] != iters:
+        if self._ready() and self.watch.curve[-1]["iters"] != iters:
             self(student, train_s, iters)
 
 
@@ -93,25 +123,35 @@ def run_finetune(kind: str, pipe, settings: dict, out: Path, control: JobControl
     _, ft = registry.finetune(kind)
     config = registry.resolve(ft.config).from_dict(settings)
     train = registry.resolve(ft.train)
-    watch = None
-    if ft.watch is not None:
-        log.phase("quality watch: judging the references before training")
-        watch = registry.resolve(ft.watch)(pipe, config, seeded_sampler(pipe))
     log.phase("training")
-    if watch is None:
+    if ft.watch is None:
         return train(pipe, config, out, job=control)
-    recorder = WatchRecorder(watch, log)
+    plan = registry.resolve(ft.watch)(pipe, config, seeded_sampler(pipe))
+    recorder = WatchRecorder(plan.make, log, plan.settle_iters)
 
     def observed(fields: dict) -> None:
         control.on_progress(fields)
-        watch.observe(fields)
+        recorder.observe(fields)
 
     summary = train(pipe, config, out, job=dataclasses.replace(control, on_progress=observed), on_eval=recorder,
-                    eval_every_s=watch.every_s)
+                    eval_every_s=plan.every_s)
     if summary["status"] == "done":
-        log.phase("quality watch: judging the fine-tuned model")
         recorder.final(summary["student"], summary["elapsed_s"], summary["iters"])
     return summary
+
+
+class PolledFlag:
+    """A cancel flag read at most every ``every_s`` (a module-call hook asks it thousands of times a second)."""
+
+    def __init__(self, flag: FileFlag, every_s: float = 0.2):
+        self.flag, self.every_s = flag, every_s
+        self._next, self._set = 0.0, False
+
+    def is_set(self) -> bool:
+        if not self._set and time.monotonic() >= self._next:
+            self._next = time.monotonic() + self.every_s
+            self._set = self.flag.is_set()
+        return self._set
 
 
 def run(root: Path, job_id: str) -> int:
@@ -136,7 +176,9 @@ def run(root: Path, job_id: str) -> int:
             store.update_job(job_id, progress={"phase": "training"})
             control = JobControl(on_progress=log.report, cancel=flag)
             out = Path(job["out_dir"])
-            summary = run_finetune(job["kind"], pipe, params["settings"], out, control, log)
+            # a cancel stops within one layer in every phase (calibration, a training step: saved, the watch)
+            with stop_inside(PolledFlag(flag), error=JobCancelled):
+                summary = run_finetune(job["kind"], pipe, params["settings"], out, control, log)
             summary.pop("student", None)
             status = "cancelled" if summary.get("status") == "cancelled" else "done"
             summary = json.loads(json.dumps(jsonable(summary), default=str))

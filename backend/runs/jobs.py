@@ -183,11 +183,18 @@ class JobService:
             return pid_alive(job["pid"])
         return True  # recorded, pid not written yet: its launcher is still starting it
 
+    def _reap(self) -> None:
+        """Collect the exit status of this service's ended workers (no zombie processes left behind)."""
+        for job_id, proc in list(self._procs.items()):
+            if proc.poll() is not None:
+                del self._procs[job_id]
+
     def get(self, job_id: str) -> dict:
         """The job as the UI shows it: id, kind, model, settings, status, phase, step, loss, eta_s, error and the
         quality watch's latest warning."""
 
         self.job_dir(job_id)
+        self._reap()
         with self._store() as store:
             row = store.job(job_id)
             if row["status"] in ACTIVE and not self._alive(row):
@@ -204,7 +211,8 @@ class JobService:
                "checkpoint": row["out_dir"],
                "pid": row["pid"], "error": row["error"] or None, "created": row["created"],
                "phase": progress.get("phase"), "step": progress.get("step"), "total": progress.get("total"),
-               "loss": progress.get("loss"), "summary": progress.get("summary"), "warning": progress.get("warning")}
+               "loss": progress.get("loss"), "summary": progress.get("summary"), "warning": progress.get("warning"),
+               "cancel_requested": FileFlag(self.job_dir(job_id) / "cancel").is_set()}
         job["eta_s"] = eta_s(row["status"], progress, job["settings"], time.time() - row["updated"])
         return job
 

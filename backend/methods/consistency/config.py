@@ -25,6 +25,11 @@ class ConsistencyConfig(MethodConfig):
         if not isinstance(self.checkpoint, str) or not self.checkpoint.strip():
             raise ValueError("consistency.checkpoint: a folder written by `python -m backend finetune lcd` is required")
 
+    def label(self) -> str:
+        """"LCM rg-lcm-lora" (the student's folder name), with a LoRA scale other than 1."""
+        name = self.checkpoint.rstrip("/").split("/")[-1] or "student"
+        return f"LCM {name}" + (f" ×{self.lora_scale:g}" if self.lora_scale != 1.0 else "")
+
     def check_variant(self, variant) -> None:
         if variant.scheduler not in (None, "lcm"):
             raise ValueError(f"consistency and scheduler {variant.scheduler!r} are incompatible: a consistency "

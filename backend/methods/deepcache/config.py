@@ -80,6 +80,13 @@ class DeepCacheConfig(MethodConfig):
             raise ValueError(f"deepcache.full_steps: given with schedule {self.schedule!r}; full_steps needs "
                              "schedule 'explicit'")
 
+    def label(self) -> str:
+        """"DeepCache N=5", with the branch and schedule when they are not the defaults."""
+        parts = [f"DeepCache N={self.interval}" if self.schedule != "explicit" else "DeepCache explicit"]
+        parts += [f"branch {self.branch}"] if self.branch else []
+        parts += [self.schedule] if self.schedule == "nonuniform" else []
+        return " ".join(parts)
+
     @property
     def enabled(self) -> bool:
         """False when every evaluation is full (interval 1 with a uniform schedule)."""

@@ -87,6 +87,13 @@ class QuantConfig(MethodConfig):
                              f"finetune efficientdm --out DIR`, then give quant.checkpoint: DIR); allowed without "
                              "one: ptq")
 
+    def label(self) -> str:
+        """"EfficientDM W4A4", "PTQ W8A8", "PTQ mixed 1.5 MiB" (the bits a checkpoint fixes are its own)."""
+        name = {"efficientdm": "EfficientDM"}.get(self.method, self.method.upper())
+        if self.mixed:
+            return f"{name} mixed {self.mixed['budget_mb']:g} MiB"
+        return f"{name} W{self.weight_bits}A{self.act_bits}" + (" int8 kernels" if self.kernels == "real" else "")
+
 
 @dataclass
 class FinetuneConfig(MethodConfig):

@@ -15,6 +15,7 @@ are no reference), else the first evaluation.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Callable
 
@@ -111,13 +112,25 @@ def make_watch(pipe, sample: Sampler, every_minutes: float, n: int, start=None, 
     start_unet = None
     if start is not None:
         ptq_pipe = copy.copy(pipe)
-        ptq_pipe.unet = copy.deepcopy(pipe.unet)
+        set_denoiser(ptq_pipe, copy.deepcopy(denoiser(pipe)))
         ptq(ptq_pipe, start)
-        start_unet = ptq_pipe.unet.eval()
+        start_unet = denoiser(ptq_pipe).eval()
     return QualityWatch(pipe, sample, n, start_unet=start_unet, settle_iters=settle_iters,
                         every_s=every_minutes * 60)
 
 
-def job_watch(pipe, ft, sample: Sampler):
+@dataclasses.dataclass(frozen=True)
+class JobWatch:
+    """A job's watch, built by ``make()`` at its first evaluation (judging the references takes about a minute, so
+    training starts first); evaluations every ``every_s`` seconds of training, past ``settle_iters`` iterations."""
+
+    every_s: float
+    settle_iters: int
+    make: Callable[[], QualityWatch | None]
+
+
+def job_watch(pipe, ft, sample: Sampler) -> JobWatch:
     """The registry's ``watch`` of the EfficientDM fine-tune: what the workbench's job runs beside training."""
-    return make_watch(pipe, sample, JOB_WATCH_EVERY_MIN, JOB_WATCH_N, ft.quant_config(), settle_iters=ft.train_steps)
+    return JobWatch(JOB_WATCH_EVERY_MIN * 60, ft.train_steps,
+                    lambda: make_watch(pipe, sample, JOB_WATCH_EVERY_MIN, JOB_WATCH_N, ft.quant_config(),
+                                       settle_iters=ft.train_steps))
