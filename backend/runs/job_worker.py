@@ -86,7 +86,7 @@ class WatchRecorder:
     def _ready(self) -> bool:
         if not self._made:
             self._made = True
-            self.log.phase(f"quality watch: judging the FP model and the PTQ start on {WATCH_N} hard prompts")
+            self.log.phase("quality watch: judging the references")
             self.watch = self.make()
             for fields in (self._settled, self._latest):
                 if self.watch is not None and fields is not None:
