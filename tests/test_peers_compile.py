@@ -38,6 +38,7 @@ def test_no_compiler_is_refused(monkeypatch):
 
 @pytest.mark.parametrize("other", ["deepcache", "diffusers_cache", "tome"])
 def test_stacks_that_recompile_every_step_are_refused(other):
-    with pytest.raises(VariantError, match=f"({other} and compile|compile and {other}) do not stack: .*recompile") as info:
+    pair = f"({other} and compile|compile and {other})"
+    with pytest.raises(VariantError, match=f"{pair} do not stack: .*recompile") as info:
         Variant.from_dict({**BASE, other: {}, "compile": {}})
     assert "\n" not in str(info.value)

@@ -38,7 +38,8 @@ def test_tcd_samples_the_student_and_its_eta_matters(shapes_available):
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"model": "tiny-arch", "steps": 8, "schedule": {"kind": "ays"}}, r"steps: 8 with schedule.kind 'ays'; allowed: 10"),
+    ({"model": "tiny-arch", "steps": 8, "schedule": {"kind": "ays"}},
+     r"steps: 8 with schedule.kind 'ays'; allowed: 10"),
     ({"model": "tiny-arch", "steps": 4, "schedule": {"kind": "tcd"}}, r"'tcd' samples a consistency student"),
     ({"model": "tiny-arch", "steps": 10, "scheduler": "ddim", "schedule": {}}, r"the schedule sets the sampler"),
     ({"model": "tiny-arch", "schedule": {"kind": "dpm"}}, r"schedule\.kind: 'dpm' is not allowed; allowed: tcd, ays"),

@@ -18,7 +18,6 @@ group's reference); sd15-arch (random weights: speed and closeness only), PSNR/S
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from typing import Any
@@ -59,7 +58,7 @@ REFERENCE = {"baseline": "baseline", "cache": "speedlab-deepcache-n3", "int8": "
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {', '.join(MODELS)}")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {', '.join(CONFIGS)} (the "
-                        "baseline and each group's reference always run)")
+                        "baseline and the reference of each chosen group run too)")
     parser.add_argument("--n", type=int, default=16, help="shapes-sd prompts for quality (default 16)")
     parser.add_argument("--set", default="hard", choices=PROMPT_SETS, help="shapes prompt set (default hard)")
     parser.add_argument("--seed", type=int, default=0, help="first seed; prompt i uses seed+i")
@@ -78,12 +77,16 @@ def _variant_data(model: str, name: str, args) -> dict:
         data.update(height=args.sd15_size, width=args.sd15_size)
     if not {"consistency", "schedule"} & set(sections):
         data["scheduler"] = "ddim"
-    return {**data, **{k: v for k, v in sections.items() if k != PACKAGE}}
+    sections = {k: v for k, v in sections.items() if k != PACKAGE}
+    if model == "sd15-arch":  # calibration at 256×256 costs minutes per evaluation on a loaded CPU: the least
+        sections = {k: {**v, "calib_prompts": 1, "calib_steps": 2} if k in ("quant", "peer_int8") else v
+                    for k, v in sections.items()}
+    return {**data, **sections}
 
 
 def _build(model: str, name: str, args):
     """(variant, pipeline) of a configuration; the DeepCache package's helper enabled on a private U-Net copy."""
-    from backend.runs.build import build_pipeline
+    from backend.runs.build import build_pipeline, shared_weights_unet
     from backend.variant import Variant
 
     variant = Variant.from_dict(_variant_data(model, name, args))
@@ -95,7 +98,7 @@ def _build(model: str, name: str, args):
         except ImportError:
             raise ValueError("the DeepCache package is not installed; install it: pip install DeepCache==0.1.1"
                              ) from None
-        pipe.unet = copy.deepcopy(pipe.unet)
+        pipe.unet = shared_weights_unet(pipe.unet)  # the helper patches forwards of this module tree only
         helper = DeepCacheSDHelper(pipe=pipe)
         helper.set_params(**package)
         helper.enable()
@@ -117,10 +120,10 @@ def _delta_verdict(delta: dict | None, what: str) -> str:
 
 
 def _model_rows(model: str, names: list[str], args) -> list[dict]:
+    from backend.metadata import pipeline_info
     from backend.metrics.cost import timed_rounds
     from backend.metrics.paired import median_interval, paired_delta
     from backend.metrics.quality import _psnr_ssim_per_image, judge_verdicts, paired_quality
-    from backend.metadata import pipeline_info
     from backend.sampling import generate
     from backend.world.prompts import eval_prompts
 
@@ -130,6 +133,8 @@ def _model_rows(model: str, names: list[str], args) -> list[dict]:
     prompts = (prompts * args.sd15_n)[: args.sd15_n] if not shapes else prompts
     seeds = [args.seed + i for i in range(len(prompts))]
     built, rows = {}, {}
+    # compile's first call takes minutes here: it runs as its own part, "MODEL (compile)", with its own fragment
+    label = f"{model} (compile)" if {CONFIGS[n][0] for n in names} <= {"baseline", "compile"} else model
     for name in names:
         print(f"peers bench: {model}: build {name}", file=sys.stderr)
         t0 = time.perf_counter()
@@ -140,7 +145,7 @@ def _model_rows(model: str, names: list[str], args) -> list[dict]:
         first = time.perf_counter() - t0
         built[name] = (variant, pipe)
         group, side, sections, _, _ = CONFIGS[name]
-        rows[name] = {"model": model, "config": name, "group": group, "side": side,
+        rows[name] = {"model": label, "config": name, "group": group, "side": side,
                       "variant": {k: v for k, v in _variant_data(model, name, args).items() if k != "name"},
                       "steps": variant.steps, "build_s": build_s, "first_call_s": first,
                       "kernels": pipeline_info(pipe).kernels}
@@ -205,6 +210,7 @@ def run(args) -> list[dict]:
     torch.manual_seed(0)
     rows = []
     for model in models:
-        chosen = [n for n in CONFIGS if model in CONFIGS[n][4] and (n in names or n in REFERENCE.values())]
+        refs = {REFERENCE[CONFIGS[n][0]] for n in names} | {"baseline"}
+        chosen = [n for n in CONFIGS if model in CONFIGS[n][4] and (n in names or n in refs)]
         rows += _model_rows(model, chosen, args)
     return rows

@@ -35,11 +35,15 @@ class OpReport:
                 f"(measured on this CPU{', ' + self.isa if self.isa else ''})")
 
 
-def sample(pipe, prompts: list[str], steps: int) -> None:
-    """A seeded generation to latents at the model's default size (for calibration and measurement)."""
+def sample(pipe, prompts: list[str], steps: int, smallest: bool = False) -> None:
+    """A seeded generation to latents at the model's default size (calibration), or at the smallest size its
+    U-Net takes (``smallest``: which operators run does not depend on the size)."""
     from backend.models import model_defaults
 
     size = {k: v for k, v in model_defaults(pipe).items() if k in ("height", "width")}
+    levels = getattr(getattr(getattr(pipe, "unet", None), "config", None), "block_out_channels", None)
+    if smallest and levels:
+        size = dict.fromkeys(("height", "width"), pipe.vae_scale_factor * 2 ** (len(levels) - 1))
     with torch.inference_mode():
         pipe(prompts, num_inference_steps=steps, output_type="latent", generator=torch.Generator("cpu").manual_seed(0),
              **size)
@@ -62,7 +66,7 @@ def measure_ops(pipe, model: torch.nn.Module) -> OpReport:
 
     handles = [model.register_forward_pre_hook(pre), model.register_forward_hook(post)]
     try:
-        sample(pipe, ["a photograph"], steps=1)
+        sample(pipe, ["a photograph"], steps=1, smallest=True)
     finally:
         for h in handles:
             h.remove()
