@@ -105,18 +105,18 @@ def _build(model: str, name: str, args):
     return variant, pipe
 
 
-def _interval_verdict(ratio: float, ci: list[float] | None, higher_is_peer_better: bool, what: str) -> str:
+def _interval_verdict(ci: list[float] | None, who: str, what: str) -> str:
+    """ci: of reference time / this row's time (above 1: this row is faster)."""
     if ci is None or ci[0] <= 1 <= ci[1]:
         return f"{what}: no measurable difference"
-    peer_better = (ci[0] > 1) == higher_is_peer_better
-    return f"{what}: Speedlab {'behind' if peer_better else 'ahead'}"
+    return f"{what}: {who} {'behind' if ci[0] > 1 else 'ahead'}"
 
 
-def _delta_verdict(delta: dict | None, what: str) -> str:
-    """delta: peer − Speedlab reference (higher = peer better)."""
+def _delta_verdict(delta: dict | None, who: str, what: str) -> str:
+    """delta: this row − the reference (higher = this row better)."""
     if not delta or delta.get("ci") is None or delta["ci"][0] <= 0 <= delta["ci"][1]:
         return f"{what}: no measurable difference"
-    return f"{what}: Speedlab {'behind' if delta['ci'][0] > 0 else 'ahead'}"
+    return f"{what}: {who} {'behind' if delta['ci'][0] > 0 else 'ahead'}"
 
 
 def _model_rows(model: str, names: list[str], args) -> list[dict]:
@@ -179,15 +179,16 @@ def _model_rows(model: str, names: list[str], args) -> list[dict]:
             continue
         ratio, ratio_ci = median_interval([r / p for r, p in zip(timing[ref]["times_s"], t["times_s"])])
         row["vs_ref"], row["vs_ref_speed"], row["vs_ref_speed_ci"] = ref, ratio, ratio_ci
-        speed = _interval_verdict(ratio, ratio_ci, True, "speed")
+        who = "Speedlab" if row["side"] == "peer" else "the reference"  # a Speedlab row beside its own reference
+        speed = _interval_verdict(ratio_ci, who, "speed")
         if shapes:
             d = paired_delta(verdicts[name], verdicts[ref], seed=args.seed, scale=100, unit=" points")
             row["vs_ref_accuracy_points"] = 100 * d["delta"]
             row["vs_ref_accuracy_ci"] = [100 * x for x in d["ci"]] if d["ci"] else None
-            quality = _delta_verdict(d, "accuracy")
+            quality = _delta_verdict(d, who, "accuracy")
         else:  # closeness to the baseline: lower per-image MSE is better
             d = paired_delta(-mse[name], -mse[ref], seed=args.seed)
-            quality = _delta_verdict(d, "closeness to baseline (MSE)")
+            quality = _delta_verdict(d, who, "closeness to baseline (MSE)")
         row["verdict"] = f"{speed}; {quality} (vs {ref})"
         out.append(row)
     built.clear()
