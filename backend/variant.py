@@ -152,6 +152,10 @@ class Variant:
                 raise
             except ValueError as exc:
                 raise VariantError(str(exc)) from exc
+        try:
+            registry.check_stack(list(self.sections))
+        except ValueError as exc:
+            raise VariantError(str(exc)) from exc
 
     def method(self, section: str) -> MethodConfig | None:
         """The validated config of a method section, or None when the section is off."""

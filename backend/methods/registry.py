@@ -10,7 +10,7 @@ objects themselves.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 UNET_ACCESS = ("copy", "own", "hooks")
@@ -44,6 +44,7 @@ class Method:
     curve_axis: str = ""  # that axis' title
     curve_label: Any = None  # label(section dict) -> the line a variant belongs to, or "module:function"
     finetunes: tuple[FineTune, ...] = ()
+    conflicts: dict[str, str] = field(default_factory=dict)  # section it does not stack with -> why (both ways)
     assets: tuple[tuple[str, str], ...] = ()  # checkpoints shipped in assets/ (made from shapes): (label, folder)
     families: tuple[str, ...] = ()  # the model families it applies to (backend.models.FAMILIES); () = every family
     families_why: str = ""  # why the others are left out (the refusal and the UI say it)
@@ -118,6 +119,15 @@ def method(section: str) -> Method:
     return _METHODS[section]
 
 
+def check_stack(sections_on: list[str]) -> None:
+    """ValueError naming the first two sections that do not stack (either method's ``conflicts`` names the other)."""
+    for a in sections_on:
+        for b in sections_on:
+            reason = method(a).conflicts.get(b)
+            if a != b and reason:
+                raise ValueError(f"{a} and {b} do not stack: {reason}; allowed: one of them")
+
+
 def finetunes() -> dict[str, tuple[Method, FineTune]]:
     """Fine-tune kind -> (its method, the fine-tune)."""
     return {ft.kind: (m, ft) for m in methods() for ft in m.finetunes}
@@ -155,3 +165,27 @@ register(Method(
                         presets="backend.methods.consistency.config:RG_LCD_PRESETS")),
     assets=(("RG-LCM 4-step LoRA (assets)", "rg-lcm-lora"),),
     families=("sd1", "sd2", "sdxl", "unet"), families_why="its students and LCM-LoRAs are U-Nets"))
+register(Method(
+    "tome", "ToMe (tomesd)", "backend.methods.tome.config:ToMeConfig", "backend.methods.tome:apply", order=25,
+    unet_access="hooks", curve="ToMe", curve_knob="ratio", curve_axis="ToMe merge ratio",
+    families=("sd1", "sd2", "sdxl", "unet"), families_why="tomesd patches the U-Net's transformer blocks"))
+register(Method(
+    "diffusers_cache", "diffusers cache (PAB; FBC/FasterCache/TaylorSeer DiT only)",
+    "backend.methods.diffusers_cache.config:DiffusersCacheConfig", "backend.methods.diffusers_cache:apply", order=32,
+    unet_access="hooks", curve="diffusers cache", curve_knob="skip_range", curve_axis="cache skip range",
+    conflicts={"deepcache": "two caches would each skip parts of the denoiser on their own schedules"}))
+register(Method(
+    "peer_int8", "int8 by torchao / quanto / torch dynamic", "backend.methods.peer_int8.config:PeerInt8Config",
+    "backend.methods.peer_int8:apply", order=22, unet_access="copy", curve="peer int8", curve_knob="backend",
+    curve_axis="int8 library", conflicts={"quant": "two quantizations of the same layers"}))
+register(Method(
+    "schedule", "Few-step schedule (TCD / Align-Your-Steps)", "backend.methods.schedule.config:ScheduleConfig",
+    "backend.methods.schedule:apply", order=40, unet_access="hooks", curve="schedule", curve_knob="steps",
+    curve_axis="steps", families=("sd1", "sd2", "sdxl", "unet"),
+    families_why="TCD and the Align-Your-Steps lists are for DDPM-type noise schedules"))
+register(Method(
+    "compile", "torch.compile", "backend.methods.compile.config:CompileConfig", "backend.methods.compile:apply",
+    order=90, unet_access="hooks",
+    conflicts={s: f"{what} would recompile the compiled denoiser at every step" for s, what in (
+        ("deepcache", "DeepCache's per-step full/partial switch"), ("diffusers_cache", "the cache's per-step state"),
+        ("tome", "ToMe's per-call token bookkeeping"), ("quant", "per-step activation scales (TALSQ)"))}))

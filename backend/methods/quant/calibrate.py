@@ -3,7 +3,8 @@
 Weights: per-channel min/max (set when a layer is wrapped). Activations: the FP model samples a few
 prompts with DDIM (a transformer: with its pipeline's own scheduler, its calls replayed as they were made); its
 U-Net inputs (x_t, t, text) along the way are kept, ``calib_samples`` of them are replayed through the U-Net
-with quantization off while every activation quantizer records its inputs, and each range is then chosen by the MSE-style search of :meth:`ActQuantizer.calibrate`.
+with quantization off while every activation quantizer records its inputs, and each range is then chosen by the
+MSE-style search of :meth:`ActQuantizer.calibrate`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,217 @@
+"""Peers: Speedlab's methods beside what users would pick instead, under one paired protocol.
+
+Groups, each with a Speedlab reference row the peers are compared with: caching (Speedlab DeepCache N=2/3/5 vs
+the public DeepCache package's helper at N=3, ToMe 0.3/0.5 and diffusers' PyramidAttentionBroadcast — the only
+diffusers cache that runs on a U-Net), int8 (Speedlab W8A8 on real oneDNN kernels vs torchao, optimum-quanto and
+torch dynamic int8, each with the int8 operators that really ran), few-step (RG-LCM-LoRA 4 steps vs TCD 4 steps
+on the same student vs Align-Your-Steps 10 steps on the base model; shapes-sd only: sd15-arch has no student),
+and torch.compile of the baseline (its first call, which holds the compile, reported apart).
+
+Per model, every configuration is built once, its first call timed alone (``first_call_s``), then all run in
+interleaved rounds (:func:`backend.metrics.cost.timed_rounds`, one image each): ``speedup`` vs the baseline and
+``vs_ref_speed`` (reference time / this time, per round) with intervals. Quality: shapes-sd, the judge's prompt
+accuracy on ``--n`` prompts of ``--set`` (paired deltas with bootstrap intervals vs the baseline and vs the
+group's reference); sd15-arch (random weights: speed and closeness only), PSNR/SSIM vs the baseline on
+``--sd15-n`` images. ``verdict``: speed and quality against the reference, where an interval excludes parity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from backend.world.prompts import PROMPT_SETS
+
+MODELS = ("shapes", "sd15-arch")
+LORA = "assets/rg-lcm-lora"
+PACKAGE = "deepcache-package"  # the public DeepCache helper (not a Speedlab method: built here)
+# name -> (group, side, Variant sections, steps override or None, models it runs on)
+CONFIGS: dict[str, tuple[str, str, dict, int | None, tuple[str, ...]]] = {
+    "baseline": ("baseline", "speedlab", {}, None, MODELS),
+    "speedlab-deepcache-n2": ("cache", "speedlab", {"deepcache": {"interval": 2}}, None, MODELS),
+    "speedlab-deepcache-n3": ("cache", "speedlab", {"deepcache": {"interval": 3}}, None, MODELS),
+    "speedlab-deepcache-n5": ("cache", "speedlab", {"deepcache": {"interval": 5}}, None, MODELS),
+    "deepcache-package-n3": ("cache", "peer", {PACKAGE: {"cache_interval": 3, "cache_branch_id": 0}}, None, MODELS),
+    "tome-0.3": ("cache", "peer", {"tome": {"ratio": 0.3}}, None, MODELS),
+    "tome-0.5": ("cache", "peer", {"tome": {"ratio": 0.5}}, None, MODELS),
+    "diffusers-pab-2": ("cache", "peer", {"diffusers_cache": {"kind": "pab", "skip_range": 2}}, None, MODELS),
+    "speedlab-w8a8-real": ("int8", "speedlab", {"quant": {"weight_bits": 8, "act_bits": 8, "kernels": "real",
+                                                          "calib_prompts": 4, "calib_steps": 10}}, None, MODELS),
+    "torchao-int8": ("int8", "peer", {"peer_int8": {"backend": "torchao"}}, None, MODELS),
+    "quanto-w8a8": ("int8", "peer", {"peer_int8": {"backend": "quanto"}}, None, MODELS),
+    "torch-dynamic-int8": ("int8", "peer", {"peer_int8": {"backend": "dynamic"}}, None, MODELS),
+    "speedlab-rg-lcm-4": ("few-step", "speedlab", {"consistency": {"checkpoint": LORA}}, 4, ("shapes",)),
+    "tcd-4": ("few-step", "peer", {"consistency": {"checkpoint": LORA}, "schedule": {"kind": "tcd", "eta": 0.3}}, 4,
+              ("shapes",)),
+    "ays-10": ("few-step", "peer", {"schedule": {"kind": "ays"}}, 10, MODELS),
+    "compile": ("compile", "peer", {"compile": {"mode": "default"}}, None, MODELS),
+}
+REFERENCE = {"baseline": "baseline", "cache": "speedlab-deepcache-n3", "int8": "speedlab-w8a8-real",
+             "few-step": "speedlab-rg-lcm-4", "compile": "baseline"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {', '.join(MODELS)}")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {', '.join(CONFIGS)} (the "
+                        "baseline and the reference of each chosen group run too)")
+    parser.add_argument("--n", type=int, default=16, help="shapes-sd prompts for quality (default 16)")
+    parser.add_argument("--set", default="hard", choices=PROMPT_SETS, help="shapes prompt set (default hard)")
+    parser.add_argument("--seed", type=int, default=0, help="first seed; prompt i uses seed+i")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (default 3)")
+    parser.add_argument("--shapes-steps", type=int, default=20, help="shapes-sd DDIM steps (default 20)")
+    parser.add_argument("--sd15-steps", type=int, default=10, help="sd15-arch DDIM steps (default 10)")
+    parser.add_argument("--sd15-size", type=int, default=128, help="sd15-arch height and width (default 128)")
+    parser.add_argument("--sd15-n", type=int, default=2, help="sd15-arch images for PSNR/SSIM (default 2)")
+
+
+def _variant_data(model: str, name: str, args) -> dict:
+    _, _, sections, steps, _ = CONFIGS[name]
+    data: dict[str, Any] = {"model": model, "name": name, "steps": steps or (args.shapes_steps if model == "shapes"
+                                                                           else args.sd15_steps)}
+    if model == "sd15-arch":
+        data.update(height=args.sd15_size, width=args.sd15_size)
+    if not {"consistency", "schedule"} & set(sections):
+        data["scheduler"] = "ddim"
+    sections = {k: v for k, v in sections.items() if k != PACKAGE}
+    if model == "sd15-arch":  # calibration at 256×256 costs minutes per evaluation on a loaded CPU: the least
+        sections = {k: {**v, "calib_prompts": 1, "calib_steps": 2} if k in ("quant", "peer_int8") else v
+                    for k, v in sections.items()}
+    return {**data, **sections}
+
+
+def _build(model: str, name: str, args):
+    """(variant, pipeline) of a configuration; the DeepCache package's helper enabled on a private U-Net copy."""
+    from backend.runs.build import build_pipeline, shared_weights_unet
+    from backend.variant import Variant
+
+    variant = Variant.from_dict(_variant_data(model, name, args))
+    pipe = build_pipeline(variant)
+    package = CONFIGS[name][2].get(PACKAGE)
+    if package is not None:
+        try:
+            from DeepCache import DeepCacheSDHelper
+        except ImportError:
+            raise ValueError("the DeepCache package is not installed; install it: pip install DeepCache==0.1.1"
+                             ) from None
+        pipe.unet = shared_weights_unet(pipe.unet)  # the helper patches forwards of this module tree only
+        helper = DeepCacheSDHelper(pipe=pipe)
+        helper.set_params(**package)
+        helper.enable()
+    return variant, pipe
+
+
+def _interval_verdict(ci: list[float] | None, who: str, what: str) -> str:
+    """ci: of reference time / this row's time (above 1: this row is faster)."""
+    if ci is None or ci[0] <= 1 <= ci[1]:
+        return f"{what}: no measurable difference"
+    return f"{what}: {who} {'behind' if ci[0] > 1 else 'ahead'}"
+
+
+def _delta_verdict(delta: dict | None, who: str, what: str) -> str:
+    """delta: this row − the reference (higher = this row better)."""
+    if not delta or delta.get("ci") is None or delta["ci"][0] <= 0 <= delta["ci"][1]:
+        return f"{what}: no measurable difference"
+    return f"{what}: {who} {'behind' if delta['ci'][0] > 0 else 'ahead'}"
+
+
+def _model_rows(model: str, names: list[str], args) -> list[dict]:
+    from backend.metadata import pipeline_info
+    from backend.metrics.cost import timed_rounds
+    from backend.metrics.paired import median_interval, paired_delta
+    from backend.metrics.quality import _psnr_ssim_per_image, judge_verdicts, paired_quality
+    from backend.sampling import generate
+    from backend.world.prompts import eval_prompts
+
+    shapes = model == "shapes"
+    prompts = eval_prompts(args.set, args.n) if shapes else ["a photograph of an astronaut riding a horse",
+                                                             "a red sports car on a mountain road"][: args.sd15_n]
+    prompts = (prompts * args.sd15_n)[: args.sd15_n] if not shapes else prompts
+    seeds = [args.seed + i for i in range(len(prompts))]
+    built, rows = {}, {}
+    # compile's first call takes minutes here: it runs as its own part, "MODEL (compile)", with its own fragment
+    label = f"{model} (compile)" if {CONFIGS[n][0] for n in names} <= {"baseline", "compile"} else model
+    for name in names:
+        print(f"peers bench: {model}: build {name}", file=sys.stderr)
+        t0 = time.perf_counter()
+        variant, pipe = _build(model, name, args)
+        build_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        generate(pipe, variant, prompts[:1], seeds[:1])
+        first = time.perf_counter() - t0
+        built[name] = (variant, pipe)
+        group, side, sections, _, _ = CONFIGS[name]
+        rows[name] = {"model": label, "config": name, "group": group, "side": side,
+                      "variant": {k: v for k, v in _variant_data(model, name, args).items() if k != "name"},
+                      "steps": variant.steps, "build_s": build_s, "first_call_s": first,
+                      "kernels": pipeline_info(pipe).kernels}
+    print(f"peers bench: {model}: {args.repeats} interleaved rounds of {len(names)} configurations", file=sys.stderr)
+    fns = {n: (lambda v=v, p=p: generate(p, v, prompts[:1], seeds[:1])) for n, (v, p) in built.items()}
+    timing = timed_rounds(fns, repeats=args.repeats, warmup=0, baseline="baseline", keep_times=True)
+    images = {}
+    for name, (variant, pipe) in built.items():
+        print(f"peers bench: {model}: quality images of {name} ({len(prompts)} prompts)", file=sys.stderr)
+        images[name] = np.concatenate([generate(pipe, variant, [p], [s]) for p, s in zip(prompts, seeds)])
+    verdicts = {n: judge_verdicts(images[n], prompts)["prompt"] for n in names} if shapes else {}
+    mse = {n: _psnr_ssim_per_image(images[n], images["baseline"])[0] for n in names}
+    out = []
+    for name in names:
+        row, t = rows[name], timing[name]
+        ref = REFERENCE[row["group"]]
+        row.update(latency_s=t["latency_s"], latency_ci=t["latency_ci"], speedup=t["speedup"],
+                   speedup_ci=t["speedup_ci"], timing_noisy=t["timing_noisy"])
+        if name == "compile":
+            row["compile_s"] = max(0.0, row["first_call_s"] - t["latency_s"])
+        q = paired_quality(images[name], images["baseline"], prompts, seed=args.seed)
+        row["psnr_vs_baseline"], row["ssim_vs_baseline"] = q["psnr_vs_baseline"], q["ssim_vs_baseline"]
+        if shapes:
+            row["prompt_accuracy"] = float(verdicts[name].mean())
+            d = q["prompt_accuracy_delta"]
+            row["accuracy_delta_points"] = 100 * d["delta"]
+            row["accuracy_delta_ci"] = [100 * x for x in d["ci"]] if d["ci"] else None
+        if name == ref or ref not in built:
+            row["verdict"] = "reference" if name == ref else "no reference on this model"
+            out.append(row)
+            continue
+        ratio, ratio_ci = median_interval([r / p for r, p in zip(timing[ref]["times_s"], t["times_s"])])
+        row["vs_ref"], row["vs_ref_speed"], row["vs_ref_speed_ci"] = ref, ratio, ratio_ci
+        who = "Speedlab" if row["side"] == "peer" else "the reference"  # a Speedlab row beside its own reference
+        speed = _interval_verdict(ratio_ci, who, "speed")
+        if shapes:
+            d = paired_delta(verdicts[name], verdicts[ref], seed=args.seed, scale=100, unit=" points")
+            row["vs_ref_accuracy_points"] = 100 * d["delta"]
+            row["vs_ref_accuracy_ci"] = [100 * x for x in d["ci"]] if d["ci"] else None
+            quality = _delta_verdict(d, who, "accuracy")
+        else:  # closeness to the baseline: lower per-image MSE is better
+            d = paired_delta(-mse[name], -mse[ref], seed=args.seed)
+            quality = _delta_verdict(d, who, "closeness to baseline (MSE)")
+        row["verdict"] = f"{speed}; {quality} (vs {ref})"
+        out.append(row)
+    built.clear()
+    return out
+
+
+def run(args) -> list[dict]:
+    models = [m.strip() for m in str(args.models).split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise ValueError(f"--models: {unknown[0] if unknown else args.models!r} is not allowed; allowed: "
+                         f"{', '.join(MODELS)}")
+    names = [c.strip() for c in str(args.configs).split(",") if c.strip()]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown:
+        raise ValueError(f"--configs: {unknown[0]!r} is not allowed; allowed: {', '.join(CONFIGS)}")
+    for flag in ("n", "repeats", "shapes_steps", "sd15_steps", "sd15_size", "sd15_n"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not allowed; allowed: ≥ 1")
+    torch.manual_seed(0)
+    rows = []
+    for model in models:
+        refs = {REFERENCE[CONFIGS[n][0]] for n in names} | {"baseline"}
+        chosen = [n for n in CONFIGS if model in CONFIGS[n][4] and (n in names or n in refs)]
+        rows += _model_rows(model, chosen, args)
+    return rows
