@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 
-
 from backend.methods.compile.config import BACKENDS, MODES, CompileConfig
 from backend.models import denoiser
 
