@@ -11,6 +11,7 @@ from app.controls import make_control
 from app.curves import NONE, PROMPT_SOURCES
 from app.finetune import form_kinds
 from app.images import SLIDER_CSS, SLIDER_JS, before_after_html
+from app.tune import build_tune_tab
 from backend.bench.docs import QUANT_MAPS
 from backend.reports.plots import QUALITY_METRICS
 from backend.runs import knobs
@@ -258,5 +259,6 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
         # ---- Report events
         export_btn.click(cb.export, [export_source, comparison, curves_run, prompt, seed],
                          [zip_btn, html_btn, report_status, preview], api_name="export")
+        build_tune_tab(cb, ui["controls"])  # the Find my stack tab (app/tune.py)
     demo.queue(default_concurrency_limit=4, max_size=64)
     return demo
