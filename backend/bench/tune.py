@@ -20,7 +20,7 @@ from pathlib import Path
 from backend.tune.search import Evaluator, Objective, Plan, Tuner, prepare
 from backend.tune.space import stack_name
 
-DEFAULT_SPACE = {"methods": ["deepcache"], "values": {"deepcache.interval": [2, 3, 4, 5], "deepcache.branch": [0, 1],
+DEFAULT_SPACE = {"methods": ["deepcache"], "values": {"deepcache.interval": [2, 3, 5], "deepcache.branch": [0, 1],
                                                       "steps": [25, 50]}}
 WITHIN = 0.05
 
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", default="hard", help="prompt set (default hard)")
     parser.add_argument("--space", help=f"space (YAML/JSON; default {json.dumps(DEFAULT_SPACE)})")
     parser.add_argument("--tolerance", type=float, default=2.0, help="accuracy tolerance in points (default 2)")
-    parser.add_argument("--n", type=int, default=16, help="prompts of the full rung (grid, promotion; default 16)")
+    parser.add_argument("--n", type=int, default=12, help="prompts of the full rung (grid, promotion; default 12)")
     parser.add_argument("--screen-n", type=int, default=4, help="prompts of a screening evaluation (default 4)")
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds of the full rung (default 3)")
     parser.add_argument("--max-screen", type=int, default=8, help="stacks the search screens (default 8)")

@@ -10,6 +10,10 @@ The search is successive halving over the registry's space (:mod:`backend.tune.s
 3. **confirm**: the rung-1 Pareto front (speed-up vs quality) on prompts and seeds the search never used; the
    recommendation is the fastest confirmed stack whose paired quality interval stays inside the tolerance.
 
+With ``--budget-minutes``, screening stops at 40% of the budget and promotion at 60%; the confirmation takes the
+rest, with the planned number of fresh prompts or as many as fit (fewer fast stacks first; at least MIN_CONFIRM_N),
+and says which n it used.
+
 Every evaluation is a variant of a sweep run in ``RUNDIR/results.db`` (:func:`backend.runs.sweep.run_sweep`: the
 same schema, executors and timing protocol as sweeps); an evaluation already in the store (same Variant, prompts,
 seeds and runner settings) is read back, never recomputed, so a killed ``tune`` resumes where it stopped.
@@ -29,6 +33,8 @@ import numpy as np
 
 from backend.tune.space import Space, checkpoints, stack_name
 
+SCREEN_SHARE, PROMOTE_SHARE = 0.4, 0.2  # of --budget-minutes; the confirmation has the rest
+MIN_CONFIRM_N = 16  # a budget that fits fewer confirmation prompts is refused up front
 CONFIRM_SEED = 1_000_000  # confirmation seeds start here; search seeds start at 0 (disjoint by construction)
 METRICS = ("accuracy", "psnr")
 RESULT_FILE = "tune.json"
@@ -142,9 +148,9 @@ def _finite(x: float, cap: float = 100.0) -> float:
 class Plan:
     """Sizes of the search: prompts and timing rounds per rung, how many are promoted and confirmed."""
 
-    screen_n: int = 8
+    screen_n: int = 4
     screen_repeats: int = 1
-    promote_n: int = 32
+    promote_n: int = 16
     promote_repeats: int = 3
     promote_k: int = 6
     confirm_n: int = 100
@@ -330,11 +336,11 @@ class Tuner:
                  budget_s: float | None = None, on_event: Callable[[dict], None] | None = None):
         self.space, self.objective, self.plan, self.ev = space, objective, plan, evaluator
         self.budget_s, self.on_event = budget_s, on_event
-        search, confirm = split_prompts(pool, plan.promote_n, plan.confirm_n)
+        self.pool = pool
+        search, _ = split_prompts(pool, plan.promote_n, plan.confirm_n)
         self.screen = Rung("screen", tuple(search[:plan.screen_n]), tuple(range(plan.screen_n)), plan.screen_repeats)
         self.promote = Rung("promote", tuple(search), tuple(range(plan.promote_n)), plan.promote_repeats)
-        self.confirm = Rung("confirm", tuple(confirm), tuple(CONFIRM_SEED + i for i in range(plan.confirm_n)),
-                            plan.confirm_repeats, measure_macs=True)
+        self.confirm = self.confirm_rung(plan.confirm_n)
         self.started = time.monotonic()
         self.sec_per_image: float | None = None
         self.invalid: dict[str, str] = {}
@@ -344,19 +350,23 @@ class Tuner:
     def _left(self) -> float:
         return math.inf if self.budget_s is None else self.budget_s - (time.monotonic() - self.started)
 
+    def confirm_rung(self, n: int) -> Rung:
+        """n prompts the search never used (evenly spread over the rest of the pool) and seeds from CONFIRM_SEED."""
+        _, confirm = split_prompts(self.pool, self.plan.promote_n, n)
+        return Rung("confirm", tuple(confirm), tuple(CONFIRM_SEED + i for i in range(n)), self.plan.confirm_repeats,
+                    measure_macs=True)
+
     def _cost(self, rung: Rung, k: int) -> float:
         return (self.sec_per_image or 0.0) * k * rung.images()
 
-    def _reserve(self) -> float:
-        """Seconds kept for promotion and confirmation (at the baseline's speed: an upper bound)."""
-        return self._cost(self.promote, self.plan.promote_k) + self._cost(self.confirm, self.plan.confirm_k + 1)
+    def _until(self, share: float) -> float:
+        """Seconds left until ``share`` of the budget has been spent (inf without a budget)."""
+        return math.inf if self.budget_s is None else share * self.budget_s - (time.monotonic() - self.started)
 
     def _measure(self, pairs: list[tuple[dict, dict]], rung: Rung) -> list[Eval]:
-        drawn, secs = self.ev.images_drawn, self.ev.seconds
         out = self.ev.evaluate(pairs, rung)
-        if self.ev.images_drawn > drawn:  # learn this machine's cost of one image from what was just drawn
-            rate = (self.ev.seconds - secs) / (self.ev.images_drawn - drawn)
-            self.sec_per_image = rate if self.sec_per_image is None else max(self.sec_per_image, rate)
+        if self.ev.images_drawn:  # this machine's cost of one image, from what was drawn so far
+            self.sec_per_image = self.ev.seconds / self.ev.images_drawn
         return out
 
     # ---- proposals --------------------------------------------------------------------------------------------
@@ -388,11 +398,10 @@ class Tuner:
                 add(stack)
             return batch
         if not screened:  # each method alone at its defaults (or, where those clash, a valid random stack of it)
-            for section in self.space.methods:
-                alone = Space(self.space.model, self.space.top, {section: self.space.methods[section]},
-                              self.space.fixed, self.space.base)
+            for section, knobs in self.space.methods.items():
                 tries = [{**{k: self.space.base_top(k) for k in self.space.top}, **self.space.defaults(section)}]
-                tries += [alone.sample(rng) for _ in range(50)]
+                tries += [{**{k: rng.choice(v) for k, v in self.space.top.items()},
+                           **{f"{section}.{k}": rng.choice(v) for k, v in knobs.items()}} for _ in range(50)]
                 for stack in tries:
                     if stack_name(stack) not in seen and self._valid(stack) is not None:
                         add(stack)
@@ -420,7 +429,7 @@ class Tuner:
         screened: list[Eval] = []
         limit = self.plan.max_screen if self.plan.max_screen is not None else self.space.size()
         while len(screened) < limit:
-            if screened and self._left() < self._reserve() + self._cost(self.screen, self.plan.batch):
+            if screened and self._until(SCREEN_SHARE) < self._cost(self.screen, self.plan.batch):
                 break
             batch = self._candidates(seen, screened, rng)[:max(0, limit - len(screened))]
             if not batch:
@@ -431,12 +440,27 @@ class Tuner:
         ok = [e for e in screened if not e.error and self.objective.reachable(e)]
         ranked = sorted(ok, key=lambda e: -(e.speedup or 0))
         k = self.plan.promote_k
-        while k > 1 and self._left() < self._cost(self.promote, k) + self._cost(self.confirm, self.plan.confirm_k + 1):
+        while k > 1 and self._until(SCREEN_SHARE + PROMOTE_SHARE) < self._cost(self.promote, k):
             k -= 1
         chosen = _with_best_quality(ranked[:k], ok)
         promoted = self._measure([(e.stack, e.variant) for e in chosen], self.promote) if chosen else []
         self._event("promote", points=[e.row() for e in screened + promoted])
         return screened, promoted
+
+    def _fit_confirmation(self, picks: list[Eval]) -> Rung:
+        """The confirmation rung for the time left: the planned n, else as many prompts as fit (fewer fast stacks
+        first, always keeping the safest), never below MIN_CONFIRM_N."""
+        n = self.plan.confirm_n
+        while self.budget_s is not None and self.sec_per_image:
+            per_stack = self._left() / self.sec_per_image / (len(picks) + 1) - (self.confirm_rung(1).images() - 1)
+            if per_stack >= n:
+                break
+            if len(picks) > 2:
+                picks.pop(-2)
+                continue
+            n = max(MIN_CONFIRM_N, min(n, int(per_stack)))
+            break
+        return self.confirm_rung(n)
 
     def run(self) -> Outcome:
         """The search, then the confirmation of its front on fresh prompts and seeds."""
@@ -445,8 +469,7 @@ class Tuner:
         front = pareto(usable, self.objective)
         likely = [e for e in front if self.objective.meets(e)] or front
         picks = _with_best_quality(likely[:self.plan.confirm_k - 1], usable) if likely else []
-        while len(picks) > 2 and self._left() < self._cost(self.confirm, len(picks) + 1):
-            picks.pop(-2)  # out of time: confirm fewer fast stacks, always the safest one
+        self.confirm = self._fit_confirmation(picks)
         confirmed = [e for e in self._measure([(e.stack, e.variant) for e in picks], self.confirm) if not e.error] \
             if picks else []
         within = [e for e in confirmed if self.objective.meets(e)]
@@ -553,8 +576,8 @@ def prepare(model: str, prompt_set: str, tolerance: float, space_spec: dict | No
 
 
 def minimum_budget_s(baseline: dict, plan: Plan) -> float:
-    """Seconds one screening evaluation and the confirmation of one stack take here, at the baseline's speed
-    (measured on one image after a warm-up; writes nothing)."""
+    """Seconds one screening evaluation and the smallest confirmation (MIN_CONFIRM_N prompts) of one stack take
+    here, at the baseline's speed (measured on one image after a warm-up; writes nothing)."""
     from backend.runs.build import build_pipeline
     from backend.sampling import generate
     from backend.variant import Variant
@@ -566,7 +589,8 @@ def minimum_budget_s(baseline: dict, plan: Plan) -> float:
     generate(pipe, v, ["a small red circle in the center"], [0])
     per_image = time.monotonic() - t0
     screen = Rung("screen", ("",) * plan.screen_n, (0,) * plan.screen_n, plan.screen_repeats)
-    confirm = Rung("confirm", ("",) * plan.confirm_n, (0,) * plan.confirm_n, plan.confirm_repeats, True)
+    n = min(plan.confirm_n, MIN_CONFIRM_N)
+    confirm = Rung("confirm", ("",) * n, (0,) * n, plan.confirm_repeats, True)
     return per_image * 2 * (screen.images() + confirm.images())
 
 
