@@ -43,3 +43,22 @@ def front_figure(result: dict) -> go.Figure:
     fig.update_layout(title="Find my stack: measured front (95% intervals)", xaxis_title="speed-up vs baseline (×)",
                       yaxis_title=metric, template="plotly_white", legend={"orientation": "h", "y": -0.2})
     return fig
+
+
+def report_section(rundir) -> str:
+    """The "Find my stack" section of ``python -m backend report`` for a tune run folder ("" for any other run)."""
+    import html
+    import json
+    from pathlib import Path
+
+    from backend.tune.cli import summary
+    from backend.tune.search import RESULT_FILE
+
+    path = Path(rundir) / RESULT_FILE
+    if not path.is_file():
+        return ""
+    result = json.loads(path.read_text())
+    result.setdefault("plot", str(Path(rundir) / "front.html"))
+    fig = front_figure(result).to_html(full_html=False, include_plotlyjs=False, div_id="tune-front")
+    return (f"<h2>Find my stack</h2><pre>{html.escape(summary(result))}</pre>{fig}"
+            f"<h3>What was tried</h3><pre>{html.escape(json.dumps(result['tried'], indent=1))}</pre>")

@@ -211,8 +211,10 @@ class Evaluator:
                         found.setdefault(_key(v["config"]), (run["id"], v["idx"]))
         return found
 
-    def evaluate(self, stacks: list[tuple[dict, dict]], rung: Rung) -> list[Eval]:
-        """(stack, variant) pairs measured on ``rung`` (one sweep run for those not in the store yet)."""
+    def evaluate(self, stacks: list[tuple[dict, dict]], rung: Rung, deadline: float | None = None) -> list[Eval]:
+        """(stack, variant) pairs measured on ``rung`` (one sweep run for those not in the store yet). Past
+        ``deadline`` (time.monotonic()) no further stack is started; those left carry the error "out of time"."""
+        from backend.core import JobCancelled, JobControl
         from backend.runs.store import Store, to_uint8
         from backend.runs.sweep import Sweep, run_sweep
 
@@ -227,10 +229,17 @@ class Evaluator:
                 self._seed_baseline(sweep, base_at)
             t0 = time.monotonic()
             before = self._done_count()
-            outcome = run_sweep(sweep, self.rundir, self.executor, self.address, job=self.job)
-            self.seconds += time.monotonic() - t0
-            self.images_drawn += (self._done_count() - before) * rung.images()
-            failed = {_key(sweep.variants[i].to_dict()): msg for i, msg in outcome.failed.items()}
+            job = JobControl(cancel=_Stop(self.job, deadline))
+            try:
+                outcome = run_sweep(sweep, self.rundir, self.executor, self.address, job=job)
+                failed = {_key(sweep.variants[i].to_dict()): msg for i, msg in outcome.failed.items()}
+            except JobCancelled:
+                if self.job is not None and self.job.cancel is not None and self.job.cancel.is_set():
+                    raise
+                failed = {_key(v): "out of time" for _, v in todo}
+            finally:
+                self.seconds += time.monotonic() - t0
+                self.images_drawn += (self._done_count() - before) * rung.images()
             index = self._index(rung)
         out = []
         with Store(self.rundir) as store:
@@ -273,6 +282,21 @@ class Evaluator:
             if 0 in store.pending(run_id):
                 images = store.load_images(*at)
                 store.save_variant(run_id, 0, images, sweep.prompts, sweep.seeds, store.variants(at[0])[at[1]]["metrics"])
+
+
+@dataclass
+class _Stop:
+    """The cancel flag a sweep polls between variants: the user's cancel, or the stage's deadline passed."""
+
+    job: object
+    deadline: float | None
+    grace: int = 2  # polls before the deadline counts: the baseline and one stack are always measured
+
+    def is_set(self) -> bool:
+        user = getattr(self.job, "cancel", None)
+        self.grace -= 1
+        return bool(user is not None and user.is_set()) or (
+            self.grace < 0 and self.deadline is not None and time.monotonic() > self.deadline)
 
 
 def _key(variant: dict) -> str:
@@ -363,8 +387,11 @@ class Tuner:
         """Seconds left until ``share`` of the budget has been spent (inf without a budget)."""
         return math.inf if self.budget_s is None else share * self.budget_s - (time.monotonic() - self.started)
 
-    def _measure(self, pairs: list[tuple[dict, dict]], rung: Rung) -> list[Eval]:
-        out = self.ev.evaluate(pairs, rung)
+    def _deadline(self, share: float) -> float | None:
+        return None if self.budget_s is None else self.started + share * self.budget_s
+
+    def _measure(self, pairs: list[tuple[dict, dict]], rung: Rung, share: float | None = None) -> list[Eval]:
+        out = self.ev.evaluate(pairs, rung, None if share is None else self._deadline(share))
         if self.ev.images_drawn:  # this machine's cost of one image, from what was drawn so far
             self.sec_per_image = self.ev.seconds / self.ev.images_drawn
         return out
@@ -434,7 +461,7 @@ class Tuner:
             batch = self._candidates(seen, screened, rng)[:max(0, limit - len(screened))]
             if not batch:
                 break
-            screened += self._measure(batch, self.screen)
+            screened += self._measure(batch, self.screen, SCREEN_SHARE)
             self._event("screen", points=[e.row() for e in screened])
 
         ok = [e for e in screened if not e.error and self.objective.reachable(e)]
@@ -443,7 +470,8 @@ class Tuner:
         while k > 1 and self._until(SCREEN_SHARE + PROMOTE_SHARE) < self._cost(self.promote, k):
             k -= 1
         chosen = _with_best_quality(ranked[:k], ok)
-        promoted = self._measure([(e.stack, e.variant) for e in chosen], self.promote) if chosen else []
+        promoted = self._measure([(e.stack, e.variant) for e in chosen], self.promote,
+                                 SCREEN_SHARE + PROMOTE_SHARE) if chosen else []
         self._event("promote", points=[e.row() for e in screened + promoted])
         return screened, promoted
 
