@@ -57,7 +57,7 @@ def test_the_space_lists_every_registered_method_and_its_knobs(slow):
 
 
 @pytest.mark.parametrize("spec, match", [
-    ({"methods": []}, "empty"),
+    ({"methods": [], "values": {"steps": [50]}}, "empty"),
     ({"methods": ["nope"]}, "'nope' is not a method"),
     ({"methods": ["deepcache"], "values": {"deepcache.interval": [0]}}, "out of range"),
     ({"methods": ["deepcache"], "values": {"quant.weight_bits": [4]}}, "methods leaves out"),
@@ -128,7 +128,7 @@ def test_search_finds_the_grid_best_resumes_without_recomputing_and_confirms_on_
 @pytest.mark.parametrize("argv, match", [
     (["--tolerance", "-1"], "--tolerance -1.0 is out of range"),
     (["--tolerance", "2", "--metric", "accuracy"], "--metric accuracy: model 'tiny-arch' has random weights"),
-    (["--tolerance", "2", "--space", '{"methods": []}'], "empty"),
+    (["--tolerance", "2", "--space", '{"methods": [], "values": {"steps": [50]}}'], "empty"),
     (["--tolerance", "2", "--budget-minutes", "0.00001"], "too small for one evaluation"),
 ])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, argv, match):

@@ -30,11 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", default="hard", help="prompt set (default hard)")
     parser.add_argument("--space", help=f"space (YAML/JSON; default {json.dumps(DEFAULT_SPACE)})")
     parser.add_argument("--tolerance", type=float, default=2.0, help="accuracy tolerance in points (default 2)")
-    parser.add_argument("--n", type=int, default=12, help="prompts of the full rung (grid, promotion; default 12)")
-    parser.add_argument("--screen-n", type=int, default=4, help="prompts of a screening evaluation (default 4)")
-    parser.add_argument("--repeats", type=int, default=3, help="timing rounds of the full rung (default 3)")
-    parser.add_argument("--max-screen", type=int, default=8, help="stacks the search screens (default 8)")
-    parser.add_argument("--promote-k", type=int, default=3, help="stacks the search promotes (default 3)")
+    parser.add_argument("--n", type=int, default=8, help="prompts of the full rung (grid, promotion; default 8)")
+    parser.add_argument("--screen-n", type=int, default=2, help="prompts of a screening evaluation (default 2)")
+    parser.add_argument("--repeats", type=int, default=2, help="timing rounds of the full rung (default 2)")
+    parser.add_argument("--max-screen", type=int, default=6, help="stacks the search screens (default 6)")
+    parser.add_argument("--promote-k", type=int, default=2, help="stacks the search promotes (default 2)")
     parser.add_argument("--seeds", type=int, default=2, help="search runs (sampler seeds 0..S-1; default 2)")
     parser.add_argument("--random-trials", type=int, default=200, help="random-search draws (default 200)")
     parser.add_argument("--out", default="runs/bench-tune", help="store of the bench (rerun to resume)")
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     spec = load_space(args.space) if args.space else DEFAULT_SPACE
     plan = Plan(screen_n=args.screen_n, promote_n=args.n, promote_repeats=args.repeats, promote_k=args.promote_k,
-                confirm_n=1, max_screen=args.max_screen, batch=4)
+                confirm_n=1, max_screen=args.max_screen, batch=3)
     space, objective, plan, pool, baseline = prepare(args.model, args.set, args.tolerance, spec, None, plan)
     rundir = Path(args.out)
     rundir.mkdir(parents=True, exist_ok=True)
