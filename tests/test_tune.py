@@ -71,6 +71,7 @@ def test_an_empty_or_contradictory_space_is_one_line(spec, match):
 
 
 def test_search_finds_the_grid_best_resumes_without_recomputing_and_confirms_on_fresh_seeds(slow, tmp_path):
+    from backend.metrics.quality import psnr_ssim
     from backend.runs.store import Store
     from backend.tune.search import Evaluator, Objective, Tuner, prepare, run_tune
 
@@ -112,6 +113,10 @@ def test_search_finds_the_grid_best_resumes_without_recomputing_and_confirms_on_
     assert not {s for r in confirm for s in r["seeds"]} & {s for r in search for s in r["seeds"]}
     assert not {p for r in confirm for p in r["prompts"]} & {p for r in search for p in r["prompts"]}
     assert result["confirmation"]["seeds_disjoint_from_search"] and result["confirmation"]["n"] == 2
+    with Store(rundir) as st:  # the confirmed quality is the paired metric of the stored images
+        at = next(v["idx"] for v in st.variants(confirm[0]["id"]) if v["config"] == result["recommended"])
+        psnr, _ = psnr_ssim(st.load_images(confirm[0]["id"], at), st.load_images(confirm[0]["id"], 0))
+    assert result["confirmation"]["quality"] == pytest.approx(min(psnr, 100.0))
 
     # the grid: every stack on the search's full rung (read back from the store where the search measured it)
     space, objective, plan, pool, baseline = prepare("tiny-arch", "hard", 0, SPACE, "psnr", _plan())

@@ -115,7 +115,7 @@ class Objective:
         return "prompt-accuracy delta (points)" if self.metric == "accuracy" else "PSNR vs baseline (dB)"
 
     def measure(self, images: np.ndarray, baseline: np.ndarray, prompts: list[str]) -> tuple[float, list | None, str]:
-        """(value, 95% interval, verdict) of the paired metric on 8-bit images."""
+        """(value, 95% interval, verdict) of the paired metric on float images in [0, 1] (8-bit levels)."""
         from backend.metrics import quality
 
         paired = quality.paired_quality(images, baseline, prompts)
@@ -215,7 +215,7 @@ class Evaluator:
         """(stack, variant) pairs measured on ``rung`` (one sweep run for those not in the store yet). Past
         ``deadline`` (time.monotonic()) no further stack is started; those left carry the error "out of time"."""
         from backend.core import JobCancelled, JobControl
-        from backend.runs.store import Store, to_uint8
+        from backend.runs.store import Store
         from backend.runs.sweep import Sweep, run_sweep
 
         index = self._index(rung)
@@ -255,8 +255,8 @@ class Evaluator:
                 m = rows[e.idx]["metrics"]
                 e.speedup, e.speedup_ci, e.latency_s = m.get("speedup"), m.get("speedup_ci"), m.get("latency_s")
                 e.unet_evals, e.macs_per_image = m.get("unet_evals"), m.get("macs_per_image")
-                images = to_uint8(store.load_images(e.run_id, e.idx))
-                base = to_uint8(store.load_images(e.run_id, 0))
+                images = store.load_images(e.run_id, e.idx)  # float in [0, 1], exactly the stored 8-bit levels
+                base = store.load_images(e.run_id, 0)
                 e.quality, e.quality_ci, e.verdict = self.objective.measure(images, base, list(rung.prompts))
                 out.append(e)
         return out
