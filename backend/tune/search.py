@@ -34,7 +34,7 @@ import numpy as np
 from backend.tune.space import Space, checkpoints, stack_name
 
 SCREEN_SHARE, PROMOTE_SHARE = 0.4, 0.2  # of --budget-minutes; the confirmation has the rest
-MIN_CONFIRM_N = 16  # a budget that fits fewer confirmation prompts is refused up front
+MIN_CONFIRM_N = 16  # the confirmation never uses fewer fresh prompts, whatever time is left
 CONFIRM_SEED = 1_000_000  # confirmation seeds start here; search seeds start at 0 (disjoint by construction)
 METRICS = ("accuracy", "psnr")
 RESULT_FILE = "tune.json"
@@ -604,8 +604,9 @@ def prepare(model: str, prompt_set: str, tolerance: float, space_spec: dict | No
 
 
 def minimum_budget_s(baseline: dict, plan: Plan) -> float:
-    """Seconds one screening evaluation and the smallest confirmation (MIN_CONFIRM_N prompts) of one stack take
-    here, at the baseline's speed (measured on one image after a warm-up; writes nothing)."""
+    """Seconds one screening evaluation (the baseline and one stack) takes here, at the baseline's speed (measured
+    on one image after a warm-up; writes nothing). The confirmation then fits the time left (MIN_CONFIRM_N prompts
+    at least)."""
     from backend.runs.build import build_pipeline
     from backend.sampling import generate
     from backend.variant import Variant
@@ -617,9 +618,7 @@ def minimum_budget_s(baseline: dict, plan: Plan) -> float:
     generate(pipe, v, ["a small red circle in the center"], [0])
     per_image = time.monotonic() - t0
     screen = Rung("screen", ("",) * plan.screen_n, (0,) * plan.screen_n, plan.screen_repeats)
-    n = min(plan.confirm_n, MIN_CONFIRM_N)
-    confirm = Rung("confirm", ("",) * n, (0,) * n, plan.confirm_repeats, True)
-    return per_image * 2 * (screen.images() + confirm.images())
+    return per_image * 2 * screen.images()
 
 
 def run_tune(model: str, prompt_set: str, tolerance: float, rundir: str | Path, space_spec: dict | None = None,
@@ -638,8 +637,8 @@ def run_tune(model: str, prompt_set: str, tolerance: float, rundir: str | Path, 
             raise ValueError(f"--budget-minutes {budget_minutes!r} is out of range; allowed: a number > 0")
         need = minimum_budget_s(baseline, plan)
         if budget_minutes * 60 < need:
-            raise ValueError(f"--budget-minutes {budget_minutes:g} is too small for one evaluation and its "
-                             f"confirmation here; allowed: ≥ {math.ceil(need / 6) / 10:g}")
+            raise ValueError(f"--budget-minutes {budget_minutes:g} is too small for one evaluation here; "
+                             f"allowed: ≥ {math.ceil(need / 6) / 10:g}")
     rundir = check_out_dir(rundir, "--out")
     evaluator = Evaluator(rundir, baseline, objective, executor, address, job)
     tuner = Tuner(space, objective, plan, evaluator, pool, None if budget_minutes is None else budget_minutes * 60,
