@@ -199,6 +199,7 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                 zip_btn = gr.DownloadButton("Download zip bundle", visible=False)
                 html_btn = gr.DownloadButton("Download HTML report", visible=False)
             preview = gr.HTML()
+        build_tune_tab(cb, ui["controls"])  # the Find my stack tab (app/tune.py)
 
         # ---- Playground events
         gen = generate_btn.click(cb.collect_variants, ui["controls"], variants_box, queue=False,
@@ -259,6 +260,5 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
         # ---- Report events
         export_btn.click(cb.export, [export_source, comparison, curves_run, prompt, seed],
                          [zip_btn, html_btn, report_status, preview], api_name="export")
-        build_tune_tab(cb, ui["controls"])  # the Find my stack tab (app/tune.py)
     demo.queue(default_concurrency_limit=4, max_size=64)
     return demo
