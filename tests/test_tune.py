@@ -52,6 +52,8 @@ def test_the_space_lists_every_registered_method_and_its_knobs(slow):
     assert space.methods["slow"]["level"] == [1, 2]  # a ladder up to twice the default, inside the bounds
     assert space.methods["deepcache"]["schedule"] == ["uniform", "nonuniform", "explicit"]
     assert {"steps", "scheduler"} <= set(space.top)
+    for ckpt in space.methods["quant"]["checkpoint"][1:]:  # checkpoints found in assets/ carry their own settings
+        assert space.variant({"quant.checkpoint": ckpt, "quant.weight_bits": 3})["quant"] == {"checkpoint": ckpt}
     small = build_space("tiny-arch", SPACE)
     assert small.size() == 5 and len(small.enumerate()) == 5  # (off, dc2) x (off, slow1, slow3) - the baseline
 

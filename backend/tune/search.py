@@ -417,7 +417,8 @@ class Tuner:
                 return
             seen.add(name)
             variant = self._valid(stack)
-            if variant is not None:
+            if variant is not None and _key(variant) not in seen:  # two stacks, one Variant: measured once
+                seen.add(_key(variant))
                 batch.append((stack, variant))
 
         if self.space.size() <= self.plan.batch:  # a small space: all of it

@@ -4,7 +4,8 @@ A *stack* is a mapping of dotted keys to values — ``{"steps": 25, "deepcache.i
 a method is on when one of its keys is present. Each registered method contributes its declared parameters
 (``MethodConfig.describe()``): choices as they are, booleans both ways, numbers discretised on a short geometric
 ladder around the default inside the bounds, a ``checkpoint`` knob over the checkpoints that exist (folders under
-``assets/`` holding a ``*SECTION*.json`` file, as Speedlab's fine-tunes write them). Top-level knobs: ``steps``
+``assets/`` holding a ``*SECTION*.json`` file, as Speedlab's fine-tunes write them; a stack with a checkpoint
+leaves the section's other knobs to it). Top-level knobs: ``steps``
 (a ladder below the model's default) and ``scheduler``. A method registered later joins with no change here.
 
 ``--space`` (YAML or JSON) narrows it::
@@ -189,6 +190,9 @@ class Space:
                 data.setdefault(section, {})[knob] = value
             else:
                 data[key] = value
+        for section, knobs in data.items():  # a checkpoint carries its own settings: the other knobs stay unset
+            if isinstance(knobs, dict) and knobs.get("checkpoint"):
+                data[section] = {"checkpoint": knobs["checkpoint"]}
         data["name"] = stack_name(stack)
         return Variant.from_dict(data).to_dict()
 
