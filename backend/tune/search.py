@@ -345,6 +345,7 @@ class Outcome:
             "message": (f"recommended: {stack_name(r.stack)}" if r is not None else
                         "no stack within the tolerance: the closest confirmed stacks are listed in 'closest'"),
             "closest": [] if r is not None else [e.row() for e in closest[:3]],
+            "confirmation_set": self.confirm_set,
             "tolerance": {"metric": self.objective.metric, "tolerance": self.objective.tolerance,
                           "line": self.objective.line, "rule": self.objective.describe_unit()},
             "front": [{**e.row(), "meets_tolerance": self.objective.meets(e)} for e in self.confirmed],
@@ -466,7 +467,8 @@ class Tuner:
             self._event("screen", points=[e.row() for e in screened])
 
         ok = [e for e in screened if not e.error and self.objective.reachable(e)]
-        ranked = sorted(ok, key=lambda e: -(e.speedup or 0))
+        # promoted first: stacks whose screened point estimate is inside the tolerance, fastest first; then the rest
+        ranked = sorted(ok, key=lambda e: (e.quality < self.objective.line, -(e.speedup or 0)))
         k = self.plan.promote_k
         while k > 1 and self._until(SCREEN_SHARE + PROMOTE_SHARE) < self._cost(self.promote, k):
             k -= 1
@@ -496,8 +498,8 @@ class Tuner:
         screened, promoted = self.search()
         usable = [e for e in promoted if not e.error]
         front = pareto(usable, self.objective)
-        likely = [e for e in front if self.objective.meets(e)] or front
-        picks = _with_best_quality(likely[:self.plan.confirm_k - 1], usable) if likely else []
+        likely = [e for e in front if self.objective.meets(e)]  # none: only the closest stack is confirmed
+        picks = _with_best_quality(likely[:self.plan.confirm_k - 1], usable) if usable else []
         self.confirm = self._fit_confirmation(picks)
         confirmed = [e for e in self._measure([(e.stack, e.variant) for e in picks], self.confirm) if not e.error] \
             if picks else []
