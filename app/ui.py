@@ -11,6 +11,7 @@ from app.controls import make_control
 from app.curves import NONE, PROMPT_SOURCES
 from app.finetune import form_kinds
 from app.images import SLIDER_CSS, SLIDER_JS, before_after_html
+from app.tune import build_tune_tab
 from backend.bench.docs import QUANT_MAPS
 from backend.methods.params import MAX_SEED
 from backend.reports.plots import QUALITY_METRICS
@@ -214,6 +215,7 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                 zip_btn = gr.DownloadButton("Download zip bundle", visible=False)
                 html_btn = gr.DownloadButton("Download HTML report", visible=False, elem_id="report-html")
             preview = gr.HTML()
+        build_tune_tab(cb, ui["controls"])  # the Find my stack tab (app/tune.py)
 
         # ---- Playground events
         gen = generate_btn.click(cb.collect_variants, ui["controls"], variants_box, queue=False,

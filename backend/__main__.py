@@ -20,8 +20,8 @@ from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
 
 # Sub-commands implemented elsewhere: module with add_arguments(parser) and main(args) -> int. The fine-tune
 # sub-commands are the registry's (backend.methods.registry).
-EXTERNAL = {"sweep": "backend.runs.sweep", "report": "backend.reports.cli"}
-BENCHES = ("world", "deepcache", "quant", "lcm", "deploy", "peers")
+EXTERNAL = {"sweep": "backend.runs.sweep", "report": "backend.reports.cli", "tune": "backend.tune.cli"}
+BENCHES = ("world", "deepcache", "quant", "lcm", "deploy", "peers", "tune")
 
 
 class Parser(argparse.ArgumentParser):

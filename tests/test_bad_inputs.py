@@ -311,5 +311,6 @@ def test_unknown_finetune_setting_is_refused(tmp_path):
     jobs = JobService(tmp_path)
     with pytest.raises(ValueError, match="unknown key 'minutez'"):
         jobs.validate("lcd", "tiny-arch", {"minutes": 1.0, "minutez": 5})
-    for kind, name in knobs.PRESETS:  # every preset's keys are declared settings of its kind
-        jobs.validate(kind, "tiny-arch", knobs.preset(kind, name))
+    for kind in knobs.finetune_kinds():  # every preset's keys are declared settings of its kind
+        for name in knobs.PRESET_NAMES:
+            jobs.validate(kind, "tiny-arch", knobs.preset(kind, name))

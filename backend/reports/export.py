@@ -177,6 +177,8 @@ def render_html(store: Store, run: dict, variants: list[dict], df: pd.DataFrame,
         failed_html = ("<p><b>Not finished:</b> " + ", ".join(
             html.escape(f"{v['name']} ({v['status']}{': ' + v['error'] if v.get('error') else ''})") for v in failed)
             + "</p>")
+    from backend.tune.plot import report_section  # a tune run folder: its recommendation and front first
+
     created = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run["created"]))
     title = f"Speedlab report: {run.get('name') or run['id']}"
     return f"""<!DOCTYPE html>
@@ -190,6 +192,7 @@ def render_html(store: Store, run: dict, variants: list[dict], df: pd.DataFrame,
 {len(run['prompts'])} prompts × the same seeds for every variant ·
 git {html.escape(str(run['environment'].get('git_commit')))}</p>
 {failed_html}
+{report_section(store.root)}
 <h2>Metrics</h2>
 <p>One row per variant; the baseline is highlighted. speedup = baseline latency / variant latency;
 delta_* = variant − baseline.

@@ -1,0 +1,651 @@
+"""Find my stack: screen many stacks cheaply, promote the promising ones, confirm the front on fresh seeds.
+
+The search is successive halving over the registry's space (:mod:`backend.tune.space`):
+
+1. **screen** (rung 0): stacks on few prompts and one timing round — first each method alone at its defaults, then
+   neighbours of the screened front (one knob one step, one method on or off), then random stacks — while the
+   time budget allows;
+2. **promote** (rung 1): the fastest stacks not clearly outside the tolerance (their quality interval reaches it),
+   on more prompts and timing rounds;
+3. **confirm**: the rung-1 Pareto front (speed-up vs quality) on prompts and seeds the search never used; the
+   recommendation is the fastest confirmed stack whose paired quality interval stays inside the tolerance.
+
+With ``--budget-minutes``, screening stops at 40% of the budget and promotion at 60%; the confirmation takes the
+rest, with the planned number of fresh prompts or as many as fit (fewer fast stacks first; at least MIN_CONFIRM_N),
+and says which n it used.
+
+Every evaluation is a variant of a sweep run in ``RUNDIR/results.db`` (:func:`backend.runs.sweep.run_sweep`: the
+same schema, executors and timing protocol as sweeps); an evaluation already in the store (same Variant, prompts,
+seeds and runner settings) is read back, never recomputed, so a killed ``tune`` resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from backend.tune.space import Space, checkpoints, stack_name
+
+SCREEN_SHARE, PROMOTE_SHARE = 0.4, 0.2  # of --budget-minutes; the confirmation has the rest
+MIN_CONFIRM_N = 16  # the confirmation never uses fewer fresh prompts, whatever time is left
+CONFIRM_SEED = 1_000_000  # confirmation seeds start here; search seeds start at 0 (disjoint by construction)
+METRICS = ("accuracy", "psnr")
+RESULT_FILE = "tune.json"
+FRONT_FILE = "front.html"
+
+
+@dataclass(frozen=True)
+class Rung:
+    """Where a stack is measured: prompts, seeds and the sweep runner settings."""
+
+    name: str
+    prompts: tuple[str, ...]
+    seeds: tuple[int, ...]
+    repeats: int
+    measure_macs: bool = False
+
+    def runner(self) -> dict:
+        return {"repeats": self.repeats, "batch_size": 16, "measure_macs": self.measure_macs}
+
+    def images(self) -> int:
+        """Images one evaluation draws: the prompts, one for memory, warm-up and timing rounds against the baseline."""
+        return len(self.prompts) + 1 + 2 * (1 + self.repeats) + (1 if self.measure_macs else 0)
+
+
+@dataclass
+class Eval:
+    """One stack measured on one rung: speed-up (interval) and paired quality vs the baseline (interval)."""
+
+    stack: dict
+    variant: dict
+    rung: str
+    run_id: str = ""
+    idx: int = -1
+    speedup: float | None = None
+    speedup_ci: list | None = None
+    latency_s: float | None = None
+    unet_evals: float | None = None
+    macs_per_image: float | None = None
+    quality: float | None = None  # accuracy: delta in points; psnr: dB
+    quality_ci: list | None = None
+    verdict: str = ""
+    n: int = 0
+    error: str = ""
+    reused: bool = False
+
+    def row(self) -> dict:
+        return {"name": stack_name(self.stack), "rung": self.rung, "variant": self.variant, "speedup": self.speedup,
+                "speedup_ci": self.speedup_ci, "latency_s": self.latency_s, "unet_evals": self.unet_evals,
+                "macs_per_image": self.macs_per_image, "quality": self.quality, "quality_ci": self.quality_ci,
+                "verdict": self.verdict, "n": self.n, "error": self.error or None}
+
+
+@dataclass
+class Objective:
+    """The quality metric and the tolerance: ``accuracy`` (paired prompt-accuracy delta in points; the 95% interval
+    must stay above −T) or ``psnr`` (PSNR vs the same-seed baseline in dB; the interval must stay above T)."""
+
+    metric: str
+    tolerance: float
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"--metric {self.metric!r} is not allowed; allowed: {', '.join(METRICS)}")
+        if isinstance(self.tolerance, bool) or not math.isfinite(self.tolerance) or self.tolerance < 0:
+            raise ValueError(f"--tolerance {self.tolerance!r} is out of range; allowed: a number ≥ 0 "
+                             f"({self.describe_unit()})")
+
+    def describe_unit(self) -> str:
+        return ("points of prompt accuracy the 95% interval of the paired delta may go below 0"
+                if self.metric == "accuracy" else "the lowest PSNR vs the baseline (dB) the 95% interval may reach")
+
+    @property
+    def line(self) -> float:
+        """The tolerance on the quality axis."""
+        return -self.tolerance if self.metric == "accuracy" else self.tolerance
+
+    def label(self) -> str:
+        return "prompt-accuracy delta (points)" if self.metric == "accuracy" else "PSNR vs baseline (dB)"
+
+    def measure(self, images: np.ndarray, baseline: np.ndarray, prompts: list[str]) -> tuple[float, list | None, str]:
+        """(value, 95% interval, verdict) of the paired metric on float images in [0, 1] (8-bit levels)."""
+        from backend.metrics import quality
+
+        paired = quality.paired_quality(images, baseline, prompts)
+        if self.metric == "accuracy":
+            d = paired["prompt_accuracy_delta"]
+            ci = None if d["ci"] is None else [100 * d["ci"][0], 100 * d["ci"][1]]
+            return 100 * d["delta"], ci, d["verdict"]
+        value = _finite(paired["psnr_vs_baseline"])
+        ci = paired.get("psnr_vs_baseline_ci")
+        ci = None if ci is None else [_finite(ci[0]), _finite(ci[1])]
+        return value, ci, f"PSNR {value:.3g} dB vs the baseline (n={len(prompts)})"
+
+    def meets(self, e: Eval) -> bool:
+        """Inside the tolerance: the whole interval (the point when there is none) on the right side of the line."""
+        low = e.quality_ci[0] if e.quality_ci else e.quality
+        return e.quality is not None and low >= self.line - 1e-9
+
+    def reachable(self, e: Eval) -> bool:
+        """Not clearly outside: the interval's optimistic end reaches the tolerance (used to screen)."""
+        high = e.quality_ci[1] if e.quality_ci else e.quality
+        return e.quality is not None and high >= self.line - 1e-9
+
+
+def _finite(x: float, cap: float = 100.0) -> float:
+    """PSNR of identical images is infinite: shown as ``cap`` dB (above any tolerance one would set)."""
+    return cap if not math.isfinite(x) else min(float(x), cap)
+
+
+@dataclass
+class Plan:
+    """Sizes of the search: prompts and timing rounds per rung, how many are promoted and confirmed."""
+
+    screen_n: int = 4
+    screen_repeats: int = 1
+    promote_n: int = 16
+    promote_repeats: int = 3
+    promote_k: int = 6
+    confirm_n: int = 100
+    confirm_repeats: int = 5
+    confirm_k: int = 3
+    batch: int = 8
+    max_screen: int | None = None
+    seed: int = 0
+
+
+def prompt_pool(model_has_judge: bool, prompt_set: str) -> list[str]:
+    """Every prompt the search and its confirmation may draw from: the Shapes set, or the general captions."""
+    if model_has_judge:
+        from backend.world.prompts import prompt_set as scenes
+
+        return list(dict.fromkeys(sc.caption for sc in scenes(prompt_set)))
+    from backend.captions import general_captions
+
+    return list(dict.fromkeys(general_captions()))
+
+
+def split_prompts(pool: list[str], n_search: int, n_confirm: int) -> tuple[list[str], list[str]]:
+    """Search prompts evenly spread over the pool; confirmation prompts evenly spread over the rest (disjoint)."""
+    if n_search + n_confirm > len(pool):
+        raise ValueError(f"--n-confirm {n_confirm} with {n_search} search prompts needs {n_search + n_confirm} "
+                         f"prompts; the prompt pool has {len(pool)}")
+    search_idx = [i * len(pool) // n_search for i in range(n_search)]
+    rest = [p for i, p in enumerate(pool) if i not in set(search_idx)]
+    return [pool[i] for i in search_idx], [rest[i * len(rest) // n_confirm] for i in range(n_confirm)]
+
+
+class Evaluator:
+    """Measures stacks on a rung into the run folder's store, reading back what is there already."""
+
+    def __init__(self, rundir: Path, baseline: dict, objective: Objective, executor: str = "local",
+                 address: str | None = None, job=None):
+        self.rundir, self.baseline, self.objective = Path(rundir), baseline, objective
+        self.executor, self.address, self.job = executor, address, job
+        self.images_drawn = 0  # images generated by this process (not read back)
+        self.seconds = 0.0
+
+    def _index(self, rung: Rung) -> dict[str, tuple[str, int]]:
+        """Variant JSON (without its name) -> (run, idx) of a finished evaluation on this rung's prompts, seeds and
+        runner settings, over every run of the store."""
+        from backend.runs.store import Store
+
+        if not (self.rundir / "results.db").exists():
+            return {}
+        found: dict[str, tuple[str, int]] = {}
+        with Store(self.rundir) as store:
+            for run in store.runs():
+                settings = run["settings"]
+                if (run["prompts"] != list(rung.prompts) or run["seeds"] != list(rung.seeds)
+                        or any(settings.get(k) != v for k, v in rung.runner().items())):
+                    continue
+                for v in store.variants(run["id"]):
+                    if v["status"] == "done":
+                        found.setdefault(_key(v["config"]), (run["id"], v["idx"]))
+        return found
+
+    def evaluate(self, stacks: list[tuple[dict, dict]], rung: Rung, deadline: float | None = None) -> list[Eval]:
+        """(stack, variant) pairs measured on ``rung`` (one sweep run for those not in the store yet). Past
+        ``deadline`` (time.monotonic()) no further stack is started; those left carry the error "out of time"."""
+        from backend.core import JobCancelled, JobControl
+        from backend.runs.store import Store
+        from backend.runs.sweep import Sweep, run_sweep
+
+        index = self._index(rung)
+        todo = [(s, v) for s, v in stacks if _key(v) not in index]
+        failed: dict[str, str] = {}
+        if todo:
+            sweep = Sweep(f"tune-{rung.name}", [_variant_obj(self.baseline)] + [_variant_obj(v) for _, v in todo],
+                          list(rung.prompts), list(rung.seeds), rung.runner(), {"tune": rung.name})
+            base_at = index.get(_key(self.baseline))
+            if base_at is not None:  # the baseline of this rung is measured already: copy it into the new run
+                self._seed_baseline(sweep, base_at)
+            t0 = time.monotonic()
+            before = self._done_count()
+            job = JobControl(cancel=_Stop(self.job, deadline))
+            try:
+                outcome = run_sweep(sweep, self.rundir, self.executor, self.address, job=job)
+                failed = {_key(sweep.variants[i].to_dict()): msg for i, msg in outcome.failed.items()}
+            except JobCancelled:
+                if self.job is not None and self.job.cancel is not None and self.job.cancel.is_set():
+                    raise
+                failed = {_key(v): "out of time" for _, v in todo}
+            finally:
+                self.seconds += time.monotonic() - t0
+                self.images_drawn += (self._done_count() - before) * rung.images()
+            index = self._index(rung)
+        out = []
+        with Store(self.rundir) as store:
+            for stack, variant in stacks:
+                e = Eval(stack, variant, rung.name, n=len(rung.prompts), reused=not any(v is variant for _, v in todo))
+                where = index.get(_key(variant))
+                if where is None:
+                    e.error = failed.get(_key(variant), "not measured")
+                    out.append(e)
+                    continue
+                e.run_id, e.idx = where
+                rows = store.variants(e.run_id)
+                m = rows[e.idx]["metrics"]
+                e.speedup, e.speedup_ci, e.latency_s = m.get("speedup"), m.get("speedup_ci"), m.get("latency_s")
+                e.unet_evals, e.macs_per_image = m.get("unet_evals"), m.get("macs_per_image")
+                images = store.load_images(e.run_id, e.idx)  # float in [0, 1], exactly the stored 8-bit levels
+                base = store.load_images(e.run_id, 0)
+                e.quality, e.quality_ci, e.verdict = self.objective.measure(images, base, list(rung.prompts))
+                out.append(e)
+        return out
+
+    def _done_count(self) -> int:
+        from backend.runs.store import Store
+
+        if not (self.rundir / "results.db").exists():
+            return 0
+        with Store(self.rundir) as store:
+            return int(store.conn.execute("SELECT COUNT(*) FROM variants WHERE status='done'").fetchone()[0])
+
+    def _seed_baseline(self, sweep, at: tuple[str, int]) -> None:
+        from backend.runs.runner import environment
+        from backend.runs.store import Store
+        from backend.runs.sweep import TIMING, WARMUP
+
+        with Store(self.rundir) as store:
+            run_id = store.create_run(sweep.run_id, [v.to_dict() for v in sweep.variants], sweep.prompts,
+                                      sweep.seeds, {**sweep.runner, "warmup": WARMUP, "timing": TIMING,
+                                                    "executor": self.executor},
+                                      environment(), spec=sweep.spec, name=sweep.name)
+            if 0 in store.pending(run_id):
+                images = store.load_images(*at)
+                store.save_variant(run_id, 0, images, sweep.prompts, sweep.seeds, store.variants(at[0])[at[1]]["metrics"])
+
+
+@dataclass
+class _Stop:
+    """The cancel flag a sweep polls between variants: the user's cancel, or the stage's deadline passed."""
+
+    job: object
+    deadline: float | None
+    grace: int = 2  # polls before the deadline counts: the baseline and one stack are always measured
+
+    def is_set(self) -> bool:
+        user = getattr(self.job, "cancel", None)
+        self.grace -= 1
+        return bool(user is not None and user.is_set()) or (
+            self.grace < 0 and self.deadline is not None and time.monotonic() > self.deadline)
+
+
+def _key(variant: dict) -> str:
+    return json.dumps({k: v for k, v in variant.items() if k != "name"}, sort_keys=True, default=str)
+
+
+def _variant_obj(d: dict):
+    from backend.variant import Variant
+
+    return Variant.from_dict(d)
+
+
+def pareto(evals: list[Eval], objective: Objective) -> list[Eval]:
+    """The measured front: no other stack is at least as fast and as good, and better in one."""
+    ok = [e for e in evals if e.speedup is not None and e.quality is not None]
+    front = [e for e in ok if not any(
+        o.speedup >= e.speedup and o.quality >= e.quality and (o.speedup > e.speedup or o.quality > e.quality)
+        for o in ok)]
+    return sorted(front, key=lambda e: -e.speedup)
+
+
+@dataclass
+class Outcome:
+    """What ``tune`` found: the recommendation (or None), the confirmed front and everything tried."""
+
+    recommended: Eval | None
+    confirmed: list[Eval]
+    screened: list[Eval]
+    promoted: list[Eval]
+    tried: dict
+    objective: Objective
+    proposals: list[dict] = field(default_factory=list)
+    space: dict = field(default_factory=dict)
+    confirm_set: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        r = self.recommended
+        closest = sorted(self.confirmed, key=lambda e: -(e.quality_ci[0] if e.quality_ci else e.quality or -1e9))
+        return {
+            "recommended": None if r is None else {k: v for k, v in r.variant.items()},
+            "confirmation": None if r is None else {
+                "speedup": r.speedup, "speedup_ci": r.speedup_ci, "latency_s": r.latency_s,
+                "unet_evals": r.unet_evals, "macs_per_image": r.macs_per_image,
+                "quality_metric": self.objective.label(), "quality": r.quality, "quality_ci": r.quality_ci,
+                "verdict": r.verdict, "meets_tolerance": True, **self.confirm_set},
+            "message": (f"recommended: {stack_name(r.stack)}" if r is not None else
+                        "no stack within the tolerance: the closest confirmed stacks are listed in 'closest'"),
+            "closest": [] if r is not None else [e.row() for e in closest[:3]],
+            "confirmation_set": self.confirm_set,
+            "tolerance": {"metric": self.objective.metric, "tolerance": self.objective.tolerance,
+                          "line": self.objective.line, "rule": self.objective.describe_unit()},
+            "front": [{**e.row(), "meets_tolerance": self.objective.meets(e)} for e in self.confirmed],
+            "searched": [e.row() for e in self.screened + self.promoted],
+            "tried": self.tried, "proposals": self.proposals, "space": self.space,
+        }
+
+
+class Tuner:
+    """One search: space, objective, plan, the evaluator, a time budget."""
+
+    def __init__(self, space: Space, objective: Objective, plan: Plan, evaluator: Evaluator, pool: list[str],
+                 budget_s: float | None = None, on_event: Callable[[dict], None] | None = None):
+        self.space, self.objective, self.plan, self.ev = space, objective, plan, evaluator
+        self.budget_s, self.on_event = budget_s, on_event
+        self.pool = pool
+        search, _ = split_prompts(pool, plan.promote_n, plan.confirm_n)
+        self.screen = Rung("screen", tuple(search[:plan.screen_n]), tuple(range(plan.screen_n)), plan.screen_repeats)
+        self.promote = Rung("promote", tuple(search), tuple(range(plan.promote_n)), plan.promote_repeats)
+        self.confirm = self.confirm_rung(plan.confirm_n)
+        self.started = time.monotonic()
+        self.sec_per_image: float | None = None
+        self.invalid: dict[str, str] = {}
+
+    # ---- time -------------------------------------------------------------------------------------------------
+
+    def _left(self) -> float:
+        return math.inf if self.budget_s is None else self.budget_s - (time.monotonic() - self.started)
+
+    def confirm_rung(self, n: int) -> Rung:
+        """n prompts the search never used (evenly spread over the rest of the pool) and seeds from CONFIRM_SEED."""
+        _, confirm = split_prompts(self.pool, self.plan.promote_n, n)
+        return Rung("confirm", tuple(confirm), tuple(CONFIRM_SEED + i for i in range(n)), self.plan.confirm_repeats,
+                    measure_macs=True)
+
+    def _cost(self, rung: Rung, k: int) -> float:
+        return (self.sec_per_image or 0.0) * k * rung.images()
+
+    def _until(self, share: float) -> float:
+        """Seconds left until ``share`` of the budget has been spent (inf without a budget)."""
+        return math.inf if self.budget_s is None else share * self.budget_s - (time.monotonic() - self.started)
+
+    def _deadline(self, share: float) -> float | None:
+        return None if self.budget_s is None else self.started + share * self.budget_s
+
+    def _measure(self, pairs: list[tuple[dict, dict]], rung: Rung, share: float | None = None) -> list[Eval]:
+        out = self.ev.evaluate(pairs, rung, None if share is None else self._deadline(share))
+        if self.ev.images_drawn:  # this machine's cost of one image, from what was drawn so far
+            self.sec_per_image = self.ev.seconds / self.ev.images_drawn
+        return out
+
+    # ---- proposals --------------------------------------------------------------------------------------------
+
+    def _valid(self, stack: dict) -> dict | None:
+        from backend.variant import VariantError
+
+        try:
+            return self.space.variant(stack)
+        except (VariantError, ValueError) as exc:
+            self.invalid.setdefault(stack_name(stack), str(exc).splitlines()[0])
+            return None
+
+    def _candidates(self, seen: set[str], screened: list[Eval], rng: random.Random) -> list[tuple[dict, dict]]:
+        """The next batch to screen: method defaults first, then neighbours of the front, then random stacks."""
+        batch: list[tuple[dict, dict]] = []
+
+        def add(stack: dict) -> None:
+            name = stack_name(stack)
+            if name in seen or len(batch) >= self.plan.batch or self.space.is_baseline(stack):
+                return
+            seen.add(name)
+            variant = self._valid(stack)
+            if variant is not None and _key(variant) not in seen:  # two stacks, one Variant: measured once
+                seen.add(_key(variant))
+                batch.append((stack, variant))
+
+        if self.space.size() <= self.plan.batch:  # a small space: all of it
+            for stack in self.space.enumerate():
+                add(stack)
+            return batch
+        if not screened:  # each method alone at its defaults (or, where those clash, a valid random stack of it)
+            for section, knobs in self.space.methods.items():
+                tries = [{**{k: self.space.base_top(k) for k in self.space.top}, **self.space.defaults(section)}]
+                tries += [{**{k: rng.choice(v) for k, v in self.space.top.items()},
+                           **{f"{section}.{k}": rng.choice(v) for k, v in knobs.items()}} for _ in range(50)]
+                for stack in tries:
+                    if stack_name(stack) not in seen and self._valid(stack) is not None:
+                        add(stack)
+                        break
+        front = [e for e in pareto([e for e in screened if self.objective.reachable(e)], self.objective)]
+        for e in front:
+            for n in self.space.neighbours(e.stack):
+                add(n)
+        for _ in range(200 * self.plan.batch):
+            if len(batch) >= self.plan.batch:
+                break
+            add(self.space.sample(rng))
+        return batch
+
+    # ---- the search -------------------------------------------------------------------------------------------
+
+    def _event(self, stage: str, **fields) -> None:
+        if self.on_event is not None:
+            self.on_event({"stage": stage, "elapsed_s": round(time.monotonic() - self.started, 1), **fields})
+
+    def search(self) -> tuple[list[Eval], list[Eval]]:
+        """Screening and promotion: (screened, promoted) evaluations."""
+        rng = random.Random(self.plan.seed)
+        seen: set[str] = set()
+        screened: list[Eval] = []
+        limit = self.plan.max_screen if self.plan.max_screen is not None else self.space.size()
+        while len(screened) < limit:
+            if screened and self._until(SCREEN_SHARE) < self._cost(self.screen, self.plan.batch):
+                break
+            batch = self._candidates(seen, screened, rng)[:max(0, limit - len(screened))]
+            if not batch:
+                break
+            screened += self._measure(batch, self.screen, SCREEN_SHARE)
+            self._event("screen", points=[e.row() for e in screened])
+
+        ok = [e for e in screened if not e.error and self.objective.reachable(e)]
+        # promoted first: stacks whose screened point estimate is inside the tolerance, fastest first; then the rest
+        ranked = sorted(ok, key=lambda e: (e.quality < self.objective.line, -(e.speedup or 0)))
+        k = self.plan.promote_k
+        while k > 1 and self._until(SCREEN_SHARE + PROMOTE_SHARE) < self._cost(self.promote, k):
+            k -= 1
+        chosen = _with_best_quality(ranked[:k], ok)
+        promoted = self._measure([(e.stack, e.variant) for e in chosen], self.promote,
+                                 SCREEN_SHARE + PROMOTE_SHARE) if chosen else []
+        self._event("promote", points=[e.row() for e in screened + promoted])
+        return screened, promoted
+
+    def _fit_confirmation(self, picks: list[Eval]) -> Rung:
+        """The confirmation rung for the time left: the planned n, else as many prompts as fit (fewer fast stacks
+        first, always keeping the safest), never below MIN_CONFIRM_N."""
+        n = self.plan.confirm_n
+        while self.budget_s is not None and self.sec_per_image:
+            per_stack = self._left() / self.sec_per_image / (len(picks) + 1) - (self.confirm_rung(1).images() - 1)
+            if per_stack >= n:
+                break
+            if len(picks) > 2:
+                picks.pop(-2)
+                continue
+            n = max(MIN_CONFIRM_N, min(n, int(per_stack)))
+            break
+        return self.confirm_rung(n)
+
+    def run(self) -> Outcome:
+        """The search, then the confirmation of its front on fresh prompts and seeds."""
+        screened, promoted = self.search()
+        usable = [e for e in promoted if not e.error]
+        front = pareto(usable, self.objective)
+        likely = [e for e in front if self.objective.meets(e)]  # none: only the closest stack is confirmed
+        picks = _with_best_quality(likely[:self.plan.confirm_k - 1], usable) if usable else []
+        self.confirm = self._fit_confirmation(picks)
+        confirmed = [e for e in self._measure([(e.stack, e.variant) for e in picks], self.confirm) if not e.error] \
+            if picks else []
+        within = [e for e in confirmed if self.objective.meets(e)]
+        recommended = max(within, key=lambda e: e.speedup or 0) if within else None
+        self._event("confirm", points=[e.row() for e in screened + promoted + confirmed])
+        tried = {
+            "space_size": self.space.size(), "screened": len(screened), "promoted": len(promoted),
+            "confirmed": len(confirmed), "invalid_skipped": len(self.invalid),
+            "failed": {stack_name(e.stack): e.error for e in screened + promoted if e.error},
+            "pruned_at_screen": len(screened) - len(promoted),
+            "reused_from_store": sum(e.reused for e in screened + promoted + confirmed),
+            "images_drawn": self.ev.images_drawn, "minutes": round((time.monotonic() - self.started) / 60, 2),
+            "rungs": {r.name: {"n": len(r.prompts), "seeds": [r.seeds[0], r.seeds[-1]], "timing_rounds": r.repeats}
+                      for r in (self.screen, self.promote, self.confirm)},
+        }
+        confirm_set = {"n": len(self.confirm.prompts), "seeds": [self.confirm.seeds[0], self.confirm.seeds[-1]],
+                       "prompts_disjoint_from_search": not set(self.confirm.prompts) & set(self.promote.prompts),
+                       "seeds_disjoint_from_search": not set(self.confirm.seeds) & set(self.promote.seeds)}
+        return Outcome(recommended, sorted(confirmed, key=lambda e: -(e.speedup or 0)), screened, promoted, tried,
+                       self.objective, space=self.space.describe(), confirm_set=confirm_set)
+
+
+def _with_best_quality(picked: list[Eval], pool: list[Eval]) -> list[Eval]:
+    """``picked`` plus the best-quality stack of ``pool`` (the safe end of the front), without repeats."""
+    if not pool:
+        return picked
+    best = max(pool, key=lambda e: (e.quality, e.speedup or 0))
+    return picked + ([best] if all(best is not p and best.stack != p.stack for p in picked) else [])
+
+
+def train_proposals(space: Space) -> list[dict]:
+    """Methods whose checkpoint knob found no checkpoint: "train X" with its declared time budget as the cost."""
+    from backend.methods import registry
+
+    out = []
+    for section, knobs in space.methods.items():
+        method = registry.method(section)
+        if "checkpoint" in {p["name"] for p in method.config_class().describe()} and not any(
+                knobs.get("checkpoint", checkpoints(section))) and method.finetunes:
+            ft = method.finetunes[0]
+            minutes = next((p["default"] for p in registry.resolve(ft.config).describe() if p["name"] == "minutes"),
+                           None)
+            out.append({"method": section, "step": f"python -m backend finetune {ft.kind} --variant "
+                        f"'{{\"model\": \"{space.model}\"}}' --out CHECKPOINT_DIR",
+                        "estimated_minutes": minutes,
+                        "why": f"no {section} checkpoint exists for this search; it was searched without one"})
+    return out
+
+
+def write_outputs(outcome: Outcome, rundir: Path) -> dict:
+    """tune.json and the front plot (front.html) in the run folder, each written whole (temporary name, rename)."""
+    from backend.core import jsonable
+    from backend.tune.plot import front_figure
+
+    result = jsonable(outcome.to_dict())
+    result["rundir"] = str(rundir)
+    tmp = rundir / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(rundir / RESULT_FILE)
+    fig = front_figure(result)
+    tmp = rundir / (FRONT_FILE + ".tmp")
+    fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
+    tmp.replace(rundir / FRONT_FILE)
+    result["plot"] = str(rundir / FRONT_FILE)
+    return result
+
+
+def default_metric(model: str, judge: bool) -> str:
+    from backend.models import RANDOM_ARCHS
+
+    return "accuracy" if judge and model not in RANDOM_ARCHS else "psnr"
+
+
+def prepare(model: str, prompt_set: str, tolerance: float, space_spec: dict | None = None,
+            metric: str | None = None, plan: Plan | None = None, base: dict | None = None) -> tuple:
+    """Everything checked before any file is written: (space, objective, plan, prompt pool, baseline Variant).
+    ValueError (one line) for a bad input."""
+    from backend.models import RANDOM_ARCHS, check_source, has_shapes_judge, model_defaults
+    from backend.sampling import load_model
+    from backend.tune.space import build_space
+    from backend.variant import Variant
+    from backend.world.prompts import PROMPT_SETS
+
+    if prompt_set not in PROMPT_SETS:
+        raise ValueError(f"--set {prompt_set!r} is not allowed; allowed: {', '.join(PROMPT_SETS)}")
+    check_source(model)
+    pipe = load_model(Variant.from_dict({"model": model, **(base or {})}))
+    judge = has_shapes_judge(pipe)
+    metric = metric or default_metric(model, judge)
+    if metric == "accuracy" and (not judge or model in RANDOM_ARCHS):
+        why = "has random weights" if model in RANDOM_ARCHS else "is not a Shapes-world model (no judge reads it)"
+        raise ValueError(f"--metric accuracy: model {model!r} {why}; allowed for it: --metric psnr")
+    objective = Objective(metric, float(tolerance))
+    plan = plan or Plan()
+    for name in ("screen_n", "promote_n", "confirm_n", "promote_k", "confirm_k", "batch"):
+        if getattr(plan, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(plan, name)} is out of range; allowed: ≥ 1")
+    if plan.screen_n > plan.promote_n:
+        raise ValueError(f"--screen-n {plan.screen_n} is above --promote-n {plan.promote_n}; allowed: ≤ it")
+    space = build_space(model, space_spec, int(model_defaults(pipe).get("steps") or 50), base)
+    pool = prompt_pool(judge, prompt_set)
+    split_prompts(pool, plan.promote_n, plan.confirm_n)
+    return space, objective, plan, pool, space.baseline()
+
+
+def minimum_budget_s(baseline: dict, plan: Plan) -> float:
+    """Seconds one screening evaluation (the baseline and one stack) takes here, at the baseline's speed (measured
+    on one image after a warm-up; writes nothing). The confirmation then fits the time left (MIN_CONFIRM_N prompts
+    at least)."""
+    from backend.runs.build import build_pipeline
+    from backend.sampling import generate
+    from backend.variant import Variant
+
+    v = Variant.from_dict(baseline)
+    pipe = build_pipeline(v)
+    generate(pipe, v, ["a small red circle in the center"], [0])
+    t0 = time.monotonic()
+    generate(pipe, v, ["a small red circle in the center"], [0])
+    per_image = time.monotonic() - t0
+    screen = Rung("screen", ("",) * plan.screen_n, (0,) * plan.screen_n, plan.screen_repeats)
+    return per_image * 2 * screen.images()
+
+
+def run_tune(model: str, prompt_set: str, tolerance: float, rundir: str | Path, space_spec: dict | None = None,
+             metric: str | None = None, budget_minutes: float | None = None, plan: Plan | None = None,
+             executor: str = "local", address: str | None = None, job=None,
+             on_event: Callable[[dict], None] | None = None, base: dict | None = None) -> dict:
+    """The whole search into ``rundir`` (resumable); returns the result written to ``rundir/tune.json``."""
+    from backend.paths import check_out_dir
+    from backend.runs.sweep import make_executor
+
+    space, objective, plan, pool, baseline = prepare(model, prompt_set, tolerance, space_spec, metric, plan, base)
+    if executor not in ("local", "ray"):
+        make_executor(executor, address)  # the one-line refusal
+    if budget_minutes is not None:
+        if isinstance(budget_minutes, bool) or not budget_minutes > 0:
+            raise ValueError(f"--budget-minutes {budget_minutes!r} is out of range; allowed: a number > 0")
+        need = minimum_budget_s(baseline, plan)
+        if budget_minutes * 60 < need:
+            raise ValueError(f"--budget-minutes {budget_minutes:g} is too small for one evaluation here; "
+                             f"allowed: ≥ {math.ceil(need / 6) / 10:g}")
+    rundir = check_out_dir(rundir, "--out")
+    evaluator = Evaluator(rundir, baseline, objective, executor, address, job)
+    tuner = Tuner(space, objective, plan, evaluator, pool, None if budget_minutes is None else budget_minutes * 60,
+                  on_event)
+    outcome = tuner.run()
+    outcome.proposals = train_proposals(space)
+    return write_outputs(outcome, rundir)

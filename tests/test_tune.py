@@ -1,0 +1,149 @@
+"""Find my stack (backend/tune): the space comes from the registry, the search finds the grid's best on a small
+space, a killed search resumes without recomputing, the confirmation never reuses a search seed or prompt."""
+
+import dataclasses
+import json
+import time
+
+import pytest
+
+from backend.core import JobCancelled, JobControl
+from backend.methods import registry
+from backend.methods.params import MethodConfig, param
+
+
+@dataclasses.dataclass
+class SlowConfig(MethodConfig):
+    section = "slow"
+
+    level: int = param(1, "sleep level × 50 ms per U-Net call", minimum=1, maximum=3)
+
+
+def apply_slow(pipe, config: SlowConfig) -> None:
+    pipe.unet.register_forward_hook(lambda module, args, out: time.sleep(0.05 * config.level))
+
+
+@pytest.fixture
+def slow():
+    registry.register(registry.Method("slow", "Slow toy", SlowConfig, apply_slow, order=40, unet_access="hooks"))
+    yield
+    registry.unregister("slow")
+
+
+SPACE = {"methods": ["deepcache", "slow"], "values": {"deepcache.interval": [2], "slow.level": [1, 3]},
+         "fixed": {"steps": 2}}
+
+
+def _plan(**kw):
+    from backend.tune.search import Plan
+
+    return Plan(**{"screen_n": 2, "screen_repeats": 1, "promote_n": 2, "promote_repeats": 2, "promote_k": 2,
+                   "confirm_n": 2, "confirm_repeats": 1, "confirm_k": 2, **kw})
+
+
+def test_the_space_lists_every_registered_method_and_its_knobs(slow):
+    from backend.tune.space import build_space
+
+    space = build_space("tiny-arch")
+    assert set(space.methods) == set(registry.sections()) and "slow" in space.methods
+    for m in registry.methods():
+        declared = {p["name"] for p in m.config_class().describe() if p.get("ui", True)}
+        assert set(space.methods[m.section]) == declared
+    assert space.methods["slow"]["level"] == [1, 2]  # a ladder up to twice the default, inside the bounds
+    assert space.methods["deepcache"]["schedule"] == ["uniform", "nonuniform", "explicit"]
+    assert {"steps", "scheduler"} <= set(space.top)
+    for ckpt in space.methods["quant"]["checkpoint"][1:]:  # checkpoints found in assets/ carry their own settings
+        assert space.variant({"quant.checkpoint": ckpt, "quant.weight_bits": 3})["quant"] == {"checkpoint": ckpt}
+    small = build_space("tiny-arch", SPACE)
+    assert small.size() == 5 and len(small.enumerate()) == 5  # (off, dc2) x (off, slow1, slow3) - the baseline
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"methods": [], "values": {"steps": [50]}}, "empty"),
+    ({"methods": ["nope"]}, "'nope' is not a method"),
+    ({"methods": ["deepcache"], "values": {"deepcache.interval": [0]}}, "out of range"),
+    ({"methods": ["deepcache"], "values": {"quant.weight_bits": [4]}}, "methods leaves out"),
+    ({"values": {"steps": [2]}, "fixed": {"steps": 2}}, "both in values and fixed"),
+])
+def test_an_empty_or_contradictory_space_is_one_line(spec, match):
+    from backend.tune.space import build_space
+
+    with pytest.raises(ValueError, match=match):
+        build_space("tiny-arch", spec)
+
+
+def test_search_finds_the_grid_best_resumes_without_recomputing_and_confirms_on_fresh_seeds(slow, tmp_path):
+    from backend.metrics.quality import psnr_ssim
+    from backend.runs.store import Store
+    from backend.tune.search import Evaluator, Objective, Tuner, prepare, run_tune
+
+    rundir = tmp_path / "tune"
+    cancel = JobControl(cancel=__import__("threading").Event())
+
+    def kill_after_screening(event):
+        if event["stage"] == "screen":
+            cancel.cancel.set()
+
+    with pytest.raises(JobCancelled):
+        run_tune("tiny-arch", "hard", 0, rundir, SPACE, "psnr", plan=_plan(), job=cancel,
+                 on_event=kill_after_screening)
+    with Store(rundir) as st:
+        before = {(r["id"], v["idx"]): v["finished"] for r in st.runs() for v in st.variants(r["id"])
+                  if v["status"] == "done"}
+    assert len(before) >= 6  # the screening's baseline and five stacks were stored before the kill
+
+    result = run_tune("tiny-arch", "hard", 0, rundir, SPACE, "psnr", plan=_plan())
+    evaluations = {}
+    with Store(rundir) as st:
+        runs = st.runs()
+        for r in runs:
+            for v in st.variants(r["id"]):
+                if v["status"] != "done":
+                    continue
+                assert before.get((r["id"], v["idx"]), v["finished"]) == v["finished"]  # nothing redone
+                if v["idx"] > 0:
+                    key = (json.dumps(v["config"], sort_keys=True), json.dumps(r["prompts"]), json.dumps(r["seeds"]),
+                           r["settings"]["repeats"])
+                    assert key not in evaluations, "an evaluation was computed twice"
+                    evaluations[key] = v
+    assert result["tried"]["reused_from_store"] >= 5
+
+    # the confirmation set shares no seed and no prompt with the search
+    confirm = [r for r in runs if r["name"] == "tune-confirm"]
+    search = [r for r in runs if r["name"] != "tune-confirm"]
+    assert confirm and search
+    assert not {s for r in confirm for s in r["seeds"]} & {s for r in search for s in r["seeds"]}
+    assert not {p for r in confirm for p in r["prompts"]} & {p for r in search for p in r["prompts"]}
+    assert result["confirmation"]["seeds_disjoint_from_search"] and result["confirmation"]["n"] == 2
+    with Store(rundir) as st:  # the confirmed quality is the paired metric of the stored images
+        at = next(v["idx"] for v in st.variants(confirm[0]["id"]) if v["config"] == result["recommended"])
+        psnr, _ = psnr_ssim(st.load_images(confirm[0]["id"], at), st.load_images(confirm[0]["id"], 0))
+    assert result["confirmation"]["quality"] == pytest.approx(min(psnr, 100.0))
+
+    # the grid: every stack on the search's full rung (read back from the store where the search measured it)
+    space, objective, plan, pool, baseline = prepare("tiny-arch", "hard", 0, SPACE, "psnr", _plan())
+    tuner = Tuner(space, objective, plan, Evaluator(rundir, baseline, objective), pool)
+    grid = tuner.ev.evaluate([(s, space.variant(s)) for s in space.enumerate()], tuner.promote)
+    best = max((e for e in grid if objective.meets(e)), key=lambda e: e.speedup)
+    _, promoted = Tuner(space, Objective("psnr", 0), plan, Evaluator(rundir, baseline, objective), pool).search()
+    answer = max((e for e in promoted if objective.meets(e)), key=lambda e: e.speedup)
+    assert answer.stack == best.stack == {"deepcache.interval": 2}  # the one stack without a sleep: the fastest
+    assert len(promoted) < len(grid)  # the search measured fewer stacks at the full rung than the grid
+    assert (rundir / "tune.json").is_file() and (rundir / "front.html").is_file()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--tolerance", "-1"], "--tolerance -1.0 is out of range"),
+    (["--tolerance", "2", "--metric", "accuracy"], "--metric accuracy: model 'tiny-arch' has random weights"),
+    (["--tolerance", "2", "--space", '{"methods": [], "values": {"steps": [50]}}'], "empty"),
+    (["--tolerance", "2", "--budget-minutes", "0.00001"], "too small for one evaluation"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, argv, match):
+    from backend.__main__ import main
+
+    out = tmp_path / "never"
+    code = main(["tune", "--model", "tiny-arch", "--out", str(out),
+                 "--space", json.dumps({"methods": ["deepcache"], "fixed": {"steps": 1}}), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and match in err and len(err.splitlines()) == 1
+    assert not out.exists()
