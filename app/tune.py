@@ -97,7 +97,7 @@ class TuneCallbacks:
 
 
 def summary_markdown(result: dict) -> str:
-    from backend.tune.cli import summary
+    from backend.tune.plot import summary
 
     return "```\n" + summary(result) + "\n```"
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from backend.tune.plot import summary
 from backend.tune.search import METRICS, Plan, run_tune
 
 DEFAULTS = Plan()
@@ -63,30 +64,3 @@ def main(args: argparse.Namespace) -> int:
         return 0
     print(summary(result))
     return 0
-
-
-def _ci(ci) -> str:
-    return "" if not ci else f" [{ci[0]:.3g}, {ci[1]:.3g}]"
-
-
-def summary(result: dict) -> str:
-    """The result in a few lines of text."""
-    lines = [result["message"]]
-    c = result.get("confirmation")
-    if c:
-        lines += [f"  Variant: {json.dumps(result['recommended'])}",
-                  f"  speed-up {c['speedup']:.3g}×{_ci(c['speedup_ci'])}; {c['quality_metric']} "
-                  f"{c['quality']:+.3g}{_ci(c['quality_ci'])}: {c['verdict']} (confirmation: n={c['n']}, seeds "
-                  f"{c['seeds'][0]}-{c['seeds'][1]}, none used by the search)"]
-    lines.append("front (confirmed):")
-    for r in result["front"]:
-        lines.append(f"  {r['name']}: {r['speedup']:.3g}×{_ci(r['speedup_ci'])}, quality {r['quality']:+.3g}"
-                     f"{_ci(r['quality_ci'])}{'' if r['meets_tolerance'] else '  (outside the tolerance)'}")
-    t = result["tried"]
-    lines.append(f"tried: {t['screened']} screened, {t['promoted']} promoted, {t['confirmed']} confirmed of "
-                 f"{t['space_size']} stacks; {len(t['failed'])} failed, {t['invalid_skipped']} invalid skipped; "
-                 f"{t['images_drawn']} images in {t['minutes']} min")
-    for p in result.get("proposals", []):
-        lines.append(f"proposal: train {p['method']} (~{p['estimated_minutes']} min): {p['step']}")
-    lines.append(f"plot: {result['plot']}; all results: {result['rundir']}/tune.json")
-    return "\n".join(lines)

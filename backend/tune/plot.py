@@ -3,7 +3,12 @@ searched points faded, confirmed points solid."""
 
 from __future__ import annotations
 
+import json
+
 import plotly.graph_objects as go
+
+RESULT_FILE = "tune.json"  # what a tune run folder holds: the result, and its front plot
+FRONT_FILE = "front.html"
 
 
 def _errors(rows: list[dict], key: str) -> dict | None:
@@ -51,9 +56,6 @@ def report_section(rundir) -> str:
     import json
     from pathlib import Path
 
-    from backend.tune.cli import summary
-    from backend.tune.search import RESULT_FILE
-
     path = Path(rundir) / RESULT_FILE
     if not path.is_file():
         return ""
@@ -62,3 +64,30 @@ def report_section(rundir) -> str:
     fig = front_figure(result).to_html(full_html=False, include_plotlyjs=False, div_id="tune-front")
     return (f"<h2>Find my stack</h2><pre>{html.escape(summary(result))}</pre>{fig}"
             f"<h3>What was tried</h3><pre>{html.escape(json.dumps(result['tried'], indent=1))}</pre>")
+
+
+def _ci(ci) -> str:
+    return "" if not ci else f" [{ci[0]:.3g}, {ci[1]:.3g}]"
+
+
+def summary(result: dict) -> str:
+    """The result in a few lines of text."""
+    lines = [result["message"]]
+    c = result.get("confirmation")
+    if c:
+        lines += [f"  Variant: {json.dumps(result['recommended'])}",
+                  f"  speed-up {c['speedup']:.3g}×{_ci(c['speedup_ci'])}; {c['quality_metric']} "
+                  f"{c['quality']:+.3g}{_ci(c['quality_ci'])}: {c['verdict']} (confirmation: n={c['n']}, seeds "
+                  f"{c['seeds'][0]}-{c['seeds'][1]}, none used by the search)"]
+    lines.append("front (confirmed):")
+    for r in result["front"]:
+        lines.append(f"  {r['name']}: {r['speedup']:.3g}×{_ci(r['speedup_ci'])}, quality {r['quality']:+.3g}"
+                     f"{_ci(r['quality_ci'])}{'' if r['meets_tolerance'] else '  (outside the tolerance)'}")
+    t = result["tried"]
+    lines.append(f"tried: {t['screened']} screened, {t['promoted']} promoted, {t['confirmed']} confirmed of "
+                 f"{t['space_size']} stacks; {len(t['failed'])} failed, {t['invalid_skipped']} invalid skipped; "
+                 f"{t['images_drawn']} images in {t['minutes']} min")
+    for p in result.get("proposals", []):
+        lines.append(f"proposal: train {p['method']} (~{p['estimated_minutes']} min): {p['step']}")
+    lines.append(f"plot: {result['plot']}; all results: {result['rundir']}/tune.json")
+    return "\n".join(lines)

@@ -31,14 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.tune.plot import FRONT_FILE, RESULT_FILE, front_figure
 from backend.tune.space import Space, checkpoints, stack_name
 
 SCREEN_SHARE, PROMOTE_SHARE = 0.4, 0.2  # of --budget-minutes; the confirmation has the rest
 MIN_CONFIRM_N = 16  # the confirmation never uses fewer fresh prompts, whatever time is left
 CONFIRM_SEED = 1_000_000  # confirmation seeds start here; search seeds start at 0 (disjoint by construction)
 METRICS = ("accuracy", "psnr")
-RESULT_FILE = "tune.json"
-FRONT_FILE = "front.html"
 
 
 @dataclass(frozen=True)
@@ -281,7 +280,8 @@ class Evaluator:
                                       environment(), spec=sweep.spec, name=sweep.name)
             if 0 in store.pending(run_id):
                 images = store.load_images(*at)
-                store.save_variant(run_id, 0, images, sweep.prompts, sweep.seeds, store.variants(at[0])[at[1]]["metrics"])
+                metrics = store.variants(at[0])[at[1]]["metrics"]
+                store.save_variant(run_id, 0, images, sweep.prompts, sweep.seeds, metrics)
 
 
 @dataclass
@@ -553,7 +553,6 @@ def train_proposals(space: Space) -> list[dict]:
 def write_outputs(outcome: Outcome, rundir: Path) -> dict:
     """tune.json and the front plot (front.html) in the run folder, each written whole (temporary name, rename)."""
     from backend.core import jsonable
-    from backend.tune.plot import front_figure
 
     result = jsonable(outcome.to_dict())
     result["rundir"] = str(rundir)

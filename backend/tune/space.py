@@ -158,7 +158,7 @@ class Space:
             for j in (i - 1, i + 1):
                 if 0 <= j < len(values):
                     out.append({**stack, key: values[j]})
-        for section, knobs in self.methods.items():
+        for section in self.methods:
             on = any(k.startswith(section + ".") for k in stack)
             if on and section not in self.required():
                 out.append({k: v for k, v in stack.items() if not k.startswith(section + ".")})
