@@ -48,6 +48,7 @@ class Method:
     assets: tuple[tuple[str, str], ...] = ()  # checkpoints shipped in assets/ (made from shapes): (label, folder)
     families: tuple[str, ...] = ()  # the model families it applies to (backend.models.FAMILIES); () = every family
     families_why: str = ""  # why the others are left out (the refusal and the UI say it)
+    searched: bool = True  # in the stack search's default space (False: only when --space names it; say why in help)
 
     def refusal(self, family: str) -> str | None:
         """One line saying why the method does not apply to a model of ``family``, or None when it does."""
@@ -185,7 +186,7 @@ register(Method(
     families_why="TCD and the Align-Your-Steps lists are for DDPM-type noise schedules"))
 register(Method(
     "compile", "torch.compile", "backend.methods.compile.config:CompileConfig", "backend.methods.compile:apply",
-    order=90, unet_access="hooks",
+    order=90, unet_access="hooks", searched=False,
     conflicts={s: f"{what} would recompile the compiled denoiser at every step" for s, what in (
         ("deepcache", "DeepCache's per-step full/partial switch"), ("diffusers_cache", "the cache's per-step state"),
         ("tome", "ToMe's per-call token bookkeeping"), ("quant", "per-step activation scales (TALSQ)"))}))

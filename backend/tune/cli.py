@@ -1,6 +1,7 @@
 """python -m backend tune: the fastest stack whose paired quality stays inside --tolerance, confirmed on fresh seeds.
 
-The space is every registered method's knobs (``python -m backend schema``), plus steps and scheduler, narrowed
+The space is every registered method's knobs (``python -m backend schema``; a method the registry marks unsearched,
+torch.compile with its minutes of compiling, only when ``--space`` names it), plus steps and scheduler, narrowed
 by ``--space`` (YAML/JSON: methods, values, fixed; see backend/tune/space.py). Stacks are screened on few prompts,
 the promising ones measured on more, and the measured front confirmed on prompts and seeds the search never saw.
 Every evaluation is a row of RUNDIR/results.db (like sweeps): rerun the same command to resume. Writes

@@ -243,7 +243,8 @@ def build_space(model: str, spec: dict | None = None, default_steps: int = 50, b
     if unknown:
         raise ValueError(f"--space: unknown key {unknown[0]!r}; allowed: {', '.join(SPACE_KEYS)}")
     all_methods = method_dimensions()
-    sections = spec.get("methods", list(all_methods))
+    # by default every method the registry marks as searched (compiling, minutes on a CPU, is searched only by name)
+    sections = spec.get("methods", [s for s in all_methods if registry.method(s).searched])
     if not isinstance(sections, list) or not all(isinstance(s, str) for s in sections):
         raise ValueError(f"--space methods: {sections!r}; allowed: a list of {', '.join(all_methods)}")
     for s in sections:
