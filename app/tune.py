@@ -126,5 +126,5 @@ def build_tune_tab(cb, controls: list) -> None:
         recommended = gr.Code(label="recommended Variant", language="json", elem_id="tune-variant")
     start.click(tc.run, [model, prompt_set, tolerance, budget, space], [status, plot, recommended],
                 api_name="tune", concurrency_id="device", concurrency_limit=1)
-    stop.click(tc.cancel, None, status, queue=False, api_visibility="private")
-    to_pg.click(tc.to_playground, recommended, column_1, queue=False, api_visibility="private")
+    stop.click(tc.cancel, None, status, queue=False, api_name="tune_cancel", api_visibility="private")
+    to_pg.click(tc.to_playground, recommended, column_1, queue=False, api_name="tune_open", api_visibility="private")

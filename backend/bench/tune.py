@@ -17,7 +17,10 @@ import json
 import random
 from pathlib import Path
 
-from backend.tune.search import Evaluator, Objective, Plan, Tuner, prepare
+import numpy as np
+
+from backend.metrics.paired import bootstrap_interval
+from backend.tune.search import Evaluator, Plan, Tuner, prepare
 from backend.tune.space import stack_name
 
 DEFAULT_SPACE = {"methods": ["deepcache"], "values": {"deepcache.interval": [2, 3, 5], "deepcache.branch": [0, 1],
@@ -70,7 +73,8 @@ def run(args: argparse.Namespace) -> list[dict]:
              "meets_tolerance": objective.meets(e), "n": e.n} for e in grid]
     rows.append({"model": args.model, "strategy": "grid (ground truth)", "stacks_evaluated": len(grid),
                  "images": len(grid) * full_cost, "answer": stack_name(best.stack) if best else None,
-                 "answer_grid_speedup": best.speedup if best else None, "reached_best": best is not None,
+                 "answer_grid_speedup": best.speedup if best else None,
+                 "answer_grid_speedup_ci": best.speedup_ci if best else None, "reached_best": best is not None,
                  "runs": 1, **sizes})
     search_images = []
     for seed in range(args.seeds):
@@ -84,15 +88,17 @@ def run(args: argparse.Namespace) -> list[dict]:
                      "stacks_evaluated": f"{len(screened)} screened + {len(promoted)} promoted", "images": images,
                      "answer": stack_name(answer.stack) if answer else None,
                      "answer_grid_speedup": truth[stack_name(answer.stack)].speedup if answer else None,
+                     "answer_grid_speedup_ci": truth[stack_name(answer.stack)].speedup_ci if answer else None,
                      "reached_best": reached(answer), "runs": 1, **sizes})
     budget = max(1, round(sum(search_images) / len(search_images) / full_cost))
-    hits = 0
+    hits = []
     for trial in range(args.random_trials):
         drawn = random.Random(trial).sample(grid, min(budget, len(grid)))
         inside = [e for e in drawn if objective.meets(e)]
-        hits += reached(max(inside, key=lambda e: e.speedup) if inside else None)
+        hits.append(float(reached(max(inside, key=lambda e: e.speedup) if inside else None)))
     rows.append({"model": args.model, "strategy": "random (same image budget)",
                  "stacks_evaluated": min(budget, len(grid)), "images": min(budget, len(grid)) * full_cost,
-                 "answer": None, "answer_grid_speedup": None, "reached_best": hits / args.random_trials,
+                 "answer": None, "answer_grid_speedup": None, "reached_best": float(np.mean(hits)),
+                 "reached_best_ci": bootstrap_interval(np.array(hits), np.mean),  # over the random draws
                  "runs": args.random_trials, **sizes})
     return rows

@@ -126,38 +126,17 @@ def calibrate(pipe, state: QuantState, config: QuantConfig | None = None, unet=N
     was_training = unet.training
     unet.eval()
     state.set_quantize(False)
-    if getattr(pipe, "transformer", None) is not None:  # a DiT: replay the pipeline's own transformer calls
-        try:
-            calls = collect_pipeline_calls(pipe, unet, prompts, config.calib_steps, guidance, config.seed)
-            quantizers = state.act_quantizers()
-            for q in quantizers.values():
-                q.observe(True)
-            for args, kwargs in calls:
-                unet(*args, **kwargs)
-            for q in quantizers.values():
-                q.calibrate_observed()
-        finally:
-            for q in state.act_quantizers().values():
-                q.observed = None
-            state.set_quantize(True)
-            unet.train(was_training)
-        return
     try:
-        traj = collect_unet_inputs(pipe, prompts, config.calib_steps, guidance, config.seed, unet=unet)
-        # (step, row) pairs; the U-Net is replayed per step so that each call has one timestep
-        rng = random.Random(config.seed + 1)
-        pairs = [(i, r) for i in range(len(traj)) for r in range(len(prompts))]
-        chosen = sorted(rng.sample(pairs, min(config.calib_samples, len(pairs))))
+        if getattr(pipe, "transformer", None) is not None:  # a DiT: the pipeline's own transformer calls, replayed
+            calls = collect_pipeline_calls(pipe, unet, prompts, config.calib_steps, guidance, config.seed)
+        else:  # a U-Net: ``calib_samples`` (step, row) pairs of the trajectory, replayed per step (one timestep each)
+            calls = _unet_calls(collect_unet_inputs(pipe, prompts, config.calib_steps, guidance, config.seed,
+                                                    unet=unet), len(prompts), config)
         quantizers = state.act_quantizers()
         for q in quantizers.values():
             q.observe(True)
-        by_step: dict[int, list[int]] = {}
-        for i, r in chosen:
-            by_step.setdefault(i, []).append(r)
-        for i, rows in by_step.items():
-            x, t, cond, uncond = traj[i]
-            idx = torch.tensor(rows)
-            unet(torch.cat([x[idx], x[idx]]), t, **TextCond.cat([uncond[idx], cond[idx]]).unet_kwargs())
+        for args, kwargs in calls:
+            unet(*args, **kwargs)
         for q in quantizers.values():
             q.calibrate_observed()
     finally:
@@ -165,3 +144,18 @@ def calibrate(pipe, state: QuantState, config: QuantConfig | None = None, unet=N
             q.observed = None
         state.set_quantize(True)
         unet.train(was_training)
+
+
+def _unet_calls(traj: list, n_prompts: int, config: QuantConfig) -> list:
+    """(args, kwargs) of the CFG-batched U-Net calls on ``calib_samples`` (step, row) pairs drawn from ``traj``."""
+    rng = random.Random(config.seed + 1)
+    pairs = [(i, r) for i in range(len(traj)) for r in range(n_prompts)]
+    by_step: dict[int, list[int]] = {}
+    for i, r in sorted(rng.sample(pairs, min(config.calib_samples, len(pairs)))):
+        by_step.setdefault(i, []).append(r)
+    calls = []
+    for i, rows in by_step.items():
+        x, t, cond, uncond = traj[i]
+        idx = torch.tensor(rows)
+        calls.append(((torch.cat([x[idx], x[idx]]), t), TextCond.cat([uncond[idx], cond[idx]]).unet_kwargs()))
+    return calls
