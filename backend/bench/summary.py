@@ -17,7 +17,7 @@ PLAIN_DIGITS = 3  # significant digits of a number shown without an interval
 # What a reader needs beside the interval columns, when a row has it (shown without an interval).
 PLAIN_KEYS = ("psnr_vs_baseline", "psnr_vs_fp32", "peak_mem_mb", "macs_speedup", "model_size_mb", "weights_vs_fp32")
 # The label of a row: the first of these keys it has ("method" joined with "bits").
-LABEL_KEYS = ("config", "setting", "check", "layer", "name")
+LABEL_KEYS = ("config", "setting", "check", "layer", "name", "strategy", "stack")
 TITLES = {
     "speedup": "speed-up", "unet_speedup": "U-Net speed-up", "latency_s": "latency (s)", "unet_ms": "U-Net (ms)",
     "accuracy_delta_points": "accuracy Δ (points)", "prompt_accuracy_delta": "accuracy Δ (points)",
