@@ -188,8 +188,8 @@ def load_pipeline(source: str = "shapes", device: str = "cpu", dtype: str = "flo
                   allow_pickle: bool = False) -> DiffusionPipeline:
     """A fresh pipeline object for ``source``; weights are loaded once per process and shared.
 
-    source: "shapes" / "shapes-dit" (the embedded models), a local diffusers folder, a single-file checkpoint in the original
-    Stable Diffusion layout (``.safetensors``; ``.ckpt`` only with ``allow_pickle``), a Hub id (from the local
+    source: "shapes" / "shapes-dit" (the embedded models), a local diffusers folder, a single-file checkpoint in the
+    original Stable Diffusion layout (``.safetensors``; ``.ckpt`` only with ``allow_pickle``), a Hub id (from the local
     cache when offline), or a random-weight build from config (:data:`RANDOM_ARCHS`). ``config``: for a single
     file, a local diffusers folder of the same family whose configs and tokenizers describe it.
     """

@@ -137,5 +137,6 @@ def test_workbench_knows_which_methods_a_family_refuses():
     from backend.runs.knobs import MODELS, family_refusals
 
     assert {"tiny-pixart", "tiny-sd3", "tiny-flux"} <= set(MODELS)
-    assert set(family_refusals("tiny-sd3")) == {"consistency", "tome", "schedule"} and family_refusals("tiny-arch") == {}
+    assert set(family_refusals("tiny-sd3")) == {"consistency", "tome", "schedule"}
+    assert family_refusals("tiny-arch") == {}
     assert "family 'sd3'" in family_refusals("tiny-sd3")["consistency"]

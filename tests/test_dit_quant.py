@@ -22,7 +22,8 @@ def _run(data: dict):
 
 def test_dit_layer_roles():
     assert layer_role("pos_embed.proj") == layer_role("proj_out") == layer_role("x_embedder") == "first_last"
-    for name in ("adaln_single.linear", "transformer_blocks.3.norm1.linear", "time_text_embed.timestep_embedder.linear_1",
+    for name in ("adaln_single.linear", "transformer_blocks.3.norm1.linear",
+                 "time_text_embed.timestep_embedder.linear_1",
                  "single_transformer_blocks.0.norm.linear", "norm_out.linear", "caption_projection.linear_1"):
         assert layer_role(name) == "time_embed", name
     assert layer_role("transformer_blocks.0.attn1.to_q") == layer_role("transformer_blocks.0.ff.net.2") == "body"

@@ -45,15 +45,21 @@ def test_the_space_lists_every_registered_method_and_its_knobs(slow):
     from backend.tune.space import build_space
 
     space = build_space("tiny-arch")
-    assert set(space.methods) == set(registry.sections()) and "slow" in space.methods
+    assert set(space.methods) == {m.section for m in registry.methods() if m.searched} and "slow" in space.methods
+    assert "compile" not in space.methods  # minutes of compiling: searched only when --space names it
     for m in registry.methods():
-        declared = {p["name"] for p in m.config_class().describe() if p.get("ui", True)}
-        assert set(space.methods[m.section]) == declared
+        if m.searched:
+            declared = {p["name"] for p in m.config_class().describe() if p.get("ui", True)}
+            assert set(space.methods[m.section]) == declared
     assert space.methods["slow"]["level"] == [1, 2]  # a ladder up to twice the default, inside the bounds
     assert space.methods["deepcache"]["schedule"] == ["uniform", "nonuniform", "explicit"]
     assert {"steps", "scheduler"} <= set(space.top)
     for ckpt in space.methods["quant"]["checkpoint"][1:]:  # checkpoints found in assets/ carry their own settings
         assert space.variant({"quant.checkpoint": ckpt, "quant.weight_bits": 3})["quant"] == {"checkpoint": ckpt}
+    unet, dit = build_space("tiny-arch", family="unet"), build_space("tiny-pixart", family="pixart")
+    assert "branch" in unet.methods["deepcache"] and "first_blocks" not in unet.methods["deepcache"]
+    assert "first_blocks" in dit.methods["deepcache"] and "branch" not in dit.methods["deepcache"]
+    assert "tome" in unet.methods and "tome" not in dit.methods  # a method the family refuses is left out
     small = build_space("tiny-arch", SPACE)
     assert small.size() == 5 and len(small.enumerate()) == 5  # (off, dc2) x (off, slow1, slow3) - the baseline
 

@@ -16,9 +16,11 @@ MAX_SEED = 2**53 - 1  # exact in JSON and in the browser; torch and numpy accept
 
 
 def param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
-          choices: tuple | None = None, ui: bool = True) -> Any:
-    """A dataclass field with its declaration (help text, bounds, choices; ui=False hides it from forms)."""
-    meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices, "ui": ui}
+          choices: tuple | None = None, ui: bool = True, families: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with its declaration (help text, bounds, choices; ui=False hides it from forms;
+    ``families``: the model families the knob means something for, None = all; the stack search varies it only
+    there)."""
+    meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices, "ui": ui, "families": families}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

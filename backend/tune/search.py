@@ -577,7 +577,7 @@ def prepare(model: str, prompt_set: str, tolerance: float, space_spec: dict | No
             metric: str | None = None, plan: Plan | None = None, base: dict | None = None) -> tuple:
     """Everything checked before any file is written: (space, objective, plan, prompt pool, baseline Variant).
     ValueError (one line) for a bad input."""
-    from backend.models import RANDOM_ARCHS, check_source, has_shapes_judge, model_defaults
+    from backend.models import RANDOM_ARCHS, check_source, has_shapes_judge, model_defaults, model_family
     from backend.sampling import load_model
     from backend.tune.space import build_space
     from backend.variant import Variant
@@ -599,7 +599,7 @@ def prepare(model: str, prompt_set: str, tolerance: float, space_spec: dict | No
             raise ValueError(f"--{name.replace('_', '-')} {getattr(plan, name)} is out of range; allowed: ≥ 1")
     if plan.screen_n > plan.promote_n:
         raise ValueError(f"--screen-n {plan.screen_n} is above --promote-n {plan.promote_n}; allowed: ≤ it")
-    space = build_space(model, space_spec, int(model_defaults(pipe).get("steps") or 50), base)
+    space = build_space(model, space_spec, int(model_defaults(pipe).get("steps") or 50), base, model_family(pipe))
     pool = prompt_pool(judge, prompt_set)
     split_prompts(pool, plan.promote_n, plan.confirm_n)
     return space, objective, plan, pool, space.baseline()

@@ -80,10 +80,12 @@ def registry_values(param: dict, section: str) -> list:
     return [default]
 
 
-def method_dimensions() -> dict[str, dict[str, list]]:
-    """Every registered method's searchable knobs (those shown in forms) with their values."""
+def method_dimensions(family: str | None = None) -> dict[str, dict[str, list]]:
+    """Every registered method's searchable knobs (those shown in forms) with their values; with ``family``, only
+    the knobs declared for it (``param(families=...)``: DeepCache's branch on U-Nets, k / m on transformers)."""
     return {m.section: {p["name"]: registry_values(p, m.section)
-                        for p in m.config_class().describe() if p.get("ui", True)}
+                        for p in m.config_class().describe()
+                        if p.get("ui", True) and (family is None or family in (p.get("families") or (family,)))}
             for m in registry.methods()}
 
 
@@ -235,16 +237,18 @@ def load_space(text_or_path: str | None) -> dict:
     return data
 
 
-def build_space(model: str, spec: dict | None = None, default_steps: int = 50, base: dict | None = None) -> Space:
+def build_space(model: str, spec: dict | None = None, default_steps: int = 50, base: dict | None = None,
+                family: str | None = None) -> Space:
     """The registry's space for a model, narrowed by a ``--space`` spec; ValueError for an empty or contradictory
-    space, naming the key."""
+    space, naming the key. With the model's ``family``, methods and knobs that do not apply to it are left out."""
     spec = dict(spec or {})
     unknown = sorted(set(spec) - set(SPACE_KEYS))
     if unknown:
         raise ValueError(f"--space: unknown key {unknown[0]!r}; allowed: {', '.join(SPACE_KEYS)}")
-    all_methods = method_dimensions()
+    all_methods = method_dimensions(family)
     # by default every method the registry marks as searched (compiling, minutes on a CPU, is searched only by name)
-    sections = spec.get("methods", [s for s in all_methods if registry.method(s).searched])
+    sections = spec.get("methods", [s for s in all_methods if registry.method(s).searched
+                                    and (family is None or registry.method(s).refusal(family) is None)])
     if not isinstance(sections, list) or not all(isinstance(s, str) for s in sections):
         raise ValueError(f"--space methods: {sections!r}; allowed: a list of {', '.join(all_methods)}")
     for s in sections:

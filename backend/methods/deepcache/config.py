@@ -7,6 +7,9 @@ from typing import ClassVar
 
 from backend.methods.params import MethodConfig, param
 
+UNET_FAMILIES = ("sd1", "sd2", "sdxl", "unet")  # branch: a U-Net knob; k and m: a transformer's
+DIT_FAMILIES = ("pixart", "sd3", "flux")
+
 SCHEDULES = ("uniform", "nonuniform", "explicit")
 
 
@@ -28,12 +31,14 @@ class DeepCacheConfig(MethodConfig):
     branch: int = param(0, "Skip branch, as the public DeepCache package's cache_branch_id: down block branch // 3, "
                            "layer branch % 3. 0 recomputes only the outermost layer (fastest); larger branches "
                            "recompute more (slower, closer to the baseline). The valid range depends on the model "
-                           "(SD 1.5: 0-11, SDXL: 0-8). U-Net models only", minimum=0, maximum=63)
+                           "(SD 1.5: 0-11, SDXL: 0-8). U-Net models only", minimum=0, maximum=63,
+                   families=UNET_FAMILIES)
     first_blocks: int = param(1, "Transformer (DiT) models: k, the first transformer blocks recomputed at every "
                                  "evaluation (FORA / Δ-DiT); the blocks between them and the last m reuse their "
-                                 "cached residual", minimum=0, maximum=1000)
+                                 "cached residual", minimum=0, maximum=1000, families=DIT_FAMILIES)
     last_blocks: int = param(1, "Transformer (DiT) models: m, the last transformer blocks recomputed at every "
-                                "evaluation; k + m must leave at least one block to cache", minimum=0, maximum=1000)
+                                "evaluation; k + m must leave at least one block to cache", minimum=0, maximum=1000,
+                            families=DIT_FAMILIES)
     schedule: str = param("uniform", "Which evaluations run in full: uniform (every N-th), nonuniform (the "
                                      "paper's quadratic schedule, dense around `center`), or explicit (full_steps)",
                           choices=SCHEDULES)
