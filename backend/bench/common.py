@@ -1,4 +1,5 @@
-"""Shared output of the benchmark commands: markdown tables and printed rows (pages: backend/bench/docs.py)."""
+"""Shared parts of the benchmark commands: argument checks, markdown tables and printed rows (pages:
+backend/bench/docs.py)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,19 @@ def print_rows(rows: list[dict], as_json: bool) -> None:
         print(json.dumps(jsonable(rows), indent=1))
     else:
         print(markdown_table(rows))
+
+
+def comma_choices(text: str, allowed, flag: str) -> list[str]:
+    """The comma list ``text`` of a bench flag; ValueError naming the first value not in ``allowed`` (or none)."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise ValueError(f"{flag}: {bad[0] if bad else text!r} is not allowed; allowed: {', '.join(allowed)}")
+    return items
+
+
+def check_positive(args, flags: tuple[str, ...]) -> None:
+    """ValueError naming the first of ``flags`` (argparse dests) below 1."""
+    for flag in flags:
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not allowed; allowed: ≥ 1")

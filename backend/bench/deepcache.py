@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from backend.bench.common import check_positive, comma_choices
 from backend.world.prompts import DEFAULT_SET, PROMPT_SETS
 
 MODELS = ("sd15-arch", "shapes")
@@ -251,14 +252,9 @@ def run(args) -> list[dict]:
     if unknown or not models:
         raise ValueError(f"--models: {unknown[0] if unknown else args.models!r} is not allowed; allowed: "
                          f"{', '.join(MODELS + DIT_MODELS)}, or a local model folder")
-    names = [c.strip() for c in str(args.configs).split(",") if c.strip()]
-    unknown = [c for c in names if c not in CONFIGS]
-    if unknown:
-        raise ValueError(f"--configs: {unknown[0]!r} is not allowed; allowed: {', '.join(CONFIGS)}")
+    names = comma_choices(args.configs, CONFIGS, "--configs")
     names = ["baseline"] + [c for c in names if c != "baseline"]
-    for flag in ("n", "repeats", "sd15_steps", "sd15_size", "shapes_steps", "local_steps"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not allowed; allowed: ≥ 1")
+    check_positive(args, ("n", "repeats", "sd15_steps", "sd15_size", "shapes_steps", "local_steps"))
     if "shapes" in models:
         from backend.models import SHAPES_DIR
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from backend.bench.common import check_positive, comma_choices
 from backend.metadata import pipeline_info
 from backend.models import model_defaults
 
@@ -50,14 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sd15-steps", type=int, default=10, help="sd15-arch DDIM steps end to end (default 10)")
     parser.add_argument("--calib-steps", type=int, default=6, help="sd15-arch PTQ calibration trajectory steps")
     parser.add_argument("--seed", type=int, default=0)
-
-
-def _choice(text: str, allowed, flag: str) -> list[str]:
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    bad = [t for t in items if t not in allowed]
-    if bad or not items:
-        raise ValueError(f"{flag}: {bad[0] if bad else text!r} is not allowed; allowed: {', '.join(allowed)}")
-    return items
 
 
 def _measure(pipes: dict, variants: dict, prompts: list[str], seeds: list[int], args) -> dict[str, dict]:
@@ -185,11 +178,9 @@ def _rows_for_model(model: str, bits: list[str], args) -> list[dict]:
 
 def run(args) -> list[dict]:
     local = [m.strip() for m in str(args.models).split(",") if m.strip() and Path(m.strip()).exists()]
-    models = _choice(args.models, MODELS + tuple(local), "--models")
-    bits = _choice(args.bits, BITS, "--bits")
-    for flag in ("repeats", "e2e_repeats", "n", "sd15_size", "sd15_steps", "calib_steps"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not allowed; allowed: ≥ 1")
+    models = comma_choices(args.models, MODELS + tuple(local), "--models")
+    bits = comma_choices(args.bits, BITS, "--bits")
+    check_positive(args, ("repeats", "e2e_repeats", "n", "sd15_size", "sd15_steps", "calib_steps"))
     if args.sd15_size % 64:
         raise ValueError(f"--sd15-size {args.sd15_size} is not allowed; allowed: a multiple of 64")
     from backend.methods.quant.kernels import unavailable_reason

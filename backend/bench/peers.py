@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from backend.bench.common import check_positive, comma_choices
 from backend.world.prompts import PROMPT_SETS
 
 MODELS = ("shapes", "sd15-arch")
@@ -196,18 +197,9 @@ def _model_rows(model: str, names: list[str], args) -> list[dict]:
 
 
 def run(args) -> list[dict]:
-    models = [m.strip() for m in str(args.models).split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODELS]
-    if unknown or not models:
-        raise ValueError(f"--models: {unknown[0] if unknown else args.models!r} is not allowed; allowed: "
-                         f"{', '.join(MODELS)}")
-    names = [c.strip() for c in str(args.configs).split(",") if c.strip()]
-    unknown = [c for c in names if c not in CONFIGS]
-    if unknown:
-        raise ValueError(f"--configs: {unknown[0]!r} is not allowed; allowed: {', '.join(CONFIGS)}")
-    for flag in ("n", "repeats", "shapes_steps", "sd15_steps", "sd15_size", "sd15_n"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not allowed; allowed: ≥ 1")
+    models = comma_choices(args.models, MODELS, "--models")
+    names = comma_choices(args.configs, CONFIGS, "--configs")
+    check_positive(args, ("n", "repeats", "shapes_steps", "sd15_steps", "sd15_size", "sd15_n"))
     torch.manual_seed(0)
     rows = []
     for model in models:
