@@ -4,7 +4,7 @@
 #   OUT=DIR [RUNS='lcm rg ...'] bash examples/lcd-gpu-students.sh [MINUTES]   (repo root; MINUTES per student, default 7;
 #   RUNS: a subset of the eight names below, default all)
 #
-# Every student: full U-Net (unless --lora), a 20-point DDIM grid, lr decayed to 0 over the budget, batch 64,
+# Every student: full U-Net (unless --lora), a 20-point DDIM grid, lr decayed to 0 over the budget, batch $BATCH (64),
 # data = the `hard` mix of Shapes scenes (shapes:hard). What each tests:
 #   lcm       plain LCM (no reward)                     } RG-LCM vs LCM: rg − lcm at equal settings
 #   rg        RG-LCM, direct Shapes reward, β 0.1        }
@@ -23,7 +23,7 @@ set -u
 M=${1:-7}
 export OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1
 V='{"model":"shapes","device":"'"${DEVICE:-cuda}"'"}'
-COMMON=(--minutes "$M" --num-ddim-timesteps 20 --lr-decay --batch-size 64 --data shapes:hard --json)
+COMMON=(--minutes "$M" --num-ddim-timesteps 20 --lr-decay --batch-size "${BATCH:-64}" --data shapes:hard --json)
 RG=(--reward shapes --beta 0.1)
 LIMIT=$(awk "BEGIN {print int($M * 60 + 150)}")  # seconds: a hung run is stopped, the others still get packed
 train() {  # NAME ARGS...
@@ -42,7 +42,7 @@ for name in ${RUNS:-lcm rg rg-proxy rg-lora rg-b03 rg-train rg-n50 rg-wfix}; do
   # shellcheck disable=SC2086  # the flags are words
   train "$name" ${ARGS[$name]} &
 done
-(sleep 120; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv) &
+(sleep 120; command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv) &
 wait
 
 # 2. Summaries (a failed run: the end of its log), then pack for the ≤ 8-file channel.

@@ -91,14 +91,14 @@ def timeboxed_train(
             for key, target in (ema or {}).items():
                 decay = min(ema_decay, (1 + step) / (10 + step))
                 with torch.no_grad():
-                    for pe, p in zip(target.parameters(), modules[key].parameters()):
-                        pe.lerp_(p, 1 - decay)
+                    torch._foreach_lerp_(list(target.parameters()), list(modules[key].parameters()), 1 - decay)
             step += 1
-            losses.append(loss.item())
+            losses.append(loss.detach())  # read every 50 steps: no device sync per step
             if step % 50 == 0:
-                log.write(f"{step},{elapsed:.1f},{np.mean(losses):.5f}\n")
+                mean = torch.stack(losses).float().mean().item()
+                log.write(f"{step},{elapsed:.1f},{mean:.5f}\n")
                 log.flush()
-                bar.set_postfix(step=step, loss=f"{np.mean(losses):.4f}")
+                bar.set_postfix(step=step, loss=f"{mean:.4f}")
                 losses = []
             now = time.time()
             bar.update(int(now - start) - bar.n)
