@@ -4,8 +4,10 @@ searched points faded, confirmed points solid."""
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-import plotly.graph_objects as go
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 RESULT_FILE = "tune.json"  # what a tune run folder holds: the result, and its front plot
 FRONT_FILE = "front.html"
@@ -21,6 +23,8 @@ def _errors(rows: list[dict], key: str) -> dict | None:
 
 def front_figure(result: dict) -> go.Figure:
     """A figure from ``tune``'s result dict (tune.json)."""
+    import plotly.graph_objects as go  # here: the CLI runs where the UI stack is not installed
+
     tol = result["tolerance"]
     fig = go.Figure()
     groups = (("searched (screen)", [r for r in result["searched"] if r["rung"] == "screen"], 0.25, "circle-open"),
