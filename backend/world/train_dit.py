@@ -109,7 +109,8 @@ def encode_pool(images: np.ndarray, captions: list[str], device: torch.device) -
 
 
 def train(work: Path, config: str, minutes: float, n_scenes: int, batch: int, lr: float, grounding: float,
-          two_object_frac: float, workers: int, device: torch.device) -> tuple[dict, torch.nn.Module]:
+          two_object_frac: float, workers: int, device: torch.device,
+          init: Path | None = None) -> tuple[dict, torch.nn.Module]:
     t0 = time.time()
     images, captions = render_pool(n_scenes, two_object_frac, workers)
     render_s = time.time() - t0
@@ -119,7 +120,7 @@ def train(work: Path, config: str, minutes: float, n_scenes: int, batch: int, lr
     print(f"data: {n_scenes} scenes rendered in {render_s:.0f} s, encoded in {encode_s:.0f} s; "
           f"{len(data['embeds']) - 1} distinct captions", flush=True)
     torch.manual_seed(0)
-    model = build_transformer(config).to(device).train()
+    model = (load_shipped(init) if init else build_transformer(config)).to(device).train()
     ema = copy.deepcopy(model).eval()
     sched = arch.build_scheduler()
     sched.alphas_cumprod = sched.alphas_cumprod.to(device)
@@ -219,17 +220,22 @@ def ship(runs: list[Path], dest: Path) -> None:
     print(f"shipped {best} (hard accuracy {done[best].get('eval', {}).get('prompt_accuracy')}) to {dest}")
 
 
-def install(shipped: Path, out: Path, docs: Path) -> None:
-    """Rebuild the full pipeline folder from shipped transformer files; copy the log and settings to docs."""
+def load_shipped(shipped: Path):
+    """The transformer of a --ship folder (its files flattened as transformer-*)."""
+    import tempfile
+
     from diffusers import PixArtTransformer2DModel
 
-    tmp = shipped / "_transformer"
-    tmp.mkdir(exist_ok=True)
-    for name in SHIPPED[:2]:
-        shutil.copyfile(shipped / name.replace("/", "-"), tmp / name.split("/")[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in SHIPPED[:2]:
+            shutil.copyfile(shipped / name.replace("/", "-"), Path(tmp) / name.split("/")[1])
+        return PixArtTransformer2DModel.from_pretrained(tmp)
+
+
+def install(shipped: Path, out: Path, docs: Path) -> None:
+    """Rebuild the full pipeline folder from shipped transformer files; copy the log and settings to docs."""
     settings = json.loads((shipped / "shapes-dit.json").read_text())
-    export(PixArtTransformer2DModel.from_pretrained(tmp), out, settings["settings"]["guidance"])
-    shutil.rmtree(tmp)
+    export(load_shipped(shipped), out, settings["settings"]["guidance"])
     docs.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(shipped / "loss.csv", docs / "dit-loss.csv")
     shutil.copyfile(shipped / "shapes-dit.json", docs / "shapes-dit.json")
@@ -257,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=Path, nargs="+", default=[])
     p.add_argument("--install", type=Path, help="a --ship folder: write assets/shapes-dit and docs/training")
     p.add_argument("--evaluate", type=Path, help="an exported folder: print its hard-set judge metrics (JSON)")
+    p.add_argument("--init", type=Path, help="start from the transformer of a --ship folder (same --config)")
     args = p.parse_args(argv)
     try:
         if args.install:
@@ -290,10 +297,15 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                 if k not in ("ship", "runs", "install")}
+    if args.init:
+        prior = json.loads((args.init / "shapes-dit.json").read_text())
+        settings["init"] = {k: prior.get(k) for k in ("settings", "steps", "train_minutes", "eval")}
     settings["preset"] = PRESETS[args.config]
     _write_json(args.work / "settings.json", settings)
+    if args.init and not (args.init / "transformer-config.json").exists():
+        p.error(f"--init {args.init} holds no transformer-config.json; allowed: a --ship folder")
     report, ema = train(args.work, args.config, args.minutes, args.n_scenes, args.batch, args.lr, args.grounding,
-                        args.two_object_frac, args.workers, device)
+                        args.two_object_frac, args.workers, device, args.init)
     shutil.copyfile(args.work / "dit" / "loss.csv", args.work / "loss.csv")
     folder = args.work / "shapes-dit"
     export(ema, folder, args.guidance)
