@@ -33,3 +33,17 @@ def test_help(path, capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: python -m backend") and " ".join(path) in out
+
+
+def test_the_parser_builds_without_the_ui_stack():
+    """Training machines (the lent GPU) have torch and diffusers but no plotly / gradio / streamlit: the CLI's
+    parser, and with it `finetune` and `evaluate`, must not import them."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for m in ('plotly', 'gradio', 'streamlit'): sys.modules[m] = None\n"
+            "from backend.__main__ import build_parser\n"
+            "build_parser().parse_args(['evaluate', '--variant', '{}'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
