@@ -30,7 +30,7 @@ CSS = (".speedlab-image img {image-rendering: pixelated; object-fit: contain}\n"
 
 def column_presets(cb: Callbacks) -> list[dict]:
     """What the columns show on first load: baseline, DeepCache and, with the shipped checkpoints of the
-    embedded model, EfficientDM W4A4 and the 4-step RG-LCM student (lcm scheduler)."""
+    embedded model, EfficientDM W4A4 and the RG-LCM student at the step count it was shipped for (lcm scheduler)."""
     ckpt = {c["section"]: c["path"] for c in knobs.asset_checkpoints(cb.model)}
     cols = [{"on": True}, {"on": True, "deepcache": {"interval": 3}}]  # no names: labels come from the settings
     if "quant" in ckpt:
@@ -39,7 +39,8 @@ def column_presets(cb: Callbacks) -> list[dict]:
     else:
         cols.append({"on": False, "quant": {"weight_bits": 8, "act_bits": 8}})
     if "consistency" in ckpt:
-        cols.append({"on": True, "scheduler": "lcm", "steps": 4, "consistency": {"checkpoint": ckpt["consistency"]}})
+        cols.append({"on": True, **knobs.checkpoint_implies("consistency", ckpt["consistency"]),
+                     "consistency": {"checkpoint": ckpt["consistency"]}})
     else:
         cols.append({"on": False, "deepcache": {"interval": 5}})
     cols.append({"on": False})

@@ -112,3 +112,19 @@ def test_bench_docs_refuses_a_fragment_without_the_protocols_fields(tmp_path, mo
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "toy/b.json" in err and field in err
     assert {p.name: p.read_text() for p in tmp_path.glob("bench-*")} == before  # no page half-written
+
+
+def test_statement_rows_are_lines_and_the_verdict_follows_the_accuracy_delta():
+    """A bench's claim rows (a verdict in words, nothing measured) are listed one line each under the table, not cut
+    by MAX_ROWS; with several deltas the single verdict column is the accuracy delta's; steps label the rows only
+    where they differ."""
+    from backend.bench.summary import short_rows, short_table
+
+    rows = [{"variant": "student", "steps": s, "hf_delta": 0.5, "hf_delta_ci": [0.1, 0.9],
+             "acc_delta": -0.02, "acc_delta_ci": [-0.07, 0.03]} for s in (1, 2)]
+    rows.append({"variant": "claim: it works", "steps": 2, "verdict": "yes: student at 2"})
+    short = short_rows(rows[:2])
+    assert [r["what"] for r in short] == ["student · 1 step", "student · 2 steps"]
+    assert short[0]["verdict"] == "no measurable difference" and short[0]["accuracy Δ (points)"] == "-2 [-7, 3]"
+    table = short_table(rows)
+    assert table.endswith("- **claim: it works · 2 steps** — yes: student at 2") and table.count("| student") == 2

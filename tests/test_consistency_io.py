@@ -286,3 +286,24 @@ def test_cli_student_of_another_base_model_exits_2_and_writes_nothing(tmp_path, 
         err = capsys.readouterr().err.strip()
         assert "distilled from base model 'shapes'" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x.png").exists() and sorted((FRAGMENTS / "lcm").glob("*")) == fragments
+
+
+def test_a_student_implies_the_steps_it_was_shipped_for(tmp_path):
+    """The workbench's RG-LCM column takes its step count from the student's metadata (``recommended_steps``,
+    set when it is shipped), else 4; never more than the student's ``max_steps``."""
+    import json
+    import shutil
+
+    from backend.methods.consistency.model import META, implied_settings
+
+    assert implied_settings("assets/rg-lcm-lora") == {"scheduler": "lcm", "steps": 2}
+    student = tmp_path / "student"
+    shutil.copytree("assets/rg-lcm-lora", student)
+    meta = json.loads((student / META).read_text())
+    for recommended, max_steps, expected in ((None, 20, 4), (8, 20, 8), (8, 6, 6)):
+        meta.pop("recommended_steps", None)
+        if recommended:
+            meta["recommended_steps"] = recommended
+        meta["max_steps"] = max_steps
+        (student / META).write_text(json.dumps(meta))
+        assert implied_settings(str(student))["steps"] == expected

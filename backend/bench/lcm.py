@@ -170,11 +170,24 @@ def per_image(images: np.ndarray, prompts: list[str], judged: bool) -> dict[str,
     return out
 
 
+def _word(r: dict, key: str) -> str:
+    """"1 step: yes (+19 [+12, +27] points)": one contrast row's reading in a claim's line."""
+    d, ci = r[f"{key}_delta"], r[f"{key}_delta_ci"]
+    if ci is None:
+        return f"{r['steps']} steps: no interval"
+    better, worse = (ci[0] > 0, ci[1] < 0) if key == "acc" else (ci[1] < 0, ci[0] > 0)
+    word = "yes" if better else "no" if worse else "not shown"
+    value = (f"{100 * d:+.0f} [{100 * ci[0]:+.0f}, {100 * ci[1]:+.0f}] points" if key == "acc"
+             else f"{d:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]")
+    return f"{r['steps']} step{'s' if r['steps'] != 1 else ''}: {word} ({value})"
+
+
 def claims(rows: list[dict], steps: list[int], teacher_steps: int = 50) -> list[dict]:
     """One row per paper claim, its verdict in plain words from the paired rows (at 2 steps, else the fewest)."""
     at = 2 if 2 in steps else min(steps)
     students = [r for r in rows if r.get("role") in ("direct", "proxy") and r["steps"] == at and "acc_delta" in r]
-    pairs = [r for r in rows if r.get("contrast") and r["steps"] == at and "acc_delta" in r]
+    every = [r for r in rows if r.get("contrast") and "acc_delta" in r]
+    pairs = [r for r in every if r["steps"] == at]
     out = []
 
     def claim(text: str, verdict: str) -> None:
@@ -195,8 +208,10 @@ def claims(rows: list[dict], steps: list[int], teacher_steps: int = 50) -> list[
             better = ci is not None and (ci[0] > 0 if key == "acc" else ci[1] < 0)
             worse = ci is not None and (ci[1] < 0 if key == "acc" else ci[0] > 0)
             word = "yes" if better else "no" if worse else "not shown"
+            others = [_word(o, key) for o in every if o["variant"] == r["variant"] and o["steps"] != at]
             claim(text, f"{word}: {r['variant']}, {'accuracy' if key == 'acc' else 'hf_energy'} "
-                        f"{r[f'{key}_verdict']}" + (f" (delta {d:+.4f})" if key == "hf" else ""))
+                        f"{r[f'{key}_verdict']}" + (f" (delta {d:+.4f})" if key == "hf" else "")
+                  + (f"; at other step counts: {', '.join(others)}" if others else ""))
     close = [f"{r['variant']} at {r['steps']}" for r in rows if r.get("role") and r["steps"] in (2, 4)
              and "acc_delta" in r and r["acc_delta_ci"] is not None
              and r["acc_delta"] >= -0.02 and r["acc_delta_ci"][1] >= 0]

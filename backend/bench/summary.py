@@ -7,6 +7,7 @@ The full rows stay in the bench's JSON fragment (docs/bench/NAME/*.json), which 
 from __future__ import annotations
 
 import math
+import re
 
 from backend.bench.common import markdown_table
 
@@ -17,7 +18,7 @@ PLAIN_DIGITS = 3  # significant digits of a number shown without an interval
 # What a reader needs beside the interval columns, when a row has it (shown without an interval).
 PLAIN_KEYS = ("psnr_vs_baseline", "psnr_vs_fp32", "peak_mem_mb", "macs_speedup", "model_size_mb", "weights_vs_fp32")
 # The label of a row: the first of these keys it has ("method" joined with "bits").
-LABEL_KEYS = ("config", "setting", "check", "layer", "name", "strategy", "stack")
+LABEL_KEYS = ("config", "setting", "check", "layer", "name", "strategy", "stack", "variant")
 TITLES = {
     "speedup": "speed-up", "unet_speedup": "U-Net speed-up", "latency_s": "latency (s)", "unet_ms": "U-Net (ms)",
     "accuracy_delta_points": "accuracy Δ (points)", "prompt_accuracy_delta": "accuracy Δ (points)",
@@ -25,6 +26,7 @@ TITLES = {
     "macs_speedup": "MACs ratio", "model_size_mb": "size (MB)", "weights_vs_fp32": "weights vs fp32",
     "kid_shapes": "KID", "kid_shapes_floor": "KID floor (real vs real)", "s_per_iter": "s / iteration",
     "iter_cost_ratio": "cost ratio", "eps_rel_mse": "relative ε MSE", "ssim_vs_baseline": "SSIM vs baseline",
+    "acc_delta": "accuracy Δ (points)", "reward_delta": "reward Δ", "hf_delta": "hf energy Δ",
 }
 
 
@@ -32,10 +34,14 @@ def title(key: str) -> str:
     return TITLES.get(key, key.replace("_", " "))
 
 
-def row_label(row: dict, index: int) -> str:
+def row_label(row: dict, index: int, with_steps: bool = False) -> str:
+    """The first LABEL_KEYS text of the row (``with_steps``: and its step count, where the text names none)."""
     for key in LABEL_KEYS:
-        if row.get(key) not in (None, ""):
-            return str(row[key])
+        if row.get(key) not in (None, "") and not isinstance(row[key], dict):
+            label = str(row[key])
+            if with_steps and isinstance(row.get("steps"), int) and not re.search(r"\b\d+[- ]steps?\b", label):
+                label += f" · {row['steps']} step" + ("s" if row["steps"] != 1 else "")
+            return label
     if row.get("method"):
         return " ".join(str(row[k]) for k in ("method", "bits") if row.get(k))
     return f"row {index + 1}"
@@ -45,12 +51,20 @@ def interval_of(row: dict, key: str) -> tuple[float | None, list[float] | None]:
     """(value, [lo, hi]) of ``key`` in a row: ``key`` with ``key_ci``, or a paired delta {"delta", "ci"}
     (accuracy deltas in points); (None, None) when the row lacks it."""
     value = row.get(key)
+    scale = 100.0 if _is_accuracy_delta(key) else 1.0
     if isinstance(value, dict) and "delta" in value:
-        scale = 100.0 if "accuracy" in key else 1.0
         ci = value.get("ci")
         return _num(value["delta"], scale), None if ci is None else [_num(c, scale) for c in ci]
     number = _number(value)
-    return (None, None) if number is None else (number, _ci_of(row, key))
+    if number is None or key.endswith("_points"):
+        return (None, None) if number is None else (number, _ci_of(row, key))
+    ci = _ci_of(row, key)
+    return number * scale, None if ci is None else [c * scale for c in ci]
+
+
+def _is_accuracy_delta(key: str) -> bool:
+    """A prompt-accuracy delta stored as a fraction (shown in points)."""
+    return "delta" in key and (key.startswith("acc_") or "accuracy" in key)
 
 
 def _number(value) -> float | None:
@@ -133,15 +147,18 @@ def short_rows(rows: list[dict]) -> list[dict]:
     """The reader's columns of each row: what, every interval column (quality deltas followed by their verdict),
     then the plain columns of PLAIN_KEYS the rows have."""
     keys = interval_keys(rows)
+    deltas = [k for k in keys if "delta" in k]
+    judged = next((k for k in deltas if _is_accuracy_delta(k)), deltas[0] if deltas else None)
     plain = [k for k in PLAIN_KEYS if k not in keys and any(isinstance(r.get(k), (int, float)) for r in rows)]
+    with_steps = len({r["steps"] for r in rows if isinstance(r.get("steps"), int)}) > 1  # steps tell rows apart
     out = []
     for i, row in enumerate(rows):
-        short = {"what": row_label(row, i)}
+        short = {"what": row_label(row, i, with_steps)}
         for key in keys:
             value, ci = interval_of(row, key)
             unit = "×" if "speedup" in key or "ratio" in key else ""
             short[title(key)] = "" if value is None else fmt(value, ci, unit)
-            if "delta" in key:
+            if key == judged:  # one verdict column: the accuracy delta's (else the first delta's)
                 n = row[key].get("n") if isinstance(row.get(key), dict) else None
                 short["verdict"] = "" if value is None else verdict(ci, n)
         for key in plain:
@@ -152,9 +169,17 @@ def short_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+def is_statement(row: dict) -> bool:
+    """A row that states a verdict in words (a bench's claim or rule row) and measures nothing itself."""
+    return isinstance(row.get("verdict"), str) and not interval_keys([row])
+
+
 def short_table(rows: list[dict]) -> str:
-    """The markdown table of :func:`short_rows` (MAX_ROWS at most, with a line saying how many are left out)."""
-    table = markdown_table(short_rows(rows[:MAX_ROWS]))
-    if len(rows) > MAX_ROWS:
-        table += f"\n\n{MAX_ROWS} of {len(rows)} rows shown; every row is in the JSON."
-    return table
+    """The markdown table of :func:`short_rows` (MAX_ROWS measured rows at most, with a line saying how many are
+    left out), then the statement rows, one line each."""
+    measured = [r for r in rows if not is_statement(r)]
+    table = markdown_table(short_rows(measured[:MAX_ROWS]))
+    if len(measured) > MAX_ROWS:
+        table += f"\n\n{MAX_ROWS} of {len(measured)} measured rows shown; every row is in the JSON."
+    statements = [f"- **{row_label(r, i, with_steps=True)}** — {r['verdict']}" for i, r in enumerate(rows) if is_statement(r)]
+    return table + ("\n\n" + "\n".join(statements) if statements else "")

@@ -164,7 +164,7 @@ register(Method(
                FineTune("rg-lcd", "backend.methods.consistency.config:DistillConfig",
                         train="backend.methods.consistency.distill:distill",
                         presets="backend.methods.consistency.config:RG_LCD_PRESETS")),
-    assets=(("RG-LCM 4-step LoRA (assets)", "rg-lcm-lora"),),
+    assets=(("RG-LCM LoRA, 2 steps (assets)", "rg-lcm-lora"),),
     families=("sd1", "sd2", "sdxl", "unet"), families_why="its students and LCM-LoRAs are U-Nets"))
 register(Method(
     "tome", "ToMe (tomesd)", "backend.methods.tome.config:ToMeConfig", "backend.methods.tome:apply", order=25,

@@ -172,5 +172,8 @@ def save_lora(pipe: DiffusionPipeline, unet: torch.nn.Module, out: Path, meta: d
 
 
 def implied_settings(path: str) -> dict:
-    """What a consistency student fixes in its Variant: the lcm scheduler and a step count it supports."""
-    return {"scheduler": "lcm", "steps": min(4, int(read_meta(path).get("max_steps") or 4))}
+    """What a consistency student fixes in its Variant: the lcm scheduler and a step count it supports — the
+    ``recommended_steps`` its metadata names (set when it was shipped, from its paired evaluation), else 4."""
+    meta = read_meta(path)
+    steps = int(meta.get("recommended_steps") or 4)
+    return {"scheduler": "lcm", "steps": min(steps, int(meta.get("max_steps") or steps))}
