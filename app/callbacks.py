@@ -141,7 +141,7 @@ class Callbacks:
 
     def checkpoint_chosen(self, section: str, path: str):
         """A checkpoint picked in a column: its section on, and the settings it implies set (and locked), e.g.
-        a quant checkpoint's method and bits, a consistency student's lcm scheduler and 4 steps."""
+        a quant checkpoint's method and bits, a consistency student's lcm scheduler, its steps and guidance."""
         params = self.params[section]
         locked = knobs.locked_by_checkpoint(section)
         try:
@@ -158,7 +158,8 @@ class Callbacks:
         scheduler = gr.update(value=implied["scheduler"], interactive=False) if "scheduler" in implied \
             else gr.update(interactive=True) if "scheduler" in knobs.checkpoint_sets(section) else gr.skip()
         steps = gr.update(value=implied["steps"]) if "steps" in implied else gr.skip()
-        return (*updates, scheduler, steps)
+        guidance = gr.update(value=implied["guidance"]) if "guidance" in implied else gr.skip()
+        return (*updates, scheduler, steps, guidance)
 
     # -------------------------------------------------------------------------------- generate
 
@@ -296,7 +297,7 @@ class Callbacks:
         return gr.update(value=str(path), interactive=True)
 
     def model_changed(self, model: str, *schedulers: str):
-        """Defaults of the newly chosen model (steps, guidance; a column on the lcm scheduler keeps its few steps)
+        """Defaults of the newly chosen model (steps, guidance; a column on the lcm scheduler keeps its own)
         and its checkpoints; a message if it cannot load."""
         try:
             defaults = knobs.model_defaults_for(model)
@@ -305,7 +306,8 @@ class Callbacks:
                     f"**Model {model!r} cannot be used:** {exc}")
         value = min(defaults.get("steps", 25), self.limits.max_steps or 10 ** 9)
         steps = [gr.skip() if sched == "lcm" else gr.update(value=value) for sched in schedulers]
-        guidance = [gr.update(value=defaults.get("guidance", 5.0))] * N_COLUMNS
+        guidance = [gr.skip() if sched == "lcm" else gr.update(value=defaults.get("guidance", 5.0))
+                    for sched in schedulers]  # a student keeps the guidance it was distilled for
         return (*steps, *guidance, *self.checkpoint_updates(model), f"Model **{model}** ready: {defaults}.")
 
     def checkpoint_updates(self, model: str | None) -> list:

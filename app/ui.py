@@ -78,7 +78,8 @@ def _playground(cb: Callbacks, defaults: dict):
                                             label="scheduler", interactive=not lcm)
                     steps = gr.Number(value=preset.get("steps", steps0), label="steps", elem_id=f"steps-{col}",
                                       info=f"1 to {max_steps}")  # no clamping: out-of-range is refused, said
-                    guidance = gr.Slider(0.0, 20.0, step=0.5, value=guidance0, label="guidance")
+                    guidance = gr.Slider(0.0, 20.0, step=0.5, value=preset.get("guidance", guidance0),
+                                         label="guidance")
                 ui["steps"].append(steps)
                 ui.setdefault("schedulers", []).append(scheduler)
                 ui["guidance"].append(guidance)
@@ -104,7 +105,7 @@ def _playground(cb: Callbacks, defaults: dict):
                         ui["ckpts"].append(by_name["checkpoint"])
                         locked_comps = [by_name[n] for n in ("method", "weight_bits", "act_bits")
                                         if n in by_name and section == "quant"]
-                        outs = [on, *locked_comps, scheduler, steps]
+                        outs = [on, *locked_comps, scheduler, steps, guidance]
                         ui["ckpt_wiring"].append((section, by_name["checkpoint"], outs))
     return ui
 

@@ -80,7 +80,8 @@ def test_default_page_shows_four_methods(generated):
         expect(page.locator(f"#caption-{col}")).to_contain_text(needle)
         expect(page.locator(f"#image-{col}")).to_contain_text(needle)  # the image's label is the column's
     expect(page.locator("#image-4 img")).to_have_count(0)  # the fifth column is off
-    expect(page.locator("#caption-3")).to_contain_text("8 U-Net evals")  # 4 lcm steps × CFG
+    expect(page.locator("#caption-3")).to_contain_text("2 U-Net evals")  # 2 recommended steps, its guidance: no CFG
+    expect(page.locator("#caption-3")).to_contain_text("judge ✓")  # the default prompt drawn right
     expect(page.locator("#caption-1")).to_contain_text("× [")  # the speed-up with its interval
     expect(page.locator("#status")).to_contain_text("Done: 4 images")
     box = page.locator("#image-0 img").bounding_box()

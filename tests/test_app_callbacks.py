@@ -228,13 +228,15 @@ def test_checkpoint_sets_and_locks_the_controls(tmp_path):
     if "quant" in assets:
         implied = knobs.checkpoint_implies("quant", assets["quant"])
         assert implied["quant"]["weight_bits"] == 4 and implied["quant"]["act_bits"] == 4
-        on, method, wbits, abits, scheduler, steps = cb.checkpoint_chosen("quant", assets["quant"])
+        on, method, wbits, abits, scheduler, steps, guidance = cb.checkpoint_chosen("quant", assets["quant"])
         assert on["value"] is True and wbits["value"] == 4 and wbits["interactive"] is False
         assert method["value"] == "efficientdm"
     if "consistency" in assets:
-        on, scheduler, steps = cb.checkpoint_chosen("consistency", assets["consistency"])
-        assert scheduler["value"] == "lcm" and scheduler["interactive"] is False and steps["value"] == 4
-    on, method, wbits, abits, scheduler, steps = cb.checkpoint_chosen("quant", "")  # cleared: unlocked
+        on, scheduler, steps, guidance = cb.checkpoint_chosen("consistency", assets["consistency"])
+        # steps: the student's recommended_steps (assets/rg-lcm-lora/COMMAND.md); guidance: its distilled one (no CFG)
+        assert scheduler["value"] == "lcm" and scheduler["interactive"] is False and steps["value"] == 2
+        assert guidance["value"] == 1.0
+    on, method, wbits, abits, scheduler, steps, guidance = cb.checkpoint_chosen("quant", "")  # cleared: unlocked
     assert wbits["interactive"] is True and "value" not in wbits
     assert knobs.asset_checkpoints("tiny-arch") == []
 

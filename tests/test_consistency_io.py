@@ -296,7 +296,7 @@ def test_a_student_implies_the_steps_it_was_shipped_for(tmp_path):
 
     from backend.methods.consistency.model import META, implied_settings
 
-    assert implied_settings("assets/rg-lcm-lora") == {"scheduler": "lcm", "steps": 2}
+    assert implied_settings("assets/rg-lcm-lora") == {"scheduler": "lcm", "steps": 2, "guidance": 1.0}
     student = tmp_path / "student"
     shutil.copytree("assets/rg-lcm-lora", student)
     meta = json.loads((student / META).read_text())

@@ -172,8 +172,11 @@ def save_lora(pipe: DiffusionPipeline, unet: torch.nn.Module, out: Path, meta: d
 
 
 def implied_settings(path: str) -> dict:
-    """What a consistency student fixes in its Variant: the lcm scheduler and a step count it supports — the
-    ``recommended_steps`` its metadata names (set when it was shipped, from its paired evaluation), else 4."""
+    """What a consistency student fixes in its Variant: the lcm scheduler, the guidance it samples with (its
+    metadata's, the default its pipeline gets; a CFG scale on top of a distilled guidance ruins its images) and a
+    step count it supports — the ``recommended_steps`` its metadata names (set when it was shipped, from its
+    paired evaluation), else 4."""
     meta = read_meta(path)
     steps = int(meta.get("recommended_steps") or 4)
-    return {"scheduler": "lcm", "steps": min(steps, int(meta.get("max_steps") or steps))}
+    return {"scheduler": "lcm", "steps": min(steps, int(meta.get("max_steps") or steps)),
+            "guidance": float(meta["guidance"])}
