@@ -165,7 +165,9 @@ register(Method(
                         train="backend.methods.consistency.distill:distill",
                         presets="backend.methods.consistency.config:RG_LCD_PRESETS")),
     assets=(("RG-LCM 4-step LoRA (assets)", "rg-lcm-lora"),),
-    families=("sd1", "sd2", "sdxl", "unet"), families_why="its students and LCM-LoRAs are U-Nets"))
+    families=("sd1", "sd2", "sdxl", "unet", "pixart"),
+    families_why="students for DDPM-type noise schedules (backend/methods/consistency/students.py); SD3 and Flux are "
+                 "flow-matching models, which the LCMScheduler and the DDIM solver do not sample"))
 register(Method(
     "tome", "ToMe (tomesd)", "backend.methods.tome.config:ToMeConfig", "backend.methods.tome:apply", order=25,
     unet_access="hooks", curve="ToMe", curve_knob="ratio", curve_axis="ToMe merge ratio",

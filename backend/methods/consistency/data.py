@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DiffusionPipeline
 
-from backend.methods.conditioning import TextCond, encode
+from backend.methods.conditioning import TextCond, encode, predict
+from backend.models import denoiser
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Scene mixes of ``shapes:MIX``: train = one or two objects, never a held-out (shape, colour) pair (the teacher's
@@ -20,7 +21,10 @@ SHAPES_MIXES = ("train", "two", "hard")
 
 
 def pixel_size(pipe: DiffusionPipeline) -> int:
-    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    """The side of the training images: the student family's latent size in pixels."""
+    from backend.methods.consistency.students import students_for
+
+    return int(students_for(pipe).latent_hw(pipe)[0]) * int(pipe.vae_scale_factor)
 
 
 @torch.no_grad()
@@ -137,15 +141,16 @@ class TeacherData:
             rng = random.Random(10_007 * self.seed + key)
             caps = [rng.choice(self.prompts) for _ in range(n)]
             sched = DDIMScheduler.from_config(self.pipe.scheduler.config)
-            unet = self.pipe.unet
-            size = int(unet.config.sample_size)
+            net = denoiser(self.pipe)
+            size = pixel_size(self.pipe) // self.pipe.vae_scale_factor
             g = torch.Generator().manual_seed(10_007 * self.seed + key)
-            lat = torch.randn((n, unet.config.in_channels, size, size), generator=g).to(unet.device, unet.dtype)
+            lat = torch.randn((n, net.config.in_channels, size, size), generator=g)
+            lat = lat.to(next(net.parameters()).device, net.dtype)
             cond, uncond = encode(self.pipe, caps, (size, size))
-            both = TextCond.cat([cond, uncond]).unet_kwargs()
+            both = TextCond.cat([cond, uncond])
             sched.set_timesteps(self.steps)
             for t in sched.timesteps:
-                out = unet(torch.cat([lat, lat]), t, **both).sample
+                out = predict(net, torch.cat([lat, lat]), t.expand(2 * n), both)
                 c, u = out.chunk(2)
                 lat = sched.step(u + self.guidance * (c - u), t, lat).prev_sample
             self.cache = (key, lat, caps)
