@@ -166,8 +166,9 @@ register(Method(
                         presets="backend.methods.consistency.config:RG_LCD_PRESETS")),
     assets=(("RG-LCM 4-step LoRA (assets)", "rg-lcm-lora"),),
     families=("sd1", "sd2", "sdxl", "unet", "pixart"),
-    families_why="students for DDPM-type noise schedules (backend/methods/consistency/students.py); SD3 and Flux are "
-                 "flow-matching models, which the LCMScheduler and the DDIM solver do not sample"))
+    families_why="its solver and boundary conditions are written on a DDPM alpha-bar schedule (students.py); SD3 "
+                 "and Flux are flow-matching velocity models, and a flow student for FlowMatchLCMScheduler is not "
+                 "built"))
 register(Method(
     "tome", "ToMe (tomesd)", "backend.methods.tome.config:ToMeConfig", "backend.methods.tome:apply", order=25,
     unet_access="hooks", curve="ToMe", curve_knob="ratio", curve_axis="ToMe merge ratio",
