@@ -74,8 +74,8 @@ def predict(net: torch.nn.Module, z: torch.Tensor, t: torch.Tensor, cond: TextCo
 
 
 def pixel_size(pipe, latent_hw: tuple[int, int] | None = None) -> tuple[int, int]:
-    """Image size (H, W) in pixels of latents of size ``latent_hw`` (default: the U-Net's native size)."""
-    h, w = latent_hw or (pipe.unet.config.sample_size,) * 2
+    """Image size (H, W) in pixels of latents of size ``latent_hw`` (default: the denoiser's native size)."""
+    h, w = latent_hw or (denoiser(pipe).config.sample_size,) * 2
     return int(h) * pipe.vae_scale_factor, int(w) * pipe.vae_scale_factor
 
 

@@ -78,7 +78,7 @@ class Distiller:
             self.student = copy.deepcopy(teacher)
             kind.add_lora(self.student, cfg.lora_rank)
             # the teacher: the student with its adapters disabled (U-Net), or the frozen base itself
-            self.teacher = None if hasattr(self.student, "disable_adapters") else teacher
+            self.teacher = None if kind.lora_teacher_is_student else teacher
             self.target = None  # LCM-LoRA: no separate target network
             params = [p for n, p in self.student.named_parameters() if "lora" in n]
             lr = cfg.lr * 10

@@ -17,13 +17,12 @@ from safetensors import SafetensorError
 
 from backend.metadata import CONSISTENCY_META_FILE, pipeline_info
 from backend.methods.consistency.config import ConsistencyConfig
-from backend.methods.consistency.students import LORA_WEIGHTS, lcm_scheduler, students_for
+from backend.methods.consistency.students import lcm_scheduler, students_for
 from backend.models import denoiser, set_denoiser
 
 META = CONSISTENCY_META_FILE
 ARCH_KEYS = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "cross_attention_dim",
              "down_block_types", "up_block_types", "attention_head_dim", "sample_size", "num_layers", "patch_size")
-__all__ = ["LORA_WEIGHTS", "lcm_scheduler"]
 
 
 def base_signature(unet: torch.nn.Module) -> dict:

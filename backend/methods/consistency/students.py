@@ -36,6 +36,7 @@ class UNetStudents:
     folder = "unet"  # the student's folder in a full checkpoint
     net_class: type = UNet2DConditionModel
     w_embedding = True  # a full student takes the CFG scale as an input
+    lora_teacher_is_student = True  # a LoRA student with its adapters disabled is the teacher (no second copy)
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
                     "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
 
@@ -100,6 +101,7 @@ class PixArtStudents(UNetStudents):
     folder = "transformer"
     net_class = PixArtTransformer2DModel
     w_embedding = False
+    lora_teacher_is_student = False  # peft-injected adapters: the frozen base is the teacher
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
 
     def latent_hw(self, pipe: DiffusionPipeline) -> tuple[int, int]:

@@ -50,14 +50,16 @@ def kind_refusal(kind: str, family: str) -> str | None:
 class DiffusersCacheConfig(MethodConfig):
     """A diffusers cache hook on the denoiser: ``{"kind": "pab", "skip_range": 2}``.
 
-    On U-Nets: pab (PyramidAttentionBroadcast). DiT only: fbc (FirstBlockCache; not on SD3), faster (FasterCache; not on Flux),
-    taylorseer (TaylorSeer). Not offered: MagCache (per-model calibrated ratios), SeaCache (DiT blocks only).
+    On U-Nets: pab (PyramidAttentionBroadcast). DiT only: fbc (FirstBlockCache; not on SD3), faster (FasterCache;
+    not on Flux), taylorseer (TaylorSeer). Not offered: MagCache (per-model calibrated ratios), SeaCache (DiT blocks
+    only).
     """
 
     section: ClassVar[str] = "diffusers_cache"
 
     kind: str = param("pab", "pab: PyramidAttentionBroadcast (reuses attention outputs; every family) · DiT only: "
-                             "fbc (FirstBlockCache; PixArt, Flux), faster (FasterCache; PixArt, SD3), taylorseer (TaylorSeer)",
+                             "fbc (FirstBlockCache; PixArt, Flux), faster (FasterCache; PixArt, SD3), taylorseer "
+                             "(TaylorSeer)",
                       choices=KINDS)
     skip_range: int = param(2, "pab / faster: recompute attention (faster: and the unconditional batch) every N-th "
                                "evaluation (1 = never skip, identical to no cache); taylorseer: the cache interval "
