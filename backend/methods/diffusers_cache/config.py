@@ -23,7 +23,8 @@ REFUSED: dict[str, dict[str, str]] = {
                    "(context_pre_only) returns as None (TypeError)"},
     "faster": {**dict.fromkeys(UNET_FAMILIES, _ON_UNET["faster"]),
                "flux": "FasterCache's hooks take image or video latents (BCHW / BCFHW / BFCHW); Flux packs its latents "
-                       "as a token sequence (B×N×C), which none of them describes (IndexError)"},
+                       "as a token sequence (B×N×C): each format fails, guidance-distilled or not (IndexError / "
+                       "TypeError)"},
     "taylorseer": dict.fromkeys(UNET_FAMILIES, _ON_UNET["taylorseer"]),
 }
 KINDS = tuple(REFUSED)
