@@ -4,7 +4,8 @@
 SD 1.x / 2.x U-Nets take the text encoder's hidden states; SDXL's also take ``added_cond_kwargs``: the second
 encoder's pooled embedding (``text_embeds``) and the size/crop micro-conditioning (``time_ids``). A PixArt transformer
 takes the T5 states with their attention ``mask`` (and, for PixArt-α at 1024, the ``resolution`` / ``aspect_ratio``
-micro-conditioning). All come from the pipeline's own ``encode_prompt`` (and SDXL's ``_get_add_time_ids``), so
+micro-conditioning); an SD3 transformer the joint text states and the ``pooled`` CLIP projections. All come from the
+pipeline's own ``encode_prompt`` (and SDXL's ``_get_add_time_ids``), so
 training sees what sampling sees.
 """
 
@@ -28,6 +29,7 @@ class TextCond:
     mask: torch.Tensor | None = None  # PixArt: the text's attention mask
     resolution: torch.Tensor | None = None  # PixArt-α at 1024: micro-conditioning
     aspect_ratio: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None  # SD3: the pooled CLIP projections
 
     def __len__(self) -> int:
         return len(self.hidden)
@@ -55,6 +57,8 @@ class TextCond:
     def unet_kwargs(self) -> dict:
         """Keyword arguments of a diffusers denoiser call (U-Net or PixArt transformer) for this conditioning."""
         kwargs: dict = {"encoder_hidden_states": self.hidden}
+        if self.pooled is not None:  # SD3
+            return {**kwargs, "pooled_projections": self.pooled}
         if self.mask is not None:  # PixArt
             kwargs["encoder_attention_mask"] = self.mask
             kwargs["added_cond_kwargs"] = {"resolution": self.resolution, "aspect_ratio": self.aspect_ratio}
@@ -83,8 +87,14 @@ def pixel_size(pipe, latent_hw: tuple[int, int] | None = None) -> tuple[int, int
 def encode(pipe, prompts: list[str], latent_hw: tuple[int, int] | None = None) -> tuple[TextCond, TextCond]:
     """(conditional, unconditional) conditioning of the prompts, as the pipeline itself builds it for CFG."""
     device = next(denoiser(pipe).parameters()).device
-    if model_family(pipe) == "pixart":
+    family = model_family(pipe)
+    if family == "pixart":
         return _encode_pixart(pipe, prompts, latent_hw, device)
+    if family == "sd3":
+        tokens = int(model_defaults(pipe).get("max_sequence_length") or 256)
+        cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
+            list(prompts), None, None, device=device, do_classifier_free_guidance=True, max_sequence_length=tokens)
+        return TextCond(cond, pooled=pooled), TextCond(uncond, pooled=uncond_pooled)
     out = pipe.encode_prompt(prompt=list(prompts), device=device, num_images_per_prompt=1,
                              do_classifier_free_guidance=True)
     if len(out) == 2:  # SD 1.x / 2.x and other single-encoder pipelines

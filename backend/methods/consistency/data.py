@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers import DiffusionPipeline
 
 from backend.methods.conditioning import TextCond, encode, predict
+from backend.methods.consistency.students import students_for
 from backend.models import denoiser
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -22,8 +23,6 @@ SHAPES_MIXES = ("train", "two", "hard")
 
 def pixel_size(pipe: DiffusionPipeline) -> int:
     """The side of the training images: the student family's latent size in pixels."""
-    from backend.methods.consistency.students import students_for
-
     return int(students_for(pipe).latent_hw(pipe)[0]) * int(pipe.vae_scale_factor)
 
 
@@ -37,7 +36,7 @@ def encode_images(pipe: DiffusionPipeline, images_pm1: torch.Tensor, gen: torch.
     vae = pipe.vae
     dist = vae.encode(images_pm1.to(vae.device, vae.dtype)).latent_dist
     noise = torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
-    return (dist.mean + dist.std * noise) * vae.config.scaling_factor
+    return (dist.mean + dist.std * noise - (vae.config.get("shift_factor") or 0.0)) * vae.config.scaling_factor
 
 
 class ShapesData:
@@ -140,7 +139,7 @@ class TeacherData:
         if self.cache is None or self.cache[0] != key or len(self.cache[2]) != n:
             rng = random.Random(10_007 * self.seed + key)
             caps = [rng.choice(self.prompts) for _ in range(n)]
-            sched = DDIMScheduler.from_config(self.pipe.scheduler.config)
+            sched = students_for(self.pipe).teacher_scheduler(self.pipe)
             net = denoiser(self.pipe)
             size = pixel_size(self.pipe) // self.pipe.vae_scale_factor
             g = torch.Generator().manual_seed(10_007 * self.seed + key)

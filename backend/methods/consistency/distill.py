@@ -57,11 +57,10 @@ class Distiller:
         for m in (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None), teacher):
             if m is not None:
                 m.eval().requires_grad_(False)
-        sched = pipe.scheduler.config
-        self.prediction_type = sched.get("prediction_type", "epsilon")
-        self.alphas = _alphas_cumprod(sched).to(self.device)
-        self.solver = lcd.DDIMSolver(self.alphas.cpu(), int(sched.get("num_train_timesteps", 1000)),
-                                     cfg.num_ddim_timesteps)
+        self.prediction_type = kind.prediction_type(pipe)
+        schedule = kind.noise_schedule(pipe)
+        self.schedule = schedule.to(self.device)
+        self.solver = lcd.DDIMSolver(schedule, len(schedule.alpha), cfg.num_ddim_timesteps)
         if guidance is None:
             guidance = float(model_defaults(pipe).get("guidance", 7.5))
         w_mid = max(0.0, guidance - 1.0)
@@ -105,25 +104,30 @@ class Distiller:
         self.step_count, self.elapsed = 0, 0.0
 
     # --- one step -------------------------------------------------------------------------------------------------
+    def _predict(self, net, z, t, emb: TextCond, w_emb=None):
+        """The denoiser's output at training timesteps ``t`` (given the timestep the model expects)."""
+        return predict(net, z, self.schedule.model_t[t], emb, w_emb)
+
     def _teacher(self, z, t, emb: TextCond, w):
         both = TextCond.cat([emb, self.uncond.repeat(len(z)).to(dtype=emb.hidden.dtype)])
+        tt = torch.cat([t, t])
         if self.teacher is None:
             self.student.disable_adapters()
             try:
-                out = predict(self.student, torch.cat([z, z]), torch.cat([t, t]), both)
+                out = self._predict(self.student, torch.cat([z, z]), tt, both)
             finally:
                 self.student.enable_adapters()
         else:
-            out = predict(self.teacher, torch.cat([z, z]), torch.cat([t, t]), both)
-        tt = torch.cat([t, t])
-        x0, eps = lcd.x0_and_eps(out, torch.cat([z, z]), tt, self.alphas, self.prediction_type)
+            out = self._predict(self.teacher, torch.cat([z, z]), tt, both)
+        x0, eps = lcd.x0_and_eps(out, torch.cat([z, z]), tt, self.schedule, self.prediction_type)
         (x0_c, x0_u), (eps_c, eps_u) = x0.chunk(2), eps.chunk(2)
         wb = w.view(-1, 1, 1, 1)
         return x0_c + wb * (x0_c - x0_u), eps_c + wb * (eps_c - eps_u)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
-        img = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        shift = vae.config.get("shift_factor") or 0.0
+        img = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
         return (img.float() / 2 + 0.5).clamp(0, 1)
 
     def forward(self, data_step: int):
@@ -138,8 +142,8 @@ class Distiller:
         index = torch.randint(0, len(self.solver), (b,), generator=gen)
         t_start, t_end = self.solver.start_and_end(index)
         t_start, t_end = t_start.to(self.device), t_end.to(self.device)
-        a = self.alphas[t_start].view(-1, 1, 1, 1).to(x0)
-        z = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        z = self.schedule.alpha[t_start].view(-1, 1, 1, 1).to(x0) * x0 + \
+            self.schedule.sigma[t_start].view(-1, 1, 1, 1).to(x0) * noise
         if self.w_embedding:
             w = self.w_min + (self.w_max - self.w_min) * torch.rand(b, generator=gen)
             w_emb = lcd.guidance_embedding(w, cfg.time_cond_proj_dim).to(self.device, x0.dtype)
@@ -148,14 +152,14 @@ class Distiller:
             w_emb = None
         w = w.to(self.device, x0.dtype)
 
-        out = predict(self.student_p, z, t_start, emb, w_emb)
-        pred = lcd.consistency_output(out, z, t_start, self.alphas, self.prediction_type)
+        out = self._predict(self.student_p, z, t_start, emb, w_emb)
+        pred = lcd.consistency_output(out, z, t_start, self.schedule, self.prediction_type)
         with torch.no_grad():
             x0_t, eps_t = self._teacher(z, t_start, emb, w)
             x_prev = self.solver.ddim_step(x0_t, eps_t, index.to(self.device))
             tnet = self.target if self.target is not None else self.student
-            t_out = predict(tnet, x_prev, t_end, emb, w_emb)
-            target = lcd.consistency_output(t_out, x_prev, t_end, self.alphas, self.prediction_type)
+            t_out = self._predict(tnet, x_prev, t_end, emb, w_emb)
+            target = lcd.consistency_output(t_out, x_prev, t_end, self.schedule, self.prediction_type)
         return pred, target, x0, emb, prompts
 
     def budget_used(self) -> float:
@@ -289,12 +293,6 @@ def read_state_meta(state: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise ValueError(f"training checkpoint {str(path)!r} is unreadable ({exc}); delete {str(state.parent)!r} "
                          "to start over") from None
-
-
-def _alphas_cumprod(sched_config) -> torch.Tensor:
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(sched_config).alphas_cumprod.float()
 
 
 def _trainable_state(unet, lora: bool) -> dict:

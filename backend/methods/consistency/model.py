@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, LCMScheduler
+from diffusers import DiffusionPipeline, FlowMatchLCMScheduler, LCMScheduler
 from safetensors import SafetensorError
 
 from backend.metadata import CONSISTENCY_META_FILE, pipeline_info
@@ -60,15 +60,27 @@ def read_meta(checkpoint: str | Path) -> dict:
     return meta
 
 
-class DistilledLCMScheduler(LCMScheduler):
-    """The stock LCMScheduler that names the distilled schedule's step limit in its error (used by apply)."""
+class _StepLimit:
+    """A stock consistency sampler that names the distilled schedule's step limit in its error (used by apply)."""
 
     distilled_meta: dict = {}  # the checkpoint's metadata (set by apply)
 
     def set_timesteps(self, num_inference_steps=None, *args, **kwargs):
         if num_inference_steps is not None:
-            check_steps(self.distilled_meta or {"max_steps": self.config.original_inference_steps}, num_inference_steps)
+            check_steps(self.distilled_meta or {"max_steps": self.config.get("original_inference_steps", 50)},
+                        num_inference_steps)
         return super().set_timesteps(num_inference_steps, *args, **kwargs)
+
+
+class DistilledLCMScheduler(_StepLimit, LCMScheduler):
+    """LCMScheduler with the step limit."""
+
+
+class DistilledFlowMatchLCMScheduler(_StepLimit, FlowMatchLCMScheduler):
+    """FlowMatchLCMScheduler with the step limit."""
+
+
+_DISTILLED = {LCMScheduler: DistilledLCMScheduler, FlowMatchLCMScheduler: DistilledFlowMatchLCMScheduler}
 
 
 def check_steps(meta: dict, steps: int) -> None:
@@ -110,7 +122,8 @@ def apply(pipe: DiffusionPipeline, config: ConsistencyConfig) -> None:
         with _naming(kind.lora_file(ckpt)):
             kind.fuse_lora(pipe, ckpt, config.lora_scale)
     denoiser(pipe).eval().requires_grad_(False)
-    scheduler = DistilledLCMScheduler.from_config(lcm_scheduler(pipe, int(meta["original_inference_steps"])).config)
+    stock = lcm_scheduler(pipe, int(meta["original_inference_steps"]))
+    scheduler = _DISTILLED[type(stock)].from_config(stock.config)
     scheduler.distilled_meta = meta
     pipe.scheduler = scheduler
     info = pipeline_info(pipe)

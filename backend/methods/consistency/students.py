@@ -8,6 +8,9 @@ the consistency method lists exactly the families of :data:`STUDENTS`).
   PixArt-LCM, sampled with guidance off); saved as the family's own pipeline with the ``LCMScheduler`` (what
   PixArt-LCM ships), or a peft LoRA adapter on the attention and MLP projections (``transformer_lora/``, for
   ``peft.PeftModel.from_pretrained(transformer, DIR)``, as PixArt-LCM-LoRA ships).
+- SD3 (flow matching): as PixArt, on the flow ODE: the schedule is the model's σ (z = (1 − σ)·x0 + σ·ε), the
+  teacher predicts the velocity, the solver step is Euler, and the student's consistency function is its x0
+  prediction — what diffusers' ``FlowMatchLCMScheduler`` samples with (saved in the pipeline folder).
 """
 
 from __future__ import annotations
@@ -16,18 +19,28 @@ import copy
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, LCMScheduler, PixArtTransformer2DModel, UNet2DConditionModel
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchLCMScheduler,
+    LCMScheduler,
+    PixArtTransformer2DModel,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
 
+from backend.methods.consistency.lcd import NoiseSchedule
 from backend.models import denoiser, model_defaults, model_family, set_denoiser
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 PEFT_FOLDER = "transformer_lora"
 
 
-def lcm_scheduler(pipe: DiffusionPipeline, original_inference_steps: int) -> LCMScheduler:
-    """The stock LCMScheduler on the teacher's noise schedule and the distillation grid."""
-    return LCMScheduler.from_config(pipe.scheduler.config, original_inference_steps=original_inference_steps,
-                                    timestep_scaling=10.0, clip_sample=False, set_alpha_to_one=True)
+def lcm_scheduler(pipe: DiffusionPipeline, original_inference_steps: int):
+    """The stock consistency sampler of the family on the teacher's noise schedule and the distillation grid."""
+    return students_for(pipe).lcm_scheduler(pipe, original_inference_steps)
 
 
 class UNetStudents:
@@ -42,6 +55,20 @@ class UNetStudents:
 
     def latent_hw(self, pipe: DiffusionPipeline) -> tuple[int, int]:
         return (int(denoiser(pipe).config.sample_size),) * 2
+
+    def prediction_type(self, pipe: DiffusionPipeline) -> str:
+        return pipe.scheduler.config.get("prediction_type", "epsilon")
+
+    def noise_schedule(self, pipe: DiffusionPipeline) -> NoiseSchedule:
+        return NoiseSchedule.ddpm(DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod)
+
+    def lcm_scheduler(self, pipe: DiffusionPipeline, original_inference_steps: int):
+        return LCMScheduler.from_config(pipe.scheduler.config, original_inference_steps=original_inference_steps,
+                                        timestep_scaling=10.0, clip_sample=False, set_alpha_to_one=True)
+
+    def teacher_scheduler(self, pipe: DiffusionPipeline):
+        """The sampler of teacher-sampled training latents."""
+        return DDIMScheduler.from_config(pipe.scheduler.config)
 
     def full_student(self, teacher: torch.nn.Module, w_dim: int) -> torch.nn.Module:
         """The teacher with a zero w-projection added (starts exactly at the teacher)."""
@@ -146,8 +173,28 @@ class PixArtStudents(UNetStudents):
         set_denoiser(pipe, model.merge_and_unload())
 
 
-_UNET, _PIXART = UNetStudents(), PixArtStudents()
-STUDENTS: dict[str, UNetStudents] = {"sd1": _UNET, "sd2": _UNET, "sdxl": _UNET, "unet": _UNET, "pixart": _PIXART}
+class SD3Students(PixArtStudents):
+    """Consistency students of an SD3 transformer on the flow ODE (sampled by FlowMatchLCMScheduler)."""
+
+    net_class = SD3Transformer2DModel
+
+    def prediction_type(self, pipe: DiffusionPipeline) -> str:
+        return "flow"
+
+    def noise_schedule(self, pipe: DiffusionPipeline) -> NoiseSchedule:
+        sched = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        return NoiseSchedule.flow(sched.sigmas.flip(0), int(sched.config.num_train_timesteps))
+
+    def lcm_scheduler(self, pipe: DiffusionPipeline, original_inference_steps: int):
+        return FlowMatchLCMScheduler.from_config(pipe.scheduler.config)
+
+    def teacher_scheduler(self, pipe: DiffusionPipeline):
+        return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+
+
+_UNET = UNetStudents()
+STUDENTS: dict[str, UNetStudents] = {"sd1": _UNET, "sd2": _UNET, "sdxl": _UNET, "unet": _UNET,
+                                     "pixart": PixArtStudents(), "sd3": SD3Students()}
 
 
 def students_for(pipe: DiffusionPipeline) -> UNetStudents:
