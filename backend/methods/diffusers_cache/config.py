@@ -31,8 +31,9 @@ KINDS = tuple(REFUSED)
 UNET_KINDS = tuple(k for k, refused in REFUSED.items() if not set(UNET_FAMILIES) & set(refused))
 DIT_ONLY = {k: _ON_UNET[k] for k in KINDS if k not in UNET_KINDS}  # hooks that only work on transformer denoisers
 NOT_OFFERED = {
-    "magcache": "MagCache needs mag_ratios calibrated per model on a reference run; random-weight builds and the "
-                "shipped models have none, and an uncalibrated ratio table would skip at arbitrary steps",
+    "magcache": "MagCache needs mag_ratios calibrated per model, scheduler and step count (a calibrate=True run "
+                "prints them); Speedlab has no calibration step for them, and another model's ratios (diffusers ships "
+                "Flux's) would skip at arbitrary steps",
     "seacache": "SeaCache finds no repeated transformer blocks on a U-Net",
 }
 
