@@ -46,7 +46,7 @@ class _CallState:
         t *= self.scale
         if self.own_calls:
             from diffusers.hooks import HookRegistry
-            from diffusers.hooks.hooks import CacheContext, _set_cache_context
+            from diffusers.hooks.hooks import CacheContext, _set_cache_context  # what CacheMixin.cache_context sets
 
             if self.t is not None and t > self.t:
                 HookRegistry.check_if_exists_or_initialize(self.model).reset_stateful_hooks()
