@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, FlowMatchLCMScheduler
 
 from backend.models import FLOW_FAMILIES, load_pipeline, model_defaults, model_family
 from backend.seeded import latent_geometry, seeded_images
 from backend.variant import SCHEDULER_CLASSES, Variant, VariantError
 
-FLOW_SCHEDULERS = {"euler": FlowMatchEulerDiscreteScheduler}  # the Variant's names that apply to flow matching
+# the Variant's names that apply to flow matching ("lcm": the flow consistency sampler, for SD3 consistency students)
+FLOW_SCHEDULERS = {"euler": FlowMatchEulerDiscreteScheduler, "lcm": FlowMatchLCMScheduler}
 
 
 def load_model(variant: Variant) -> DiffusionPipeline:
@@ -27,8 +28,9 @@ def scheduler_for(pipe: DiffusionPipeline, name: str):
     family = model_family(pipe)
     if family in FLOW_FAMILIES:
         if name not in FLOW_SCHEDULERS:
+            allowed = ", ".join(f"{k} ({v.__name__})" for k, v in FLOW_SCHEDULERS.items())
             raise VariantError(f"scheduler: {name!r} does not apply to the flow-matching family {family!r}; allowed: "
-                               f"{', '.join(FLOW_SCHEDULERS)} (FlowMatchEulerDiscreteScheduler), or leave it out")
+                               f"{allowed}, or leave it out")
         return FLOW_SCHEDULERS[name].from_config(pipe.scheduler.config)
     return SCHEDULER_CLASSES[name].from_config(pipe.scheduler.config)
 

@@ -84,8 +84,8 @@ def test_bad_input_is_one_line(capsys, tmp_path):
     assert "transformer (DiT) knob" in err
     err = _cli_error(capsys, {"model": "tiny-flux", "scheduler": "ddim"}, tmp_path)
     assert "flow-matching" in err and "euler" in err
-    err = _cli_error(capsys, {"model": "tiny-pixart", "consistency": {"checkpoint": str(tmp_path)}}, tmp_path)
-    assert "does not apply to a model of family 'pixart'" in err
+    err = _cli_error(capsys, {"model": "tiny-flux", "consistency": {"checkpoint": str(tmp_path)}}, tmp_path)
+    assert "does not apply to a model of family 'flux'" in err and "guidance-distilled" in err
 
 
 def test_flow_model_takes_euler_as_its_flow_scheduler():
@@ -114,7 +114,7 @@ def test_local_folder_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("kind,model,allowed", [("efficientdm", "tiny-flux", "pixart, sd3"),
-                                                ("lcd", "tiny-sd3", "sd1, sd2, sdxl, unet")])
+                                                ("lcd", "tiny-flux", "sd1, sd2, sdxl, unet, pixart, sd3")])
 def test_finetunes_refuse_families_they_do_not_support_in_one_line(kind, model, allowed, capsys, tmp_path):
     out = tmp_path / "ckpt"
     assert main(["finetune", kind, "--variant", json.dumps({"model": model}), "--out", str(out),
@@ -137,6 +137,7 @@ def test_workbench_knows_which_methods_a_family_refuses():
     from backend.runs.knobs import MODELS, family_refusals
 
     assert {"tiny-pixart", "tiny-sd3", "tiny-flux"} <= set(MODELS)
-    assert set(family_refusals("tiny-sd3")) == {"consistency", "tome", "schedule"}
+    assert set(family_refusals("tiny-sd3")) == {"tome", "schedule"}
+    assert set(family_refusals("tiny-flux")) == {"consistency", "tome", "schedule"}
     assert family_refusals("tiny-arch") == {}
-    assert "family 'sd3'" in family_refusals("tiny-sd3")["consistency"]
+    assert "family 'flux'" in family_refusals("tiny-flux")["consistency"]

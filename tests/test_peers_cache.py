@@ -41,7 +41,8 @@ def _base_state() -> tuple[dict, list, bool]:
 def test_dit_only_hooks_are_refused_on_a_unet_and_nothing_is_half_applied(kind):
     weights, hooks, diffusers_hooks = _base_state()
     variant = Variant.from_dict({**BASE, "tome": {"ratio": 0.5}, "diffusers_cache": {"kind": kind}})
-    with pytest.raises(ValueError, match=rf"diffusers_cache\.kind: '{kind}' is DiT only.*allowed on a U-Net: pab"):
+    with pytest.raises(ValueError, match=rf"diffusers_cache\.kind: '{kind}' does not run on family 'sd1'.*"
+                                         r"allowed there: pab"):
         build_pipeline(variant)  # ToMe was applied first, to the variant's private U-Net
     after_weights, after_hooks, after_diffusers = _base_state()
     assert after_hooks == hooks and after_diffusers == diffusers_hooks is False

@@ -165,7 +165,9 @@ register(Method(
                         train="backend.methods.consistency.distill:distill",
                         presets="backend.methods.consistency.config:RG_LCD_PRESETS")),
     assets=(("RG-LCM LoRA, 2 steps (assets)", "rg-lcm-lora"),),
-    families=("sd1", "sd2", "sdxl", "unet"), families_why="its students and LCM-LoRAs are U-Nets"))
+    families=("sd1", "sd2", "sdxl", "unet", "pixart", "sd3"),
+    families_why="no Flux student is built (students.py): Flux is guidance-distilled, so LCD's CFG teacher "
+                 "step does not apply, and its transformer takes packed latents with position ids"))
 register(Method(
     "tome", "ToMe (tomesd)", "backend.methods.tome.config:ToMeConfig", "backend.methods.tome:apply", order=25,
     unet_access="hooks", curve="ToMe", curve_knob="ratio", curve_axis="ToMe merge ratio",

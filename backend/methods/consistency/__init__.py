@@ -1,7 +1,8 @@
 """Latent consistency distillation (LCD, LCM-LoRA) and its reward-guided form (RG-LCD).
 
 ``apply(pipe, ConsistencyConfig(checkpoint=DIR))`` loads a distilled student into a pipeline and sets the
-stock ``LCMScheduler``; ``backend.methods.consistency.distill`` trains one; ``cli`` is ``finetune lcd``.
+stock ``LCMScheduler`` (``FlowMatchLCMScheduler`` on SD3; what a student is per family: ``students``);
+``backend.methods.consistency.distill`` trains one; ``cli`` is ``finetune lcd``.
 """
 
 from backend.methods.consistency.config import ConsistencyConfig, DistillConfig

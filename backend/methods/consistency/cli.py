@@ -2,7 +2,8 @@
 
     python -m backend finetune lcd --variant V [--reward shapes --beta B] [--proxy] [--lora] --minutes M --out DIR
 
-The student is written to DIR (a LatentConsistencyModelPipeline folder, or an LCM-LoRA with --lora); use it
+The student is written to DIR (a stock pipeline folder of the model's family with its LCM sampler, or a LoRA with
+--lora; U-Nets, PixArt and SD3: backend/methods/consistency/students.py); use it
 with ``"scheduler": "lcm", "steps": 1-8, "consistency": {"checkpoint": DIR}``. Training checkpoints go to
 DIR.partial every --checkpoint-every seconds (each renamed into place whole); Ctrl-C saves one, and the same
 command resumes from the last one (also after a kill).

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers import DiffusionPipeline
 
-from backend.methods.conditioning import TextCond, encode
+from backend.methods.conditioning import TextCond, encode, predict
+from backend.methods.consistency.students import students_for
+from backend.models import denoiser
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Scene mixes of ``shapes:MIX``: train = one or two objects, never a held-out (shape, colour) pair (the teacher's
@@ -20,7 +22,8 @@ SHAPES_MIXES = ("train", "two", "hard")
 
 
 def pixel_size(pipe: DiffusionPipeline) -> int:
-    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    """The side of the training images: the student family's latent size in pixels."""
+    return int(students_for(pipe).latent_hw(pipe)[0]) * int(pipe.vae_scale_factor)
 
 
 @torch.no_grad()
@@ -33,7 +36,7 @@ def encode_images(pipe: DiffusionPipeline, images_pm1: torch.Tensor, gen: torch.
     vae = pipe.vae
     dist = vae.encode(images_pm1.to(vae.device, vae.dtype)).latent_dist
     noise = torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
-    return (dist.mean + dist.std * noise) * vae.config.scaling_factor
+    return (dist.mean + dist.std * noise - (vae.config.get("shift_factor") or 0.0)) * vae.config.scaling_factor
 
 
 class ShapesData:
@@ -136,16 +139,17 @@ class TeacherData:
         if self.cache is None or self.cache[0] != key or len(self.cache[2]) != n:
             rng = random.Random(10_007 * self.seed + key)
             caps = [rng.choice(self.prompts) for _ in range(n)]
-            sched = DDIMScheduler.from_config(self.pipe.scheduler.config)
-            unet = self.pipe.unet
-            size = int(unet.config.sample_size)
+            sched = students_for(self.pipe).teacher_scheduler(self.pipe)
+            net = denoiser(self.pipe)
+            size = pixel_size(self.pipe) // self.pipe.vae_scale_factor
             g = torch.Generator().manual_seed(10_007 * self.seed + key)
-            lat = torch.randn((n, unet.config.in_channels, size, size), generator=g).to(unet.device, unet.dtype)
+            lat = torch.randn((n, net.config.in_channels, size, size), generator=g)
+            lat = lat.to(next(net.parameters()).device, net.dtype)
             cond, uncond = encode(self.pipe, caps, (size, size))
-            both = TextCond.cat([cond, uncond]).unet_kwargs()
+            both = TextCond.cat([cond, uncond])
             sched.set_timesteps(self.steps)
             for t in sched.timesteps:
-                out = unet(torch.cat([lat, lat]), t, **both).sample
+                out = predict(net, torch.cat([lat, lat]), t.expand(2 * n), both)
                 c, u = out.chunk(2)
                 lat = sched.step(u + self.guidance * (c - u), t, lat).prev_sample
             self.cache = (key, lat, caps)

@@ -23,19 +23,20 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers import DiffusionPipeline, UNet2DConditionModel
+from diffusers import DiffusionPipeline
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from backend.core import JobCancelled, JobControl
 from backend.metadata import pipeline_info
-from backend.methods.conditioning import TextCond, encode
+from backend.methods.conditioning import TextCond, encode, predict
 from backend.methods.consistency import lcd
 from backend.methods.consistency.config import DistillConfig
 from backend.methods.consistency.data import make_data
-from backend.methods.consistency.model import LORA_TARGETS, base_signature, save_full, save_lora
+from backend.methods.consistency.model import base_signature, save_full, save_lora
 from backend.methods.consistency.proxy import LatentProxyReward, pair_agreement, preference_kl
-from backend.models import model_defaults
+from backend.methods.consistency.students import students_for
+from backend.models import denoiser, model_defaults
 
 STATE, STATE_JSON = "state.safetensors", "state.json"
 
@@ -47,19 +48,19 @@ class Distiller:
         if cfg.reward != "none" and reward is None and (cfg.beta > 0 or cfg.proxy):
             from backend.methods.consistency.rewards import load_reward
 
-            reward = load_reward(cfg.reward, pipe.unet.device)
+            reward = load_reward(cfg.reward, next(denoiser(pipe).parameters()).device)
+        self.kind = kind = students_for(pipe)
         self.pipe, self.cfg, self.reward = pipe, cfg, reward
-        self.accelerator = Accelerator(cpu=pipe.unet.device.type == "cpu")
-        self.device = pipe.unet.device
-        teacher = pipe.unet
+        teacher = denoiser(pipe)
+        self.device = next(teacher.parameters()).device
+        self.accelerator = Accelerator(cpu=self.device.type == "cpu")
         for m in (pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None), teacher):
             if m is not None:
                 m.eval().requires_grad_(False)
-        sched = pipe.scheduler.config
-        self.prediction_type = sched.get("prediction_type", "epsilon")
-        self.alphas = _alphas_cumprod(sched).to(self.device)
-        self.solver = lcd.DDIMSolver(self.alphas.cpu(), int(sched.get("num_train_timesteps", 1000)),
-                                     cfg.num_ddim_timesteps)
+        self.prediction_type = kind.prediction_type(pipe)
+        schedule = kind.noise_schedule(pipe)
+        self.schedule = schedule.to(self.device)
+        self.solver = lcd.DDIMSolver(schedule, len(schedule.alpha), cfg.num_ddim_timesteps)
         if guidance is None:
             guidance = float(model_defaults(pipe).get("guidance", 7.5))
         w_mid = max(0.0, guidance - 1.0)
@@ -69,27 +70,19 @@ class Distiller:
             raise ValueError(f"w_min {self.w_min} is above w_max {self.w_max}")
         self.teacher_guidance = guidance
         self.data = make_data(pipe, cfg.data, guidance, cfg.seed, cfg.data_pool)
-        self.latent_hw = (int(teacher.config.sample_size),) * 2
+        self.latent_hw = kind.latent_hw(pipe)
         self.uncond = encode(pipe, [""], self.latent_hw)[1]
+        self.w_embedding = kind.w_embedding and not cfg.lora  # else one CFG scale, baked into the student
         if cfg.lora:
-            from peft import LoraConfig
-
             self.student = copy.deepcopy(teacher)
-            targets = [t for t in LORA_TARGETS if any(n.endswith(t) for n, _ in self.student.named_modules())]
-            self.student.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, lora_dropout=0.0,
-                                                init_lora_weights="gaussian", target_modules=targets))
-            self.teacher = None  # the student with its adapters disabled
+            kind.add_lora(self.student, cfg.lora_rank)
+            # the teacher: the student with its adapters disabled (U-Net), or the frozen base itself
+            self.teacher = None if kind.lora_teacher_is_student else teacher
             self.target = None  # LCM-LoRA: no separate target network
             params = [p for n, p in self.student.named_parameters() if "lora" in n]
             lr = cfg.lr * 10
         else:
-            self.student = UNet2DConditionModel.from_config(teacher.config, time_cond_proj_dim=cfg.time_cond_proj_dim)
-            missing, _ = self.student.load_state_dict(teacher.state_dict(), strict=False)
-            assert all("cond_proj" in k for k in missing), missing
-            with torch.no_grad():  # start exactly at the teacher: a zero w-projection (learns from step one)
-                cond = self.student.time_embedding.cond_proj
-                cond.weight.zero_()
-            self.student.to(self.device, teacher.dtype)
+            self.student = kind.full_student(teacher, cfg.time_cond_proj_dim)
             self.teacher = teacher
             self.target = copy.deepcopy(self.student).requires_grad_(False).eval()
             params = list(self.student.parameters())
@@ -111,28 +104,30 @@ class Distiller:
         self.step_count, self.elapsed = 0, 0.0
 
     # --- one step -------------------------------------------------------------------------------------------------
-    def _unet(self, unet, z, t, emb: TextCond, w_emb):
-        return unet(z, t, timestep_cond=w_emb, **emb.unet_kwargs()).sample
+    def _predict(self, net, z, t, emb: TextCond, w_emb=None):
+        """The denoiser's output at training timesteps ``t`` (given the timestep the model expects)."""
+        return predict(net, z, self.schedule.model_t[t], emb, w_emb)
 
     def _teacher(self, z, t, emb: TextCond, w):
-        both = TextCond.cat([emb, self.uncond.repeat(len(z)).to(dtype=emb.hidden.dtype)]).unet_kwargs()
-        if self.cfg.lora:
+        both = TextCond.cat([emb, self.uncond.repeat(len(z)).to(dtype=emb.hidden.dtype)])
+        tt = torch.cat([t, t])
+        if self.teacher is None:
             self.student.disable_adapters()
             try:
-                out = self.student(torch.cat([z, z]), torch.cat([t, t]), **both).sample
+                out = self._predict(self.student, torch.cat([z, z]), tt, both)
             finally:
                 self.student.enable_adapters()
         else:
-            out = self.teacher(torch.cat([z, z]), torch.cat([t, t]), **both).sample
-        tt = torch.cat([t, t])
-        x0, eps = lcd.x0_and_eps(out, torch.cat([z, z]), tt, self.alphas, self.prediction_type)
+            out = self._predict(self.teacher, torch.cat([z, z]), tt, both)
+        x0, eps = lcd.x0_and_eps(out, torch.cat([z, z]), tt, self.schedule, self.prediction_type)
         (x0_c, x0_u), (eps_c, eps_u) = x0.chunk(2), eps.chunk(2)
         wb = w.view(-1, 1, 1, 1)
         return x0_c + wb * (x0_c - x0_u), eps_c + wb * (eps_c - eps_u)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
-        img = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+        shift = vae.config.get("shift_factor") or 0.0
+        img = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
         return (img.float() / 2 + 0.5).clamp(0, 1)
 
     def forward(self, data_step: int):
@@ -147,24 +142,24 @@ class Distiller:
         index = torch.randint(0, len(self.solver), (b,), generator=gen)
         t_start, t_end = self.solver.start_and_end(index)
         t_start, t_end = t_start.to(self.device), t_end.to(self.device)
-        a = self.alphas[t_start].view(-1, 1, 1, 1).to(x0)
-        z = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        if cfg.lora:
-            w = torch.full((b,), (self.w_min + self.w_max) / 2)
-            w_emb = None
-        else:
+        z = self.schedule.alpha[t_start].view(-1, 1, 1, 1).to(x0) * x0 + \
+            self.schedule.sigma[t_start].view(-1, 1, 1, 1).to(x0) * noise
+        if self.w_embedding:
             w = self.w_min + (self.w_max - self.w_min) * torch.rand(b, generator=gen)
             w_emb = lcd.guidance_embedding(w, cfg.time_cond_proj_dim).to(self.device, x0.dtype)
+        else:
+            w = torch.full((b,), (self.w_min + self.w_max) / 2)
+            w_emb = None
         w = w.to(self.device, x0.dtype)
 
-        out = self._unet(self.student_p, z, t_start, emb, w_emb)
-        pred = lcd.consistency_output(out, z, t_start, self.alphas, self.prediction_type)
+        out = self._predict(self.student_p, z, t_start, emb, w_emb)
+        pred = lcd.consistency_output(out, z, t_start, self.schedule, self.prediction_type)
         with torch.no_grad():
             x0_t, eps_t = self._teacher(z, t_start, emb, w)
             x_prev = self.solver.ddim_step(x0_t, eps_t, index.to(self.device))
             tnet = self.target if self.target is not None else self.student
-            t_out = self._unet(tnet, x_prev, t_end, emb, w_emb)
-            target = lcd.consistency_output(t_out, x_prev, t_end, self.alphas, self.prediction_type)
+            t_out = self._predict(tnet, x_prev, t_end, emb, w_emb)
+            target = lcd.consistency_output(t_out, x_prev, t_end, self.schedule, self.prediction_type)
         return pred, target, x0, emb, prompts
 
     def budget_used(self) -> float:
@@ -300,12 +295,6 @@ def read_state_meta(state: Path) -> dict:
                          "to start over") from None
 
 
-def _alphas_cumprod(sched_config) -> torch.Tensor:
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(sched_config).alphas_cumprod.float()
-
-
 def _trainable_state(unet, lora: bool) -> dict:
     sd = unet.state_dict()
     return {k: v for k, v in sd.items() if "lora" in k} if lora else sd
@@ -392,7 +381,7 @@ def distill(pipe: DiffusionPipeline, cfg: DistillConfig, out: str | Path, job: J
         return summary
     meta = {
         "kind": summary["kind"], "base_model": pipeline_info(pipe).source or "?",
-        "base_signature": base_signature(pipe.unet),
+        "base_signature": base_signature(denoiser(pipe)),
         "original_inference_steps": cfg.num_ddim_timesteps, "max_steps": cfg.num_ddim_timesteps,
         "guidance": round((d.w_min + d.w_max) / 2 + 1.0, 4), "w_range": [d.w_min, d.w_max],
         "teacher_guidance": d.teacher_guidance, "reward": cfg.reward if cfg.beta > 0 else "none",
@@ -400,15 +389,15 @@ def distill(pipe: DiffusionPipeline, cfg: DistillConfig, out: str | Path, job: J
         "data": d.data.describe,
         "config": cfg_dict,
     }
-    if cfg.lora:
-        meta["guidance"] = 1.0  # guidance is baked into an LCM-LoRA: no CFG at inference
+    if not d.w_embedding:
+        meta["guidance"] = 1.0  # guidance is baked into an LCM-LoRA (and a student without a w-input): no CFG
     tmp = work / "export"
     if tmp.exists():
         shutil.rmtree(tmp)
     student = d.accelerator.unwrap_model(d.student_p)
     student.eval()
     if cfg.lora:
-        save_lora(pipe, student, tmp, meta)
+        save_lora(pipe, student, tmp, meta, cfg.lora_rank)
     else:
         save_full(pipe, student, tmp, meta)
     if (work / "train_log.jsonl").is_file():

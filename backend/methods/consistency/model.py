@@ -1,10 +1,8 @@
 """Loading a distilled student into a pipeline (apply), saving students, and checking they fit the base model.
 
 A checkpoint folder holds ``backend.metadata.CONSISTENCY_META_FILE`` (kind, base model signature, distilled schedule)
-and either a whole pipeline with the student U-Net (full student with a w-embedding: a
-``LatentConsistencyModelPipeline``, or for SDXL, which has no LCM pipeline class, a ``StableDiffusionXLPipeline``
-with the ``LCMScheduler``, as the published LCM-SDXL models are) or an LCM-LoRA
-(``pytorch_lora_weights.safetensors`` for ``load_lora_weights``) plus the ``LCMScheduler`` config.
+and either a whole stock pipeline with the student denoiser and the ``LCMScheduler`` or a LoRA plus the
+``LCMScheduler`` config; what each looks like per model family is :mod:`backend.methods.consistency.students`.
 """
 
 from __future__ import annotations
@@ -14,18 +12,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, LCMScheduler, UNet2DConditionModel
+from diffusers import DiffusionPipeline, FlowMatchLCMScheduler, LCMScheduler
 from safetensors import SafetensorError
 
 from backend.metadata import CONSISTENCY_META_FILE, pipeline_info
 from backend.methods.consistency.config import ConsistencyConfig
+from backend.methods.consistency.students import lcm_scheduler, students_for
+from backend.models import denoiser, set_denoiser
 
 META = CONSISTENCY_META_FILE
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 ARCH_KEYS = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "cross_attention_dim",
-             "down_block_types", "up_block_types", "attention_head_dim", "sample_size")
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1",
-                "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
+             "down_block_types", "up_block_types", "attention_head_dim", "sample_size", "num_layers", "patch_size")
 
 
 def base_signature(unet: torch.nn.Module) -> dict:
@@ -63,21 +60,27 @@ def read_meta(checkpoint: str | Path) -> dict:
     return meta
 
 
-def lcm_scheduler(pipe: DiffusionPipeline, original_inference_steps: int) -> LCMScheduler:
-    """The stock LCMScheduler on the teacher's noise schedule and the distillation grid."""
-    return LCMScheduler.from_config(pipe.scheduler.config, original_inference_steps=original_inference_steps,
-                                    timestep_scaling=10.0, clip_sample=False, set_alpha_to_one=True)
-
-
-class DistilledLCMScheduler(LCMScheduler):
-    """The stock LCMScheduler that names the distilled schedule's step limit in its error (used by apply)."""
+class _StepLimit:
+    """A stock consistency sampler that names the distilled schedule's step limit in its error (used by apply)."""
 
     distilled_meta: dict = {}  # the checkpoint's metadata (set by apply)
 
     def set_timesteps(self, num_inference_steps=None, *args, **kwargs):
         if num_inference_steps is not None:
-            check_steps(self.distilled_meta or {"max_steps": self.config.original_inference_steps}, num_inference_steps)
+            check_steps(self.distilled_meta or {"max_steps": self.config.get("original_inference_steps", 50)},
+                        num_inference_steps)
         return super().set_timesteps(num_inference_steps, *args, **kwargs)
+
+
+class DistilledLCMScheduler(_StepLimit, LCMScheduler):
+    """LCMScheduler with the step limit."""
+
+
+class DistilledFlowMatchLCMScheduler(_StepLimit, FlowMatchLCMScheduler):
+    """FlowMatchLCMScheduler with the step limit."""
+
+
+_DISTILLED = {LCMScheduler: DistilledLCMScheduler, FlowMatchLCMScheduler: DistilledFlowMatchLCMScheduler}
 
 
 def check_steps(meta: dict, steps: int) -> None:
@@ -95,29 +98,32 @@ def check_variant(variant) -> None:
 
 
 def apply(pipe: DiffusionPipeline, config: ConsistencyConfig) -> None:
-    """Load the student (full U-Net or fused LCM-LoRA) into ``pipe`` and set the LCMScheduler, in place."""
+    """Load the student (full denoiser or fused LoRA) into ``pipe`` and set the LCMScheduler, in place."""
+    kind = students_for(pipe)
     meta = read_meta(config.checkpoint)
     ckpt = Path(config.checkpoint)
-    if not same_base(meta["base_signature"], pipe.unet):
+    net = denoiser(pipe)
+    if not same_base(meta["base_signature"], net):
         raise ValueError(f"consistency.checkpoint: {str(ckpt)!r} was distilled from base model "
                          f"{meta.get('base_model')!r}, not from this model "
-                         f"{pipeline_info(pipe).source or '?'!r} (the U-Net weights differ)")
-    device, dtype = pipe.unet.device, pipe.unet.dtype
+                         f"{pipeline_info(pipe).source or '?'!r} (the {kind.folder} weights differ)")
+    device, dtype = next(net.parameters()).device, net.dtype
     if meta["kind"] == "full":
-        if not (ckpt / "unet" / "config.json").is_file():
-            raise ValueError(f"consistency.checkpoint: {str(ckpt)!r} has no unet/ folder (incomplete checkpoint)")
-        with _naming(ckpt / "unet"):
-            student = UNet2DConditionModel.from_pretrained(ckpt / "unet", local_files_only=True, use_safetensors=True)
-        pipe.unet = student.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        if not (ckpt / kind.folder / "config.json").is_file():
+            raise ValueError(f"consistency.checkpoint: {str(ckpt)!r} has no {kind.folder}/ folder (incomplete "
+                             "checkpoint)")
+        with _naming(ckpt / kind.folder):
+            student = kind.net_class.from_pretrained(ckpt / kind.folder, local_files_only=True, use_safetensors=True)
+        set_denoiser(pipe, student.to(device=device, dtype=dtype))
     else:
-        if not (ckpt / LORA_WEIGHTS).is_file():
-            raise ValueError(f"consistency.checkpoint: {str(ckpt)!r} has no {LORA_WEIGHTS} (incomplete checkpoint)")
-        with _naming(ckpt / LORA_WEIGHTS):
-            pipe.load_lora_weights(str(ckpt), weight_name=LORA_WEIGHTS, adapter_name="lcm", use_safetensors=True)
-        pipe.fuse_lora(lora_scale=config.lora_scale, components=["unet"])
-        pipe.unload_lora_weights()
-        pipe.unet.eval().requires_grad_(False)
-    scheduler = DistilledLCMScheduler.from_config(lcm_scheduler(pipe, int(meta["original_inference_steps"])).config)
+        if not kind.lora_file(ckpt).is_file():
+            raise ValueError(f"consistency.checkpoint: {str(ckpt)!r} has no {kind.lora_file(ckpt).name} "
+                             "(incomplete checkpoint)")
+        with _naming(kind.lora_file(ckpt)):
+            kind.fuse_lora(pipe, ckpt, config.lora_scale)
+    denoiser(pipe).eval().requires_grad_(False)
+    stock = lcm_scheduler(pipe, int(meta["original_inference_steps"]))
+    scheduler = _DISTILLED[type(stock)].from_config(stock.config)
     scheduler.distilled_meta = meta
     pipe.scheduler = scheduler
     info = pipeline_info(pipe)
@@ -137,36 +143,16 @@ def _naming(path: Path):
 
 
 def save_full(pipe: DiffusionPipeline, student: torch.nn.Module, out: Path, meta: dict) -> None:
-    """A stock pipeline folder with the student (loads offline with from_pretrained) plus the metadata:
-    LatentConsistencyModelPipeline, or StableDiffusionXLPipeline + LCMScheduler for SDXL."""
-    from diffusers import LatentConsistencyModelPipeline, StableDiffusionXLPipeline
-
-    scheduler = lcm_scheduler(pipe, int(meta["original_inference_steps"]))
-    if isinstance(pipe, StableDiffusionXLPipeline):
-        lcm = StableDiffusionXLPipeline(
-            vae=pipe.vae, text_encoder=pipe.text_encoder, text_encoder_2=pipe.text_encoder_2,
-            tokenizer=pipe.tokenizer, tokenizer_2=pipe.tokenizer_2, unet=student, scheduler=scheduler,
-            force_zeros_for_empty_prompt=pipe.config.force_zeros_for_empty_prompt,
-        )
-    else:
-        lcm = LatentConsistencyModelPipeline(
-            vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=student,
-            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
-    lcm.save_pretrained(out, safe_serialization=True)
+    """A stock pipeline folder with the student and the LCMScheduler (loads offline with from_pretrained) plus the
+    metadata."""
+    students_for(pipe).save_full(pipe, student, out, lcm_scheduler(pipe, int(meta["original_inference_steps"])))
     (out / META).write_text(json.dumps(meta, indent=2))
 
 
-def save_lora(pipe: DiffusionPipeline, unet: torch.nn.Module, out: Path, meta: dict) -> None:
-    """pytorch_lora_weights.safetensors (for load_lora_weights), the LCMScheduler config and the metadata."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from peft.utils import get_peft_model_state_dict
-
+def save_lora(pipe: DiffusionPipeline, net: torch.nn.Module, out: Path, meta: dict, rank: int = 16) -> None:
+    """The family's LoRA file(s), the LCMScheduler config and the metadata."""
     out.mkdir(parents=True, exist_ok=True)
-    layers = get_peft_model_state_dict(unet)  # peft key format, which load_lora_weights reads
-    layers = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in layers.items()}
-    cls = StableDiffusionXLPipeline if isinstance(pipe, StableDiffusionXLPipeline) else StableDiffusionPipeline
-    cls.save_lora_weights(str(out), unet_lora_layers=layers, weight_name=LORA_WEIGHTS, safe_serialization=True)
+    students_for(pipe).save_lora(pipe, net, out, rank)
     lcm_scheduler(pipe, int(meta["original_inference_steps"])).save_pretrained(out / "scheduler")
     (out / META).write_text(json.dumps(meta, indent=2))
 

@@ -1,52 +1,63 @@
 """The diffusers 0.42 cache hooks (PyramidAttentionBroadcast, FirstBlockCache, FasterCache, TaylorSeer) as a method.
 
-``apply(pipe, DiffusersCacheConfig(kind="pab"))`` attaches the hook to the pipeline's denoiser (its transformer or
-U-Net). Tested on ``UNet2DConditionModel``: only PAB attaches and runs correctly (skip_range 1 equals no cache;
-every call starts from a fresh state); the others are refused there with one line and become live on DiT
-pipelines (:data:`~backend.methods.diffusers_cache.config.DIT_ONLY`).
+``apply(pipe, DiffusersCacheConfig(kind="pab"))`` attaches the hook to ``denoiser(pipe)`` (its transformer or U-Net)
+with diffusers' module-level ``apply_*`` functions. Which family runs which hook is the table
+:data:`~backend.methods.diffusers_cache.config.REFUSED` (each pair established by a test); a refused pair is one
+line, before anything is attached.
 
-U-Net pipelines give the hooks no current timestep or call boundary, so :func:`apply` adds both: a forward
-pre-hook records the denoiser's timestep argument, and a timestep above the previous one (a new call)
-resets the stateful hooks.
+Only Flux's pipeline (its transformer is a ``CacheMixin``) gives the hooks what they need: a cache context around
+each denoiser call and a reset at the end of the call. For the other pipelines (U-Nets, PixArt, SD3) a forward
+pre-hook on the denoiser does it: it records the current timestep, resets the stateful hooks when the timestep
+goes up (a new call) and sets the cache context ``"cond"`` (one context: these pipelines batch CFG into one call).
 """
 
 from __future__ import annotations
 
 import torch
 
-from backend.methods.diffusers_cache.config import DIT_ONLY, KINDS, UNET_KINDS, DiffusersCacheConfig
-from backend.models import denoiser
+from backend.methods.diffusers_cache.config import (
+    DIT_ONLY,
+    KINDS,
+    REFUSED,
+    UNET_KINDS,
+    DiffusersCacheConfig,
+    kind_refusal,
+)
+from backend.models import denoiser, model_family
 
-__all__ = ["DIT_ONLY", "KINDS", "UNET_KINDS", "DiffusersCacheConfig", "apply", "denoiser"]
+__all__ = ["DIT_ONLY", "KINDS", "REFUSED", "UNET_KINDS", "DiffusersCacheConfig", "apply", "denoiser", "kind_refusal"]
+
+TIMESTEP_SCALE = {"flux": 1000.0}  # Flux's pipeline passes t / 1000; the hooks' windows are in 0–1000
+TAYLORSEER_BLOCKS = {"pixart": (r"^transformer_blocks\.\d+\.attn[12]$",)}  # diffusers' default misses attn1/attn2
+# the denoiser inputs FasterCache splits into the CFG batch's halves: diffusers' list, plus SD3's pooled text
+FASTER_BATCHED_INPUTS = {"sd3": ("pooled_projections",)}
 
 
+class _CallState:
+    """The denoiser's current timestep (0–1000), a fresh hook state at each new call and the cache context, for
+    pipelines that do not manage them (``own_calls`` False: the pipeline sets the context and resets itself)."""
 
-def _is_unet(model: torch.nn.Module) -> bool:
-    from diffusers import UNet2DConditionModel, UNet2DModel
-
-    return isinstance(model, (UNet2DConditionModel, UNet2DModel))
-
-
-class _Timestep:
-    """The denoiser's current timestep (its second argument); a new call resets the stateful hooks."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model, self.t = model, None
+    def __init__(self, model: torch.nn.Module, scale: float, own_calls: bool):
+        self.model, self.scale, self.own_calls, self.t = model, scale, own_calls, None
 
     def __call__(self, module, args, kwargs) -> None:
-        t = args[1] if len(args) > 1 else kwargs.get("timestep")
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         t = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
-        if self.t is not None and t > self.t:
+        t *= self.scale
+        if self.own_calls:
             from diffusers.hooks import HookRegistry
+            from diffusers.hooks.hooks import CacheContext, _set_cache_context  # what CacheMixin.cache_context sets
 
-            HookRegistry.check_if_exists_or_initialize(self.model).reset_stateful_hooks()
+            if self.t is not None and t > self.t:
+                HookRegistry.check_if_exists_or_initialize(self.model).reset_stateful_hooks()
+            _set_cache_context(self.model, CacheContext("cond", timestep=t))
         self.t = t
 
     def current(self) -> float:
         return self.t if self.t is not None else 1000.0
 
 
-def _hook_config(config: DiffusersCacheConfig, timestep: _Timestep):
+def _hook_config(config: DiffusersCacheConfig, family: str, timestep: _CallState):
     from diffusers import hooks
 
     window = (config.timestep_from, config.timestep_to)
@@ -59,22 +70,31 @@ def _hook_config(config: DiffusersCacheConfig, timestep: _Timestep):
     if config.kind == "faster":
         return hooks.FasterCacheConfig(
             spatial_attention_block_skip_range=config.skip_range, spatial_attention_timestep_skip_range=window,
-            current_timestep_callback=timestep.current, attention_weight_callback=lambda _: 0.5)
-    return hooks.TaylorSeerCacheConfig(cache_interval=config.skip_range)
+            unconditional_batch_skip_range=config.skip_range, unconditional_batch_timestep_skip_range=window,
+            current_timestep_callback=timestep.current, attention_weight_callback=lambda _: 0.5,
+            tensor_format="BCFHW" if family in REFUSED["faster"] else "BCHW",
+            _unconditional_conditional_input_kwargs_identifiers=[
+                *hooks.FasterCacheConfig._unconditional_conditional_input_kwargs_identifiers,
+                *FASTER_BATCHED_INPUTS.get(family, ())])
+    return hooks.TaylorSeerCacheConfig(cache_interval=config.skip_range, taylor_factors_dtype=torch.float32,
+                                       cache_identifiers=list(TAYLORSEER_BLOCKS.get(family, ())) or None)
 
 
 def apply(pipe, config: DiffusersCacheConfig | dict | None = None) -> None:
     """Attach the configured cache hook to the pipeline's denoiser (ValueError, nothing attached, where it cannot)."""
     if not isinstance(config, DiffusersCacheConfig):
         config = DiffusersCacheConfig.from_dict(config)
-    model = denoiser(pipe)
-    if _is_unet(model) and config.kind not in UNET_KINDS:
-        raise ValueError(f"diffusers_cache.kind: {config.kind!r} is DiT only ({DIT_ONLY[config.kind]}); allowed on "
-                         f"a U-Net: {', '.join(UNET_KINDS)}")
+    family = model_family(pipe)
+    refusal = kind_refusal(config.kind, family)
+    if refusal:
+        raise ValueError(refusal)
     from diffusers import hooks
+    from diffusers.models.cache_utils import CacheMixin
 
-    timestep = _Timestep(model)
-    model.register_forward_pre_hook(timestep, with_kwargs=True)
+    model = denoiser(pipe)
+    call = _CallState(model, TIMESTEP_SCALE.get(family, 1.0), own_calls=not isinstance(model, CacheMixin))
+    model.register_forward_pre_hook(call, with_kwargs=True)
     apply_hook = {"pab": hooks.apply_pyramid_attention_broadcast, "fbc": hooks.apply_first_block_cache,
                   "faster": hooks.apply_faster_cache, "taylorseer": hooks.apply_taylorseer_cache}[config.kind]
-    apply_hook(model, _hook_config(config, timestep))
+    apply_hook(model, _hook_config(config, family, call))
+    hooks.HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()

@@ -1,4 +1,6 @@
-"""The diffusers cache hooks' knobs: the Variant section ``"diffusers_cache"``."""
+"""The diffusers cache hooks' knobs (the Variant section ``"diffusers_cache"``) and which model family runs which
+hook: :data:`REFUSED` is the one table of (kind, family) pairs that do not run correctly, each with the reason
+(established by tests/test_peers_cache.py on U-Nets and tests/test_peers_dit_cache.py on tiny PixArt / SD3 / Flux)."""
 
 from __future__ import annotations
 
@@ -7,40 +9,69 @@ from typing import ClassVar
 
 from backend.methods.params import MethodConfig, param
 
-UNET_KINDS = ("pab",)  # attach to a UNet2DConditionModel and run correctly (tests/test_peers_cache.py)
-# diffusers 0.42 hooks that only work on transformer (DiT) denoisers, and what they do on a U-Net
-DIT_ONLY = {
+UNET_FAMILIES = ("sd1", "sd2", "sdxl", "unet")
+_ON_UNET = {
     "fbc": "FirstBlockCache fails on a U-Net (its hooks expect a stack of transformer blocks; IndexError)",
     "faster": "FasterCache fails on a U-Net (its attention hooks permute 5-D video/DiT tensors)",
     "taylorseer": "TaylorSeer matches no U-Net module by default and needs the cache_context DiT pipelines set",
 }
+# kind -> {family: why that family does not run it}; every family not named runs it correctly
+REFUSED: dict[str, dict[str, str]] = {
+    "pab": {},
+    "fbc": {**dict.fromkeys(UNET_FAMILIES, _ON_UNET["fbc"]),
+            "sd3": "FirstBlockCache's tail hook takes the residual of the text stream too, which SD3's last block "
+                   "(context_pre_only) returns as None (TypeError)"},
+    "faster": {**dict.fromkeys(UNET_FAMILIES, _ON_UNET["faster"]),
+               "flux": "FasterCache's hooks take image or video latents (BCHW / BCFHW / BFCHW); Flux packs its latents "
+                       "as a token sequence (B×N×C): each format fails, guidance-distilled or not (IndexError / "
+                       "TypeError)"},
+    "taylorseer": dict.fromkeys(UNET_FAMILIES, _ON_UNET["taylorseer"]),
+}
+KINDS = tuple(REFUSED)
+UNET_KINDS = tuple(k for k, refused in REFUSED.items() if not set(UNET_FAMILIES) & set(refused))
+DIT_ONLY = {k: _ON_UNET[k] for k in KINDS if k not in UNET_KINDS}  # hooks that only work on transformer denoisers
 NOT_OFFERED = {
-    "magcache": "MagCache needs model-specific mag_ratios calibrated per model and hooks transformer block stacks",
+    "magcache": "MagCache needs mag_ratios calibrated per model, scheduler and step count (a calibrate=True run "
+                "prints them); Speedlab has no calibration step for them, and another model's ratios (diffusers ships "
+                "Flux's) would skip at arbitrary steps",
     "seacache": "SeaCache finds no repeated transformer blocks on a U-Net",
 }
-KINDS = (*UNET_KINDS, *DIT_ONLY)
+
+
+def kind_refusal(kind: str, family: str) -> str | None:
+    """One line saying why the cache ``kind`` does not run on a model of ``family``, or None when it does."""
+    why = REFUSED[kind].get(family)
+    if why is None:
+        return None
+    allowed = [k for k in KINDS if family not in REFUSED[k]]
+    return f"diffusers_cache.kind: {kind!r} does not run on family {family!r} ({why}); allowed there: " \
+           f"{', '.join(allowed)}"
 
 
 @dataclasses.dataclass
 class DiffusersCacheConfig(MethodConfig):
     """A diffusers cache hook on the denoiser: ``{"kind": "pab", "skip_range": 2}``.
 
-    On U-Nets: pab (PyramidAttentionBroadcast). DiT only: fbc (FirstBlockCache), faster (FasterCache),
-    taylorseer (TaylorSeer). Not offered: MagCache (per-model calibrated ratios), SeaCache (DiT blocks only).
+    On U-Nets: pab (PyramidAttentionBroadcast). DiT only: fbc (FirstBlockCache; not on SD3), faster (FasterCache;
+    not on Flux), taylorseer (TaylorSeer). Not offered: MagCache (per-model calibrated ratios), SeaCache (DiT blocks
+    only).
     """
 
     section: ClassVar[str] = "diffusers_cache"
 
-    kind: str = param("pab", "pab: PyramidAttentionBroadcast (reuses attention outputs; works on U-Nets) · DiT only: "
-                             "fbc (FirstBlockCache), faster (FasterCache), taylorseer (TaylorSeer)", choices=KINDS)
-    skip_range: int = param(2, "pab / faster: recompute attention every N-th evaluation (1 = never skip, identical to "
-                               "no cache); taylorseer: the cache interval", minimum=1, maximum=10)
+    kind: str = param("pab", "pab: PyramidAttentionBroadcast (reuses attention outputs; every family) · DiT only: "
+                             "fbc (FirstBlockCache; PixArt, Flux), faster (FasterCache; PixArt, SD3), taylorseer "
+                             "(TaylorSeer)",
+                      choices=KINDS)
+    skip_range: int = param(2, "pab / faster: recompute attention (faster: and the unconditional batch) every N-th "
+                               "evaluation (1 = never skip, identical to no cache); taylorseer: the cache interval "
+                               "(1 = never predict)", minimum=1, maximum=10)
     timestep_from: int = param(100, "pab / faster: skip only at timesteps above this (diffusers' default 100)",
                                minimum=0, maximum=1000)
     timestep_to: int = param(800, "pab / faster: skip only at timesteps below this (diffusers' default 800)",
                              minimum=0, maximum=1000)
     threshold: float = param(0.05, "fbc: reuse the cached residual when the first block's output changed by less "
-                                   "than this (relative)", minimum=0.0, maximum=1.0)
+                                   "than this (relative; 0 = never reuse)", minimum=0.0, maximum=1.0)
 
     def validate(self) -> None:
         if self.timestep_from >= self.timestep_to:
