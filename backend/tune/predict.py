@@ -11,7 +11,7 @@ depends on how often verdicts flip, which four screening prompts cannot count. T
   fitted on every image the search has judged — a stack whose images stay close to the baseline's rarely flips a
   verdict; one whose images differ everywhere flips as often as the judge disagrees with itself.
 
-The share of flips that are losses is shrunk the same way toward the pooled share, so d = r·(2q − 1).
+The share of flips that are losses is shrunk the same way toward the pooled share, so d = r·(1 − 2q).
 
 **psnr.** The interval's half-width scales as 1/sqrt(n): the measured interval, rescaled to n.
 """
@@ -84,7 +84,7 @@ class Predictor:
         n, flips, losses = len(diffs), int(np.abs(diffs).sum()), int((diffs < 0).sum())
         r = (flips + K * self.pixel_flip_rate(e)) / (n + K)
         q = (losses + 2 * self.loss_share) / (flips + 2)
-        return r, r * (2 * q - 1)
+        return r, r * (1 - 2 * q)
 
     def low(self, e, n: int) -> float | None:
         """The predicted lower end of the 95% interval at n fresh prompts (the objective's unit)."""

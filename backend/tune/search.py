@@ -430,7 +430,7 @@ class Tuner:
         self.predictor.fit(self.judged)
         for e in self.judged + fresh:
             low = self.predictor.low(e, self.cap)
-            e.predicted = {} if low is None else {"low": round(low, 3), "at_n": self.cap,
+            e.predicted = {} if low is None else {"low": round(float(low), 3), "at_n": self.cap,
                                                   "n_needed": _int(self.predictor.needed_n(e))}
 
     def _score(self, e: Eval) -> float:
