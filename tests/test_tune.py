@@ -163,8 +163,9 @@ def _fake_tuner(tmp_path, tolerance=2.0, budget_s=None):
     from backend.tune.space import build_space
 
     objective = Objective("accuracy", tolerance)
-    tuner = Tuner(build_space("tiny-arch", {"methods": ["deepcache"]}), objective, Plan(), Evaluator(tmp_path, {}, objective),
-                  [f"prompt {i}" for i in range(500)], budget_s)
+    space = build_space("tiny-arch", {"methods": ["deepcache"]})
+    tuner = Tuner(space, objective, Plan(), Evaluator(tmp_path, {}, objective), [f"prompt {i}" for i in range(500)],
+                  budget_s)
     for i in range(40):
         far = i % 2 == 0
         diffs = ([-1, 1, 0] * 6)[:16] if far else ([0] * 15 + [(-1) ** (i // 10) if i % 10 == 1 else 0])
