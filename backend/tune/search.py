@@ -442,9 +442,15 @@ class Tuner:
         return not e.error and e.quality is not None and self.predictor.needed_n(e) <= self.cap
 
     def _ranked(self, evals: list[Eval]) -> list[Eval]:
-        """Stacks likely to clear the tolerance, fastest first; then the others, closest first."""
+        """Stacks likely to clear the tolerance, fastest first; then the others, closest first; stacks no faster
+        than the baseline (which is inside any tolerance) last."""
         ok = [e for e in evals if not e.error and e.quality is not None]
-        return sorted(ok, key=lambda e: (0, -(e.speedup or 0)) if self._likely(e) else (1, -self._score(e)))
+        return sorted(ok, key=lambda e: ((e.speedup or 0) <= 1, *((0, -(e.speedup or 0)) if self._likely(e)
+                                                                  else (1, -self._score(e)))))
+
+    def _safest(self, ranked: list[Eval]) -> Eval:
+        """The stack faster than the baseline with the best predicted confirmation (any, when none is faster)."""
+        return max(ranked, key=lambda e: ((e.speedup or 0) > 1, self._score(e), e.speedup or 0))
 
     def _plan_confirmation(self, cands: list[Eval], left: float) -> tuple[list[Eval], int]:
         """(picks, n): the fastest stacks likely to clear the tolerance (confirm_k − 1 at most) and the safest one;
@@ -454,7 +460,7 @@ class Tuner:
         if not ranked:
             return [], 0
         picks = [e for e in ranked if self._likely(e)][:self.plan.confirm_k - 1]
-        safest = max(ranked, key=lambda e: (self._score(e), e.speedup or 0))
+        safest = self._safest(ranked)
         picks += [safest] if all(safest.stack != p.stack for p in picks) else []
         while True:
             needs = [self.predictor.needed_n(e) for e in picks if self._likely(e)]
@@ -562,7 +568,7 @@ class Tuner:
         while k > 1 and self._left() < self._promotion_cost(screened, k) + self._reserve(screened):
             k -= 1
         chosen = ranked[:k]
-        safest = max(ranked, key=lambda e: (self._score(e), e.speedup or 0)) if ranked else None
+        safest = self._safest(ranked) if ranked else None
         chosen += [safest] if safest is not None and all(safest.stack != c.stack for c in chosen) else []
         deadline = None if self.budget_s is None else self.started + self.budget_s - self._reserve(screened)
         promoted = self._measure([(e.stack, e.variant) for e in chosen], self.promote, deadline) if chosen else []
