@@ -97,6 +97,16 @@ class Predictor:
             return e.quality
         return e.quality - (e.quality - e.quality_ci[0]) * math.sqrt(e.n / n)
 
+    def clears(self, e, n: int) -> bool:
+        """Predicted to clear the tolerance at n prompts: its interval does (:meth:`needed_n` ≤ n), or, for accuracy,
+        no verdict flips in n prompts is more likely than not (the paired interval is then [0, 0]; this decides at
+        small n, where the interval is far from normal)."""
+        if self.needed_n(e) <= n:
+            return True
+        if self.objective.metric != "accuracy" or e.diffs is None or e.quality is None:
+            return False
+        return (1 - self.rates(e)[0]) ** n >= 0.5
+
     def needed_n(self, e) -> float:
         """The fewest fresh prompts whose predicted interval clears the tolerance (inf: none will; 1: any)."""
         line = self.objective.line

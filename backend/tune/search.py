@@ -439,7 +439,7 @@ class Tuner:
 
     def _likely(self, e: Eval) -> bool:
         """Predicted to clear the tolerance at a confirmation the prompt pool allows."""
-        return not e.error and e.quality is not None and self.predictor.needed_n(e) <= self.cap
+        return not e.error and e.quality is not None and self.predictor.clears(e, self.cap)
 
     def _ranked(self, evals: list[Eval]) -> list[Eval]:
         """Stacks likely to clear the tolerance, fastest first; then the others, closest first; stacks no faster
@@ -526,7 +526,7 @@ class Tuner:
                     if stack_name(stack) not in seen and self._valid(stack) is not None:
                         add(stack)
                         break
-        hopeful = [e for e in screened if self._score(e) > -math.inf and self.predictor.needed_n(e) < math.inf]
+        hopeful = [e for e in screened if self._likely(e) or self.predictor.needed_n(e) < math.inf]
         for e in pareto(hopeful, self._score):
             for n in self.space.neighbours(e.stack):
                 add(n)
