@@ -202,7 +202,7 @@ def test_the_confirmation_n_grows_with_the_predicted_discordance(tmp_path):
 
     # with a budget, the confirmation takes the time left: more prompts than it needs when they fit, the need at most
     # the pool allows, and a pick whose need does not fit is dropped for the one that does
-    tuner.ev.seconds, tuner.ev.units = 100.0, 100.0  # one baseline image per second
+    tuner.ev.base_latency = [1.0]  # one baseline image per second, nothing else to pay
     calm, noisy = _stack(50.0, [0] * 16, speedup=2.0), _stack(50.0, [-1, 1, 1] + [0] * 13, speedup=3.0)
     picks, n = tuner._plan_confirmation([calm], 10_000)
     assert n == tuner.cap
