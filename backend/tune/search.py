@@ -15,8 +15,8 @@ Few prompts cannot show a small quality loss, so ranking uses a *prediction* of 
 flips and from how far its images are from the same-seed baseline's (PSNR). The confirmation's n is the n its picks
 need for their intervals to clear the tolerance (at least MIN_CONFIRM_N, at most the prompt pool or --confirm-n).
 
-With ``--budget-minutes``, screening goes on while the time left covers the promotion and that confirmation; the
-confirmation then takes the time that is left, as many fresh prompts as fit (never below its need while a pick's
+With ``--budget-minutes``, screening goes on while the time left covers the promotion and that confirmation (at
+most RESERVE_SHARE of the budget); the confirmation then takes the time that is left, as many fresh prompts as fit (never below its need while a pick's
 need fits), and says which n it used.
 
 Every evaluation is a variant of a sweep run in ``RUNDIR/results.db`` (:func:`backend.runs.sweep.run_sweep`: the
@@ -41,6 +41,7 @@ from backend.tune.predict import Predictor
 from backend.tune.space import Space, checkpoints, stack_name
 
 MIN_CONFIRM_N = 16  # the confirmation never uses fewer fresh prompts (unless --confirm-n caps it lower)
+RESERVE_SHARE = 0.5  # of --budget-minutes: the most the search keeps back for the confirmation
 CONFIRM_SAFETY = 0.9  # share of the time left a confirmation is planned to take (judging and loading take the rest)
 CONFIRM_SEED = 1_000_000  # confirmation seeds start here; search seeds start at 0 (disjoint by construction)
 METRICS = ("accuracy", "psnr")
@@ -494,9 +495,11 @@ class Tuner:
         return max(0, int((CONFIRM_SAFETY * left - fixed) / per_prompt))
 
     def _reserve(self, cands: list[Eval]) -> float:
-        """Seconds the confirmation of the current best candidates needs (at the n they need)."""
+        """Seconds the confirmation of the current best candidates needs (at the n they need), at most
+        RESERVE_SHARE of the budget: the search always has the rest."""
         picks, n = self._plan_confirmation(cands, math.inf)
-        return self._seconds(self.confirm_rung(n), picks) / CONFIRM_SAFETY if picks else 0.0
+        need = self._seconds(self.confirm_rung(n), picks) / CONFIRM_SAFETY if picks else 0.0
+        return need if self.budget_s is None else min(need, RESERVE_SHARE * self.budget_s)
 
     # ---- proposals --------------------------------------------------------------------------------------------
 
