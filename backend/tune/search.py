@@ -16,8 +16,8 @@ flips and from how far its images are from the same-seed baseline's (PSNR). The 
 need for their intervals to clear the tolerance (at least MIN_CONFIRM_N, at most the prompt pool or --confirm-n).
 
 With ``--budget-minutes``, screening goes on while the time left covers the promotion and that confirmation (at
-most RESERVE_SHARE of the budget); the confirmation then takes the time that is left, as many fresh prompts as fit (never below its need while a pick's
-need fits), and says which n it used.
+most RESERVE_SHARE of the budget); the confirmation then takes the time that is left: as many fresh prompts as
+fit (dropping the picks whose need does not fit), and says which n it used.
 
 Every evaluation is a variant of a sweep run in ``RUNDIR/results.db`` (:func:`backend.runs.sweep.run_sweep`: the
 same schema, executors and timing protocol as sweeps); an evaluation already in the store (same Variant, prompts,
