@@ -220,3 +220,11 @@ def test_screening_ranks_a_near_lossless_stack_before_a_faster_one_whose_images_
     assert tuner._likely(lossless) and not tuner._likely(drifting)
     assert tuner._ranked([drifting, lossless]) == [lossless, drifting]
     assert lossless.predicted["n_needed"] <= tuner.cap and drifting.predicted["n_needed"] is None
+
+
+def test_time_is_planned_from_what_each_variant_took(tmp_path):
+    tuner = _fake_tuner(tmp_path)
+    tuner.ev.costs = [(10.0, 25.0), (20.0, 45.0), (40.0, 85.0)]  # 2 s per baseline image, 5 s per variant built
+    assert tuner._cost_model() == pytest.approx((2.0, 5.0))
+    stack = _stack(50.0, [0] * 16, speedup=2.0)
+    assert tuner._seconds(tuner.promote, [stack]) == pytest.approx(2 * tuner.promote.units([2.0]) + 5 * 2)
