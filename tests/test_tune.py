@@ -224,7 +224,8 @@ def test_screening_ranks_a_near_lossless_stack_before_a_faster_one_whose_images_
 
 def test_time_is_planned_from_what_each_variant_took(tmp_path):
     tuner = _fake_tuner(tmp_path)
-    tuner.ev.costs = [(10.0, 25.0), (20.0, 45.0), (40.0, 85.0)]  # 2 s per baseline image, 5 s per variant built
-    assert tuner._cost_model() == pytest.approx((2.0, 5.0))
+    # 2 s per baseline image, 0.5 s per prompt of any variant (judging, storing), 5 s per variant built
+    tuner.ev.costs = [(u, n, 2 * u + 0.5 * n + 5) for u, n in ((10, 4), (20, 4), (40, 16), (12, 16))]
+    assert tuner._cost_model() == pytest.approx((2.0, 0.5, 5.0))
     stack = _stack(50.0, [0] * 16, speedup=2.0)
-    assert tuner._seconds(tuner.promote, [stack]) == pytest.approx(2 * tuner.promote.units([2.0]) + 5 * 2)
+    assert tuner._seconds(tuner.promote, [stack]) == pytest.approx(2 * tuner.promote.units([2.0]) + (8 + 5) * 2)
