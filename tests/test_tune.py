@@ -224,8 +224,11 @@ def test_screening_ranks_a_near_lossless_stack_before_a_faster_one_whose_images_
 
 def test_time_is_planned_from_what_each_variant_took(tmp_path):
     tuner = _fake_tuner(tmp_path)
-    # 2 s per baseline image, 0.5 s per prompt of any variant (judging, storing), 5 s per variant built
-    tuner.ev.costs = [(u, n, 2 * u + 0.5 * n + 5) for u, n in ((10, 4), (20, 4), (40, 16), (12, 16))]
-    assert tuner._cost_model() == pytest.approx((2.0, 0.5, 5.0))
-    stack = _stack(50.0, [0] * 16, speedup=2.0)
-    assert tuner._seconds(tuner.promote, [stack]) == pytest.approx(2 * tuner.promote.units([2.0]) + (8 + 5) * 2)
+    # 2 s per baseline image, 0.5 s per prompt of any variant (judging, storing), 5 s per variant built, and the
+    # baseline variant's own images 1 s slower each
+    tuner.ev.costs = [(u, n, b, 2 * u + 0.5 * n + 5 + b * u) for u, n, b in
+                      ((10, 4, False), (20, 4, False), (40, 16, False), (12, 16, False), (9, 4, True), (25, 16, True))]
+    assert tuner._cost_model() == pytest.approx((2.0, 0.5, 5.0, 1.0))
+    stack, base_units = _stack(50.0, [0] * 16, speedup=2.0), tuner.promote.units([])
+    assert tuner._seconds(tuner.promote, [stack]) == pytest.approx(
+        2 * tuner.promote.units([2.0]) + (8 + 5) * 2 + base_units)
