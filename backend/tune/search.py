@@ -215,7 +215,6 @@ class Evaluator:
         # per variant measured here: (baseline images, prompts, is the baseline, seconds it took)
         self.costs: list[tuple[float, int, bool, float]] = []
         self.base_latency: list[float] = []  # seconds of one baseline image, from each fresh stack's timing rounds
-        self.seconds = 0.0
 
     def _index(self, rung: Rung) -> dict[str, tuple[str, int]]:
         """Variant JSON (without its name) -> (run, idx) of a finished evaluation on this rung's prompts, seeds and
@@ -252,7 +251,6 @@ class Evaluator:
             base_at = index.get(_key(self.baseline))
             if base_at is not None:  # the baseline of this rung is measured already: copy it into the new run
                 self._seed_baseline(sweep, base_at)
-            t0 = time.monotonic()
             before = self._done_count()
             job = JobControl(cancel=_Stop(self.job, deadline))
             try:
@@ -263,7 +261,6 @@ class Evaluator:
                     raise
                 failed = {_key(v): "out of time" for _, v in todo}
             finally:
-                self.seconds += time.monotonic() - t0
                 self.images_drawn += (self._done_count() - before) * rung.images()
             index = self._index(rung)
         out = []
