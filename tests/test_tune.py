@@ -153,3 +153,82 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, argv, ma
     err = capsys.readouterr().err.strip()
     assert code == 2 and match in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def _fake_tuner(tmp_path, tolerance=2.0, budget_s=None):
+    """A Tuner on a 500-prompt pool whose predictor learnt, from 40 judged stacks, that images far from the
+    baseline's (12 dB) flip two verdicts in three (as many gains as losses) and images close to it (50 dB) almost
+    none."""
+    from backend.tune.search import Eval, Evaluator, Objective, Plan, Tuner
+    from backend.tune.space import build_space
+
+    objective = Objective("accuracy", tolerance)
+    space = build_space("tiny-arch", {"methods": ["deepcache"]})
+    tuner = Tuner(space, objective, Plan(), Evaluator(tmp_path, {}, objective), [f"prompt {i}" for i in range(500)],
+                  budget_s)
+    for i in range(40):
+        far = i % 2 == 0
+        diffs = ([-1, 1, 0] * 6)[:16] if far else ([0] * 15 + [(-1) ** (i // 10) if i % 10 == 1 else 0])
+        tuner.judged.append(Eval({}, {}, "promote", speedup=2.0, quality=100 * sum(diffs) / 16, quality_ci=[0, 0],
+                                 n=16, diffs=diffs, psnr_db=[12.0 if far else 50.0] * 16))
+    tuner._predict([])
+    return tuner
+
+
+def _stack(psnr: float, diffs: list[int], speedup: float = 2.0):
+    from backend.tune.search import Eval
+
+    return Eval({"deepcache.interval": len(diffs) + int(psnr)}, {}, "promote", speedup=speedup,
+                quality=100 * sum(diffs) / len(diffs), quality_ci=[-10, 10], n=len(diffs), diffs=diffs,
+                psnr_db=[psnr] * len(diffs))
+
+
+def test_the_confirmation_n_grows_with_the_predicted_discordance(tmp_path):
+    import math
+
+    from backend.tune.search import MIN_CONFIRM_N
+
+    tuner = _fake_tuner(tmp_path, tolerance=5.0)
+    ns = []
+    for pairs in (0, 1, 2):  # verdicts flipped on 16 prompts, as many losses as gains: the same mean, more spread
+        e = _stack(50.0, [-1, 1] * pairs + [0] * (16 - 2 * pairs))
+        picks, n = tuner._plan_confirmation([e], math.inf)
+        assert picks == [e] and n <= tuner.cap
+        assert tuner.predictor.low(e, n) >= -5  # the interval it is predicted to have at n clears the tolerance
+        if n > MIN_CONFIRM_N:
+            assert tuner.predictor.low(e, n - 1) < -5  # and n is the fewest that do
+        ns.append(n)
+    assert ns[0] < ns[1] < ns[2] and ns[2] > 100  # a fixed n = 100 would not do for the most discordant
+
+    # with a budget, the confirmation takes the time left: more prompts than it needs when they fit, the need at most
+    # the pool allows, and a pick whose need does not fit is dropped for the one that does
+    tuner.ev.base_latency = [1.0]  # one baseline image per second, nothing else to pay
+    calm, noisy = _stack(50.0, [0] * 16, speedup=2.0), _stack(50.0, [-1, 1, 1] + [0] * 13, speedup=3.0)
+    picks, n = tuner._plan_confirmation([calm], 10_000)
+    assert n == tuner.cap
+    picks, n = tuner._plan_confirmation([calm, noisy], 150)
+    assert picks == [calm] and MIN_CONFIRM_N <= n < tuner.cap
+
+
+def test_screening_ranks_a_near_lossless_stack_before_a_faster_one_whose_images_drift(tmp_path):
+    """Four prompts without a flip say nothing; the pixels do: a stack whose images stay at the baseline's is
+    predicted to clear the tolerance and is promoted first, a faster one whose images drift is not."""
+    tuner = _fake_tuner(tmp_path)
+    lossless, drifting = _stack(50.0, [0] * 4, speedup=2.0), _stack(12.0, [0] * 4, speedup=20.0)
+    tuner.judged += [lossless, drifting]
+    tuner._predict([])
+    assert tuner._likely(lossless) and not tuner._likely(drifting)
+    assert tuner._ranked([drifting, lossless]) == [lossless, drifting]
+    assert lossless.predicted["n_needed"] <= tuner.cap and drifting.predicted["n_needed"] is None
+
+
+def test_time_is_planned_from_what_each_variant_took(tmp_path):
+    tuner = _fake_tuner(tmp_path)
+    # 2 s per baseline image, 0.5 s per prompt of any variant (judging, storing), 5 s per variant built, and the
+    # baseline variant's own images 1 s slower each
+    tuner.ev.costs = [(u, n, b, 2 * u + 0.5 * n + 5 + b * u) for u, n, b in
+                      ((10, 4, False), (20, 4, False), (40, 16, False), (12, 16, False), (9, 4, True), (25, 16, True))]
+    assert tuner._cost_model() == pytest.approx((2.0, 0.5, 5.0, 1.0))
+    stack, base_units = _stack(50.0, [0] * 16, speedup=2.0), tuner.promote.units([])
+    assert tuner._seconds(tuner.promote, [stack]) == pytest.approx(
+        2 * tuner.promote.units([2.0]) + (8 + 5) * 2 + base_units)

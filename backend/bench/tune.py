@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     spec = load_space(args.space) if args.space else DEFAULT_SPACE
     plan = Plan(screen_n=args.screen_n, promote_n=args.n, promote_repeats=args.repeats, promote_k=args.promote_k,
-                confirm_n=1, max_screen=args.max_screen, batch=3)
+                confirm_n=args.n, max_screen=args.max_screen, batch=3)  # predictions at the grid's n
     space, objective, plan, pool, baseline = prepare(args.model, args.set, args.tolerance, spec, None, plan)
     rundir = Path(args.out)
     rundir.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--screen-n", type=int, default=DEFAULTS.screen_n, help="prompts per screening evaluation")
     parser.add_argument("--promote-n", type=int, default=DEFAULTS.promote_n, help="prompts per promoted evaluation")
     parser.add_argument("--confirm-n", type=int, default=DEFAULTS.confirm_n,
-                        help="fresh prompts and seeds of the confirmation (default 100)")
+                        help="the most fresh prompts and seeds of the confirmation (default: the rest of the prompt "
+                        "pool; the n used is what the confirmed stacks need, grown to the time left)")
     parser.add_argument("--max-screen", type=int, help="screen at most this many stacks")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
 

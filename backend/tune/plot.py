@@ -91,6 +91,12 @@ def summary(result: dict) -> str:
     lines.append(f"tried: {t['screened']} screened, {t['promoted']} promoted, {t['confirmed']} confirmed of "
                  f"{t['space_size']} stacks; {len(t['failed'])} failed, {t['invalid_skipped']} invalid skipped; "
                  f"{t['images_drawn']} images in {t['minutes']} min")
+    sizing = t.get("confirmation_sizing") or {}
+    if sizing.get("picks"):
+        needs = ", ".join("more than the pool" if p["n_needed"] is None else str(p["n_needed"])
+                          for p in sizing["picks"])
+        lines.append(f"confirmation: n={sizing['n']} of at most {sizing['cap']} fresh prompts; the picks were "
+                     f"predicted to need n = {needs} to clear the tolerance")
     for p in result.get("proposals", []):
         lines.append(f"proposal: train {p['method']} (~{p['estimated_minutes']} min): {p['step']}")
     lines.append(f"plot: {result['plot']}; all results: {result['rundir']}/tune.json")

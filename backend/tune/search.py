@@ -3,16 +3,21 @@
 The search is successive halving over the registry's space (:mod:`backend.tune.space`):
 
 1. **screen** (rung 0): stacks on few prompts and one timing round — first each method alone at its defaults, then
-   neighbours of the screened front (one knob one step, one method on or off), then random stacks — while the
-   time budget allows;
-2. **promote** (rung 1): the fastest stacks not clearly outside the tolerance (their quality interval reaches it),
-   on more prompts and timing rounds;
-3. **confirm**: the rung-1 Pareto front (speed-up vs quality) on prompts and seeds the search never used; the
-   recommendation is the fastest confirmed stack whose paired quality interval stays inside the tolerance.
+   neighbours of the predicted front (speed-up vs the predicted confirmation), then random stacks;
+2. **promote** (rung 1): the fastest stacks predicted to clear the tolerance, then the closest, on more prompts and
+   timing rounds;
+3. **confirm**: the fastest promoted stacks predicted to clear it, and the safest one, on prompts and seeds the search
+   never used; the recommendation is the fastest confirmed stack whose paired quality interval stays inside the
+   tolerance.
 
-With ``--budget-minutes``, screening stops at 40% of the budget and promotion at 60%; the confirmation takes the
-rest, with the planned number of fresh prompts or as many as fit (fewer fast stacks first; at least MIN_CONFIRM_N),
-and says which n it used.
+Few prompts cannot show a small quality loss, so ranking uses a *prediction* of the confirmation
+(:mod:`backend.tune.predict`): the lower end of each stack's interval at the largest confirmation, from its verdict
+flips and from how far its images are from the same-seed baseline's (PSNR). The confirmation's n is the n its picks
+need for their intervals to clear the tolerance (at least MIN_CONFIRM_N, at most the prompt pool or --confirm-n).
+
+With ``--budget-minutes``, screening goes on while the time left covers the promotion and that confirmation (at
+most RESERVE_SHARE of the budget); the confirmation then takes the time that is left: as many fresh prompts as
+fit (dropping the picks whose need does not fit), and says which n it used.
 
 Every evaluation is a variant of a sweep run in ``RUNDIR/results.db`` (:func:`backend.runs.sweep.run_sweep`: the
 same schema, executors and timing protocol as sweeps); an evaluation already in the store (same Variant, prompts,
@@ -32,10 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from backend.tune.plot import FRONT_FILE, RESULT_FILE, front_figure
+from backend.tune.predict import Predictor
 from backend.tune.space import Space, checkpoints, stack_name
 
-SCREEN_SHARE, PROMOTE_SHARE = 0.4, 0.2  # of --budget-minutes; the confirmation has the rest
-MIN_CONFIRM_N = 16  # the confirmation never uses fewer fresh prompts, whatever time is left
+MIN_CONFIRM_N = 16  # the confirmation never uses fewer fresh prompts (unless --confirm-n caps it lower)
+RESERVE_SHARE = 0.5  # of --budget-minutes: the most the search keeps back for the confirmation
+CONFIRM_SAFETY = 0.9  # share of the time left a confirmation is planned to take (judging and loading take the rest)
 CONFIRM_SEED = 1_000_000  # confirmation seeds start here; search seeds start at 0 (disjoint by construction)
 METRICS = ("accuracy", "psnr")
 
@@ -56,6 +63,14 @@ class Rung:
     def images(self) -> int:
         """Images one evaluation draws: the prompts, one for memory, warm-up and timing rounds against the baseline."""
         return len(self.prompts) + 1 + 2 * (1 + self.repeats) + (1 if self.measure_macs else 0)
+
+    def units(self, speedups: list[float], baseline: bool = True) -> float:
+        """The cost of evaluating stacks of these speed-ups on this rung, in baseline images: each stack's own
+        images at its speed, the baseline's half of its timing rounds, and (``baseline``) the baseline's images
+        (timed against itself)."""
+        timing = 1 + self.repeats
+        own = self.images() - timing
+        return (self.images() if baseline else 0) + sum(own / max(s, 1e-3) + timing for s in speedups)
 
 
 @dataclass
@@ -78,12 +93,18 @@ class Eval:
     n: int = 0
     error: str = ""
     reused: bool = False
+    psnr_db: list | None = None  # per image, vs the same-seed baseline (backend.tune.predict.psnr_db)
+    diffs: list | None = None  # accuracy: per prompt, the judge's verdict minus the baseline's (−1, 0, +1)
+    predicted: dict = field(default_factory=dict)  # what the confirmation is expected to say (Tuner._predict)
 
     def row(self) -> dict:
         return {"name": stack_name(self.stack), "rung": self.rung, "variant": self.variant, "speedup": self.speedup,
                 "speedup_ci": self.speedup_ci, "latency_s": self.latency_s, "unet_evals": self.unet_evals,
                 "macs_per_image": self.macs_per_image, "quality": self.quality, "quality_ci": self.quality_ci,
-                "verdict": self.verdict, "n": self.n, "error": self.error or None}
+                "verdict": self.verdict, "n": self.n, "error": self.error or None,
+                "flips": None if self.diffs is None else int(np.abs(self.diffs).sum()),
+                "psnr_db_median": None if self.psnr_db is None else float(np.median(self.psnr_db)),
+                "predicted": self.predicted or None}
 
 
 @dataclass
@@ -113,29 +134,31 @@ class Objective:
     def label(self) -> str:
         return "prompt-accuracy delta (points)" if self.metric == "accuracy" else "PSNR vs baseline (dB)"
 
-    def measure(self, images: np.ndarray, baseline: np.ndarray, prompts: list[str]) -> tuple[float, list | None, str]:
-        """(value, 95% interval, verdict) of the paired metric on float images in [0, 1] (8-bit levels)."""
+    def measure(self, images: np.ndarray, baseline: np.ndarray, prompts: list[str]) -> tuple:
+        """(value, 95% interval, verdict, per-image PSNR in dB, per-prompt verdict differences or None) of the
+        paired metric on float images in [0, 1] (8-bit levels)."""
         from backend.metrics import quality
+        from backend.metrics.pixels import psnr_ssim_per_image
+        from backend.tune.predict import psnr_db
 
-        paired = quality.paired_quality(images, baseline, prompts)
+        per_psnr = [float(x) for x in psnr_db(psnr_ssim_per_image(images, baseline)[0])]
         if self.metric == "accuracy":
+            judged, base = quality.judge_per_image(images, prompts), quality.judge_per_image(baseline, prompts)
+            paired = quality.paired_quality(images, baseline, prompts, judged=judged, baseline_judged=base)
             d = paired["prompt_accuracy_delta"]
             ci = None if d["ci"] is None else [100 * d["ci"][0], 100 * d["ci"][1]]
-            return 100 * d["delta"], ci, d["verdict"]
+            diffs = [int(round(x)) for x in judged["prompt"] - base["prompt"]]
+            return 100 * d["delta"], ci, d["verdict"], per_psnr, diffs
+        paired = quality.paired_quality(images, baseline, prompts)
         value = _finite(paired["psnr_vs_baseline"])
         ci = paired.get("psnr_vs_baseline_ci")
         ci = None if ci is None else [_finite(ci[0]), _finite(ci[1])]
-        return value, ci, f"PSNR {value:.3g} dB vs the baseline (n={len(prompts)})"
+        return value, ci, f"PSNR {value:.3g} dB vs the baseline (n={len(prompts)})", per_psnr, None
 
     def meets(self, e: Eval) -> bool:
         """Inside the tolerance: the whole interval (the point when there is none) on the right side of the line."""
         low = e.quality_ci[0] if e.quality_ci else e.quality
         return e.quality is not None and low >= self.line - 1e-9
-
-    def reachable(self, e: Eval) -> bool:
-        """Not clearly outside: the interval's optimistic end reaches the tolerance (used to screen)."""
-        high = e.quality_ci[1] if e.quality_ci else e.quality
-        return e.quality is not None and high >= self.line - 1e-9
 
 
 def _finite(x: float, cap: float = 100.0) -> float:
@@ -152,7 +175,7 @@ class Plan:
     promote_n: int = 16
     promote_repeats: int = 3
     promote_k: int = 6
-    confirm_n: int = 100
+    confirm_n: int | None = None  # the most fresh prompts of the confirmation (None: the rest of the pool)
     confirm_repeats: int = 5
     confirm_k: int = 3
     batch: int = 8
@@ -189,7 +212,9 @@ class Evaluator:
         self.rundir, self.baseline, self.objective = Path(rundir), baseline, objective
         self.executor, self.address, self.job = executor, address, job
         self.images_drawn = 0  # images generated by this process (not read back)
-        self.seconds = 0.0
+        # per variant measured here: (baseline images, prompts, is the baseline, seconds it took)
+        self.costs: list[tuple[float, int, bool, float]] = []
+        self.base_latency: list[float] = []  # seconds of one baseline image, from each fresh stack's timing rounds
 
     def _index(self, rung: Rung) -> dict[str, tuple[str, int]]:
         """Variant JSON (without its name) -> (run, idx) of a finished evaluation on this rung's prompts, seeds and
@@ -226,7 +251,6 @@ class Evaluator:
             base_at = index.get(_key(self.baseline))
             if base_at is not None:  # the baseline of this rung is measured already: copy it into the new run
                 self._seed_baseline(sweep, base_at)
-            t0 = time.monotonic()
             before = self._done_count()
             job = JobControl(cancel=_Stop(self.job, deadline))
             try:
@@ -237,7 +261,6 @@ class Evaluator:
                     raise
                 failed = {_key(v): "out of time" for _, v in todo}
             finally:
-                self.seconds += time.monotonic() - t0
                 self.images_drawn += (self._done_count() - before) * rung.images()
             index = self._index(rung)
         out = []
@@ -252,12 +275,23 @@ class Evaluator:
                 e.run_id, e.idx = where
                 rows = store.variants(e.run_id)
                 m = rows[e.idx]["metrics"]
+                if not e.reused and e.speedup:  # what it cost: its images (each 1/speed-up of a baseline image)
+                    self.costs.append((rung.units([e.speedup], baseline=False), len(rung.prompts), False,
+                                       _duration(rows[e.idx])))
                 e.speedup, e.speedup_ci, e.latency_s = m.get("speedup"), m.get("speedup_ci"), m.get("latency_s")
                 e.unet_evals, e.macs_per_image = m.get("unet_evals"), m.get("macs_per_image")
                 images = store.load_images(e.run_id, e.idx)  # float in [0, 1], exactly the stored 8-bit levels
                 base = store.load_images(e.run_id, 0)
-                e.quality, e.quality_ci, e.verdict = self.objective.measure(images, base, list(rung.prompts))
+                e.quality, e.quality_ci, e.verdict, e.psnr_db, e.diffs = self.objective.measure(
+                    images, base, list(rung.prompts))
                 out.append(e)
+        if todo:
+            self.base_latency += [e.latency_s * e.speedup for e in out if not e.reused and e.speedup and e.latency_s]
+            if base_at is None:  # the baseline was drawn in this run too
+                with Store(self.rundir) as store:
+                    rows = store.variants(sweep.run_id)
+                if rows and rows[0]["status"] == "done":
+                    self.costs.append((rung.units([]), len(rung.prompts), True, _duration(rows[0])))
         return out
 
     def _done_count(self) -> int:
@@ -299,6 +333,10 @@ class _Stop:
             self.grace < 0 and self.deadline is not None and time.monotonic() > self.deadline)
 
 
+def _duration(row: dict) -> float:
+    return float(row["finished"] - row["started"]) if row.get("finished") and row.get("started") else 0.0
+
+
 def _key(variant: dict) -> str:
     return json.dumps({k: v for k, v in variant.items() if k != "name"}, sort_keys=True, default=str)
 
@@ -309,12 +347,12 @@ def _variant_obj(d: dict):
     return Variant.from_dict(d)
 
 
-def pareto(evals: list[Eval], objective: Objective) -> list[Eval]:
-    """The measured front: no other stack is at least as fast and as good, and better in one."""
-    ok = [e for e in evals if e.speedup is not None and e.quality is not None]
-    front = [e for e in ok if not any(
-        o.speedup >= e.speedup and o.quality >= e.quality and (o.speedup > e.speedup or o.quality > e.quality)
-        for o in ok)]
+def pareto(evals: list[Eval], value: Callable[[Eval], float] = lambda e: e.quality) -> list[Eval]:
+    """The front of speed-up vs ``value`` (the measured quality by default): no other stack is at least as fast
+    and as good, and better in one."""
+    ok = [(e, value(e)) for e in evals if e.speedup is not None and e.quality is not None]
+    front = [e for e, q in ok if not any(
+        o.speedup >= e.speedup and oq >= q and (o.speedup > e.speedup or oq > q) for o, oq in ok)]
     return sorted(front, key=lambda e: -e.speedup)
 
 
@@ -362,12 +400,15 @@ class Tuner:
         self.space, self.objective, self.plan, self.ev = space, objective, plan, evaluator
         self.budget_s, self.on_event = budget_s, on_event
         self.pool = pool
-        search, _ = split_prompts(pool, plan.promote_n, plan.confirm_n)
+        search, _ = split_prompts(pool, plan.promote_n, 1)
+        self.cap = plan.confirm_n or len(pool) - plan.promote_n  # the most fresh prompts a confirmation may use
         self.screen = Rung("screen", tuple(search[:plan.screen_n]), tuple(range(plan.screen_n)), plan.screen_repeats)
         self.promote = Rung("promote", tuple(search), tuple(range(plan.promote_n)), plan.promote_repeats)
-        self.confirm = self.confirm_rung(plan.confirm_n)
+        self.confirm = self.confirm_rung(min(self.cap, MIN_CONFIRM_N))  # sized from the estimates in run()
+        self.predictor = Predictor(objective)
+        self.judged: list[Eval] = []  # every evaluation measured so far: the predictor learns from all of them
+        self.sizing: dict = {}
         self.started = time.monotonic()
-        self.sec_per_image: float | None = None
         self.invalid: dict[str, str] = {}
 
     # ---- time -------------------------------------------------------------------------------------------------
@@ -381,21 +422,100 @@ class Tuner:
         return Rung("confirm", tuple(confirm), tuple(CONFIRM_SEED + i for i in range(n)), self.plan.confirm_repeats,
                     measure_macs=True)
 
-    def _cost(self, rung: Rung, k: int) -> float:
-        return (self.sec_per_image or 0.0) * k * rung.images()
+    def _cost_model(self) -> tuple[float, float, float, float]:
+        """Seconds (per baseline image, per prompt of each variant whatever its speed — judging and storing its
+        image —, per variant — building, calibrating, warming up —, and per image of the baseline variant on top:
+        its batched images run slower than the one-image timing rounds say), fitted by non-negative least squares
+        on what each variant measured here took; before four, the timing rounds' baseline latency alone."""
+        from scipy.optimize import nnls
 
-    def _until(self, share: float) -> float:
-        """Seconds left until ``share`` of the budget has been spent (inf without a budget)."""
-        return math.inf if self.budget_s is None else share * self.budget_s - (time.monotonic() - self.started)
+        if len(self.ev.costs) >= 4:
+            units, prompts, base, secs = np.array(self.ev.costs, dtype=float).T
+            coef, _ = nnls(np.stack([units, prompts, np.ones_like(units), base * units], 1), secs)
+            if coef[0] > 0:
+                return tuple(float(c) for c in coef)
+        return (float(np.median(self.ev.base_latency)) if self.ev.base_latency else 0.0), 0.0, 0.0, 0.0
 
-    def _deadline(self, share: float) -> float | None:
-        return None if self.budget_s is None else self.started + share * self.budget_s
+    def _per_unit(self) -> float:
+        return self._cost_model()[0]
 
-    def _measure(self, pairs: list[tuple[dict, dict]], rung: Rung, share: float | None = None) -> list[Eval]:
-        out = self.ev.evaluate(pairs, rung, None if share is None else self._deadline(share))
-        if self.ev.images_drawn:  # this machine's cost of one image, from what was drawn so far
-            self.sec_per_image = self.ev.seconds / self.ev.images_drawn
+    def _seconds(self, rung: Rung, evals: list[Eval], baseline: bool = True) -> float:
+        per_unit, per_prompt, per_variant, base_extra = self._cost_model()
+        images = rung.units([e.speedup or 1.0 for e in evals], baseline)
+        return (per_unit * images + (per_prompt * len(rung.prompts) + per_variant) * (len(evals) + baseline)
+                + base_extra * (rung.units([]) if baseline else 0))
+
+    def _measure(self, pairs: list[tuple[dict, dict]], rung: Rung, deadline: float | None = None) -> list[Eval]:
+        out = self.ev.evaluate(pairs, rung, deadline)
+        self.judged += [e for e in out if e.quality is not None]
+        self._predict(out)
         return out
+
+    # ---- what the confirmation will say -----------------------------------------------------------------------
+
+    def _predict(self, fresh: list[Eval]) -> None:
+        """Refit the predictor on every evaluation so far and note each one's predicted confirmation at ``cap``."""
+        self.predictor.fit(self.judged)
+        for e in self.judged + fresh:
+            low = self.predictor.low(e, self.cap)
+            e.predicted = {} if low is None else {"low": round(float(low), 3), "at_n": self.cap,
+                                                  "n_needed": _int(self.predictor.needed_n(e))}
+
+    def _score(self, e: Eval) -> float:
+        """The predicted lower end of the stack's quality interval at the largest confirmation (higher: safer)."""
+        return e.predicted.get("low", -math.inf) if not e.error else -math.inf
+
+    def _likely(self, e: Eval) -> bool:
+        """Predicted to clear the tolerance at a confirmation the prompt pool allows."""
+        return not e.error and e.quality is not None and self.predictor.clears(e, self.cap)
+
+    def _ranked(self, evals: list[Eval]) -> list[Eval]:
+        """Stacks likely to clear the tolerance, fastest first; then the others, closest first; stacks no faster
+        than the baseline (which is inside any tolerance) last."""
+        ok = [e for e in evals if not e.error and e.quality is not None]
+        return sorted(ok, key=lambda e: ((e.speedup or 0) <= 1, *((0, -(e.speedup or 0)) if self._likely(e)
+                                                                  else (1, -self._score(e)))))
+
+    def _safest(self, ranked: list[Eval]) -> Eval:
+        """The stack faster than the baseline with the best predicted confirmation (any, when none is faster)."""
+        return max(ranked, key=lambda e: ((e.speedup or 0) > 1, self._score(e), e.speedup or 0))
+
+    def _plan_confirmation(self, cands: list[Eval], left: float) -> tuple[list[Eval], int]:
+        """(picks, n): the fastest stacks likely to clear the tolerance (confirm_k − 1 at most) and the safest one;
+        n the most fresh prompts they need (≥ MIN_CONFIRM_N, ≤ cap) or, with ``left`` seconds, as many as fit.
+        Picks whose need does not fit are dropped, the largest need first."""
+        ranked = self._ranked(cands)
+        if not ranked:
+            return [], 0
+        picks = [e for e in ranked if self._likely(e)][:self.plan.confirm_k - 1]
+        safest = self._safest(ranked)
+        picks += [safest] if all(safest.stack != p.stack for p in picks) else []
+        while True:
+            needs = [self.predictor.needed_n(e) for e in picks if self._likely(e)]
+            need = min(self.cap, max([MIN_CONFIRM_N, *needs]))
+            fit = self._fit_n(picks, left)
+            if fit >= need or len(picks) == 1:
+                break
+            picks.remove(max(picks, key=lambda e: (self.predictor.needed_n(e), -self._score(e))))
+        return picks, max(1, min(self.cap, max(MIN_CONFIRM_N, need if math.isinf(fit) else fit)))
+
+    def _fit_n(self, picks: list[Eval], left: float) -> float:
+        """The most fresh prompts whose confirmation of ``picks`` fits in ``left`` seconds (inf: no limit, or no
+        cost known yet)."""
+        per, per_prompt, _, base_extra = self._cost_model()
+        if math.isinf(left) or not per:
+            return math.inf
+        speeds = [e.speedup or 1.0 for e in picks]
+        fixed = self._seconds(Rung("confirm", (), (), self.plan.confirm_repeats, measure_macs=True), picks)
+        each = per * (1 + sum(1 / max(s, 1e-3) for s in speeds)) + per_prompt * (1 + len(picks)) + base_extra
+        return max(0, int((CONFIRM_SAFETY * left - fixed) / each))
+
+    def _reserve(self, cands: list[Eval]) -> float:
+        """Seconds the confirmation of the current best candidates needs (at the n they need), at most
+        RESERVE_SHARE of the budget: the search always has the rest."""
+        picks, n = self._plan_confirmation(cands, math.inf)
+        need = self._seconds(self.confirm_rung(n), picks) / CONFIRM_SAFETY if picks else 0.0
+        return need if self.budget_s is None else min(need, RESERVE_SHARE * self.budget_s)
 
     # ---- proposals --------------------------------------------------------------------------------------------
 
@@ -409,7 +529,8 @@ class Tuner:
             return None
 
     def _candidates(self, seen: set[str], screened: list[Eval], rng: random.Random) -> list[tuple[dict, dict]]:
-        """The next batch to screen: method defaults first, then neighbours of the front, then random stacks."""
+        """The next batch to screen: method defaults first, then neighbours of the predicted front (speed-up vs
+        the predicted confirmation), then random stacks."""
         batch: list[tuple[dict, dict]] = []
 
         def add(stack: dict) -> None:
@@ -435,8 +556,8 @@ class Tuner:
                     if stack_name(stack) not in seen and self._valid(stack) is not None:
                         add(stack)
                         break
-        front = [e for e in pareto([e for e in screened if self.objective.reachable(e)], self.objective)]
-        for e in front:
+        hopeful = [e for e in screened if self._likely(e) or self.predictor.needed_n(e) < math.inf]
+        for e in pareto(hopeful, self._score):
             for n in self.space.neighbours(e.stack):
                 add(n)
         for _ in range(200 * self.plan.batch):
@@ -451,56 +572,50 @@ class Tuner:
         if self.on_event is not None:
             self.on_event({"stage": stage, "elapsed_s": round(time.monotonic() - self.started, 1), **fields})
 
+    def _promotion_cost(self, screened: list[Eval], k: int) -> float:
+        return self._seconds(self.promote, self._ranked(screened)[:k + 1])
+
     def search(self) -> tuple[list[Eval], list[Eval]]:
-        """Screening and promotion: (screened, promoted) evaluations."""
+        """Screening and promotion: (screened, promoted) evaluations. With a budget, screening goes on while the
+        time left covers the next batch, the promotion and the confirmation the best candidates need."""
         rng = random.Random(self.plan.seed)
         seen: set[str] = set()
         screened: list[Eval] = []
         limit = self.plan.max_screen if self.plan.max_screen is not None else self.space.size()
+        k = self.plan.promote_k
         while len(screened) < limit:
-            if screened and self._until(SCREEN_SHARE) < self._cost(self.screen, self.plan.batch):
+            after = self._promotion_cost(screened, k) + self._reserve(screened) if screened else 0.0
+            if screened and self._left() < self._seconds(self.screen, screened[-self.plan.batch:], False) + after:
                 break
             batch = self._candidates(seen, screened, rng)[:max(0, limit - len(screened))]
             if not batch:
                 break
-            screened += self._measure(batch, self.screen, SCREEN_SHARE)
+            deadline = None if self.budget_s is None else self.started + self.budget_s - after
+            screened += self._measure(batch, self.screen, deadline)
             self._event("screen", points=[e.row() for e in screened])
 
-        ok = [e for e in screened if not e.error and self.objective.reachable(e)]
-        # promoted first: stacks whose screened point estimate is inside the tolerance, fastest first; then the rest
-        ranked = sorted(ok, key=lambda e: (e.quality < self.objective.line, -(e.speedup or 0)))
-        k = self.plan.promote_k
-        while k > 1 and self._until(SCREEN_SHARE + PROMOTE_SHARE) < self._cost(self.promote, k):
+        ranked = self._ranked(screened)
+        while k > 1 and self._left() < self._promotion_cost(screened, k) + self._reserve(screened):
             k -= 1
-        chosen = _with_best_quality(ranked[:k], ok)
-        promoted = self._measure([(e.stack, e.variant) for e in chosen], self.promote,
-                                 SCREEN_SHARE + PROMOTE_SHARE) if chosen else []
+        chosen = ranked[:k]
+        safest = self._safest(ranked) if ranked else None
+        chosen += [safest] if safest is not None and all(safest.stack != c.stack for c in chosen) else []
+        deadline = None if self.budget_s is None else self.started + self.budget_s - self._reserve(screened)
+        promoted = self._measure([(e.stack, e.variant) for e in chosen], self.promote, deadline) if chosen else []
         self._event("promote", points=[e.row() for e in screened + promoted])
         return screened, promoted
 
-    def _fit_confirmation(self, picks: list[Eval]) -> Rung:
-        """The confirmation rung for the time left: the planned n, else as many prompts as fit (fewer fast stacks
-        first, always keeping the safest), never below MIN_CONFIRM_N."""
-        n = self.plan.confirm_n
-        while self.budget_s is not None and self.sec_per_image:
-            per_stack = self._left() / self.sec_per_image / (len(picks) + 1) - (self.confirm_rung(1).images() - 1)
-            if per_stack >= n:
-                break
-            if len(picks) > 2:
-                picks.pop(-2)
-                continue
-            n = max(MIN_CONFIRM_N, min(n, int(per_stack)))
-            break
-        return self.confirm_rung(n)
-
     def run(self) -> Outcome:
-        """The search, then the confirmation of its front on fresh prompts and seeds."""
+        """The search, then the confirmation of its best candidates on fresh prompts and seeds, sized to need and
+        grown to the time left."""
         screened, promoted = self.search()
         usable = [e for e in promoted if not e.error]
-        front = pareto(usable, self.objective)
-        likely = [e for e in front if self.objective.meets(e)]  # none: only the closest stack is confirmed
-        picks = _with_best_quality(likely[:self.plan.confirm_k - 1], usable) if usable else []
-        self.confirm = self._fit_confirmation(picks)
+        picks, n = self._plan_confirmation(usable, self._left())
+        self.confirm = self.confirm_rung(n or min(self.cap, MIN_CONFIRM_N))
+        self.sizing = {"n": n, "cap": self.cap, "picks": [
+            {"name": stack_name(e.stack), "promoted_quality": e.quality, "promoted_ci": e.quality_ci,
+             "flips": e.row()["flips"], "predicted_low_at_n": None if not n else self.predictor.low(e, n),
+             "n_needed": _int(self.predictor.needed_n(e))} for e in picks]}
         confirmed = [e for e in self._measure([(e.stack, e.variant) for e in picks], self.confirm) if not e.error] \
             if picks else []
         within = [e for e in confirmed if self.objective.meets(e)]
@@ -513,8 +628,11 @@ class Tuner:
             "pruned_at_screen": len(screened) - len(promoted),
             "reused_from_store": sum(e.reused for e in screened + promoted + confirmed),
             "images_drawn": self.ev.images_drawn, "minutes": round((time.monotonic() - self.started) / 60, 2),
+            "budget_minutes": None if self.budget_s is None else round(self.budget_s / 60, 2),
             "rungs": {r.name: {"n": len(r.prompts), "seeds": [r.seeds[0], r.seeds[-1]], "timing_rounds": r.repeats}
                       for r in (self.screen, self.promote, self.confirm)},
+            "confirmation_sizing": self.sizing,
+            "flip_model": self.predictor.describe(),
         }
         confirm_set = {"n": len(self.confirm.prompts), "seeds": [self.confirm.seeds[0], self.confirm.seeds[-1]],
                        "prompts_disjoint_from_search": not set(self.confirm.prompts) & set(self.promote.prompts),
@@ -523,12 +641,9 @@ class Tuner:
                        self.objective, space=self.space.describe(), confirm_set=confirm_set)
 
 
-def _with_best_quality(picked: list[Eval], pool: list[Eval]) -> list[Eval]:
-    """``picked`` plus the best-quality stack of ``pool`` (the safe end of the front), without repeats."""
-    if not pool:
-        return picked
-    best = max(pool, key=lambda e: (e.quality, e.speedup or 0))
-    return picked + ([best] if all(best is not p and best.stack != p.stack for p in picked) else [])
+def _int(x: float) -> int | None:
+    """A needed n for JSON: None when no n will do."""
+    return None if math.isinf(x) else int(x)
 
 
 def train_proposals(space: Space) -> list[dict]:
@@ -595,13 +710,13 @@ def prepare(model: str, prompt_set: str, tolerance: float, space_spec: dict | No
     objective = Objective(metric, float(tolerance))
     plan = plan or Plan()
     for name in ("screen_n", "promote_n", "confirm_n", "promote_k", "confirm_k", "batch"):
-        if getattr(plan, name) < 1:
+        if getattr(plan, name) is not None and getattr(plan, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(plan, name)} is out of range; allowed: ≥ 1")
     if plan.screen_n > plan.promote_n:
         raise ValueError(f"--screen-n {plan.screen_n} is above --promote-n {plan.promote_n}; allowed: ≤ it")
     space = build_space(model, space_spec, int(model_defaults(pipe).get("steps") or 50), base, model_family(pipe))
     pool = prompt_pool(judge, prompt_set)
-    split_prompts(pool, plan.promote_n, plan.confirm_n)
+    split_prompts(pool, plan.promote_n, plan.confirm_n or 1)
     return space, objective, plan, pool, space.baseline()
 
 
