@@ -17,7 +17,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.controls import checkpoint_choices, coerce, whole
+from app.controls import checkpoint_choices, coerce, family_props, method_on_props, whole
 from app.curves import CurvesCallbacks
 from app.finetune import FinetuneCallbacks
 from app.images import before_after_html, grid_png, upscale
@@ -303,19 +303,46 @@ class Callbacks:
             defaults = knobs.model_defaults_for(model)
         except Exception as exc:
             return (*[gr.skip()] * (2 * N_COLUMNS), *self.checkpoint_updates(model),
-                    f"**Model {model!r} cannot be used:** {exc}")
+                    *[gr.skip()] * len(self.family_updates(None)), f"**Model {model!r} cannot be used:** {exc}")
         value = min(defaults.get("steps", 25), self.limits.max_steps or 10 ** 9)
         steps = [gr.skip() if sched == "lcm" else gr.update(value=value) for sched in schedulers]
         guidance = [gr.skip() if sched == "lcm" else gr.update(value=defaults.get("guidance", 5.0))
                     for sched in schedulers]  # a student keeps the guidance it was distilled for
-        return (*steps, *guidance, *self.checkpoint_updates(model), f"Model **{model}** ready: {defaults}.")
+        form = self.model_form(model)
+        refused = f" Not for its family ({form.family}): {', '.join(form.refused)}." if form and form.refused else ""
+        return (*steps, *guidance, *self.checkpoint_updates(model), *self.family_updates(form),
+                f"Model **{model}** ready: {defaults}.{refused}")
+
+    @staticmethod
+    def model_form(model: str) -> knobs.FamilyForm | None:
+        """The method forms' restrictions for the model's family (None when it cannot be loaded: no restriction)."""
+        try:
+            return knobs.model_form(model)
+        except Exception:
+            return None
+
+    def family_updates(self, form: knobs.FamilyForm | None) -> list:
+        """Per column 1.. and method section: its on box (locked with the reason where the family refuses the
+        method), then each knob (hidden when declared for other families; choices the family runs)."""
+        out = []
+        for _ in range(1, N_COLUMNS):
+            for section, params in self.columns_layout():
+                out.append(gr.update(**method_on_props(form, section)))
+                for p in params:
+                    props = family_props(form, section, p)
+                    if "choices" in props:
+                        props["value"] = p["default"] if p["default"] in props["choices"] else props["choices"][0]
+                    out.append(gr.update(**props) if props else gr.skip())
+        return out
 
     def checkpoint_updates(self, model: str | None) -> list:
+        """Each checkpoint box offers the new model's checkpoints and is cleared (a checkpoint belongs to the model
+        it was made from; clearing also unlocks the settings it had fixed)."""
         out = []
         for _ in range(1, N_COLUMNS):
             for section, params in self.columns_layout():
                 if any(p["name"] == "checkpoint" for p in params):
-                    out.append(gr.update(choices=checkpoint_choices(self.checkpoints(model, section))))
+                    out.append(gr.update(choices=checkpoint_choices(self.checkpoints(model, section)), value=""))
         return out
 
     # -------------------------------------------------------------------------------- report

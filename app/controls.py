@@ -21,13 +21,17 @@ def _step(lo: float, hi: float) -> float:
 
 
 def make_control(p: dict, value: Any = None, slider_cap: int | None = None, checkpoints: list | None = None,
-                 label: str | None = None, elem_id: str | None = None) -> gr.components.Component:
-    """One control for a declared parameter (its current value or the declared default)."""
+                 label: str | None = None, elem_id: str | None = None, family: dict | None = None
+                 ) -> gr.components.Component:
+    """One control for a declared parameter (its current value or the declared default), restricted by
+    ``family`` (:func:`family_props` of the chosen model's family)."""
     value = p["default"] if value is None else value
     kind, lo, hi, choices = p["type"], p.get("minimum"), p.get("maximum"), p.get("choices")
-    common = {"label": label or p["name"], "info": p.get("help"), "elem_id": elem_id}
+    common = {"label": label or p["name"], "info": p.get("help"), "elem_id": elem_id, "visible": True}
+    common.update({k: v for k, v in (family or {}).items() if k in common})
     if choices is not None:
-        return gr.Dropdown(choices=list(choices), value=value, **common)
+        choices = (family or {}).get("choices", list(choices))
+        return gr.Dropdown(choices=choices, value=value if value in choices else choices[0], **common)
     if kind == "bool":
         return gr.Checkbox(value=bool(value), **common)
     if kind == "str" and p["name"] == "checkpoint":
@@ -46,6 +50,26 @@ def make_control(p: dict, value: Any = None, slider_cap: int | None = None, chec
     if kind in ("int", "float"):
         return gr.Number(value=value, minimum=lo, maximum=hi, precision=0 if kind == "int" else None, **common)
     return gr.Textbox(value=str(value), **common)
+
+
+def family_props(form: Any, section: str, p: dict) -> dict:
+    """How a family (a ``backend.runs.knobs.FamilyForm``; None: no restriction) shows a declared parameter:
+    hidden when it is declared for other families; for a parameter with refused choices, the choices that run there
+    and a note naming the others and why. Only the properties the family can change (empty: nothing to change)."""
+    props: dict = {}
+    if p.get("families"):
+        props["visible"] = form is None or form.family in p["families"]
+    if p.get("refused"):
+        note = form.choice_note(section, p["name"]) if form else ""
+        props["choices"] = form.allowed_choices(section, p) if form else list(p["choices"])
+        props["info"] = p["help"] + (f" — {note}" if note else "")
+    return props
+
+
+def method_on_props(form: Any, section: str) -> dict:
+    """A method's on box for a family: unticked, locked and saying why when the family refuses the method."""
+    why = form.refused.get(section) if form else None
+    return {"interactive": False, "value": False, "info": why} if why else {"interactive": True, "info": None}
 
 
 def checkpoint_choices(checkpoints: list[dict]) -> list[tuple[str, str]]:

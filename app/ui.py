@@ -7,7 +7,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.callbacks import N_COLUMNS, Callbacks
-from app.controls import make_control
+from app.controls import family_props, make_control, method_on_props
 from app.curves import NONE, PROMPT_SOURCES
 from app.finetune import form_kinds
 from app.images import SLIDER_CSS, SLIDER_JS, before_after_html
@@ -59,7 +59,9 @@ def _playground(cb: Callbacks, defaults: dict):
             labels.append(cmp.column_labels([v])[0])
         except ValueError:
             labels.append(f"column {col}")
-    ui = {"controls": [], "images": [], "captions": [], "steps": [], "guidance": [], "ckpts": [], "ckpt_wiring": []}
+    ui = {"controls": [], "images": [], "captions": [], "steps": [], "guidance": [], "ckpts": [], "ckpt_wiring": [],
+          "family": []}  # every method on box and knob of columns 1.., in Callbacks.family_updates' order
+    form = cb.model_form(cb.model)
     with gr.Row(equal_height=False):
         for col in range(N_COLUMNS):
             preset = presets[col]
@@ -90,16 +92,19 @@ def _playground(cb: Callbacks, defaults: dict):
                     values = preset.get(section, {})
                     locked = bool(values.get("checkpoint"))
                     with gr.Accordion(knobs.method_titles()[section], open=section in preset):
-                        on = gr.Checkbox(value=section in preset, label=f"{section} on", elem_id=f"{section}-on-{col}")
+                        on = gr.Checkbox(**{"value": section in preset, **method_on_props(form, section)},
+                                         label=f"{section} on", elem_id=f"{section}-on-{col}")
                         comps = []
                         for p in params:
                             c = make_control(p, values.get(p["name"]), slider_cap=64,
                                              checkpoints=cb.checkpoints(cb.model, section),
-                                             elem_id=f"{section}-{p['name']}-{col}")
+                                             elem_id=f"{section}-{p['name']}-{col}",
+                                             family=family_props(form, section, p))
                             if locked and p["name"] in ("method", "weight_bits", "act_bits"):
                                 c.interactive = False
                             comps.append(c)
                     ui["controls"] += [on, *comps]
+                    ui["family"] += [on, *comps]
                     by_name = dict(zip([p["name"] for p in params], comps, strict=True))
                     if "checkpoint" in by_name:
                         ui["ckpts"].append(by_name["checkpoint"])
@@ -236,7 +241,8 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
         for trigger in (pair_a.change, pair_b.change, show_diff.change):
             trigger(cb.pair, [comparison, pair_a, pair_b, show_diff], pair, api_visibility="private", queue=False)
         model.change(cb.model_changed, [model, *ui["schedulers"]],
-                     [*ui["steps"], *ui["guidance"], *ui["ckpts"], status], api_visibility="private")
+                     [*ui["steps"], *ui["guidance"], *ui["ckpts"], *ui["family"], status],
+                     api_visibility="private")
         for sec, dd, outs in ui["ckpt_wiring"]:
             dd.change(lambda path, _s=sec: cb.checkpoint_chosen(_s, path), dd, outs, api_visibility="private",
                       queue=False)

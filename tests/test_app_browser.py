@@ -286,3 +286,38 @@ def test_finetune_start_progress_cancel_and_a_finished_checkpoint(browser, page_
     expect(page.get_by_role("option", name=f"efficientdm {job_id} (tiny-arch)")).to_be_visible(timeout=10_000)
     page.screenshot(path=str(SHOTS / "finetune-checkpoint-offered.png"))
     page.close()
+
+
+def test_a_transformer_model_locks_the_methods_its_family_refuses(browser, page_url):
+    """Switching to tiny-sd3: ToMe's on box locked with the reason, DeepCache's U-Net branch replaced by the DiT
+    block knobs, FirstBlockCache absent from the cache kinds, shapes' checkpoints cleared; back to shapes restores
+    the forms."""
+    from playwright.sync_api import expect
+
+    page = _open(browser, page_url)
+    model = page.locator("#model input").first
+    model.fill("tiny-sd3")
+    model.press("Enter")
+    expect(page.locator("#status")).to_contain_text("Model tiny-sd3 ready", timeout=60_000)
+    expect(page.locator("#status")).to_contain_text("Not for its family (sd3): tome, schedule")
+    page.get_by_role("button", name="ToMe").first.click()
+    tome = page.locator("#tome-on-1 input")
+    expect(tome).to_be_disabled()
+    expect(page.locator("#tome-on-1")).to_contain_text("does not apply to a model of family 'sd3'")
+    expect(page.locator("#deepcache-branch-1")).to_be_hidden()
+    expect(page.locator("#deepcache-first_blocks-1")).to_be_visible()
+    page.get_by_role("button", name="diffusers cache").first.click()
+    expect(page.locator("#diffusers_cache-kind-1")).to_contain_text("not fbc on sd3")
+    page.locator("#diffusers_cache-kind-1 input").click()
+    expect(page.get_by_role("option", name="faster")).to_be_visible(timeout=10_000)
+    expect(page.get_by_role("option", name="fbc")).to_have_count(0)
+    expect(page.locator("#quant-checkpoint-2 input")).to_have_value("(none)")  # shapes' checkpoint: cleared
+    expect(page.locator("#quant-weight_bits-2 input").first).to_be_enabled()  # and what it had locked, unlocked
+    page.screenshot(path=str(SHOTS / "dit-family-locks.png"), full_page=True)
+    page.keyboard.press("Escape")
+    model.fill("shapes")
+    model.press("Enter")
+    expect(page.locator("#status")).to_contain_text("Model shapes ready", timeout=60_000)
+    expect(tome).to_be_enabled()
+    expect(page.locator("#deepcache-branch-1")).to_be_visible()
+    page.close()

@@ -578,3 +578,47 @@ def test_a_method_without_its_own_label_is_labelled_by_its_changed_knobs():
 
     assert Toy().label() == "toy"
     assert Toy(ratio=0.3, on_time=False, hidden=2).label() == "toy ratio=0.3 on_time=False"
+
+
+def test_a_model_change_locks_what_its_family_refuses_and_the_columns_still_generate(tmp_path):
+    """tiny-sd3: ToMe and the schedule peers locked with the reason, DeepCache's U-Net branch hidden and its DiT
+    k / m shown, FirstBlockCache left out of the cache kinds; back on a U-Net model everything is restored."""
+    from app.callbacks import N_COLUMNS, Callbacks
+
+    cb = Callbacks("tiny-arch", tmp_path)
+    layout = cb.columns_layout()
+    per_column = sum(1 + len(params) for _, params in layout)
+
+    def column_one(model: str) -> dict:
+        outs = cb.model_changed(model, *["default"] * N_COLUMNS)
+        n_ckpt = len(cb.checkpoint_updates(model))
+        assert all(u["value"] == "" for u in outs[2 * N_COLUMNS:2 * N_COLUMNS + n_ckpt])  # they were shapes'
+        family = outs[2 * N_COLUMNS + n_ckpt:-1]
+        assert len(family) == (N_COLUMNS - 1) * per_column and "ready" in outs[-1]
+        out, it = {}, iter(family[:per_column])
+        for section, params in layout:
+            out[section] = next(it)
+            out.update({f"{section}.{p['name']}": next(it) for p in params})
+        return out
+
+    sd3 = column_one("tiny-sd3")
+    assert sd3["tome"]["interactive"] is False and sd3["tome"]["value"] is False
+    assert "family 'sd3'" in sd3["tome"]["info"] and sd3["deepcache"]["interactive"] is True
+    assert sd3["deepcache.branch"]["visible"] is False and sd3["deepcache.first_blocks"]["visible"] is True
+    assert sd3["diffusers_cache.kind"]["choices"] == ["pab", "faster", "taylorseer"]
+    assert "not fbc on sd3" in sd3["diffusers_cache.kind"]["info"]
+    assert sd3["deepcache.interval"] == gr.skip()
+    unet = column_one("tiny-arch")
+    assert unet["tome"]["interactive"] is True and "value" not in unet["tome"]
+    assert unet["deepcache.branch"]["visible"] is True and unet["deepcache.first_blocks"]["visible"] is False
+    assert unet["diffusers_cache.kind"]["choices"] == ["pab"] and unet["diffusers_cache.kind"]["value"] == "pab"
+    # a DiT column as the form collects it (every knob, the hidden U-Net ones at their defaults) generates
+    values = []
+    for col in range(N_COLUMNS):
+        values += [col < 2, "", "default", 2, 5.0]
+        if col:
+            for section, params in layout:
+                values += [section == "deepcache"] + [p["default"] for p in params]
+    columns = json.loads(cb.collect_variants(*values))
+    outs = list(cb.generate(PROMPT, 0, "tiny-sd3", json.dumps(columns), progress=lambda *a, **k: None))
+    assert outs[-1][2 * N_COLUMNS + 1].startswith("Done: 2 images"), outs[-1][2 * N_COLUMNS + 1]

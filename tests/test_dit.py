@@ -13,7 +13,7 @@ from backend.methods.deepcache import cached_tensors, get_hook
 from backend.models import denoiser, load_pipeline, model_family
 from backend.runs.build import build_pipeline
 from backend.sampling import generate
-from backend.variant import Variant
+from backend.variant import Variant, method_config_class
 
 TINY = {"tiny-pixart": "pixart", "tiny-sd3": "sd3", "tiny-flux": "flux"}
 PROMPTS = ["a red circle", "a small blue square"]
@@ -133,11 +133,34 @@ def test_shapes_dit_loads_as_a_pixart_model_the_judge_scores():
     assert model_family(pipe) == "pixart" and has_shapes_judge(pipe)
 
 
-def test_workbench_knows_which_methods_a_family_refuses():
-    from backend.runs.knobs import MODELS, family_refusals
+def test_workbench_knows_which_methods_knobs_and_choices_a_family_refuses():
+    from backend.runs.knobs import MODELS, model_form
 
     assert {"tiny-pixart", "tiny-sd3", "tiny-flux"} <= set(MODELS)
-    assert set(family_refusals("tiny-sd3")) == {"tome", "schedule"}
-    assert set(family_refusals("tiny-flux")) == {"consistency", "tome", "schedule"}
-    assert family_refusals("tiny-arch") == {}
-    assert "family 'flux'" in family_refusals("tiny-flux")["consistency"]
+    sd3, flux, unet = model_form("tiny-sd3"), model_form("tiny-flux"), model_form("tiny-arch")
+    assert set(sd3.refused) == {"tome", "schedule"} and unet.refused == {}
+    assert set(flux.refused) == {"consistency", "tome", "schedule"}
+    assert "family 'flux'" in flux.refused["consistency"]
+    assert sd3.hidden["deepcache"] == ("branch",) and set(unet.hidden["deepcache"]) == {"first_blocks", "last_blocks"}
+    kind = next(p for p in method_config_class("diffusers_cache").describe() if p["name"] == "kind")
+    assert sd3.allowed_choices("diffusers_cache", kind) == ["pab", "faster", "taylorseer"]
+    assert flux.allowed_choices("diffusers_cache", kind) == ["pab", "fbc", "taylorseer"]
+    assert unet.allowed_choices("diffusers_cache", kind) == ["pab"]
+    assert sd3.choice_note("diffusers_cache", "kind").startswith("not fbc on sd3: FirstBlockCache's tail hook")
+    assert sd3.choice_note("deepcache", "interval") == ""
+
+
+def test_a_refused_choice_is_refused_before_anything_is_applied_and_left_out_of_the_search():
+    from backend.methods.diffusers_cache import DiffusersCacheConfig
+    from backend.tune.space import checkpoints, method_dimensions
+
+    err = DiffusersCacheConfig(kind="fbc").family_refusal("sd3")
+    assert err.startswith("diffusers_cache.kind: 'fbc' does not run on family 'sd3' (") and \
+        err.endswith("allowed there: pab, faster, taylorseer")
+    assert DiffusersCacheConfig(kind="fbc").family_refusal("flux") is None
+    assert method_dimensions("sd3")["diffusers_cache"]["kind"] == ["pab", "faster", "taylorseer"]
+    assert method_dimensions("sd1")["diffusers_cache"]["kind"] == ["pab"]
+    assert method_dimensions()["diffusers_cache"]["kind"] == ["pab", "fbc", "faster", "taylorseer"]
+    shipped = checkpoints("consistency")  # made from shapes: offered for shapes only
+    assert shipped and checkpoints("consistency", model="shapes") == shipped
+    assert checkpoints("consistency", model="tiny-pixart") == []

@@ -14,7 +14,8 @@ from backend.world.grounding import CrossAttentionRecorder
 def tiny_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("dit") / "run"
     train_dit.main(["--work", str(work), "--config", "tiny", "--minutes", "0.03", "--n-scenes", "128",
-                    "--batch", "16", "--workers", "0", "--device", "cpu", "--eval-n", "2"])
+                    "--batch", "16", "--workers", "0", "--device", "cpu", "--eval-n", "2",
+                    "--teacher", str(train_dit.SHAPES_SD), "--teacher-weight", "0.5"])
     return work
 
 
@@ -23,6 +24,7 @@ def test_tiny_run_exports_a_stock_pixart_sigma_folder_that_generates(tiny_run):
 
     report = json.loads((tiny_run / "shapes-dit.json").read_text())
     assert report["steps"] >= 1 and report["settings"]["config"] == "tiny"
+    assert report["settings"]["teacher"] == str(train_dit.SHAPES_SD) and report["settings"]["teacher_weight"] == 0.5
     assert 0 <= report["eval"]["prompt_accuracy"] <= 1 and report["eval"]["n"] == 2
     folder = tiny_run / "shapes-dit"
     defaults = json.loads((folder / "speedlab.json").read_text())
@@ -45,6 +47,27 @@ def test_ship_picks_a_finished_run_and_install_rebuilds_the_pipeline(tiny_run, t
     a = PixArtSigmaPipeline.from_pretrained(tmp_path / "shapes-dit").transformer.state_dict()
     b = PixArtSigmaPipeline.from_pretrained(tiny_run / "shapes-dit").transformer.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_the_teacher_sees_each_prompt_as_its_own_pipeline_encodes_it():
+    """The U-Net teacher's text input (``unmasked``) is what StableDiffusionPipeline gives shapes-sd's U-Net."""
+    from diffusers import StableDiffusionPipeline
+
+    images = np.zeros((2, 64, 64, 3), dtype=np.uint8)
+    captions = ["a small red circle in the center", "a small purple square above a small yellow triangle"]
+    data = train_dit.encode_pool(images, captions, torch.device("cpu"))
+    pipe = StableDiffusionPipeline.from_pretrained(train_dit.SHAPES_SD)
+    for i, caption in enumerate(captions):
+        expected, _ = pipe.encode_prompt(caption, "cpu", 1, False)
+        assert torch.allclose(data["unmasked"][data["caption"][i]], expected[0], atol=1e-5)
+    assert train_dit.load_teacher(train_dit.SHAPES_SD, torch.device("cpu")).config.cross_attention_dim == 64
+
+
+def test_a_folder_without_a_unet_is_no_teacher_one_line_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_dit.main(["--work", str(tmp_path / "w"), "--teacher", str(tmp_path)])
+    assert e.value.code == 2 and "holds no unet/config.json" in capsys.readouterr().err
+    assert not (tmp_path / "w" / "dit").exists()
 
 
 def test_ship_without_a_finished_run_is_one_line_exit_2(tmp_path, capsys):

@@ -16,11 +16,14 @@ MAX_SEED = 2**53 - 1  # exact in JSON and in the browser; torch and numpy accept
 
 
 def param(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
-          choices: tuple | None = None, ui: bool = True, families: tuple[str, ...] | None = None) -> Any:
+          choices: tuple | None = None, ui: bool = True, families: tuple[str, ...] | None = None,
+          refused: dict[Any, dict[str, str]] | None = None) -> Any:
     """A dataclass field with its declaration (help text, bounds, choices; ui=False hides it from forms;
     ``families``: the model families the knob means something for, None = all; the stack search varies it only
-    there)."""
-    meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices, "ui": ui, "families": families}
+    there and forms show it only there; ``refused``: choice -> {family: why it does not run there}, which the
+    pipeline build refuses, forms leave out and the stack search does not try)."""
+    meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices, "ui": ui, "families": families,
+            "refused": refused}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -61,6 +64,28 @@ class MethodConfig:
 
     def validate(self) -> None:
         """Cross-field checks; override in a method config."""
+
+    @classmethod
+    def refused_choices(cls, family: str) -> dict[str, dict[Any, str]]:
+        """Knob -> {choice: why} for the declared choices that do not run on a model of ``family``."""
+        out = {}
+        for p in cls.describe():
+            why = {c: fams[family] for c, fams in (p.get("refused") or {}).items() if family in fams}
+            if why:
+                out[p["name"]] = why
+        return out
+
+    def family_refusal(self, family: str) -> str | None:
+        """One line naming the first knob whose value does not run on ``family``, why, and the choices that do;
+        None when every value runs there."""
+        for name, why in self.refused_choices(family).items():
+            value = getattr(self, name)
+            if value in why:
+                choices = {p["name"]: p["choices"] for p in self.describe()}[name]
+                allowed = ", ".join(str(c) for c in choices if c not in why)
+                return (f"{self.section}.{name}: {value!r} does not run on family {family!r} ({why[value]}); "
+                        f"allowed there: {allowed}")
+        return None
 
     def check_variant(self, variant: Any) -> None:
         """Checks against the rest of its Variant (scheduler, steps, other sections); ValueError naming the clash.

@@ -47,8 +47,8 @@ def build_pipeline(variant: Variant) -> DiffusionPipeline:
         pipe.scheduler = scheduler_for(pipe, variant.scheduler)
     on = [(registry.method(s), variant.method(s)) for s in variant.on()]
     family = model_family(pipe)
-    for method, _ in on:  # every refusal before anything is applied
-        reason = method.refusal(family)
+    for method, config in on:  # every refusal before anything is applied
+        reason = method.refusal(family) or config.family_refusal(family)
         if reason:
             raise ValueError(reason)
     if on:

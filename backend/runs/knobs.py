@@ -3,6 +3,8 @@ their presets, model defaults, and the checkpoints shipped in ``assets/``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from backend.methods import registry
 from backend.paths import ASSETS
 from backend.runs.jobs import job_config_class
@@ -88,10 +90,46 @@ def checkpoint_sets(section: str) -> tuple[str, ...]:
     return method_config_class(section).checkpoint_sets
 
 
-def family_refusals(model: str) -> dict[str, str]:
-    """Method section -> the one line saying why it does not apply to ``model``'s family (what a form shows beside
-    a disabled method); empty when every method applies."""
+@dataclass(frozen=True)
+class FamilyForm:
+    """What a method form shows for one model family: the methods it refuses (section -> why), the knobs declared
+    for other families only (section -> names, hidden) and the choices that do not run there
+    (section -> knob -> {choice: why}, left out of the choice lists)."""
+
+    family: str
+    refused: dict[str, str]
+    hidden: dict[str, tuple[str, ...]]
+    choices_refused: dict[str, dict[str, dict]]
+
+    def allowed_choices(self, section: str, param: dict) -> list:
+        """The declared choices of ``param`` that run on this family."""
+        refused = self.choices_refused.get(section, {}).get(param["name"], {})
+        return [c for c in param.get("choices") or () if c not in refused]
+
+    def choice_note(self, section: str, name: str) -> str:
+        """One line naming the choices this family refuses and why ("" when none)."""
+        refused = self.choices_refused.get(section, {}).get(name, {})
+        return "; ".join(f"not {c} on {self.family}: {why}" for c, why in refused.items())
+
+
+def family_form(family: str) -> FamilyForm:
+    """The method forms' restrictions for a model family, from the registry and the methods' declarations."""
+    refused, hidden, choices = {}, {}, {}
+    for m in registry.methods():
+        if reason := m.refusal(family):
+            refused[m.section] = reason
+        config = m.config_class()
+        names = tuple(p["name"] for p in method_params(m.section)
+                      if p.get("families") and family not in p["families"])
+        if names:
+            hidden[m.section] = names
+        if by_knob := config.refused_choices(family):
+            choices[m.section] = by_knob
+    return FamilyForm(family, refused, hidden, choices)
+
+
+def model_form(model: str) -> FamilyForm:
+    """:func:`family_form` of the model's family (ModelError when the model cannot be loaded)."""
     from backend.models import load_pipeline, model_family
 
-    family = model_family(load_pipeline(model))
-    return {m.section: reason for m in registry.methods() if (reason := m.refusal(family))}
+    return family_form(model_family(load_pipeline(model)))

@@ -654,7 +654,7 @@ def train_proposals(space: Space) -> list[dict]:
     for section, knobs in space.methods.items():
         method = registry.method(section)
         if "checkpoint" in {p["name"] for p in method.config_class().describe()} and not any(
-                knobs.get("checkpoint", checkpoints(section))) and method.finetunes:
+                knobs.get("checkpoint", checkpoints(section, model=space.model))) and method.finetunes:
             ft = method.finetunes[0]
             minutes = next((p["default"] for p in registry.resolve(ft.config).describe() if p["name"] == "minutes"),
                            None)

@@ -57,18 +57,30 @@ def _ladder_float(default: float, lo: float | None, hi: float | None) -> list[fl
     return sorted(clip)
 
 
-def checkpoints(section: str, root: Path = ASSETS) -> list[str]:
-    """Folders under ``root`` that hold a checkpoint of ``section`` (a file ``*SECTION*.json`` inside)."""
+def checkpoints(section: str, root: Path = ASSETS, model: str | None = None) -> list[str]:
+    """Folders under ``root`` that hold a checkpoint of ``section`` (a file ``*SECTION*.json`` inside); with
+    ``model``, only those made from it (the file's ``base_model``; a checkpoint that does not say is kept)."""
     if not root.is_dir():
         return []
-    return [str(d) for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob(f"*{section}*.json"))]
+    return [str(d) for d in sorted(root.iterdir()) if d.is_dir()
+            and any(model is None or _base_model(f) in (None, model) for f in d.glob(f"*{section}*.json"))]
 
 
-def registry_values(param: dict, section: str) -> list:
-    """The values searched for one declared parameter (choices, both booleans, a numeric ladder, checkpoints)."""
+def _base_model(metadata: Path) -> str | None:
+    try:
+        data = json.loads(metadata.read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("base_model") if isinstance(data, dict) else None
+
+
+def registry_values(param: dict, section: str, family: str | None = None, model: str | None = None) -> list:
+    """The values searched for one declared parameter (choices, both booleans, a numeric ladder, checkpoints);
+    with ``family``, not the choices refused there; with ``model``, only the checkpoints made from it."""
     default, lo, hi = param["default"], param.get("minimum"), param.get("maximum")
     if param.get("choices"):
-        return list(param["choices"])
+        refused = {c for c, fams in (param.get("refused") or {}).items() if family in fams}
+        return [c for c in param["choices"] if c not in refused]
     if isinstance(default, bool):
         return [False, True]
     if isinstance(default, int):
@@ -76,14 +88,15 @@ def registry_values(param: dict, section: str) -> list:
     if isinstance(default, float):
         return _ladder_float(default, lo, hi)
     if param["name"] == "checkpoint":
-        return ([default] if default else [""]) + checkpoints(section)
+        return ([default] if default else [""]) + checkpoints(section, model=model)
     return [default]
 
 
-def method_dimensions(family: str | None = None) -> dict[str, dict[str, list]]:
+def method_dimensions(family: str | None = None, model: str | None = None) -> dict[str, dict[str, list]]:
     """Every registered method's searchable knobs (those shown in forms) with their values; with ``family``, only
-    the knobs declared for it (``param(families=...)``: DeepCache's branch on U-Nets, k / m on transformers)."""
-    return {m.section: {p["name"]: registry_values(p, m.section)
+    the knobs declared for it (``param(families=...)``: DeepCache's branch on U-Nets, k / m on transformers) and
+    only the choices that run there (``param(refused=...)``); with ``model``, only checkpoints made from it."""
+    return {m.section: {p["name"]: registry_values(p, m.section, family, model)
                         for p in m.config_class().describe()
                         if p.get("ui", True) and (family is None or family in (p.get("families") or (family,)))}
             for m in registry.methods()}
@@ -245,7 +258,7 @@ def build_space(model: str, spec: dict | None = None, default_steps: int = 50, b
     unknown = sorted(set(spec) - set(SPACE_KEYS))
     if unknown:
         raise ValueError(f"--space: unknown key {unknown[0]!r}; allowed: {', '.join(SPACE_KEYS)}")
-    all_methods = method_dimensions(family)
+    all_methods = method_dimensions(family, model)
     # by default every method the registry marks as searched (compiling, minutes on a CPU, is searched only by name)
     sections = spec.get("methods", [s for s in all_methods if registry.method(s).searched
                                     and (family is None or registry.method(s).refusal(family) is None)])

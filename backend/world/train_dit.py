@@ -1,6 +1,7 @@
 """Train shapes-dit: a small PixArt-style transformer on shapes-sd's frozen text encoder and VAE.
 
-    python -m backend.world.train_dit --work DIR [--config a|b|tiny] [--minutes 6.5] [--device cuda]
+    python -m backend.world.train_dit --work DIR [--config a|b|c|tiny] [--minutes 6.5] [--device cuda]
+                                      [--teacher assets/shapes-sd]   # distil shapes-sd's U-Net
     python -m backend.world.train_dit --ship DIR --runs WORK [WORK ...]   # the best run's files, for the trip home
     python -m backend.world.train_dit --install DIR                      # DIR (shipped) -> assets/shapes-dit
     python -m backend.world.train_dit --evaluate FOLDER [--eval-n 100]   # hard-set accuracy of an exported folder
@@ -8,7 +9,9 @@
 One shot, built for one GPU: scenes of the training split are rendered in worker processes, encoded by
 the frozen VAE on the device and kept in its memory with the caption embeddings; the transformer is
 then trained for ``--minutes`` of wall clock (AdamW, warm-up, cosine, EMA, 10% caption dropout for CFG,
-bf16 autocast on CUDA, optionally the cross-attention grounding loss of shapes-sd). The EMA weights are
+bf16 autocast on CUDA, optionally the cross-attention grounding loss of shapes-sd). With ``--teacher`` the
+regression target is (partly) a frozen U-Net's epsilon at the same noisy latent, timestep and prompt instead of
+the sampled noise: the same minimiser, without the noise's variance. The EMA weights are
 exported as a stock ``PixArtSigmaPipeline`` folder (``WORK/shapes-dit``) and scored on the ``hard`` set
 by the judge at the model's default steps; ``WORK/loss.csv`` and ``WORK/shapes-dit.json`` keep the log.
 """
@@ -37,6 +40,7 @@ SHAPES_SD = ASSETS / "shapes-sd"
 PRESETS = {  # width (heads × 32), blocks, peak lr; a and b ≤ 14 MiB of fp32 weights
     "a": {"width": 128, "heads": 4, "layers": 12, "lr": 1e-3},  # deeper: caching the middle blocks saves more
     "b": {"width": 160, "heads": 5, "layers": 8, "lr": 5e-4},  # wider, gentler
+    "c": {"width": 128, "heads": 4, "layers": 8, "lr": 1e-3},  # what a 2-core CPU trains in a session (with --teacher)
     "tiny": {"width": 32, "heads": 2, "layers": 2, "lr": 1e-3},  # tests
 }
 CHUNK = 500  # scenes per rendering job
@@ -85,7 +89,9 @@ def render_pool(n: int, two_object_frac: float, workers: int):
 @torch.no_grad()
 def encode_pool(images: np.ndarray, captions: list[str], device: torch.device) -> dict[str, torch.Tensor]:
     """Latents (scaled like the pipeline's), the embeddings and padding masks of the unique captions (the last
-    row is the empty prompt, the pipeline's negative), each scene's caption index, and grounding targets."""
+    row is the empty prompt, the pipeline's negative), each scene's caption index, and grounding targets.
+    ``unmasked`` are the embeddings as Stable Diffusion's pipeline computes them (no padding mask), for a
+    U-Net teacher."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
@@ -99,18 +105,19 @@ def encode_pool(images: np.ndarray, captions: list[str], device: torch.device) -
     enc = tok([*unique, ""], padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt").to(device)
     embeds = text(enc.input_ids, attention_mask=enc.attention_mask)[0]  # as PixArt's encode_prompt computes them
+    unmasked = text(enc.input_ids)[0]
     masks, words = object_masks(unique)
     return {
         "latents": lat, "caption": torch.tensor([index[c] for c in captions], device=device),
-        "embeds": embeds, "mask": enc.attention_mask,
+        "embeds": embeds, "mask": enc.attention_mask, "unmasked": unmasked,
         "cells": torch.cat([masks, masks.new_zeros(1, *masks.shape[1:])]).to(device),
         "words": torch.cat([words, words.new_full((1, words.shape[1]), -1)]).to(device),
     }
 
 
 def train(work: Path, config: str, minutes: float, n_scenes: int, batch: int, lr: float, grounding: float,
-          two_object_frac: float, workers: int, device: torch.device,
-          init: Path | None = None) -> tuple[dict, torch.nn.Module]:
+          two_object_frac: float, workers: int, device: torch.device, init: Path | None = None,
+          teacher: Path | None = None, teacher_weight: float = 1.0) -> tuple[dict, torch.nn.Module]:
     t0 = time.time()
     images, captions = render_pool(n_scenes, two_object_frac, workers)
     render_s = time.time() - t0
@@ -126,6 +133,7 @@ def train(work: Path, config: str, minutes: float, n_scenes: int, batch: int, lr
     sched.alphas_cumprod = sched.alphas_cumprod.to(device)
     maps = CrossAttentionRecorder.install(model) if grounding > 0 else []
     empty = len(data["embeds"]) - 1
+    unet = load_teacher(teacher, device) if teacher else None
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
 
     def step_fn(step: int, gen: torch.Generator) -> torch.Tensor:
@@ -135,12 +143,18 @@ def train(work: Path, config: str, minutes: float, n_scenes: int, batch: int, lr
         x0 = data["latents"][idx]
         noise = torch.randn_like(x0)
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,), device=device)
+        xt = sched.add_noise(x0, noise, t)
+        target = noise
         maps.clear()
         with autocast:
-            pred = model(sched.add_noise(x0, noise, t), encoder_hidden_states=data["embeds"][cap],
+            if unet is not None:
+                with torch.no_grad():
+                    eps = unet(xt, t, encoder_hidden_states=data["unmasked"][cap]).sample.float()
+                target = teacher_weight * eps + (1 - teacher_weight) * noise
+            pred = model(xt, encoder_hidden_states=data["embeds"][cap],
                          encoder_attention_mask=data["mask"][cap], timestep=t,
                          added_cond_kwargs={"resolution": None, "aspect_ratio": None}).sample
-            loss = F.mse_loss(pred.float(), noise)
+            loss = F.mse_loss(pred.float(), target)
             if grounding > 0:
                 loss = loss + grounding * grounding_loss([m.float() for m in maps], data["cells"][cap],
                                                          data["words"][cap])
@@ -154,6 +168,20 @@ def train(work: Path, config: str, minutes: float, n_scenes: int, batch: int, lr
     return {"steps": state["step"], "train_minutes": round(state["elapsed"] / 60, 2),
             "render_s": round(render_s, 1), "encode_s": round(encode_s, 1),
             "distinct_captions": len(data["embeds"]) - 1}, ema
+
+
+def load_teacher(folder: Path, device: torch.device):
+    """The frozen U-Net of a pipeline folder that shares shapes-dit's latents, text encoder and noise schedule."""
+    from diffusers import UNet2DConditionModel
+
+    if not (folder / "unet" / "config.json").exists():
+        raise ValueError(f"--teacher {folder} holds no unet/config.json; allowed: a U-Net pipeline folder "
+                         f"on shapes-sd's VAE and text encoder (e.g. {SHAPES_SD})")
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet").to(device).eval().requires_grad_(False)
+    if unet.config.in_channels != 4 or unet.config.cross_attention_dim != arch.TEXT_DIM:
+        raise ValueError(f"--teacher {folder}: its U-Net takes {unet.config.in_channels} latent channels and "
+                         f"{unet.config.cross_attention_dim}-wide text; allowed: 4 and {arch.TEXT_DIM} (shapes-sd's)")
+    return unet
 
 
 def export(transformer, out: Path, guidance: float) -> None:
@@ -264,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--install", type=Path, help="a --ship folder: write assets/shapes-dit and docs/training")
     p.add_argument("--evaluate", type=Path, help="an exported folder: print its hard-set judge metrics (JSON)")
     p.add_argument("--init", type=Path, help="start from the transformer of a --ship folder (same --config)")
+    p.add_argument("--teacher", type=Path, help="distil this U-Net pipeline's epsilon (e.g. assets/shapes-sd)")
+    p.add_argument("--teacher-weight", type=float, default=1.0,
+                   help="share of the teacher's epsilon in the target (the rest: the sampled noise)")
     args = p.parse_args(argv)
     try:
         if args.install:
@@ -281,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         ("--two-object-frac", args.two_object_frac, 0 <= args.two_object_frac <= 1, "0 to 1"),
         ("--grounding", args.grounding, args.grounding >= 0, "≥ 0"), ("--lr", args.lr, args.lr > 0, "> 0"),
         ("--minutes", args.minutes, args.minutes > 0, "> 0"),
+        ("--teacher-weight", args.teacher_weight, 0 <= args.teacher_weight <= 1, "0 to 1"),
         ("--eval-n", args.eval_n, 0 <= args.eval_n <= 500, "0 to 500"),
         ("--batch", args.batch, 1 <= args.batch <= args.n_scenes, f"1 to --n-scenes ({args.n_scenes})"),
     ):
@@ -304,8 +336,13 @@ def main(argv: list[str] | None = None) -> None:
     _write_json(args.work / "settings.json", settings)
     if args.init and not (args.init / "transformer-config.json").exists():
         p.error(f"--init {args.init} holds no transformer-config.json; allowed: a --ship folder")
+    if args.teacher:
+        try:
+            load_teacher(args.teacher, torch.device("cpu"))
+        except ValueError as e:
+            p.error(str(e))
     report, ema = train(args.work, args.config, args.minutes, args.n_scenes, args.batch, args.lr, args.grounding,
-                        args.two_object_frac, args.workers, device, args.init)
+                        args.two_object_frac, args.workers, device, args.init, args.teacher, args.teacher_weight)
     shutil.copyfile(args.work / "dit" / "loss.csv", args.work / "loss.csv")
     folder = args.work / "shapes-dit"
     export(ema, folder, args.guidance)

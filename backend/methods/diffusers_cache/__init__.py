@@ -21,11 +21,10 @@ from backend.methods.diffusers_cache.config import (
     REFUSED,
     UNET_KINDS,
     DiffusersCacheConfig,
-    kind_refusal,
 )
 from backend.models import denoiser, model_family
 
-__all__ = ["DIT_ONLY", "KINDS", "REFUSED", "UNET_KINDS", "DiffusersCacheConfig", "apply", "denoiser", "kind_refusal"]
+__all__ = ["DIT_ONLY", "KINDS", "REFUSED", "UNET_KINDS", "DiffusersCacheConfig", "apply", "denoiser"]
 
 TIMESTEP_SCALE = {"flux": 1000.0}  # Flux's pipeline passes t / 1000; the hooks' windows are in 0–1000
 TAYLORSEER_BLOCKS = {"pixart": (r"^transformer_blocks\.\d+\.attn[12]$",)}  # diffusers' default misses attn1/attn2
@@ -85,7 +84,7 @@ def apply(pipe, config: DiffusersCacheConfig | dict | None = None) -> None:
     if not isinstance(config, DiffusersCacheConfig):
         config = DiffusersCacheConfig.from_dict(config)
     family = model_family(pipe)
-    refusal = kind_refusal(config.kind, family)
+    refusal = config.family_refusal(family)
     if refusal:
         raise ValueError(refusal)
     from diffusers import hooks

@@ -38,16 +38,6 @@ NOT_OFFERED = {
 }
 
 
-def kind_refusal(kind: str, family: str) -> str | None:
-    """One line saying why the cache ``kind`` does not run on a model of ``family``, or None when it does."""
-    why = REFUSED[kind].get(family)
-    if why is None:
-        return None
-    allowed = [k for k in KINDS if family not in REFUSED[k]]
-    return f"diffusers_cache.kind: {kind!r} does not run on family {family!r} ({why}); allowed there: " \
-           f"{', '.join(allowed)}"
-
-
 @dataclasses.dataclass
 class DiffusersCacheConfig(MethodConfig):
     """A diffusers cache hook on the denoiser: ``{"kind": "pab", "skip_range": 2}``.
@@ -62,7 +52,7 @@ class DiffusersCacheConfig(MethodConfig):
     kind: str = param("pab", "pab: PyramidAttentionBroadcast (reuses attention outputs; every family) · DiT only: "
                              "fbc (FirstBlockCache; PixArt, Flux), faster (FasterCache; PixArt, SD3), taylorseer "
                              "(TaylorSeer)",
-                      choices=KINDS)
+                      choices=KINDS, refused=REFUSED)
     skip_range: int = param(2, "pab / faster: recompute attention (faster: and the unconditional batch) every N-th "
                                "evaluation (1 = never skip, identical to no cache); taylorseer: the cache interval "
                                "(1 = never predict)", minimum=1, maximum=10)
