@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from backend.__main__ import main
 from backend.metadata import pipeline_info
@@ -164,3 +165,39 @@ def test_a_refused_choice_is_refused_before_anything_is_applied_and_left_out_of_
     shipped = checkpoints("consistency")  # made from shapes: offered for shapes only
     assert shipped and checkpoints("consistency", model="shapes") == shipped
     assert checkpoints("consistency", model="tiny-pixart") == []
+
+
+def test_an_sd3_single_file_round_trips_and_draws_the_same_images(tmp_path):
+    """tiny-sd3's transformer written in SD3's original layout loads back (diffusers' conversion) bit for bit."""
+    from backend.single_file import to_single_file
+
+    load_pipeline("tiny-sd3").save_pretrained(tmp_path / "sd3")
+    path = to_single_file(tmp_path / "sd3", tmp_path / "sd3.safetensors")
+    folder, single = load_pipeline(str(tmp_path / "sd3")), load_pipeline(str(path), config=str(tmp_path / "sd3"))
+    assert type(single).__name__ == "StableDiffusion3Pipeline" and model_family(single) == "sd3"
+    a, b = folder.transformer.state_dict(), single.transformer.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    images, _ = _run({"model": str(path), "model_config": str(tmp_path / "sd3"), "deepcache": {"interval": 2}})
+    expected, _ = _run({"model": str(tmp_path / "sd3"), "deepcache": {"interval": 2}})
+    assert np.array_equal(images, expected)
+
+
+def test_dit_single_file_refusals_are_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    from backend.core import ModelError
+    from backend.single_file import to_single_file
+
+    load_pipeline("tiny-sd3").save_pretrained(tmp_path / "sd3")
+    load_pipeline("tiny-pixart").save_pretrained(tmp_path / "pixart")
+    load_pipeline("tiny-flux").save_pretrained(tmp_path / "flux")
+    path = to_single_file(tmp_path / "sd3", tmp_path / "sd3.safetensors")
+    with pytest.raises(ModelError, match="is a PixArtSigmaPipeline folder but sd3.safetensors is a sd3 checkpoint"):
+        load_pipeline(str(path), config=str(tmp_path / "pixart"))
+    # diffusers' Flux conversion is written for the full-size 3072-wide model: a tiny Flux file cannot load
+    save_file({"double_blocks.0.img_attn.qkv.weight": torch.zeros(96, 32)}, tmp_path / "flux.safetensors")
+    with pytest.raises(ModelError) as err:
+        load_pipeline(str(tmp_path / "flux.safetensors"), config=str(tmp_path / "flux"))
+    assert "as a FluxPipeline single file" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ModelError, match="not converted here"):
+        to_single_file(tmp_path / "pixart", tmp_path / "pixart.safetensors")

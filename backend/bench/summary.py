@@ -181,5 +181,6 @@ def short_table(rows: list[dict]) -> str:
     table = markdown_table(short_rows(measured[:MAX_ROWS]))
     if len(measured) > MAX_ROWS:
         table += f"\n\n{MAX_ROWS} of {len(measured)} measured rows shown; every row is in the JSON."
-    statements = [f"- **{row_label(r, i, with_steps=True)}** — {r['verdict']}" for i, r in enumerate(rows) if is_statement(r)]
+    statements = [f"- **{row_label(r, i, with_steps=True)}** — {r['verdict']}"
+                  for i, r in enumerate(rows) if is_statement(r)]
     return table + ("\n\n" + "\n".join(statements) if statements else "")
