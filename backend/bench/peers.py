@@ -2,7 +2,8 @@
 
 Groups, each with a Speedlab reference row the peers are compared with: caching (Speedlab DeepCache N=2/3/5 vs
 the public DeepCache package's helper at N=3, ToMe 0.3/0.5 and diffusers' PyramidAttentionBroadcast — the only
-diffusers cache that runs on a U-Net), int8 (Speedlab W8A8 on real oneDNN kernels vs torchao, optimum-quanto and
+diffusers cache that runs on a U-Net; on a transformer, Speedlab's block caching vs PAB, FirstBlockCache, FasterCache
+and TaylorSeer, each where its family runs it), int8 (Speedlab W8A8 on real oneDNN kernels vs torchao, optimum-quanto and
 torch dynamic int8, each with the int8 operators that really ran), few-step (RG-LCM-LoRA 4 steps vs TCD 4 steps
 on the same student vs Align-Your-Steps 10 steps on the base model; shapes-sd only: sd15-arch has no student),
 and torch.compile of the baseline (its first call, which holds the compile, reported apart).
@@ -11,7 +12,7 @@ Per model, every configuration is built once, its first call timed alone (``firs
 interleaved rounds (:func:`backend.metrics.cost.timed_rounds`, one image each): ``speedup`` vs the baseline and
 ``vs_ref_speed`` (reference time / this time, per round) with intervals. Quality: shapes-sd, the judge's prompt
 accuracy on ``--n`` prompts of ``--set`` (paired deltas with bootstrap intervals vs the baseline and vs the
-group's reference); sd15-arch (random weights: speed and closeness only), PSNR/SSIM vs the baseline on
+group's reference; shapes-dit the same); sd15-arch and the random-weight transformers (speed and closeness only), PSNR/SSIM vs the baseline on
 ``--sd15-n`` images. ``verdict``: speed and quality against the reference, where an interval excludes parity.
 """
 
@@ -29,53 +30,65 @@ from backend.bench.common import check_positive, comma_choices
 from backend.world.prompts import PROMPT_SETS
 
 MODELS = ("shapes", "sd15-arch")
+DIT_MODELS = ("shapes-dit", "tiny-pixart", "pixart-arch")  # also accepted: the DiT caches' side of the table
+JUDGED = ("shapes", "shapes-dit")  # models the Shapes judge scores (the others: speed and closeness only)
 LORA = "assets/rg-lcm-lora"
-PACKAGE = "deepcache-package"  # the public DeepCache helper (not a Speedlab method: built here)
-# name -> (group, side, Variant sections, steps override or None, models it runs on)
-CONFIGS: dict[str, tuple[str, str, dict, int | None, tuple[str, ...]]] = {
-    "baseline": ("baseline", "speedlab", {}, None, MODELS),
-    "speedlab-deepcache-n2": ("cache", "speedlab", {"deepcache": {"interval": 2}}, None, MODELS),
-    "speedlab-deepcache-n3": ("cache", "speedlab", {"deepcache": {"interval": 3}}, None, MODELS),
-    "speedlab-deepcache-n5": ("cache", "speedlab", {"deepcache": {"interval": 5}}, None, MODELS),
-    "deepcache-package-n3": ("cache", "peer", {PACKAGE: {"cache_interval": 3, "cache_branch_id": 0}}, None, MODELS),
-    "tome-0.3": ("cache", "peer", {"tome": {"ratio": 0.3}}, None, MODELS),
-    "tome-0.5": ("cache", "peer", {"tome": {"ratio": 0.5}}, None, MODELS),
-    "diffusers-pab-2": ("cache", "peer", {"diffusers_cache": {"kind": "pab", "skip_range": 2}}, None, MODELS),
+PACKAGE = "deepcache-package"  # the public DeepCache helper (not a Speedlab method: built here; U-Nets only)
+# name -> (group, side, Variant sections, steps override or None, the only model it runs on or None); a
+# configuration runs on every model whose family the registry lets it apply to (backend.runs.build refusals)
+CONFIGS: dict[str, tuple[str, str, dict, int | None, str | None]] = {
+    "baseline": ("baseline", "speedlab", {}, None, None),
+    "speedlab-deepcache-n2": ("cache", "speedlab", {"deepcache": {"interval": 2}}, None, None),
+    "speedlab-deepcache-n3": ("cache", "speedlab", {"deepcache": {"interval": 3}}, None, None),
+    "speedlab-deepcache-n5": ("cache", "speedlab", {"deepcache": {"interval": 5}}, None, None),
+    "deepcache-package-n3": ("cache", "peer", {PACKAGE: {"cache_interval": 3, "cache_branch_id": 0}}, None, None),
+    "tome-0.3": ("cache", "peer", {"tome": {"ratio": 0.3}}, None, None),
+    "tome-0.5": ("cache", "peer", {"tome": {"ratio": 0.5}}, None, None),
+    "diffusers-pab-2": ("cache", "peer", {"diffusers_cache": {"kind": "pab", "skip_range": 2}}, None, None),
+    "diffusers-fbc": ("cache", "peer", {"diffusers_cache": {"kind": "fbc", "threshold": 0.05}}, None, None),
+    "diffusers-faster-2": ("cache", "peer", {"diffusers_cache": {"kind": "faster", "skip_range": 2}}, None, None),
+    "diffusers-taylorseer-3": ("cache", "peer", {"diffusers_cache": {"kind": "taylorseer", "skip_range": 3}}, None,
+                               None),
     "speedlab-w8a8-real": ("int8", "speedlab", {"quant": {"weight_bits": 8, "act_bits": 8, "kernels": "real",
-                                                          "calib_prompts": 4, "calib_steps": 10}}, None, MODELS),
-    "torchao-int8": ("int8", "peer", {"peer_int8": {"backend": "torchao"}}, None, MODELS),
-    "quanto-w8a8": ("int8", "peer", {"peer_int8": {"backend": "quanto"}}, None, MODELS),
-    "torch-dynamic-int8": ("int8", "peer", {"peer_int8": {"backend": "dynamic"}}, None, MODELS),
-    "speedlab-rg-lcm-4": ("few-step", "speedlab", {"consistency": {"checkpoint": LORA}}, 4, ("shapes",)),
+                                                          "calib_prompts": 4, "calib_steps": 10}}, None, None),
+    "torchao-int8": ("int8", "peer", {"peer_int8": {"backend": "torchao"}}, None, None),
+    "quanto-w8a8": ("int8", "peer", {"peer_int8": {"backend": "quanto"}}, None, None),
+    "torch-dynamic-int8": ("int8", "peer", {"peer_int8": {"backend": "dynamic"}}, None, None),
+    "speedlab-rg-lcm-4": ("few-step", "speedlab", {"consistency": {"checkpoint": LORA}}, 4, "shapes"),
     "tcd-4": ("few-step", "peer", {"consistency": {"checkpoint": LORA}, "schedule": {"kind": "tcd", "eta": 0.3}}, 4,
-              ("shapes",)),
-    "ays-10": ("few-step", "peer", {"schedule": {"kind": "ays"}}, 10, MODELS),
-    "compile": ("compile", "peer", {"compile": {"mode": "default"}}, None, MODELS),
+              "shapes"),
+    "ays-10": ("few-step", "peer", {"schedule": {"kind": "ays"}}, 10, None),
+    "compile": ("compile", "peer", {"compile": {"mode": "default"}}, None, None),
 }
 REFERENCE = {"baseline": "baseline", "cache": "speedlab-deepcache-n3", "int8": "speedlab-w8a8-real",
              "few-step": "speedlab-rg-lcm-4", "compile": "baseline"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {', '.join(MODELS)}")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {', '.join(MODELS)} (default), or "
+                        f"the transformers {', '.join(DIT_MODELS)}")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"subset of {', '.join(CONFIGS)} (the "
                         "baseline and the reference of each chosen group run too)")
-    parser.add_argument("--n", type=int, default=16, help="shapes-sd prompts for quality (default 16)")
+    parser.add_argument("--n", type=int, default=16, help="shapes-sd / shapes-dit prompts for quality (default 16)")
     parser.add_argument("--set", default="hard", choices=PROMPT_SETS, help="shapes prompt set (default hard)")
     parser.add_argument("--seed", type=int, default=0, help="first seed; prompt i uses seed+i")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds (default 3)")
-    parser.add_argument("--shapes-steps", type=int, default=20, help="shapes-sd DDIM steps (default 20)")
-    parser.add_argument("--sd15-steps", type=int, default=10, help="sd15-arch DDIM steps (default 10)")
-    parser.add_argument("--sd15-size", type=int, default=128, help="sd15-arch height and width (default 128)")
-    parser.add_argument("--sd15-n", type=int, default=2, help="sd15-arch images for PSNR/SSIM (default 2)")
+    parser.add_argument("--shapes-steps", type=int, default=20, help="shapes-sd / shapes-dit DDIM steps (default 20)")
+    parser.add_argument("--sd15-steps", type=int, default=10, help="sd15-arch (and the random-weight transformers') "
+                        "DDIM steps (default 10)")
+    parser.add_argument("--sd15-size", type=int, default=128, help="sd15-arch height and width (default 128; the "
+                        "random-weight transformers: 64)")
+    parser.add_argument("--sd15-n", type=int, default=2, help="random-weight models' images for PSNR/SSIM (default 2)")
 
 
 def _variant_data(model: str, name: str, args) -> dict:
     _, _, sections, steps, _ = CONFIGS[name]
-    data: dict[str, Any] = {"model": model, "name": name, "steps": steps or (args.shapes_steps if model == "shapes"
+    data: dict[str, Any] = {"model": model, "name": name, "steps": steps or (args.shapes_steps if model in JUDGED
                                                                            else args.sd15_steps)}
     if model == "sd15-arch":
         data.update(height=args.sd15_size, width=args.sd15_size)
+    elif model not in JUDGED:  # a random-weight transformer: a small image (cost, not quality)
+        data.update(height=64, width=64)
     if not {"consistency", "schedule"} & set(sections):
         data["scheduler"] = "ddim"
     sections = {k: v for k, v in sections.items() if k != PACKAGE}
@@ -124,11 +137,12 @@ def _model_rows(model: str, names: list[str], args) -> list[dict]:
     from backend.metadata import pipeline_info
     from backend.metrics.cost import timed_rounds
     from backend.metrics.paired import median_interval, paired_delta
-    from backend.metrics.quality import _psnr_ssim_per_image, judge_verdicts, paired_quality
+    from backend.metrics.pixels import psnr_ssim_per_image
+    from backend.metrics.quality import judge_verdicts, paired_quality
     from backend.sampling import generate
     from backend.world.prompts import eval_prompts
 
-    shapes = model == "shapes"
+    shapes = model in JUDGED
     prompts = eval_prompts(args.set, args.n) if shapes else ["a photograph of an astronaut riding a horse",
                                                              "a red sports car on a mountain road"][: args.sd15_n]
     prompts = (prompts * args.sd15_n)[: args.sd15_n] if not shapes else prompts
@@ -158,7 +172,7 @@ def _model_rows(model: str, names: list[str], args) -> list[dict]:
         print(f"peers bench: {model}: quality images of {name} ({len(prompts)} prompts)", file=sys.stderr)
         images[name] = np.concatenate([generate(pipe, variant, [p], [s]) for p, s in zip(prompts, seeds)])
     verdicts = {n: judge_verdicts(images[n], prompts)["prompt"] for n in names} if shapes else {}
-    mse = {n: _psnr_ssim_per_image(images[n], images["baseline"])[0] for n in names}
+    mse = {n: psnr_ssim_per_image(images[n], images["baseline"])[0] for n in names}
     out = []
     for name in names:
         row, t = rows[name], timing[name]
@@ -196,14 +210,31 @@ def _model_rows(model: str, names: list[str], args) -> list[dict]:
     return out
 
 
+def applies(model: str, name: str) -> bool:
+    """Whether configuration ``name`` runs on ``model``: its only model, the DeepCache package on U-Nets, and every
+    method and choice the registry lets apply to the model's family (what the pipeline build would refuse)."""
+    from backend.methods import registry
+    from backend.models import load_pipeline, model_family
+    from backend.variant import method_config_class
+
+    _, _, sections, _, only = CONFIGS[name]
+    if only is not None and model != only:
+        return False
+    family = model_family(load_pipeline(model))
+    if PACKAGE in sections:
+        return family in ("sd1", "sd2", "sdxl", "unet")
+    return not any(registry.method(s).refusal(family) or method_config_class(s).from_dict(v).family_refusal(family)
+                   for s, v in sections.items())
+
+
 def run(args) -> list[dict]:
-    models = comma_choices(args.models, MODELS, "--models")
+    models = comma_choices(args.models, MODELS + DIT_MODELS, "--models")
     names = comma_choices(args.configs, CONFIGS, "--configs")
     check_positive(args, ("n", "repeats", "shapes_steps", "sd15_steps", "sd15_size", "sd15_n"))
     torch.manual_seed(0)
     rows = []
     for model in models:
         refs = {REFERENCE[CONFIGS[n][0]] for n in names} | {"baseline"}
-        chosen = [n for n in CONFIGS if model in CONFIGS[n][4] and (n in names or n in refs)]
+        chosen = [n for n in CONFIGS if (n in names or n in refs) and applies(model, n)]
         rows += _model_rows(model, chosen, args)
     return rows
