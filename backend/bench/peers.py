@@ -2,18 +2,19 @@
 
 Groups, each with a Speedlab reference row the peers are compared with: caching (Speedlab DeepCache N=2/3/5 vs
 the public DeepCache package's helper at N=3, ToMe 0.3/0.5 and diffusers' PyramidAttentionBroadcast — the only
-diffusers cache that runs on a U-Net; on a transformer, Speedlab's block caching vs PAB, FirstBlockCache, FasterCache
-and TaylorSeer, each where its family runs it), int8 (Speedlab W8A8 on real oneDNN kernels vs torchao, optimum-quanto and
-torch dynamic int8, each with the int8 operators that really ran), few-step (RG-LCM-LoRA 4 steps vs TCD 4 steps
-on the same student vs Align-Your-Steps 10 steps on the base model; shapes-sd only: sd15-arch has no student),
-and torch.compile of the baseline (its first call, which holds the compile, reported apart).
+diffusers cache that runs on a U-Net; on a transformer, Speedlab's block caching vs PAB, FirstBlockCache,
+FasterCache and TaylorSeer, each where its family runs it), int8 (Speedlab W8A8 on real oneDNN kernels vs torchao,
+optimum-quanto and torch dynamic int8, each with the int8 operators that really ran), few-step (RG-LCM-LoRA 4 steps
+vs TCD 4 steps on the same student vs Align-Your-Steps 10 steps on the base model; shapes-sd only: the others have
+no student), and torch.compile of the baseline (its first call, which holds the compile, reported apart).
 
 Per model, every configuration is built once, its first call timed alone (``first_call_s``), then all run in
 interleaved rounds (:func:`backend.metrics.cost.timed_rounds`, one image each): ``speedup`` vs the baseline and
-``vs_ref_speed`` (reference time / this time, per round) with intervals. Quality: shapes-sd, the judge's prompt
-accuracy on ``--n`` prompts of ``--set`` (paired deltas with bootstrap intervals vs the baseline and vs the
-group's reference; shapes-dit the same); sd15-arch and the random-weight transformers (speed and closeness only), PSNR/SSIM vs the baseline on
-``--sd15-n`` images. ``verdict``: speed and quality against the reference, where an interval excludes parity.
+``vs_ref_speed`` (reference time / this time, per round) with intervals. Quality: shapes-sd and shapes-dit, the
+judge's prompt accuracy on ``--n`` prompts of ``--set`` (paired deltas with bootstrap intervals vs the baseline and
+vs the group's reference); sd15-arch and the random-weight transformers (speed and closeness only), PSNR/SSIM vs the
+baseline on ``--sd15-n`` images. ``verdict``: speed and quality against the reference, where an interval excludes
+parity.
 """
 
 from __future__ import annotations
