@@ -58,7 +58,7 @@ def family_props(form: Any, section: str, p: dict) -> dict:
     and a note naming the others and why. Only the properties the family can change (empty: nothing to change)."""
     props: dict = {}
     if p.get("families"):
-        props["visible"] = form is None or form.family in p["families"]
+        props["visible"] = form is None or p["name"] not in form.hidden.get(section, ())
     if p.get("refused"):
         note = form.choice_note(section, p["name"]) if form else ""
         props["choices"] = form.allowed_choices(section, p) if form else list(p["choices"])

@@ -303,7 +303,7 @@ def test_family_single_file_refusals(family_dirs, tmp_path):
     with pytest.raises(ValueError, match="StableDiffusionXLPipeline folder but sd1.safetensors"):
         load_pipeline(str(path), config=family_dirs["sdxl"])
     save_file({"some.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
-    with pytest.raises(ModelError, match="not a Stable Diffusion checkpoint in the original layout"):
+    with pytest.raises(ModelError, match="not a checkpoint in an original layout diffusers converts"):
         load_pipeline(str(tmp_path / "other.safetensors"))
     (tmp_path / "old.ckpt").write_bytes(b"not opened")
     with pytest.raises(ModelError, match="is a pickle"):
