@@ -131,7 +131,7 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
                 seed = gr.Number(label="Seed", value=0, scale=1, elem_id="seed", info=f"0 to 2^53−1 ({MAX_SEED})")
                 model = gr.Dropdown(list(dict.fromkeys([cb.model, *knobs.MODELS])), value=cb.model, label="Model",
                                     allow_custom_value=True, scale=2, elem_id="model",
-                                    info="shapes, tiny-arch, sd15-arch, a local diffusers folder or a cached Hub id")
+                                    info="a listed model, a local diffusers folder, a single file or a cached Hub id")
             with gr.Row():
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                 cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")

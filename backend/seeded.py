@@ -61,6 +61,8 @@ def seeded_images(
         extra.update(callback=lambda i, t, x: step_done(i), callback_steps=1)
     if "use_resolution_binning" in accepted:  # PixArt would snap the size to its aspect-ratio bins
         extra["use_resolution_binning"] = False
+    if "clean_caption" in accepted:  # PixArt's T5 caption cleaning runs only where bs4 and ftfy are installed
+        extra["clean_caption"] = False  # the same prompt must give the same image on every machine
     if "max_sequence_length" in accepted and defaults.get("max_sequence_length"):
         extra["max_sequence_length"] = int(defaults["max_sequence_length"])
     with torch.inference_mode():

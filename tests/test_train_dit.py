@@ -28,11 +28,12 @@ def test_tiny_run_exports_a_stock_pixart_sigma_folder_that_generates(tiny_run):
     assert 0 <= report["eval"]["prompt_accuracy"] <= 1 and report["eval"]["n"] == 2
     folder = tiny_run / "shapes-dit"
     defaults = json.loads((folder / "speedlab.json").read_text())
-    assert defaults["call_kwargs"]["max_sequence_length"] == 16 and defaults["steps"] == 50
+    assert defaults["max_sequence_length"] == 16 and defaults["steps"] == 50
     pipe = PixArtSigmaPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     out = pipe("a small red circle above a large blue square", num_inference_steps=2, height=64, width=64,
-               generator=torch.Generator().manual_seed(0), output_type="np", **defaults["call_kwargs"])
+               generator=torch.Generator().manual_seed(0), output_type="np",
+               **train_dit.call_kwargs(defaults["max_sequence_length"]))
     assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
 
 

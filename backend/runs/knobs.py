@@ -10,7 +10,7 @@ from backend.paths import ASSETS
 from backend.runs.jobs import job_config_class
 from backend.variant import method_config_class
 
-MODELS = ("shapes", "tiny-arch", "sd15-arch", "tiny-pixart", "tiny-sd3", "tiny-flux", "pixart-arch")
+MODELS = ("shapes", "shapes-dit", "tiny-arch", "sd15-arch", "tiny-pixart", "tiny-sd3", "tiny-flux", "pixart-arch")
 PRESET_NAMES = ("1-minute demo", "quality")
 
 

@@ -198,7 +198,7 @@ def export(transformer, out: Path, guidance: float) -> None:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    defaults = {**DEFAULTS, "guidance": guidance, "call_kwargs": call_kwargs(tok.model_max_length)}
+    defaults = {**DEFAULTS, "guidance": guidance, "max_sequence_length": tok.model_max_length}
     (tmp / "speedlab.json").write_text(json.dumps(defaults, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
@@ -222,7 +222,7 @@ def evaluate(folder: Path, n: int, device: torch.device, batch: int = 100) -> di
         latents = torch.stack([torch.randn((4, d["height"] // 4, d["width"] // 4), generator=g) for g in gens])
         out = pipe(prompts[s:s + batch], num_inference_steps=d["steps"], guidance_scale=d["guidance"],
                    height=d["height"], width=d["width"], latents=latents.to(device), output_type="np",
-                   **d["call_kwargs"])
+                   **call_kwargs(d["max_sequence_length"]))
         images.append(out.images)
     return judge_metrics(np.concatenate(images), prompts)
 
