@@ -296,13 +296,15 @@ class Callbacks:
         path = grid_png(cols, prompt, int(seed or 0), self.store / "grids" / f"speedlab-grid-{stamp}.png")
         return gr.update(value=str(path), interactive=True)
 
-    def model_changed(self, model: str, *schedulers: str):
-        """Defaults of the newly chosen model (steps, guidance; a column on the lcm scheduler keeps its own)
-        and its checkpoints; a message if it cannot load."""
+    def model_changed(self, model: str, *state: str):
+        """Defaults of the newly chosen model (steps, guidance; a column on the lcm scheduler keeps its own), its
+        checkpoints and its family's form; a message if it cannot load. ``state``: each column's scheduler, then
+        each checkpoint box's value (Callbacks.checkpoint_updates' order)."""
+        schedulers, held = state[:N_COLUMNS], state[N_COLUMNS:]
         try:
             defaults = knobs.model_defaults_for(model)
         except Exception as exc:
-            return (*[gr.skip()] * (2 * N_COLUMNS), *self.checkpoint_updates(model),
+            return (*[gr.skip()] * (2 * N_COLUMNS), *self.checkpoint_updates(model, held),
                     *[gr.skip()] * len(self.family_updates(None)), f"**Model {model!r} cannot be used:** {exc}")
         value = min(defaults.get("steps", 25), self.limits.max_steps or 10 ** 9)
         steps = [gr.skip() if sched == "lcm" else gr.update(value=value) for sched in schedulers]
@@ -310,7 +312,7 @@ class Callbacks:
                     for sched in schedulers]  # a student keeps the guidance it was distilled for
         form = self.model_form(model)
         refused = f" Not for its family ({form.family}): {', '.join(form.refused)}." if form and form.refused else ""
-        return (*steps, *guidance, *self.checkpoint_updates(model), *self.family_updates(form),
+        return (*steps, *guidance, *self.checkpoint_updates(model, held), *self.family_updates(form),
                 f"Model **{model}** ready: {defaults}.{refused}")
 
     @staticmethod
@@ -335,14 +337,19 @@ class Callbacks:
                     out.append(gr.update(**props) if props else gr.skip())
         return out
 
-    def checkpoint_updates(self, model: str | None) -> list:
-        """Each checkpoint box offers the new model's checkpoints and is cleared (a checkpoint belongs to the model
-        it was made from; clearing also unlocks the settings it had fixed)."""
+    def checkpoint_updates(self, model: str | None, held: tuple | list = ()) -> list:
+        """Each checkpoint box offers the new model's checkpoints. A checkpoint belongs to the model it was made
+        from: a box that held one gets the new model's shipped checkpoint of its method (the same column, now
+        for this model), else it is cleared (which also unlocks the settings it had fixed). ``held``: the boxes'
+        values, in this order."""
+        boxes = [section for _ in range(1, N_COLUMNS) for section, params in self.columns_layout()
+                 if any(p["name"] == "checkpoint" for p in params)]
+        held = list(held) + [""] * (len(boxes) - len(held))
         out = []
-        for _ in range(1, N_COLUMNS):
-            for section, params in self.columns_layout():
-                if any(p["name"] == "checkpoint" for p in params):
-                    out.append(gr.update(choices=checkpoint_choices(self.checkpoints(model, section)), value=""))
+        for section, value in zip(boxes, held, strict=True):
+            shipped = knobs.asset_checkpoints(model, section) if value else []
+            out.append(gr.update(choices=checkpoint_choices(self.checkpoints(model, section)),
+                                 value=shipped[0]["path"] if shipped else ""))
         return out
 
     # -------------------------------------------------------------------------------- report

@@ -240,7 +240,7 @@ def build_demo(cb: Callbacks) -> gr.Blocks:
         generate_btn.click(lambda: "", None, cancel_note, queue=False, api_visibility="private")
         for trigger in (pair_a.change, pair_b.change, show_diff.change):
             trigger(cb.pair, [comparison, pair_a, pair_b, show_diff], pair, api_visibility="private", queue=False)
-        model.change(cb.model_changed, [model, *ui["schedulers"]],
+        model.change(cb.model_changed, [model, *ui["schedulers"], *ui["ckpts"]],
                      [*ui["steps"], *ui["guidance"], *ui["ckpts"], *ui["family"], status],
                      api_visibility="private")
         for sec, dd, outs in ui["ckpt_wiring"]:

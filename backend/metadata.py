@@ -8,7 +8,9 @@ module puts attributes of its own on a diffusers object.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 _PIPE_ATTR = "speedlab_info"
@@ -65,3 +67,16 @@ def set_pipeline_info(pipe: Any, info: PipelineInfo) -> PipelineInfo:
 def unet_info(unet: Any) -> UnetInfo:
     """The U-Net's record, created empty on first use."""
     return _record(unet, _UNET_ATTR, UnetInfo)
+
+
+def checkpoint_base_model(folder: Path, section: str) -> str | None:
+    """The model a checkpoint folder of method ``section`` was made from: ``base_model`` in its ``*SECTION*.json``
+    (quant_config.json, speedlab_consistency.json); None when no such file says."""
+    for meta in sorted(Path(folder).glob(f"*{section}*.json")):
+        try:
+            data = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("base_model"):
+            return str(data["base_model"])
+    return None

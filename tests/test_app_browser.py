@@ -321,3 +321,20 @@ def test_a_transformer_model_locks_the_methods_its_family_refuses(browser, page_
     expect(tome).to_be_enabled()
     expect(page.locator("#deepcache-branch-1")).to_be_visible()
     page.close()
+
+
+def test_shapes_dit_generates_its_columns_with_the_judge(browser, page_url):
+    """The embedded DiT in the Playground: the baseline and block caching drawn and judged, the shapes-sd checkpoints
+    cleared from the other columns."""
+    from playwright.sync_api import expect
+
+    page = _open(browser, page_url)
+    model = page.locator("#model input").first
+    model.fill("shapes-dit")
+    model.press("Enter")
+    expect(page.locator("#status")).to_contain_text("Model shapes-dit ready", timeout=60_000)
+    _set(page, "#steps-0", "10")
+    page.locator("#generate").click()
+    expect(page.locator("#status")).to_contain_text("Timed in", timeout=240_000)
+    page.screenshot(path=str(SHOTS / "shapes-dit-playground.png"), full_page=True)
+    page.close()

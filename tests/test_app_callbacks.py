@@ -241,6 +241,25 @@ def test_checkpoint_sets_and_locks_the_controls(tmp_path):
     assert knobs.asset_checkpoints("tiny-arch") == []
 
 
+def test_a_checkpoint_box_follows_the_model_to_its_shipped_checkpoint(tmp_path):
+    """Shipped checkpoints belong to the model their metadata names; on a model change a box that held one gets the
+    new model's checkpoint of its method, or is cleared; an empty box stays empty."""
+    from app.callbacks import N_COLUMNS, Callbacks
+
+    shipped = {(c["model"], c["section"]): c["path"] for c in knobs.asset_checkpoints(None)}
+    if ("shapes-dit", "quant") not in shipped or ("shapes", "quant") not in shipped:
+        pytest.skip("the shipped EfficientDM checkpoints are not in assets/")
+    assert {c["model"] for c in knobs.asset_checkpoints("shapes-dit")} == {"shapes-dit"}
+    cb = Callbacks("tiny-arch", tmp_path)
+    boxes = [s for _ in range(1, N_COLUMNS) for s, ps in cb.columns_layout()
+             if any(p["name"] == "checkpoint" for p in ps)]
+    held = [shipped[("shapes", "quant")] if s == "quant" else "" for s in boxes]
+    to_dit = cb.checkpoint_updates("shapes-dit", held)
+    assert [u["value"] for u in to_dit] == [shipped[("shapes-dit", "quant")] if s == "quant" else "" for s in boxes]
+    assert all(u["value"] == "" for u in cb.checkpoint_updates("tiny-sd3", held))
+    assert all(u["value"] == "" for u in cb.checkpoint_updates("shapes-dit", [""] * len(boxes)))
+
+
 def test_columns_map_to_their_slots(tmp_path):
     from app.callbacks import N_COLUMNS, Callbacks
 

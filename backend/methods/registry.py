@@ -45,7 +45,7 @@ class Method:
     curve_label: Any = None  # label(section dict) -> the line a variant belongs to, or "module:function"
     finetunes: tuple[FineTune, ...] = ()
     conflicts: dict[str, str] = field(default_factory=dict)  # section it does not stack with -> why (both ways)
-    assets: tuple[tuple[str, str], ...] = ()  # checkpoints shipped in assets/ (made from shapes): (label, folder)
+    assets: tuple[tuple[str, str], ...] = ()  # checkpoints shipped in assets/: (label, folder); its model: its metadata
     families: tuple[str, ...] = ()  # the model families it applies to (backend.models.FAMILIES); () = every family
     families_why: str = ""  # why the others are left out (the refusal and the UI say it)
     searched: bool = True  # in the stack search's default space (False: only when --space names it; say why in help)
@@ -153,7 +153,8 @@ register(Method(
     finetunes=(FineTune("efficientdm", "backend.methods.quant.config:FinetuneConfig", "backend.methods.quant.cli",
                         train="backend.methods.quant.train:finetune", watch="backend.methods.quant.watch:job_watch",
                         presets="backend.methods.quant.config:FINETUNE_PRESETS"),),
-    assets=(("EfficientDM W4A4 (assets)", "efficientdm-w4a4"),)))
+    assets=(("EfficientDM W4A4 (assets)", "efficientdm-w4a4"),
+            ("EfficientDM W4A4 of shapes-dit (assets)", "efficientdm-w4a4-dit"))))
 register(Method(
     "consistency", "Consistency (LCM / RG-LCD)", "backend.methods.consistency.config:ConsistencyConfig",
     "backend.methods.consistency:apply", order=10, unet_access="copy", curve="LCM", curve_knob="steps",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backend.metadata import checkpoint_base_model
 from backend.methods import registry
 from backend.paths import ASSETS
 from backend.runs.jobs import job_config_class
@@ -65,12 +66,18 @@ def preset(kind: str, name: str) -> dict:
 
 
 def asset_checkpoints(model: str | None, section: str | None = None) -> list[dict]:
-    """The shipped checkpoints (all made from ``shapes``) that exist, for that model and section."""
-    if model is not None and model != "shapes":
-        return []
-    return [{"label": label, "section": m.section, "path": str(ASSETS / folder), "model": "shapes", "kind": "assets"}
-            for m in registry.methods() for label, folder in m.assets
-            if (section is None or m.section == section) and (ASSETS / folder).is_dir()]
+    """The checkpoints shipped in ``assets/`` that exist, for that model (the one each was made from, as its
+    metadata says) and section."""
+    out = []
+    for m in registry.methods():
+        for label, folder in m.assets:
+            path = ASSETS / folder
+            if (section is None or m.section == section) and path.is_dir():
+                base = checkpoint_base_model(path, m.section)
+                if model is None or base == model:
+                    out.append({"label": label, "section": m.section, "path": str(path), "model": base,
+                                "kind": "assets"})
+    return out
 
 
 def checkpoint_implies(section: str, path: str) -> dict:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backend.metadata import checkpoint_base_model
 from backend.methods import registry
 from backend.variant import SCHEDULERS, Variant, VariantError, read_text_file
 
@@ -59,19 +60,11 @@ def _ladder_float(default: float, lo: float | None, hi: float | None) -> list[fl
 
 def checkpoints(section: str, root: Path = ASSETS, model: str | None = None) -> list[str]:
     """Folders under ``root`` that hold a checkpoint of ``section`` (a file ``*SECTION*.json`` inside); with
-    ``model``, only those made from it (the file's ``base_model``; a checkpoint that does not say is kept)."""
+    ``model``, only those made from it (its ``base_model``; a checkpoint that does not say is kept)."""
     if not root.is_dir():
         return []
-    return [str(d) for d in sorted(root.iterdir()) if d.is_dir()
-            and any(model is None or _base_model(f) in (None, model) for f in d.glob(f"*{section}*.json"))]
-
-
-def _base_model(metadata: Path) -> str | None:
-    try:
-        data = json.loads(metadata.read_text())
-    except (OSError, ValueError):
-        return None
-    return data.get("base_model") if isinstance(data, dict) else None
+    return [str(d) for d in sorted(root.iterdir()) if d.is_dir() and any(d.glob(f"*{section}*.json"))
+            and (model is None or checkpoint_base_model(d, section) in (None, model))]
 
 
 def registry_values(param: dict, section: str, family: str | None = None, model: str | None = None) -> list:
