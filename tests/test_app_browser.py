@@ -324,10 +324,13 @@ def test_a_transformer_model_locks_the_methods_its_family_refuses(browser, page_
 
 
 def test_shapes_dit_generates_its_columns_with_the_judge(browser, page_url):
-    """The embedded DiT in the Playground: the baseline and block caching drawn and judged, the shapes-sd checkpoints
-    cleared from the other columns."""
+    """The embedded DiT in the Playground: the baseline, block caching and EfficientDM drawn and judged, the
+    EfficientDM column moved to shapes-dit's own shipped checkpoint."""
     from playwright.sync_api import expect
 
+    from backend.runs.knobs import asset_checkpoints
+
+    dit_quant = [c["label"] for c in asset_checkpoints("shapes-dit", "quant")]
     page = _open(browser, page_url)
     model = page.locator("#model input").first
     model.fill("shapes-dit")
@@ -336,5 +339,10 @@ def test_shapes_dit_generates_its_columns_with_the_judge(browser, page_url):
     _set(page, "#steps-0", "10")
     page.locator("#generate").click()
     expect(page.locator("#status")).to_contain_text("Timed in", timeout=240_000)
+    expect(page.locator("#caption-1")).to_contain_text("DeepCache N=3")
+    if dit_quant:
+        expect(page.locator("#quant-checkpoint-2 input")).to_have_value(dit_quant[0])
+        expect(page.locator("#caption-2")).to_contain_text("EfficientDM W4A4")
+        expect(page.locator("#image-2 img")).to_be_visible()
     page.screenshot(path=str(SHOTS / "shapes-dit-playground.png"), full_page=True)
     page.close()

@@ -46,12 +46,13 @@ CONFIGS = {  # name -> deepcache section (None: the baseline); nonuniform's cent
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default=",".join(MODELS), help=f"subset of {', '.join(MODELS)} (default both), "
+                        f"the transformers {', '.join(DIT_MODELS)} (block caching; shapes-dit judged like shapes), "
                         "or local model folders / single files (speed, and psnr/ssim vs the baseline on the "
                         "built-in general captions)")
     parser.add_argument("--local-steps", type=int, default=20, help="DDIM steps of a local model (default 20)")
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"subset of {', '.join(CONFIGS)} (the baseline is always run)")
-    parser.add_argument("--n", type=int, default=200, help="shapes-sd prompts for quality (default 200)")
+    parser.add_argument("--n", type=int, default=200, help="shapes / shapes-dit prompts for quality (default 200)")
     parser.add_argument("--set", default=DEFAULT_SET, choices=PROMPT_SETS, help=f"prompt set (default {DEFAULT_SET})")
     parser.add_argument("--seed", type=int, default=0, help="first seed; prompt i uses seed+i")
     parser.add_argument("--repeats", type=int, default=3, help="timed one-image runs per row, after 1 warm-up")
@@ -271,12 +272,9 @@ def run(args) -> list[dict]:
         quality = _quality("shapes", args.shapes_steps, names, args)
         for row in speed:
             q = quality[row["config"]]
-            for key in ("prompt_accuracy", "kid_shapes", "kid_shapes_floor", "psnr_vs_baseline", "ssim_vs_baseline"):
-                row[key] = q.get(key)
-            delta = q.get("prompt_accuracy_delta")
-            if delta is not None:  # paired per prompt and seed against the baseline, bootstrap 95% interval
-                row["accuracy_delta_points"] = 100 * delta["delta"]
-                row["accuracy_delta_ci"] = [100 * x for x in delta["ci"]] if delta["ci"] else None
+            row.update({k: q.get(k) for k in ("prompt_accuracy", "kid_shapes", "kid_shapes_floor",
+                                               "psnr_vs_baseline", "ssim_vs_baseline")})
+            _add_paired_delta(row, q)
         rows += speed
     for model in local:
         from backend.models import RANDOM_ARCHS, check_source, load_pipeline, model_defaults
@@ -293,10 +291,16 @@ def run(args) -> list[dict]:
         for row in speed:
             q = quality[row["config"]]
             row.update({k: q.get(k) for k in ("prompt_accuracy", "psnr_vs_baseline", "ssim_vs_baseline")})
-            delta = q.get("prompt_accuracy_delta")
-            if delta is not None:  # the Shapes judge (shapes-dit): paired per prompt and seed, bootstrap 95%
-                row["accuracy_delta_points"] = 100 * delta["delta"]
-                row["accuracy_delta_ci"] = [100 * x for x in delta["ci"]] if delta["ci"] else None
-                row["accuracy_verdict"] = delta.get("verdict")
+            _add_paired_delta(row, q)
         rows += speed
     return rows
+
+
+def _add_paired_delta(row: dict, quality: dict) -> None:
+    """The accuracy change against the baseline, paired per prompt and seed (bootstrap 95% interval), in points,
+    with its verdict (models the Shapes judge scores)."""
+    delta = quality.get("prompt_accuracy_delta")
+    if delta is not None:
+        row["accuracy_delta_points"] = 100 * delta["delta"]
+        row["accuracy_delta_ci"] = [100 * x for x in delta["ci"]] if delta["ci"] else None
+        row["accuracy_verdict"] = delta.get("verdict")
