@@ -37,6 +37,26 @@ def test_tiny_run_exports_a_stock_pixart_sigma_folder_that_generates(tiny_run):
     assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
 
 
+def test_the_exported_folder_generates_through_speedlab_as_the_stock_pipeline_does(tiny_run):
+    """What the trainer writes in speedlab.json is what Speedlab's own generation reads (it once wrote a key the
+    CLI ignored, and `evaluate` on the shipped model failed): the same image as the stock call."""
+    from diffusers import PixArtSigmaPipeline
+
+    from backend.models import load_pipeline
+    from backend.sampling import generate
+    from backend.variant import Variant
+
+    folder = tiny_run / "shapes-dit"
+    prompt = "a small red circle above a large blue square"
+    ours = generate(load_pipeline(str(folder)), Variant(model=str(folder), steps=2), [prompt], [0])
+    pipe = PixArtSigmaPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.randn((1, 4, 16, 16), generator=torch.Generator("cpu").manual_seed(0))
+    stock = pipe(prompt, num_inference_steps=2, guidance_scale=5.0, height=64, width=64, latents=latents,
+                 output_type="np", **train_dit.call_kwargs(16)).images
+    np.testing.assert_allclose(ours, stock, atol=1e-5)
+
+
 def test_ship_picks_a_finished_run_and_install_rebuilds_the_pipeline(tiny_run, tmp_path):
     from diffusers import PixArtSigmaPipeline
 
