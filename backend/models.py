@@ -143,6 +143,13 @@ def set_denoiser(pipe: DiffusionPipeline, module: torch.nn.Module) -> None:
     setattr(pipe, denoiser_name(pipe), module)
 
 
+def call_timestep(net: torch.nn.Module, args: tuple, kwargs: dict):
+    """The scheduler timestep of one denoiser call, from its ``timestep`` argument (Flux's pipeline passes t / 1000,
+    the other families t itself); None for a call without one."""
+    t = kwargs["timestep"] if "timestep" in kwargs else args[1] if len(args) > 1 else None
+    return t * 1000 if t is not None and isinstance(net, FluxTransformer2DModel) else t
+
+
 def is_dit(pipe: DiffusionPipeline) -> bool:
     """True for the transformer (DiT) families."""
     return model_family(pipe) in DIT_FAMILIES

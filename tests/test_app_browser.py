@@ -324,13 +324,14 @@ def test_a_transformer_model_locks_the_methods_its_family_refuses(browser, page_
 
 
 def test_shapes_dit_generates_its_columns_with_the_judge(browser, page_url):
-    """The embedded DiT in the Playground: the baseline, block caching and EfficientDM drawn and judged, the
-    EfficientDM column moved to shapes-dit's own shipped checkpoint."""
+    """The embedded DiT in the Playground: the baseline, block caching, EfficientDM and RG-LCM drawn and judged, the
+    EfficientDM and RG-LCM columns moved to shapes-dit's own shipped checkpoints."""
     from playwright.sync_api import expect
 
     from backend.runs.knobs import asset_checkpoints
 
     dit_quant = [c["label"] for c in asset_checkpoints("shapes-dit", "quant")]
+    dit_students = [c["label"] for c in asset_checkpoints("shapes-dit", "consistency")]
     page = _open(browser, page_url)
     model = page.locator("#model input").first
     model.fill("shapes-dit")
@@ -344,5 +345,9 @@ def test_shapes_dit_generates_its_columns_with_the_judge(browser, page_url):
         expect(page.locator("#quant-checkpoint-2 input")).to_have_value(dit_quant[0])
         expect(page.locator("#caption-2")).to_contain_text("EfficientDM W4A4")
         expect(page.locator("#image-2 img")).to_be_visible()
+    if dit_students:
+        expect(page.locator("#consistency-checkpoint-3 input")).to_have_value(dit_students[0])
+        expect(page.locator("#caption-3")).to_contain_text("LCM rg-lcm-lora-dit")
+        expect(page.locator("#image-3 img")).to_be_visible()
     page.screenshot(path=str(SHOTS / "shapes-dit-playground.png"), full_page=True)
     page.close()

@@ -114,8 +114,7 @@ def test_local_folder_round_trip(tmp_path):
     assert model_family(pipe) == "pixart" and type(pipe).__name__ == "PixArtSigmaPipeline"
 
 
-@pytest.mark.parametrize("kind,model,allowed", [("efficientdm", "tiny-flux", "pixart, sd3"),
-                                                ("lcd", "tiny-flux", "sd1, sd2, sdxl, unet, pixart, sd3")])
+@pytest.mark.parametrize("kind,model,allowed", [("lcd", "tiny-flux", "sd1, sd2, sdxl, unet, pixart, sd3")])
 def test_finetunes_refuse_families_they_do_not_support_in_one_line(kind, model, allowed, capsys, tmp_path):
     out = tmp_path / "ckpt"
     assert main(["finetune", kind, "--variant", json.dumps({"model": model}), "--out", str(out),
@@ -166,8 +165,10 @@ def test_a_refused_choice_is_refused_before_anything_is_applied_and_left_out_of_
     assert method_dimensions("sd3")["diffusers_cache"]["kind"] == ["pab", "faster", "taylorseer"]
     assert method_dimensions("sd1")["diffusers_cache"]["kind"] == ["pab"]
     assert method_dimensions()["diffusers_cache"]["kind"] == ["pab", "fbc", "faster", "taylorseer"]
-    shipped = checkpoints("consistency")  # made from shapes: offered for shapes only
-    assert shipped and checkpoints("consistency", model="shapes") == shipped
+    shipped = checkpoints("consistency")  # each shipped student is offered for the model it was made from only
+    assert [p.rsplit("/", 1)[1] for p in shipped] == ["rg-lcm-lora", "rg-lcm-lora-dit"]
+    assert checkpoints("consistency", model="shapes") == shipped[:1]
+    assert checkpoints("consistency", model="shapes-dit") == shipped[1:]
     assert checkpoints("consistency", model="tiny-pixart") == []
 
 

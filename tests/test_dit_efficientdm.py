@@ -33,3 +33,21 @@ def test_efficientdm_checkpoint_from_tiny_pixart_loads_and_generates(tmp_path, c
         assert np.isfinite(images[kernels]).all()
         info = pipeline_info(pipe).kernels
         assert ("int8" in info) == (kernels == "real") or "simulated" in info
+
+
+def test_a_flux_checkpoint_selects_one_activation_scale_per_step(tmp_path, capsys):
+    """Flux's pipeline calls its transformer with t / 1000: the per-step tables are keyed by the scheduler's
+    timesteps (with Flux's shift), and sampling at the trained step count visits each entry once, in order."""
+    out = tmp_path / "edm-flux"
+    assert main(["finetune", "efficientdm", "--variant", '{"model": "tiny-flux"}', "--out", str(out),
+                 "--w-bits", "4", "--a-bits", "4", "--max-iters", "2", "--train-steps", "4", "--batch-size", "1",
+                 "--watch-every", "0", "--minutes", "1", "--json"]) == 0
+    capsys.readouterr()
+    v = Variant.from_dict({"model": "tiny-flux", "steps": 4, "quant": {"checkpoint": str(out)}})
+    pipe = build_pipeline(v)
+    state = get_state(denoiser(pipe))
+    assert len(set(state.index.timesteps)) == 4 and state.index.timesteps[0] > 900
+    visited = []
+    denoiser(pipe).register_forward_hook(lambda *_: visited.append(state.index.current))
+    assert np.isfinite(generate(pipe, v, ["a red circle"], [0])).all()
+    assert visited == [0, 1, 2, 3]

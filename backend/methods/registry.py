@@ -165,7 +165,8 @@ register(Method(
                FineTune("rg-lcd", "backend.methods.consistency.config:DistillConfig",
                         train="backend.methods.consistency.distill:distill",
                         presets="backend.methods.consistency.config:RG_LCD_PRESETS")),
-    assets=(("RG-LCM LoRA, 2 steps (assets)", "rg-lcm-lora"),),
+    assets=(("RG-LCM LoRA, 2 steps (assets)", "rg-lcm-lora"),
+            ("RG-LCM LoRA of shapes-dit, 2 steps (assets)", "rg-lcm-lora-dit")),
     families=("sd1", "sd2", "sdxl", "unet", "pixart", "sd3"),
     families_why="no Flux student is built (students.py): Flux is guidance-distilled, so LCD's CFG teacher "
                  "step does not apply, and its transformer takes packed latents with position ids"))

@@ -22,11 +22,10 @@ from backend.methods.diffusers_cache.config import (
     UNET_KINDS,
     DiffusersCacheConfig,
 )
-from backend.models import denoiser, model_family
+from backend.models import call_timestep, denoiser, model_family
 
 __all__ = ["DIT_ONLY", "KINDS", "REFUSED", "UNET_KINDS", "DiffusersCacheConfig", "apply", "denoiser"]
 
-TIMESTEP_SCALE = {"flux": 1000.0}  # Flux's pipeline passes t / 1000; the hooks' windows are in 0–1000
 TAYLORSEER_BLOCKS = {"pixart": (r"^transformer_blocks\.\d+\.attn[12]$",)}  # diffusers' default misses attn1/attn2
 # the denoiser inputs FasterCache splits into the CFG batch's halves: diffusers' list, plus SD3's pooled text
 FASTER_BATCHED_INPUTS = {"sd3": ("pooled_projections",)}
@@ -36,13 +35,12 @@ class _CallState:
     """The denoiser's current timestep (0–1000), a fresh hook state at each new call and the cache context, for
     pipelines that do not manage them (``own_calls`` False: the pipeline sets the context and resets itself)."""
 
-    def __init__(self, model: torch.nn.Module, scale: float, own_calls: bool):
-        self.model, self.scale, self.own_calls, self.t = model, scale, own_calls, None
+    def __init__(self, model: torch.nn.Module, own_calls: bool):
+        self.model, self.own_calls, self.t = model, own_calls, None
 
     def __call__(self, module, args, kwargs) -> None:
-        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        t = call_timestep(module, args, kwargs)  # the scheduler's timestep: the hooks' windows are in 0–1000
         t = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
-        t *= self.scale
         if self.own_calls:
             from diffusers.hooks import HookRegistry
             from diffusers.hooks.hooks import CacheContext, _set_cache_context  # what CacheMixin.cache_context sets
@@ -91,7 +89,7 @@ def apply(pipe, config: DiffusersCacheConfig | dict | None = None) -> None:
     from diffusers.models.cache_utils import CacheMixin
 
     model = denoiser(pipe)
-    call = _CallState(model, TIMESTEP_SCALE.get(family, 1.0), own_calls=not isinstance(model, CacheMixin))
+    call = _CallState(model, own_calls=not isinstance(model, CacheMixin))
     model.register_forward_pre_hook(call, with_kwargs=True)
     apply_hook = {"pab": hooks.apply_pyramid_attention_broadcast, "fbc": hooks.apply_first_block_cache,
                   "faster": hooks.apply_faster_cache, "taylorseer": hooks.apply_taylorseer_cache}[config.kind]

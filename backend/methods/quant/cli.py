@@ -115,12 +115,6 @@ def main(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts) if args.prompts is not None else None
     out = check_out(args.out)
     pipe = load_model(variant)
-    from backend.models import model_family
-
-    if model_family(pipe) == "flux":
-        raise ValueError(f"finetune efficientdm: model {variant.model!r} is of family 'flux', which calls its "
-                         "transformer with timestep/1000: TALSQ's per-step scales cannot tell its steps apart; "
-                         "allowed families: sd1, sd2, sdxl, unet, pixart, sd3")
     if args.restart and out.exists():
         shutil.rmtree(out)
     start = quant or ft.quant_config()

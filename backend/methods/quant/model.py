@@ -26,6 +26,7 @@ from backend.methods.quant.layers import (
     quant_layer_class,
     wrap_layer,
 )
+from backend.models import call_timestep
 
 # transformer (DiT) layers under the policy's first_last / time_embed roles (kept at W8A8 by default, as the DiT
 # PTQ literature does): patch embedding and text projections in, the final layer out; timestep, pooled-text and
@@ -200,7 +201,7 @@ def quantize_unet(unet: nn.Module, config: QuantConfig, timesteps: list[int] | N
                 state.attn[name] = proc
 
     def hook(module, args, kwargs):
-        t = kwargs["timestep"] if "timestep" in kwargs else args[1] if len(args) > 1 else None
+        t = call_timestep(module, args, kwargs)
         if t is None:
             raise ValueError("the quantized U-Net was called without a timestep")
         state.index.set_timestep(t)

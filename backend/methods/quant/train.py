@@ -50,7 +50,7 @@ from backend.methods.quant.checkpoint import (
 from backend.methods.quant.config import LAYER_POLICY_KEYS, FinetuneConfig, QuantConfig
 from backend.methods.quant.distill import distill_loss
 from backend.methods.quant.model import QuantState, layer_role, quantize_unet
-from backend.models import denoiser, is_dit
+from backend.models import call_timestep, denoiser, is_dit
 
 RESUME_KEYS = ("method", "weight_bits", "act_bits", "train_steps", "batch_size", "lora_rank", "seed",
                "train_first_last")
@@ -63,13 +63,14 @@ def trains(name: str, ft: FinetuneConfig) -> bool:
     return ft.train_first_last or layer_role(name.removesuffix(".a_quant")) not in FIRST_LAST_ROLES
 
 
-def _trajectory_scheduler(pipe, steps: int):
-    """The scheduler the teacher's trajectories are sampled with: DDIM on a U-Net, the pipeline's own on a DiT."""
-    if is_dit(pipe):
-        sched = type(pipe.scheduler).from_config(pipe.scheduler.config)
-        sched.set_timesteps(steps)
-        return sched
-    return ddim_scheduler(pipe, steps)
+def _trajectory_timesteps(pipe, steps: int) -> list[int]:
+    """The timesteps of the teacher's trajectories: DDIM's on a U-Net; on a DiT, those its pipeline calls the
+    transformer at (its own scheduler, with any shift the pipeline sets, e.g. Flux's resolution-dependent mu)."""
+    if not is_dit(pipe):
+        return [int(t) for t in ddim_scheduler(pipe, steps).timesteps]
+    net = denoiser(pipe)
+    calls = collect_pipeline_calls(pipe, net, [""], steps, guidance_of(pipe))
+    return [round(float(torch.as_tensor(call_timestep(net, a, k)).reshape(-1)[0])) for a, k in calls]
 
 
 def _dit_trajectory(pipe, teacher, prompts: list[str], steps: int, guidance: float, seed: int):
@@ -93,7 +94,7 @@ def build_student(pipe, ft: FinetuneConfig, prompts: list[str] | None = None, ca
     state = quantize_unet(student, qcfg, base_model=pipeline_info(pipe).source)
     if calibrate_acts:
         calibrate(pipe, state, qcfg, unet=student, prompts=(prompts or [])[: qcfg.calib_prompts] or None)
-    state.set_timesteps([int(t) for t in _trajectory_scheduler(pipe, ft.train_steps).timesteps])
+    state.set_timesteps(_trajectory_timesteps(pipe, ft.train_steps))
     student.requires_grad_(False)
     for name, layer in state.trainable_layers().items():
         if not trains(name, ft):
@@ -234,8 +235,9 @@ def finetune(
     device = accelerator.device
     teacher.to(device)
     guidance = guidance_of(pipe, ft.guidance)
-    sched = _trajectory_scheduler(pipe, ft.train_steps)
     dit = is_dit(pipe)
+    sched = None if dit else ddim_scheduler(pipe, ft.train_steps)
+    timesteps = state.index.timesteps if dit else sched.timesteps
     budget = ft.minutes * 60.0
     params = [p for g in opt.param_groups for p in g["params"]]
     uncond = None
@@ -272,7 +274,7 @@ def finetune(
                     cond = encode(pipe, [pool[i] for i in idx])[0].to(device)
                 unc = uncond.repeat(len(idx)).to(device)
                 x = (torch.randn(latent_shape(pipe, len(idx)), generator=gen) * sched.init_noise_sigma).to(device)
-            for step, t in enumerate(sched.timesteps):
+            for step, t in enumerate(timesteps):
                 job.check()
                 start = time.monotonic()
                 frac = max(elapsed / budget if budget > 0 else 1.0, it / ft.max_iters if ft.max_iters else 0.0)
