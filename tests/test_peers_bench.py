@@ -17,7 +17,11 @@ def _args(**over) -> argparse.Namespace:
 def test_which_configurations_run_on_which_family_is_the_registrys():
     assert peers.applies("tiny-arch", "diffusers-pab-2") and not peers.applies("tiny-arch", "diffusers-fbc")
     assert peers.applies("tiny-arch", "deepcache-package-n3") and peers.applies("tiny-arch", "tome-0.3")
-    assert not peers.applies("tiny-arch", "speedlab-rg-lcm-4")  # the shipped student was made from shapes
+    assert not peers.applies("tiny-arch", "speedlab-rg-lcm-4")  # no student shipped for it
+    assert peers.shipped_student("shapes") == "assets/rg-lcm-lora"  # each model's own shipped student
+    assert peers.shipped_student("shapes-dit") == "assets/rg-lcm-lora-dit"
+    assert peers.applies("shapes-dit", "speedlab-rg-lcm-4")
+    assert not peers.applies("shapes-dit", "tcd-4")  # TCD's scheduler is refused on PixArt
     assert peers.applies("tiny-pixart", "diffusers-fbc") and peers.applies("tiny-pixart", "diffusers-faster-2")
     assert not peers.applies("tiny-pixart", "deepcache-package-n3") and not peers.applies("tiny-pixart", "tome-0.3")
     assert not peers.applies("tiny-pixart", "ays-10")

@@ -5,8 +5,9 @@ the public DeepCache package's helper at N=3, ToMe 0.3/0.5 and diffusers' Pyrami
 diffusers cache that runs on a U-Net; on a transformer, Speedlab's block caching vs PAB, FirstBlockCache,
 FasterCache and TaylorSeer, each where its family runs it), int8 (Speedlab W8A8 on real oneDNN kernels vs torchao,
 optimum-quanto and torch dynamic int8, each with the int8 operators that really ran), few-step (RG-LCM-LoRA 4 steps
-vs TCD 4 steps on the same student vs Align-Your-Steps 10 steps on the base model; shapes-sd only: the others have
-no student), and torch.compile of the baseline (its first call, which holds the compile, reported apart).
+vs TCD 4 steps on the same student vs Align-Your-Steps 10 steps on the base model; the student is the model's own
+shipped one, so the group runs on shapes-sd and shapes-dit, each where its family allows), and torch.compile of the
+baseline (its first call, which holds the compile, reported apart).
 
 Per model, every configuration is built once, its first call timed alone (``first_call_s``), then all run in
 interleaved rounds (:func:`backend.metrics.cost.timed_rounds`, one image each): ``speedup`` vs the baseline and
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,33 +35,32 @@ from backend.world.prompts import PROMPT_SETS
 MODELS = ("shapes", "sd15-arch")
 DIT_MODELS = ("shapes-dit", "tiny-pixart", "pixart-arch")  # also accepted: the DiT caches' side of the table
 JUDGED = ("shapes", "shapes-dit")  # models the Shapes judge scores (the others: speed and closeness only)
-LORA = "assets/rg-lcm-lora"
+SHIPPED = "shipped"  # consistency.checkpoint placeholder: the model's own shipped student (assets/)
 PACKAGE = "deepcache-package"  # the public DeepCache helper (not a Speedlab method: built here; U-Nets only)
-# name -> (group, side, Variant sections, steps override or None, the only model it runs on or None); a
-# configuration runs on every model whose family the registry lets it apply to (backend.runs.build refusals)
-CONFIGS: dict[str, tuple[str, str, dict, int | None, str | None]] = {
-    "baseline": ("baseline", "speedlab", {}, None, None),
-    "speedlab-deepcache-n2": ("cache", "speedlab", {"deepcache": {"interval": 2}}, None, None),
-    "speedlab-deepcache-n3": ("cache", "speedlab", {"deepcache": {"interval": 3}}, None, None),
-    "speedlab-deepcache-n5": ("cache", "speedlab", {"deepcache": {"interval": 5}}, None, None),
-    "deepcache-package-n3": ("cache", "peer", {PACKAGE: {"cache_interval": 3, "cache_branch_id": 0}}, None, None),
-    "tome-0.3": ("cache", "peer", {"tome": {"ratio": 0.3}}, None, None),
-    "tome-0.5": ("cache", "peer", {"tome": {"ratio": 0.5}}, None, None),
-    "diffusers-pab-2": ("cache", "peer", {"diffusers_cache": {"kind": "pab", "skip_range": 2}}, None, None),
-    "diffusers-fbc": ("cache", "peer", {"diffusers_cache": {"kind": "fbc", "threshold": 0.05}}, None, None),
-    "diffusers-faster-2": ("cache", "peer", {"diffusers_cache": {"kind": "faster", "skip_range": 2}}, None, None),
-    "diffusers-taylorseer-3": ("cache", "peer", {"diffusers_cache": {"kind": "taylorseer", "skip_range": 3}}, None,
-                               None),
+# name -> (group, side, Variant sections, steps override or None); a configuration runs on every model whose family
+# the registry lets it apply to (backend.runs.build refusals)
+CONFIGS: dict[str, tuple[str, str, dict, int | None]] = {
+    "baseline": ("baseline", "speedlab", {}, None),
+    "speedlab-deepcache-n2": ("cache", "speedlab", {"deepcache": {"interval": 2}}, None),
+    "speedlab-deepcache-n3": ("cache", "speedlab", {"deepcache": {"interval": 3}}, None),
+    "speedlab-deepcache-n5": ("cache", "speedlab", {"deepcache": {"interval": 5}}, None),
+    "deepcache-package-n3": ("cache", "peer", {PACKAGE: {"cache_interval": 3, "cache_branch_id": 0}}, None),
+    "tome-0.3": ("cache", "peer", {"tome": {"ratio": 0.3}}, None),
+    "tome-0.5": ("cache", "peer", {"tome": {"ratio": 0.5}}, None),
+    "diffusers-pab-2": ("cache", "peer", {"diffusers_cache": {"kind": "pab", "skip_range": 2}}, None),
+    "diffusers-fbc": ("cache", "peer", {"diffusers_cache": {"kind": "fbc", "threshold": 0.05}}, None),
+    "diffusers-faster-2": ("cache", "peer", {"diffusers_cache": {"kind": "faster", "skip_range": 2}}, None),
+    "diffusers-taylorseer-3": ("cache", "peer", {"diffusers_cache": {"kind": "taylorseer", "skip_range": 3}}, None),
     "speedlab-w8a8-real": ("int8", "speedlab", {"quant": {"weight_bits": 8, "act_bits": 8, "kernels": "real",
-                                                          "calib_prompts": 4, "calib_steps": 10}}, None, None),
-    "torchao-int8": ("int8", "peer", {"peer_int8": {"backend": "torchao"}}, None, None),
-    "quanto-w8a8": ("int8", "peer", {"peer_int8": {"backend": "quanto"}}, None, None),
-    "torch-dynamic-int8": ("int8", "peer", {"peer_int8": {"backend": "dynamic"}}, None, None),
-    "speedlab-rg-lcm-4": ("few-step", "speedlab", {"consistency": {"checkpoint": LORA}}, 4, "shapes"),
-    "tcd-4": ("few-step", "peer", {"consistency": {"checkpoint": LORA}, "schedule": {"kind": "tcd", "eta": 0.3}}, 4,
-              "shapes"),
-    "ays-10": ("few-step", "peer", {"schedule": {"kind": "ays"}}, 10, None),
-    "compile": ("compile", "peer", {"compile": {"mode": "default"}}, None, None),
+                                                          "calib_prompts": 4, "calib_steps": 10}}, None),
+    "torchao-int8": ("int8", "peer", {"peer_int8": {"backend": "torchao"}}, None),
+    "quanto-w8a8": ("int8", "peer", {"peer_int8": {"backend": "quanto"}}, None),
+    "torch-dynamic-int8": ("int8", "peer", {"peer_int8": {"backend": "dynamic"}}, None),
+    "speedlab-rg-lcm-4": ("few-step", "speedlab", {"consistency": {"checkpoint": SHIPPED}}, 4),
+    "tcd-4": ("few-step", "peer", {"consistency": {"checkpoint": SHIPPED}, "schedule": {"kind": "tcd", "eta": 0.3}},
+              4),
+    "ays-10": ("few-step", "peer", {"schedule": {"kind": "ays"}}, 10),
+    "compile": ("compile", "peer", {"compile": {"mode": "default"}}, None),
 }
 REFERENCE = {"baseline": "baseline", "cache": "speedlab-deepcache-n3", "int8": "speedlab-w8a8-real",
              "few-step": "speedlab-rg-lcm-4", "compile": "baseline"}
@@ -83,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _variant_data(model: str, name: str, args) -> dict:
-    _, _, sections, steps, _ = CONFIGS[name]
+    _, _, sections, steps = CONFIGS[name]
     data: dict[str, Any] = {"model": model, "name": name, "steps": steps or (args.shapes_steps if model in JUDGED
                                                                            else args.sd15_steps)}
     if model == "sd15-arch":
@@ -93,6 +94,8 @@ def _variant_data(model: str, name: str, args) -> dict:
     if not {"consistency", "schedule"} & set(sections):
         data["scheduler"] = "ddim"
     sections = {k: v for k, v in sections.items() if k != PACKAGE}
+    if sections.get("consistency", {}).get("checkpoint") == SHIPPED:
+        sections = {**sections, "consistency": {**sections["consistency"], "checkpoint": shipped_student(model)}}
     if model == "sd15-arch":  # calibration at 256×256 costs minutes per evaluation on a loaded CPU: the least
         sections = {k: {**v, "calib_prompts": 1, "calib_steps": 2} if k in ("quant", "peer_int8") else v
                     for k, v in sections.items()}
@@ -160,7 +163,7 @@ def _model_rows(model: str, names: list[str], args) -> list[dict]:
         generate(pipe, variant, prompts[:1], seeds[:1])
         first = time.perf_counter() - t0
         built[name] = (variant, pipe)
-        group, side, sections, _, _ = CONFIGS[name]
+        group, side, sections, _ = CONFIGS[name]
         rows[name] = {"model": label, "config": name, "group": group, "side": side,
                       "variant": {k: v for k, v in _variant_data(model, name, args).items() if k != "name"},
                       "steps": variant.steps, "build_s": build_s, "first_call_s": first,
@@ -211,19 +214,28 @@ def _model_rows(model: str, names: list[str], args) -> list[dict]:
     return out
 
 
+def shipped_student(model: str) -> str | None:
+    """The consistency student shipped for ``model`` (``assets/NAME``, made from it), or None."""
+    from backend.tune.space import checkpoints
+
+    found = checkpoints("consistency", model=model)
+    return f"assets/{Path(found[0]).name}" if found else None
+
+
 def applies(model: str, name: str) -> bool:
-    """Whether configuration ``name`` runs on ``model``: its only model, the DeepCache package on U-Nets, and every
-    method and choice the registry lets apply to the model's family (what the pipeline build would refuse)."""
+    """Whether configuration ``name`` runs on ``model``: the DeepCache package on U-Nets, a student only where the
+    model has a shipped one, and every method and choice the registry lets apply to the model's family (what the
+    pipeline build would refuse)."""
     from backend.methods import registry
     from backend.models import load_pipeline, model_family
     from backend.variant import method_config_class
 
-    _, _, sections, _, only = CONFIGS[name]
-    if only is not None and model != only:
-        return False
+    sections = CONFIGS[name][2]
     family = model_family(load_pipeline(model))
     if PACKAGE in sections:
         return family in ("sd1", "sd2", "sdxl", "unet")
+    if sections.get("consistency", {}).get("checkpoint") == SHIPPED and shipped_student(model) is None:
+        return False
     return not any(registry.method(s).refusal(family) or method_config_class(s).from_dict(v).family_refusal(family)
                    for s, v in sections.items())
 
