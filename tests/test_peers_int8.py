@@ -36,6 +36,16 @@ def test_each_backend_quantizes_generates_and_reports_int8_ops(backend, baseline
     assert all(torch.equal(before[k], after[k]) for k in before)  # the cached base keeps its fp32 weights
 
 
+def test_a_pixart_off_its_aspect_bins_is_calibrated_through_speedlabs_own_call():
+    """shapes-dit's sample size is none of PixArt's aspect-ratio bins: the stock call (binning on) refuses it, so
+    calibration and the operator count go through Speedlab's call, as generation does."""
+    variant = Variant.from_dict({"model": "shapes-dit", "scheduler": "ddim", "steps": 2,
+                                 "peer_int8": {"backend": "quanto", "calib_prompts": 1, "calib_steps": 1}})
+    pipe = build_pipeline(variant)
+    assert np.isfinite(generate(pipe, variant, ["a red circle"], [0])).all()
+    assert "_int_mm ×" in pipeline_info(pipe).kernels
+
+
 def test_unknown_backend_and_two_quantizations_are_refused():
     with pytest.raises(VariantError, match=r"peer_int8\.backend: 'onnx' is not allowed; allowed: torchao, quanto"):
         Variant.from_dict({**BASE, "peer_int8": {"backend": "onnx"}})

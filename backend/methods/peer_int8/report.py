@@ -36,17 +36,14 @@ class OpReport:
 
 
 def sample(pipe, prompts: list[str], steps: int, smallest: bool = False) -> None:
-    """A seeded generation to latents at the model's default size (calibration), or at the smallest size its
-    U-Net takes (``smallest``: which operators run does not depend on the size)."""
-    from backend.models import model_defaults
+    """A seeded generation through the pipeline's own call (Speedlab's, with the family's arguments) at the model's
+    default size (calibration), or at the smallest size its denoiser takes (``smallest``: which operators run does
+    not depend on the size)."""
+    from backend.methods.quant.calibrate import guidance_of
+    from backend.seeded import latent_geometry, seeded_images
 
-    size = {k: v for k, v in model_defaults(pipe).items() if k in ("height", "width")}
-    levels = getattr(getattr(getattr(pipe, "unet", None), "config", None), "block_out_channels", None)
-    if smallest and levels:
-        size = dict.fromkeys(("height", "width"), pipe.vae_scale_factor * 2 ** (len(levels) - 1))
-    with torch.inference_mode():
-        pipe(prompts, num_inference_steps=steps, output_type="latent", generator=torch.Generator("cpu").manual_seed(0),
-             **size)
+    side = latent_geometry(pipe)[1] if smallest else None
+    seeded_images(pipe, prompts, [0] * len(prompts), steps, guidance_of(pipe), height=side, width=side)
 
 
 def measure_ops(pipe, model: torch.nn.Module) -> OpReport:
