@@ -51,3 +51,13 @@ def test_a_flux_checkpoint_selects_one_activation_scale_per_step(tmp_path, capsy
     denoiser(pipe).register_forward_hook(lambda *_: visited.append(state.index.current))
     assert np.isfinite(generate(pipe, v, ["a red circle"], [0])).all()
     assert visited == [0, 1, 2, 3]
+
+
+def test_a_student_that_quantizes_its_input_layer_trains(tmp_path, capsys):
+    """--no-first-last-8bit puts a learned activation step size on the patch embedding's input: the teacher's calls
+    (captured under inference_mode) reach autograd as normal tensors."""
+    assert main(["finetune", "efficientdm", "--variant", '{"model": "tiny-pixart"}', "--out", str(tmp_path / "e"),
+                 "--w-bits", "4", "--a-bits", "8", "--max-iters", "2", "--train-steps", "3", "--batch-size", "1",
+                 "--lora-rank", "4", "--minutes", "1", "--watch-every", "0", "--no-first-last-8bit", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["status"] == "done" and summary["iters"] == 2 and summary["final_loss_is_finite"]

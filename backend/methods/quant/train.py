@@ -76,7 +76,12 @@ def _trajectory_timesteps(pipe, steps: int) -> list[int]:
 def _dit_trajectory(pipe, teacher, prompts: list[str], steps: int, guidance: float, seed: int):
     """A DiT teacher's trajectory as the calls its pipeline makes (CFG batched, its own scheduler), each with the
     teacher's output: [(args, kwargs, output)]."""
-    calls = collect_pipeline_calls(pipe, teacher, prompts, steps, guidance, seed)
+    from torch.utils._pytree import tree_map
+
+    # the pipeline runs under inference_mode: clones of its inputs are normal tensors, which autograd may save
+    # (a student whose first layer quantizes its input with a learned step size needs that input for backward)
+    calls = tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x,
+                     collect_pipeline_calls(pipe, teacher, prompts, steps, guidance, seed))
     return [(a, k, teacher(*a, **k)[0]) for a, k in calls]
 
 
