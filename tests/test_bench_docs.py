@@ -128,3 +128,17 @@ def test_statement_rows_are_lines_and_the_verdict_follows_the_accuracy_delta():
     assert short[0]["verdict"] == "no measurable difference" and short[0]["accuracy Δ (points)"] == "-2 [-7, 3]"
     table = short_table(rows)
     assert table.endswith("- **claim: it works · 2 steps** — yes: student at 2") and table.count("| student") == 2
+
+
+def test_rows_sharing_a_label_are_told_apart_by_method_and_a_row_with_nothing_to_show_is_left_to_the_json():
+    """A quant grid's PTQ and EfficientDM rows of one setting read "W3A8 paper · ptq" / "· efficientdm"; its
+    summary row (a list of settings, no column of the table) is not an empty table line."""
+    from backend.bench.summary import short_table
+
+    delta = {"delta": -0.1, "ci": [-0.2, -0.05], "n": 100}
+    rows = [{"method": "fp", "setting": "FP", "model_size_mb": 8.0},
+            {"method": "ptq", "setting": "W3A8 paper", "prompt_accuracy_delta": delta, "model_size_mb": 1.3},
+            {"method": "efficientdm", "setting": "W3A8 paper", "prompt_accuracy_delta": delta, "model_size_mb": 1.3},
+            {"method": "summary", "ptq_breaks_at": ["W3A8 paper"], "break_rule": "drop ≥ 10 points"}]
+    lines = short_table(rows).splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| FP", "| W3A8 paper · ptq", "| W3A8 paper · efficientdm"]

@@ -151,9 +151,12 @@ def short_rows(rows: list[dict]) -> list[dict]:
     judged = next((k for k in deltas if _is_accuracy_delta(k)), deltas[0] if deltas else None)
     plain = [k for k in PLAIN_KEYS if k not in keys and any(isinstance(r.get(k), (int, float)) for r in rows)]
     with_steps = len({r["steps"] for r in rows if isinstance(r.get("steps"), int)}) > 1  # steps tell rows apart
+    labels = [row_label(row, i, with_steps) for i, row in enumerate(rows)]
     out = []
     for i, row in enumerate(rows):
-        short = {"what": row_label(row, i, with_steps)}
+        short = {"what": labels[i]}
+        if labels.count(labels[i]) > 1 and row.get("method") and str(row["method"]) not in labels[i]:
+            short["what"] += f" · {row['method']}"  # e.g. a grid's PTQ and EfficientDM rows of one setting
         for key in keys:
             value, ci = interval_of(row, key)
             unit = "×" if "speedup" in key or "ratio" in key else ""
@@ -178,7 +181,9 @@ def short_table(rows: list[dict]) -> str:
     """The markdown table of :func:`short_rows` (MAX_ROWS measured rows at most, with a line saying how many are
     left out), then the statement rows, one line each."""
     measured = [r for r in rows if not is_statement(r)]
-    table = markdown_table(short_rows(measured[:MAX_ROWS]))
+    short = short_rows(measured[:MAX_ROWS])
+    # a row with no column to show (e.g. a grid's summary of its other rows) stays in the JSON only
+    table = markdown_table([r for r in short if any(v != "" for k, v in r.items() if k != "what")] or short)
     if len(measured) > MAX_ROWS:
         table += f"\n\n{MAX_ROWS} of {len(measured)} measured rows shown; every row is in the JSON."
     statements = [f"- **{row_label(r, i, with_steps=True)}** — {r['verdict']}"
