@@ -146,3 +146,19 @@ def test_first_last_layers_can_stay_untrained_at_the_target_bits(tiny_pipe):
     cli.add_arguments(parser)
     args = parser.parse_args(["--variant", "{}", "--out", "x", "--no-train-first-last"])
     assert cli.config_from_args(args).train_first_last is False
+
+
+@pytest.mark.parametrize("max_iters", [0, 4])
+def test_the_progress_bar_counts_iterations_or_the_time_budget(tiny_pipe, tmp_path, max_iters):
+    """bench quant (grid and curves) and finetune show one bar: iterations of --max-iters, else training seconds of
+    the budget, with the loss; it ends at the fine-tune's own count."""
+    from backend.methods.quant.train import progress_bar
+
+    ft = _ft(max_iters=max_iters, minutes=0.02)
+    bar, on_progress = progress_bar(ft, "test", disable=True)
+    result = finetune(tiny_pipe, ft, tmp_path / "s", prompts=PROMPTS, quant=_quant(),
+                      job=JobControl(on_progress=on_progress))
+    bar.close()
+    assert bar.total == (max_iters or int(ft.minutes * 60))
+    assert bar.n == (result["iters"] if max_iters else min(bar.total, int(result["minutes"] * 60)))
+    assert bar.postfix and "loss=" in bar.postfix

@@ -95,19 +95,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _progress(desc: str):
-    from tqdm import tqdm
-
-    bar = tqdm(desc=desc, unit="s", file=sys.stderr, leave=False)
-
-    def on_progress(fields: dict) -> None:
-        bar.n = int(fields.get("train_s", 0))
-        bar.set_postfix({"step": fields["step"], "loss": fields["loss"]}, refresh=False)
-        bar.refresh()
-
-    return bar, on_progress
-
-
 def first_reaching(curve: list, column: int, goal: float) -> float | None:
     """Minutes of the first curve point whose ``column`` is at least ``goal``."""
     return next((p[0] for p in curve if p[column] is not None and p[column] >= goal), None)
@@ -148,7 +135,7 @@ def run_compare(args: argparse.Namespace) -> list[dict]:
     from backend.core import JobControl
     from backend.methods.quant import FinetuneConfig
     from backend.methods.quant.checkpoint import checkpoint_size_mb
-    from backend.methods.quant.train import finetune
+    from backend.methods.quant.train import finetune, progress_bar
     from backend.metrics import cost, quality
     from backend.metrics.scorers import judge_absent_reason
     from backend.models import is_random_weights, load_pipeline
@@ -231,7 +218,7 @@ def run_compare(args: argparse.Namespace) -> list[dict]:
             return stop_at is not None and all(g is None or (v is not None and v >= g)
                                                for v, g in zip(curve[-1][1:], stop_at, strict=True))
 
-        bar, on_progress = _progress(f"{method} W{w}A{a}")
+        bar, on_progress = progress_bar(ft, f"{method} W{w}A{a}")
         start = time.perf_counter()
         result = finetune(base_pipe, ft, out, job=JobControl(on_progress=on_progress),
                           on_eval=on_eval if args.eval_every > 0 else None, eval_every_s=args.eval_every * 60)

@@ -195,9 +195,10 @@ def run_grid(model: str, prompts: list[str], seeds: list[int], grid: list[tuple[
 
 def _efficientdm_row(base_pipe, fp_variant, quant, policy: str, ptq_row: dict, minutes: float, work: Path, seed: int,
                      images_of, verdicts, versus_fp, fp_v, ptq_v) -> dict:
+    from backend.core import JobControl
     from backend.methods.quant import FinetuneConfig
     from backend.methods.quant.checkpoint import checkpoint_size_mb
-    from backend.methods.quant.train import finetune
+    from backend.methods.quant.train import finetune, progress_bar
     from backend.variant import Variant
 
     w, a = quant.weight_bits, quant.act_bits
@@ -205,7 +206,11 @@ def _efficientdm_row(base_pipe, fp_variant, quant, policy: str, ptq_row: dict, m
     ft = FinetuneConfig.from_dict({"method": "efficientdm", "weight_bits": w, "act_bits": a, "minutes": minutes,
                                    "seed": seed})
     # a finished fine-tune of this very setting is reused (resuming it trains no further); a partial one continues
-    result = finetune(base_pipe, ft, out, quant=quant, resume=True)
+    bar, on_progress = progress_bar(ft, f"efficientdm {ptq_row['setting']}")
+    try:
+        result = finetune(base_pipe, ft, out, job=JobControl(on_progress=on_progress), quant=quant, resume=True)
+    finally:
+        bar.close()
     result.pop("student")
     images, _ = images_of(Variant.from_dict({**fp_variant.to_dict(), "name": f"efficientdm-w{w}a{a}-{policy}",
                                              "quant": {"checkpoint": str(out)}}))

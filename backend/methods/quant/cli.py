@@ -97,12 +97,10 @@ def quant_from_args(args: argparse.Namespace, ft: FinetuneConfig) -> QuantConfig
 
 
 def main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from backend.core import JobControl
     from backend.methods.quant.checkpoint import check_out
     from backend.methods.quant.model import summary
-    from backend.methods.quant.train import finetune
+    from backend.methods.quant.train import finetune, progress_bar
     from backend.methods.quant.watch import make_watch
     from backend.sampling import load_model, seeded_sampler
     from backend.variant import Variant
@@ -124,14 +122,10 @@ def main(args: argparse.Namespace) -> int:
         start = dataclasses.replace(config_from_meta(read_meta(out), out), method="ptq", checkpoint="")
     watch = make_watch(pipe, seeded_sampler(pipe), args.watch_every, args.watch_n, start, settle_iters=ft.train_steps)
     cancel = threading.Event()
-    total = ft.max_iters or None
-    bar = tqdm(total=total or int(ft.minutes * 60), unit="it" if total else "s", desc=f"{ft.method} "
-               f"W{ft.weight_bits}A{ft.act_bits}", file=sys.stderr, disable=args.json)
+    bar, move_bar = progress_bar(ft, f"{ft.method} W{ft.weight_bits}A{ft.act_bits}", disable=args.json)
 
     def on_progress(fields: dict) -> None:
-        bar.n = fields["step"] if total else min(bar.total, int(fields.get("train_s", 0)))
-        bar.set_postfix({"step": fields["step"], "loss": fields["loss"]}, refresh=False)
-        bar.refresh()
+        move_bar(fields)
         if watch is not None:
             watch.observe(fields)
 

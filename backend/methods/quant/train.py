@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -191,6 +192,23 @@ def _refuse_changes(out: Path, saved: dict, now, keys: tuple[str, ...]) -> None:
         if was != getattr(now, key):
             raise CheckpointError(f"{out}: cannot resume, {key} was {was!r} and is now "
                                   f"{getattr(now, key)!r}; allowed: the same settings, or a new --out")
+
+
+def progress_bar(ft: FinetuneConfig, desc: str, disable: bool = False):
+    """A stderr tqdm bar of a fine-tune (iterations under ``max_iters``, else training seconds of its budget) and the
+    ``JobControl.on_progress`` callback that moves it: (bar, callback); close the bar when the fine-tune ends."""
+    from tqdm import tqdm
+
+    total = ft.max_iters or None
+    bar = tqdm(total=total or int(ft.minutes * 60), unit="it" if total else "s", desc=desc, file=sys.stderr,
+               disable=disable)
+
+    def on_progress(fields: dict) -> None:
+        bar.n = fields["step"] if total else min(bar.total, int(fields.get("train_s", 0)))
+        bar.set_postfix({"step": fields["step"], "loss": fields["loss"]}, refresh=False)
+        bar.refresh()
+
+    return bar, on_progress
 
 
 def finetune(
