@@ -624,7 +624,7 @@ def test_a_model_change_locks_what_its_family_refuses_and_the_columns_still_gene
     assert sd3["tome"]["interactive"] is False and sd3["tome"]["value"] is False
     assert "family 'sd3'" in sd3["tome"]["info"] and sd3["deepcache"]["interactive"] is True
     assert sd3["deepcache.branch"]["visible"] is False and sd3["deepcache.first_blocks"]["visible"] is True
-    assert sd3["diffusers_cache.kind"]["choices"] == ["pab", "faster", "taylorseer"]
+    assert sd3["diffusers_cache.kind"]["choices"] == ["pab", "faster", "taylorseer", "magcache"]
     assert "not fbc on sd3" in sd3["diffusers_cache.kind"]["info"]
     assert sd3["deepcache.interval"] == gr.skip()
     unet = column_one("tiny-arch")

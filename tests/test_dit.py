@@ -147,8 +147,8 @@ def test_workbench_knows_which_methods_knobs_and_choices_a_family_refuses():
     assert "family 'flux'" in flux.refused["consistency"]
     assert sd3.hidden["deepcache"] == ("branch",) and set(unet.hidden["deepcache"]) == {"first_blocks", "last_blocks"}
     kind = next(p for p in method_config_class("diffusers_cache").describe() if p["name"] == "kind")
-    assert sd3.allowed_choices("diffusers_cache", kind) == ["pab", "faster", "taylorseer"]
-    assert flux.allowed_choices("diffusers_cache", kind) == ["pab", "fbc", "taylorseer"]
+    assert sd3.allowed_choices("diffusers_cache", kind) == ["pab", "faster", "taylorseer", "magcache"]
+    assert flux.allowed_choices("diffusers_cache", kind) == ["pab", "fbc", "taylorseer", "magcache"]
     assert unet.allowed_choices("diffusers_cache", kind) == ["pab"]
     assert sd3.choice_note("diffusers_cache", "kind").startswith("not fbc on sd3: FirstBlockCache's tail hook")
     assert sd3.choice_note("deepcache", "interval") == ""
@@ -160,11 +160,11 @@ def test_a_refused_choice_is_refused_before_anything_is_applied_and_left_out_of_
 
     err = DiffusersCacheConfig(kind="fbc").family_refusal("sd3")
     assert err.startswith("diffusers_cache.kind: 'fbc' does not run on family 'sd3' (") and \
-        err.endswith("allowed there: pab, faster, taylorseer")
+        err.endswith("allowed there: pab, faster, taylorseer, magcache")
     assert DiffusersCacheConfig(kind="fbc").family_refusal("flux") is None
-    assert method_dimensions("sd3")["diffusers_cache"]["kind"] == ["pab", "faster", "taylorseer"]
+    assert method_dimensions("sd3")["diffusers_cache"]["kind"] == ["pab", "faster", "taylorseer", "magcache"]
     assert method_dimensions("sd1")["diffusers_cache"]["kind"] == ["pab"]
-    assert method_dimensions()["diffusers_cache"]["kind"] == ["pab", "fbc", "faster", "taylorseer"]
+    assert method_dimensions()["diffusers_cache"]["kind"] == ["pab", "fbc", "faster", "taylorseer", "magcache"]
     shipped = checkpoints("consistency")  # each shipped student is offered for the model it was made from only
     assert [p.rsplit("/", 1)[1] for p in shipped] == ["rg-lcm-lora", "rg-lcm-lora-dit"]
     assert checkpoints("consistency", model="shapes") == shipped[:1]

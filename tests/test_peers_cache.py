@@ -37,7 +37,7 @@ def _base_state() -> tuple[dict, list, bool]:
             any(hasattr(m, "_diffusers_hook") for m in unet.modules()))
 
 
-@pytest.mark.parametrize("kind", ["fbc", "faster", "taylorseer"])
+@pytest.mark.parametrize("kind", ["fbc", "faster", "taylorseer", "magcache"])
 def test_dit_only_hooks_are_refused_on_a_unet_and_nothing_is_half_applied(kind):
     weights, hooks, diffusers_hooks = _base_state()
     variant = Variant.from_dict({**BASE, "tome": {"ratio": 0.5}, "diffusers_cache": {"kind": kind}})

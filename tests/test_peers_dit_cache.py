@@ -14,10 +14,10 @@ from backend.variant import Variant
 
 FAMILIES = ("pixart", "sd3", "flux")
 NEVER = {"pab": {"skip_range": 1}, "faster": {"skip_range": 1}, "fbc": {"threshold": 0.0},
-         "taylorseer": {"skip_range": 1}}
+         "taylorseer": {"skip_range": 1}, "magcache": {"skip_range": 1}}
 SKIP = {"pab": {"skip_range": 2, "timestep_from": 0, "timestep_to": 1000},
         "faster": {"skip_range": 2, "timestep_from": 0, "timestep_to": 1000}, "fbc": {"threshold": 0.5},
-        "taylorseer": {"skip_range": 3}}
+        "taylorseer": {"skip_range": 3}, "magcache": {"skip_range": 3, "threshold": 0.5}}
 RUNS = [(f, k) for f in FAMILIES for k in REFUSED if f not in REFUSED[k]]
 REFUSES = [(f, k) for f in FAMILIES for k in REFUSED if f in REFUSED[k]]
 _BASE: dict = {}
@@ -64,3 +64,27 @@ def test_refused_pairs_name_family_and_cache_in_one_line(family, kind):
     with pytest.raises(ValueError, match=rf"diffusers_cache\.kind: '{kind}' does not run on family '{family}'") as exc:
         build_pipeline(_variant(family, {"kind": kind}))
     assert "\n" not in str(exc.value) and "allowed there: pab" in str(exc.value)
+
+
+def test_magcache_calibrates_on_the_model_at_build_and_fits_its_ratios_to_each_calls_steps():
+    """MagCache's ratios come from a calibration run on the model (one per step of its default step count, 1.0 first,
+    the same on every build); a call at another step count runs with them interpolated to its own steps."""
+    from diffusers.hooks.mag_cache import _MAG_CACHE_LEADER_BLOCK_HOOK
+
+    from backend.methods.diffusers_cache.magcache import calibrate
+    from backend.models import denoiser, model_defaults
+
+    v = _variant("pixart", {"kind": "magcache", **SKIP["magcache"]})
+    pipe = build_pipeline(v)
+    net = denoiser(pipe)
+    hook = next(m._diffusers_hook.get_hook(_MAG_CACHE_LEADER_BLOCK_HOOK) for m in net.modules()
+                if getattr(m, "_diffusers_hook", None) is not None
+                and m._diffusers_hook.get_hook(_MAG_CACHE_LEADER_BLOCK_HOOK) is not None)
+    live = hook.config
+    assert not live.calibrate and live.num_inference_steps == model_defaults(pipe)["steps"] != v.steps
+    generate(pipe, v, ["a red circle"], [0])
+    assert live.num_inference_steps == v.steps and len(live.mag_ratios) == v.steps
+    plain = build_pipeline(_variant("pixart"))
+    ratios = calibrate(plain, denoiser(plain), 6)
+    assert len(ratios) == 6 and ratios[0] == 1.0 and all(r > 0 for r in ratios)
+    assert calibrate(plain, denoiser(plain), 6) == ratios  # a fixed prompt and seed: the same ratios every build

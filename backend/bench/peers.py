@@ -1,13 +1,14 @@
 """Peers: Speedlab's methods beside what users would pick instead, under one paired protocol.
 
-Groups, each with a Speedlab reference row the peers are compared with: caching (Speedlab DeepCache N=2/3/5 vs
-the public DeepCache package's helper at N=3, ToMe 0.3/0.5 and diffusers' PyramidAttentionBroadcast — the only
-diffusers cache that runs on a U-Net; on a transformer, Speedlab's block caching vs PAB, FirstBlockCache,
-FasterCache and TaylorSeer, each where its family runs it), int8 (Speedlab W8A8 on real oneDNN kernels vs torchao,
-optimum-quanto and torch dynamic int8, each with the int8 operators that really ran), few-step (RG-LCM-LoRA 4 steps
-vs TCD 4 steps on the same student vs Align-Your-Steps 10 steps on the base model; the student is the model's own
-shipped one, so the group runs on shapes-sd and shapes-dit, each where its family allows), and torch.compile of the
-baseline (its first call, which holds the compile, reported apart).
+Groups, each with a Speedlab reference row the peers are compared with: caching (Speedlab DeepCache N=2/3/5 vs the
+public DeepCache package's helper at N=3, ToMe 0.3/0.5 and diffusers' PyramidAttentionBroadcast — the only diffusers
+cache that runs on a U-Net; on a transformer, Speedlab's block caching vs PAB, FirstBlockCache, FasterCache,
+TaylorSeer and MagCache (its ratios calibrated on the model at build), each where its family runs it), int8
+(Speedlab W8A8 on real oneDNN kernels vs torchao, optimum-quanto and torch dynamic int8, each with the int8
+operators that really ran), few-step (RG-LCM-LoRA 4 steps vs TCD 4 steps on the same student vs Align-Your-Steps 10
+steps on the base model; the student is the model's own shipped one, so the group runs on shapes-sd and shapes-dit,
+each where its family allows), and torch.compile of the baseline (its first call, which holds the compile, reported
+apart).
 
 Per model, every configuration is built once, its first call timed alone (``first_call_s``), then all run in
 interleaved rounds (:func:`backend.metrics.cost.timed_rounds`, one image each): ``speedup`` vs the baseline and
@@ -51,6 +52,8 @@ CONFIGS: dict[str, tuple[str, str, dict, int | None]] = {
     "diffusers-fbc": ("cache", "peer", {"diffusers_cache": {"kind": "fbc", "threshold": 0.05}}, None),
     "diffusers-faster-2": ("cache", "peer", {"diffusers_cache": {"kind": "faster", "skip_range": 2}}, None),
     "diffusers-taylorseer-3": ("cache", "peer", {"diffusers_cache": {"kind": "taylorseer", "skip_range": 3}}, None),
+    "diffusers-magcache": ("cache", "peer", {"diffusers_cache": {"kind": "magcache", "skip_range": 4,
+                                                                 "threshold": 0.06}}, None),  # diffusers' K=3, 0.06
     "speedlab-w8a8-real": ("int8", "speedlab", {"quant": {"weight_bits": 8, "act_bits": 8, "kernels": "real",
                                                           "calib_prompts": 4, "calib_steps": 10}}, None),
     "torchao-int8": ("int8", "peer", {"peer_int8": {"backend": "torchao"}}, None),

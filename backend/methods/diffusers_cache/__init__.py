@@ -1,4 +1,5 @@
-"""The diffusers 0.42 cache hooks (PyramidAttentionBroadcast, FirstBlockCache, FasterCache, TaylorSeer) as a method.
+"""The diffusers 0.42 cache hooks (PyramidAttentionBroadcast, FirstBlockCache, FasterCache, TaylorSeer, MagCache) as a
+method.
 
 ``apply(pipe, DiffusersCacheConfig(kind="pab"))`` attaches the hook to ``denoiser(pipe)`` (its transformer or U-Net)
 with diffusers' module-level ``apply_*`` functions. Which family runs which hook is the table
@@ -9,9 +10,12 @@ Only Flux's pipeline (its transformer is a ``CacheMixin``) gives the hooks what 
 each denoiser call and a reset at the end of the call. For the other pipelines (U-Nets, PixArt, SD3) a forward
 pre-hook on the denoiser does it: it records the current timestep, resets the stateful hooks when the timestep
 goes up (a new call) and sets the cache context ``"cond"`` (one context: these pipelines batch CFG into one call).
+MagCache's ratios are calibrated on the model when it is attached (:mod:`.magcache`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -37,15 +41,19 @@ class _CallState:
 
     def __init__(self, model: torch.nn.Module, own_calls: bool):
         self.model, self.own_calls, self.t = model, own_calls, None
+        self.on_new_call: Callable[[], None] | None = None  # run before a pipeline call's first denoiser call
 
     def __call__(self, module, args, kwargs) -> None:
         t = call_timestep(module, args, kwargs)  # the scheduler's timestep: the hooks' windows are in 0–1000
         t = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
+        new_call = self.t is None or t > self.t
+        if new_call and self.on_new_call is not None:
+            self.on_new_call()
         if self.own_calls:
             from diffusers.hooks import HookRegistry
             from diffusers.hooks.hooks import CacheContext, _set_cache_context  # what CacheMixin.cache_context sets
 
-            if self.t is not None and t > self.t:
+            if new_call and self.t is not None:
                 HookRegistry.check_if_exists_or_initialize(self.model).reset_stateful_hooks()
             _set_cache_context(self.model, CacheContext("cond", timestep=t))
         self.t = t
@@ -91,7 +99,12 @@ def apply(pipe, config: DiffusersCacheConfig | dict | None = None) -> None:
     model = denoiser(pipe)
     call = _CallState(model, own_calls=not isinstance(model, CacheMixin))
     model.register_forward_pre_hook(call, with_kwargs=True)
-    apply_hook = {"pab": hooks.apply_pyramid_attention_broadcast, "fbc": hooks.apply_first_block_cache,
-                  "faster": hooks.apply_faster_cache, "taylorseer": hooks.apply_taylorseer_cache}[config.kind]
-    apply_hook(model, _hook_config(config, family, call))
+    if config.kind == "magcache":
+        from backend.methods.diffusers_cache.magcache import attach
+
+        call.on_new_call = attach(pipe, model, config.threshold, max_skip_steps=config.skip_range - 1)
+    else:
+        apply_hook = {"pab": hooks.apply_pyramid_attention_broadcast, "fbc": hooks.apply_first_block_cache,
+                      "faster": hooks.apply_faster_cache, "taylorseer": hooks.apply_taylorseer_cache}[config.kind]
+        apply_hook(model, _hook_config(config, family, call))
     hooks.HookRegistry.check_if_exists_or_initialize(model).invalidate_child_registries_cache()
