@@ -289,9 +289,9 @@ def test_finetune_start_progress_cancel_and_a_finished_checkpoint(browser, page_
 
 
 def test_a_transformer_model_locks_the_methods_its_family_refuses(browser, page_url):
-    """Switching to tiny-sd3: ToMe's on box locked with the reason, DeepCache's U-Net branch replaced by the DiT
-    block knobs, FirstBlockCache absent from the cache kinds, shapes' checkpoints cleared; back to shapes restores
-    the forms."""
+    """Switching to tiny-sd3: ToMe's on box locked with the reason, DeepCache's U-Net branch replaced by the DiT block
+    knobs, FirstBlockCache absent from the cache kinds and MagCache offered, shapes' checkpoints cleared; back
+    to shapes restores the forms."""
     from playwright.sync_api import expect
 
     page = _open(browser, page_url)
@@ -311,6 +311,7 @@ def test_a_transformer_model_locks_the_methods_its_family_refuses(browser, page_
     page.locator("#diffusers_cache-kind-1 input").click()
     expect(page.get_by_role("option", name="faster")).to_be_visible(timeout=10_000)
     expect(page.get_by_role("option", name="fbc")).to_have_count(0)
+    expect(page.get_by_role("option", name="magcache")).to_be_visible()
     expect(page.locator("#quant-checkpoint-2 input")).to_have_value("(none)")  # shapes' checkpoint: cleared
     expect(page.locator("#quant-weight_bits-2 input").first).to_be_enabled()  # and what it had locked, unlocked
     page.screenshot(path=str(SHOTS / "dit-family-locks.png"), full_page=True)
@@ -324,8 +325,9 @@ def test_a_transformer_model_locks_the_methods_its_family_refuses(browser, page_
 
 
 def test_shapes_dit_generates_its_columns_with_the_judge(browser, page_url):
-    """The embedded DiT in the Playground: the baseline, block caching, EfficientDM and RG-LCM drawn and judged, the
-    EfficientDM and RG-LCM columns moved to shapes-dit's own shipped checkpoints."""
+    """The embedded DiT in the Playground: the baseline, block caching, EfficientDM and RG-LCM drawn and judged (the
+    Shapes judge's mark in every caption), the EfficientDM and RG-LCM columns moved to shapes-dit's own shipped
+    checkpoints."""
     from playwright.sync_api import expect
 
     from backend.runs.knobs import asset_checkpoints
@@ -341,6 +343,8 @@ def test_shapes_dit_generates_its_columns_with_the_judge(browser, page_url):
     page.locator("#generate").click()
     expect(page.locator("#status")).to_contain_text("Timed in", timeout=240_000)
     expect(page.locator("#caption-1")).to_contain_text("DeepCache N=3")
+    for column in range(4):  # shapes-dit speaks the Shapes world: each column carries the judge's verdict
+        expect(page.locator(f"#caption-{column}")).to_contain_text(re.compile(r"judge [✓✗]"))
     if dit_quant:
         expect(page.locator("#quant-checkpoint-2 input")).to_have_value(dit_quant[0])
         expect(page.locator("#caption-2")).to_contain_text("EfficientDM W4A4")

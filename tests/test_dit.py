@@ -206,3 +206,18 @@ def test_dit_single_file_refusals_are_one_line(tmp_path):
     assert "as a FluxPipeline single file" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ModelError, match="not converted here"):
         to_single_file(tmp_path / "pixart", tmp_path / "pixart.safetensors")
+
+
+def test_the_workbench_judges_shapes_dit_columns_and_not_random_weights():
+    """A Playground column of shapes-dit carries the Shapes judge's verdict, as shapes-sd's does; a random-weight
+    transformer (tiny-pixart) has nothing to judge."""
+    from backend.models import EMBEDDED
+    from backend.runs.compare import compare_columns
+
+    if not (EMBEDDED["shapes-dit"][0] / "model_index.json").exists():
+        pytest.skip("the embedded shapes-dit model is not in assets/ yet")
+    prompt = "a small red circle in the center"
+    dit = list(compare_columns(prompt, 0, [{"model": "shapes-dit", "steps": 10}]))[0]
+    assert dit["prompt_accuracy"] in (0.0, 1.0) and set(dit["attr_accuracy"]) >= {"shape", "color"}
+    tiny = list(compare_columns(prompt, 0, [{"model": "tiny-pixart", "steps": 2}]))[0]
+    assert "prompt_accuracy" not in tiny

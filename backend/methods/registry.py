@@ -175,7 +175,7 @@ register(Method(
     unet_access="hooks", curve="ToMe", curve_knob="ratio", curve_axis="ToMe merge ratio",
     families=("sd1", "sd2", "sdxl", "unet"), families_why="tomesd patches the U-Net's transformer blocks"))
 register(Method(
-    "diffusers_cache", "diffusers cache (PAB; FBC/FasterCache/TaylorSeer DiT only)",
+    "diffusers_cache", "diffusers cache (PAB; FBC/FasterCache/TaylorSeer/MagCache DiT only)",
     "backend.methods.diffusers_cache.config:DiffusersCacheConfig", "backend.methods.diffusers_cache:apply", order=32,
     unet_access="hooks", curve="diffusers cache", curve_knob="skip_range", curve_axis="cache skip range",
     conflicts={"deepcache": "two caches would each skip parts of the denoiser on their own schedules"}))

@@ -179,16 +179,17 @@ def _generate_column(v: Variant, prompt: str, seed: int, step: Callable[[int, in
         row["full_steps"], row["cached_steps"] = hook.full_evals, hook.partial_evals
     if pipeline_info(pipe).kernels:  # quantized: which kernels actually ran
         row["kernels"] = pipeline_info(pipe).kernels
-    row.update(_judge(v, image, prompt))
+    row.update(_judge(pipe, image, prompt))
     return row
 
 
-def _judge(v: Variant, image: np.ndarray, prompt: str) -> dict:
-    """The Shapes judge's verdict on one image of the embedded model (prompt_accuracy 0/1 and per attribute),
-    or {} where there is no judge (another model, a prompt outside the Shapes world)."""
+def _judge(pipe, image: np.ndarray, prompt: str) -> dict:
+    """The Shapes judge's verdict on one image of an embedded model (shapes-sd, shapes-dit: prompt_accuracy 0/1 and
+    per attribute), or {} where there is no judge (random weights, another model, a prompt outside the Shapes world)."""
     from backend.metrics.quality import QualityUnavailable, judge_metrics
+    from backend.models import has_shapes_judge, is_random_weights
 
-    if v.model != "shapes":
+    if not has_shapes_judge(pipe) or is_random_weights(pipe):
         return {}
     try:
         return judge_metrics(image[None], [prompt])
